@@ -1,0 +1,46 @@
+# Two commands for a fresh machine: `make demo` and `make test` (each sets everything up first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Debian packages the tests drive: Redis, Chromium, PostgreSQL, docker-compose (config check only).
+APT_PACKAGES := redis-server chromium postgresql docker-compose
+
+.PHONY: demo test bench lint typecheck docs install system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Installs what is missing, as root (CI and the development machines are root).
+system-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: system-deps install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) demo/run.py
+
+bench: system-deps install
+	$(PY) tests/benchmarks/run.py
+
+lint: install
+	$(VENV)/bin/ruff check turbo_async workers demo tests scripts
+	$(VENV)/bin/mypy
+
+docs: install
+	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info docs/_build
