@@ -1,0 +1,50 @@
+"""turbo_async: Hotwire Turbo Streams for Django, rendered by Celery workers after commit.
+
+``import turbo_async as turbo`` keeps a turbo-django ``streams.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+from .components import BroadcastComponent, UserBroadcastComponent
+from .frames import (
+    AFTER,
+    APPEND,
+    BEFORE,
+    PREPEND,
+    REFRESH,
+    REMOVE,
+    REPLACE,
+    UPDATE,
+    TurboRender,
+    TurboResponse,
+    render_frame,
+    render_frame_string,
+    remove_frame,
+)
+from .pending import suppress
+from .registry import register
+from .streams import ModelStream, Stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AFTER",
+    "APPEND",
+    "BEFORE",
+    "PREPEND",
+    "REFRESH",
+    "REMOVE",
+    "REPLACE",
+    "UPDATE",
+    "BroadcastComponent",
+    "ModelStream",
+    "Stream",
+    "TurboRender",
+    "TurboResponse",
+    "UserBroadcastComponent",
+    "render_frame",
+    "render_frame_string",
+    "register",
+    "remove_frame",
+    "suppress",
+]

@@ -1,0 +1,3 @@
+"""System checks of turbo_async (``python manage.py check``)."""
+
+from __future__ import annotations

@@ -1,0 +1,109 @@
+"""Settings of turbo_async, read once from ``settings.TURBO_ASYNC`` and validated.
+
+Every key is optional::
+
+    TURBO_ASYNC = {
+        "QUEUE": None,                  # Celery queue of the broadcast tasks (None: the default queue)
+        "ON_PUBLISH_ERROR": "log",      # broker down at commit: "log" the change, or run it "inline"
+        "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
+        "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
+        "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
+        "DELIVERY_RETRY_BACKOFF_MAX": 30,  # cap, in seconds, of the exponential retry backoff
+        "DELIVERY_TIMEOUT": 10.0,       # seconds one group_send may take in a worker
+        "SIGNING_SALT": "turbo_async.streams",
+        "SIGNATURE_MAX_AGE": None,      # seconds a rendered subscription stays valid (None: forever)
+        "WS_PATH": "/ws/",              # path the browser connects to
+        "MAX_MESSAGE_BYTES": 16384,     # larger WebSocket messages from a client are refused
+        "MAX_SUBSCRIPTIONS": 100,       # subscriptions one socket may hold
+    }
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+ON_PUBLISH_ERROR_CHOICES = ("log", "inline")
+
+
+@dataclass(frozen=True)
+class TurboAsyncSettings:
+    QUEUE: str | None = None
+    ON_PUBLISH_ERROR: str = "log"
+    PUBLISH_MAX_RETRIES: int = 2
+    PUBLISH_RETRY_INTERVAL: float = 0.2
+    DELIVERY_MAX_RETRIES: int = 5
+    DELIVERY_RETRY_BACKOFF_MAX: int = 30
+    DELIVERY_TIMEOUT: float = 10.0
+    SIGNING_SALT: str = "turbo_async.streams"
+    SIGNATURE_MAX_AGE: int | None = None
+    WS_PATH: str = "/ws/"
+    MAX_MESSAGE_BYTES: int = 16384
+    MAX_SUBSCRIPTIONS: int = 100
+
+
+def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, expected):
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        wanted = " or ".join(k.__name__ for k in kinds) + (" or None" if nullable else "")
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC[{name!r}] must be {wanted}, not {value!r}."
+        )
+
+
+def load(raw: Any) -> TurboAsyncSettings:
+    """Validate a ``TURBO_ASYNC`` dict and return the settings object."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ImproperlyConfigured(f"TURBO_ASYNC must be a dict, not {type(raw).__name__}.")
+    known = {f.name: f for f in fields(TurboAsyncSettings)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown TURBO_ASYNC key(s): {', '.join(map(repr, unknown))}. "
+            f"Valid keys are: {', '.join(sorted(known))}."
+        )
+    defaults = TurboAsyncSettings()
+    for name, value in raw.items():
+        default = getattr(defaults, name)
+        nullable = name in ("QUEUE", "SIGNATURE_MAX_AGE")
+        if isinstance(default, str) or name == "QUEUE":
+            _check(name, value, str, nullable=nullable)
+        elif isinstance(default, float):
+            _check(name, value, (int, float), nullable=nullable)
+        else:
+            _check(name, value, int, nullable=nullable)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must not be negative, not {value!r}.")
+    choice = raw.get("ON_PUBLISH_ERROR", defaults.ON_PUBLISH_ERROR)
+    if choice not in ON_PUBLISH_ERROR_CHOICES:
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['ON_PUBLISH_ERROR'] must be one of {ON_PUBLISH_ERROR_CHOICES}, not {choice!r}."
+        )
+    ws_path = raw.get("WS_PATH", defaults.WS_PATH)
+    if not (ws_path.startswith("/") and ws_path.endswith("/")):
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['WS_PATH'] must start and end with '/', like '/ws/', not {ws_path!r}."
+        )
+    return TurboAsyncSettings(**raw)
+
+
+@lru_cache(maxsize=1)
+def get() -> TurboAsyncSettings:
+    """The current settings, validated once and cached until ``TURBO_ASYNC`` changes."""
+    return load(getattr(django_settings, "TURBO_ASYNC", None))
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TURBO_ASYNC":
+        get.cache_clear()

@@ -1,0 +1,134 @@
+"""Getting frames to the Channels layer.
+
+Inside a broadcast task (:func:`collect`) frames are gathered per stream and go out as one
+``group_send`` per stream when the hook has finished. Anywhere else they are sent at once.
+
+Each process keeps one event loop, on a daemon thread, and sends every ``group_send`` through it:
+channels_redis keeps its connection pool per event loop, so one long-lived loop means one pool
+per process (``async_to_sync`` per frame would make and close a loop each time, which
+channels_redis 4 answers with "Event loop is closed").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+
+MESSAGE_TYPE = "turbo.stream"
+"""The ``type`` of the layer messages; ``TurboStreamsConsumer.turbo_stream`` handles them."""
+
+
+@dataclass
+class Batch:
+    """The frames rendered by one task, per group, in the order they were made."""
+
+    frames: dict[str, list[str]] = field(default_factory=dict)
+    stream_names: dict[str, str] = field(default_factory=dict)
+
+    def add(self, group: str, stream_name: str, markup: str) -> None:
+        self.frames.setdefault(group, []).append(markup)
+        self.stream_names[group] = stream_name
+
+    @property
+    def frame_count(self) -> int:
+        return sum(len(frames) for frames in self.frames.values())
+
+    def messages(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for group, frames in self.frames.items():
+            yield group, message(group, self.stream_names[group], "".join(frames))
+
+
+_batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar("turbo_async_batch", default=None)
+
+
+def message(group: str, stream_name: str, markup: str) -> dict[str, Any]:
+    return {"type": MESSAGE_TYPE, "group": group, "stream": stream_name, "data": markup}
+
+
+@contextmanager
+def collect() -> Iterator[Batch]:
+    """Collect the frames sent inside the block instead of sending them."""
+    batch = Batch()
+    token = _batch.set(batch)
+    try:
+        yield batch
+    finally:
+        _batch.reset(token)
+
+
+def send(group: str, stream_name: str, markup: str) -> None:
+    """Send one stream's markup now, or add it to the batch being collected."""
+    batch = _batch.get()
+    if batch is not None:
+        batch.add(group, stream_name, markup)
+        return
+    group_send(group, message(group, stream_name, markup))
+
+
+def flush(batch: Batch) -> None:
+    """Send a collected batch: one ``group_send`` per stream."""
+    for group, msg in batch.messages():
+        group_send(group, msg)
+
+
+def channel_layer() -> BaseChannelLayer:
+    layer = get_channel_layer()
+    if layer is None:
+        raise ImproperlyConfigured(
+            "turbo_async needs a channel layer: set CHANNEL_LAYERS (channels_redis in production)."
+        )
+    return layer
+
+
+def group_send(group: str, msg: dict[str, Any]) -> None:
+    layer = channel_layer()
+    if isinstance(layer, InMemoryChannelLayer):
+        # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
+        async_to_sync(layer.group_send)(group, msg)
+        return
+    _loop.run(layer.group_send(group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+
+
+class ProcessLoop:
+    """One event loop per process, on a daemon thread, started on first use (and after fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop = asyncio.new_event_loop()
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._loop.run_forever, name="turbo-async-delivery", daemon=True
+                ).start()
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.get())
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
+_loop = ProcessLoop()

@@ -1,0 +1,77 @@
+"""Stream identities: the signed name a page subscribes with and the group a worker sends to.
+
+A subscription is ``(stream_name, args, kwargs)`` signed with Django's signing (salted, with a
+timestamp so that ``SIGNATURE_MAX_AGE`` can expire it). The Channels group is derived from the
+unsigned identity, so every signature of one stream, whenever it was made, reaches one group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.core import signing
+from django.core.serializers.json import DjangoJSONEncoder
+
+from . import conf
+
+Identity = tuple[str, list[Any], dict[str, Any]]
+
+
+class InvalidSubscription(Exception):
+    """A signed stream name that is tampered with, expired, or not of this site."""
+
+
+def _canonical(stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+    return json.dumps(
+        [stream_name, args, kwargs], cls=DjangoJSONEncoder, separators=(",", ":"), sort_keys=True
+    )
+
+
+def identity(stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> Identity:
+    """Normalise args and kwargs through JSON, as the browser will send them back."""
+    name, args, kwargs = json.loads(_canonical(stream_name, args, kwargs))
+    return name, args, kwargs
+
+
+def group_name(stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The Channels group of one stream: ``turbo_async.<sha256 of the identity>`` (< 100 chars)."""
+    digest = hashlib.sha256(_canonical(stream_name, args, kwargs).encode()).hexdigest()
+    return f"turbo_async.{digest[:48]}"
+
+
+def sign(stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The value of the ``signed-channel-name`` attribute of a subscription."""
+    return signing.dumps(
+        list(identity(stream_name, args, kwargs)), salt=conf.get().SIGNING_SALT, compress=True
+    )
+
+
+def unsign(signed_name: str) -> Identity:
+    """Verify a signed name and return ``(stream_name, args, kwargs)``.
+
+    Raises :class:`InvalidSubscription` with the reason when it is not valid.
+    """
+    if not isinstance(signed_name, str) or not signed_name:
+        raise InvalidSubscription("signed_channel_name must be a non-empty string")
+    settings = conf.get()
+    try:
+        value = signing.loads(
+            signed_name, salt=settings.SIGNING_SALT, max_age=settings.SIGNATURE_MAX_AGE
+        )
+    except signing.SignatureExpired as exc:
+        raise InvalidSubscription(f"signature expired ({exc})") from None
+    except signing.BadSignature:
+        raise InvalidSubscription("bad signature") from None
+    except (ValueError, UnicodeDecodeError):  # zlib/base64/json garbage under a valid signature
+        raise InvalidSubscription("unreadable payload") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not isinstance(value[0], str)
+        or not isinstance(value[1], list)
+        or not isinstance(value[2], dict)
+    ):
+        raise InvalidSubscription("unexpected payload")
+    return value[0], value[1], value[2]

@@ -1,0 +1,24 @@
+"""WebSocket routes: include them in your ASGI application.
+
+>>> from channels.auth import AuthMiddlewareStack
+>>> from channels.routing import ProtocolTypeRouter, URLRouter
+>>> from channels.security.websocket import AllowedHostsOriginValidator
+>>> application = ProtocolTypeRouter({
+...     "http": get_asgi_application(),
+...     "websocket": AllowedHostsOriginValidator(
+...         AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))
+...     ),
+... })
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import conf
+from .consumers import TurboStreamsConsumer
+
+websocket_urlpatterns = [
+    # "ws/" by default; TURBO_ASYNC["WS_PATH"] moves it (and the browser follows).
+    path(conf.get().WS_PATH.lstrip("/"), TurboStreamsConsumer.as_asgi()),
+]

@@ -1,0 +1,202 @@
+"""The broadcast tasks: publish on commit, then reload, run the hook, render and deliver.
+
+One task per changed object carries ``(label, pk, event, created)`` and, for deletes, a snapshot of
+the row. Flower shows it under its hook's name (``chat.MessageStream.on_save``) with a small
+result (``{"frames": 2, "streams": 1}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task, shared_task
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db import DEFAULT_DB_ALIAS, models
+
+from . import conf, delivery
+from .pending import DELETE, SAVE, Change
+from .registry import stream_registry
+
+logger = logging.getLogger("turbo_async")
+
+try:  # channels_redis's errors, when it is installed
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    LAYER_ERRORS: tuple[type[BaseException], ...] = (
+        OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
+    )
+except ImportError:  # pragma: no cover
+    LAYER_ERRORS = (OSError, TimeoutError)
+
+
+class DeliveryError(Exception):
+    """The channel layer could not be reached; the task is retried with backoff."""
+
+
+def hook_name(label: str, event: str) -> str:
+    """The name Flower shows for a broadcast: ``chat.MessageStream.on_save``."""
+    stream_class = stream_registry.get_model_stream(label)
+    app_label = stream_class._meta.model._meta.app_label
+    return f"{app_label}.{stream_class.__name__}.{'on_delete' if event == DELETE else 'on_save'}"
+
+
+def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Queue the broadcast of one committed change. Never raises: a save must not fail because
+    the broker is down; the failure is logged (and the hook run inline if configured so)."""
+    settings = conf.get()
+    kwargs: dict[str, Any] = {}
+    if alias != DEFAULT_DB_ALIAS:
+        kwargs["using"] = alias
+    if change.snapshot is not None:
+        kwargs["snapshot"] = change.snapshot
+    options: dict[str, Any] = {
+        "shadow": hook_name(change.label, change.event),
+        "retry": True,
+        "retry_policy": {
+            "max_retries": settings.PUBLISH_MAX_RETRIES,
+            "interval_start": 0,
+            "interval_step": settings.PUBLISH_RETRY_INTERVAL,
+            "interval_max": settings.PUBLISH_RETRY_INTERVAL,
+        },
+    }
+    if settings.QUEUE:
+        options["queue"] = settings.QUEUE
+    try:
+        broadcast.apply_async(
+            (change.label, change.pk, change.event, change.created), kwargs, **options
+        )
+    except Exception as exc:
+        logger.error(
+            "turbo_async: could not queue the broadcast of %s pk=%r (%s): %s: %s",
+            change.label, change.pk, change.event, type(exc).__name__, exc,
+        )
+        if settings.ON_PUBLISH_ERROR == "inline":
+            try:
+                run(change.label, change.pk, change.event, change.created, alias, change.snapshot)
+            except Exception:
+                logger.exception(
+                    "turbo_async: inline broadcast of %s pk=%r failed", change.label, change.pk
+                )
+
+
+@shared_task(
+    bind=True,
+    name="turbo_async.broadcast",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def broadcast(
+    self: Task,
+    label: str,
+    pk: Any,
+    event: str,
+    created: bool = False,
+    using: str = DEFAULT_DB_ALIAS,
+    snapshot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Reload the row (or rebuild a deleted one), run its stream's hook, deliver the frames."""
+    try:
+        return run(label, pk, event, created, using, snapshot)
+    except DeliveryError as exc:
+        raise retry(self, exc) from exc
+
+
+def retry(task: Task, exc: DeliveryError) -> BaseException:
+    settings = conf.get()
+    attempt = task.request.retries
+    countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2**attempt) * random.uniform(0.5, 1.0)
+    logger.warning(
+        "turbo_async: channel layer unreachable (%s); retry %d of %d in %.1fs",
+        exc.__cause__, attempt + 1, settings.DELIVERY_MAX_RETRIES, countdown,
+    )
+    return task.retry(exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES)
+
+
+def run(
+    label: str,
+    pk: Any,
+    event: str,
+    created: bool = False,
+    using: str = DEFAULT_DB_ALIAS,
+    snapshot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The body of a broadcast, callable without Celery (``ON_PUBLISH_ERROR="inline"``, tests)."""
+    stream_class = stream_registry.get_model_stream(label)  # unknown labels are refused
+    model: type[models.Model] = stream_class._meta.model
+    try:
+        pk = model._meta.pk.to_python(pk)  # type: ignore[union-attr]
+    except ValidationError as exc:
+        raise ValueError(f"{label}: {pk!r} is not a valid primary key ({exc.messages[0]})") from None
+    if event == SAVE:
+        try:
+            instance = model._base_manager.using(using).get(pk=pk)
+        except model.DoesNotExist:  # type: ignore[attr-defined]
+            logger.debug("turbo_async: %s pk=%r is gone; nothing to broadcast", label, pk)
+            return {"frames": 0, "streams": 0, "skipped": "row is gone"}
+        stream = stream_class.from_instance(instance)
+        call = lambda: stream.on_save(instance, created=created, sender=model, using=using)  # type: ignore[attr-defined]  # noqa: E731
+    elif event == DELETE:
+        if not isinstance(snapshot, dict):
+            raise ValueError(f"{label} pk={pk!r}: a delete needs the row's snapshot")
+        instance = rebuild(model, snapshot, using)
+        stream = stream_class.from_instance(instance)
+        call = lambda: stream.on_delete(instance, sender=model, using=using)  # type: ignore[attr-defined]  # noqa: E731
+    else:
+        raise ValueError(f"Unknown broadcast event {event!r}; expected 'save' or 'delete'.")
+
+    with delivery.collect() as batch:
+        try:
+            call()
+        except ObjectDoesNotExist as exc:
+            # A related row went away (a cascade delete): a later task brings the page there.
+            logger.info("turbo_async: %s pk=%r %s skipped: %s", label, pk, event, exc)
+            return {"frames": 0, "streams": 0, "skipped": str(exc)}
+    try:
+        delivery.flush(batch)
+    except LAYER_ERRORS as exc:
+        raise DeliveryError(str(exc)) from exc
+    return {"frames": batch.frame_count, "streams": len(batch.frames)}
+
+
+def rebuild(model: type[models.Model], snapshot: dict[str, Any], using: str) -> models.Model:
+    """An unsaved instance with the deleted row's values, so ``message.room`` still works."""
+    values = {
+        f.attname: f.to_python(snapshot[f.attname])
+        for f in model._meta.concrete_fields
+        if f.attname in snapshot
+    }
+    instance = model(**values)
+    instance._state.adding = False
+    instance._state.db = using
+    return instance
+
+
+@shared_task(
+    bind=True,
+    name="turbo_async.stream_action",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def stream_action(
+    self: Task,
+    stream_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    action: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Run ``stream.later.<action>(...)`` in a worker (see :mod:`turbo_async.later`)."""
+    from .later import perform
+
+    with delivery.collect() as batch:
+        perform(stream_name, args, kwargs, action, options)
+    try:
+        delivery.flush(batch)
+    except LAYER_ERRORS as exc:
+        raise retry(self, DeliveryError(str(exc))) from exc
+    return {"frames": batch.frame_count, "streams": len(batch.frames)}

@@ -1,0 +1,67 @@
+"""``{% load turbo_streams %}``: ``{% turbo_subscribe %}`` and ``{% turbo_component %}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.db.models import Model
+from django.template import TemplateSyntaxError
+
+from ..components import BaseComponent
+from ..registry import UnknownStream, stream_registry
+from ..streams import Stream
+
+register = template.Library()
+
+
+def _stream(item: Any) -> Stream:
+    if isinstance(item, Stream):
+        return item
+    if isinstance(item, Model):
+        stream = getattr(item, "stream", None)
+        if not isinstance(stream, Stream):
+            raise TemplateSyntaxError(
+                f"{type(item).__name__} has no ModelStream; define one in its app's streams.py."
+            )
+        if item.pk is None:
+            raise TemplateSyntaxError(
+                f"Cannot subscribe to an unsaved {type(item).__name__}: it has no primary key."
+            )
+        return stream
+    if isinstance(item, str):
+        try:
+            return stream_registry.get_stream(item)()
+        except UnknownStream as exc:
+            raise TemplateSyntaxError(str(exc)) from None
+    raise TemplateSyntaxError(
+        f"turbo_subscribe takes streams, model instances or 'app:StreamName' strings, not {item!r}."
+    )
+
+
+@register.inclusion_tag("turbo/turbo_stream_source.html")
+def turbo_subscribe(*stream_items: Any) -> dict[str, Any]:
+    """Subscribe the page: ``{% turbo_subscribe room %}``, ``{% turbo_subscribe 'chat:RoomListStream' %}``,
+    or several at once: ``{% turbo_subscribe room request.user.notifications %}``."""
+    return {"streams": [_stream(item) for item in stream_items]}
+
+
+@register.inclusion_tag("turbo/components/broadcast_component.html", takes_context=True)
+def turbo_component(context: template.Context, component: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Render a component and subscribe to it: ``{% turbo_component "app:AlertComponent" %}``."""
+    if isinstance(component, str):
+        try:
+            component = stream_registry.get_stream(component)(*args, **kwargs)
+        except UnknownStream as exc:
+            raise TemplateSyntaxError(str(exc)) from None
+    if not isinstance(component, BaseComponent):
+        raise TemplateSyntaxError(f"turbo_component takes a component, not {component!r}.")
+    return {"component": component, "initial_render": component.initial_render(context.flatten())}
+
+
+@register.simple_tag
+def turbo_ws_path() -> str:
+    """The WebSocket path the browser connects to (``TURBO_ASYNC["WS_PATH"]``)."""
+    from .. import conf
+
+    return conf.get().WS_PATH
