@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import CeleryWorker, RedisServer, Uvicorn
+
+LOG_DIR = Path(os.environ["TURBO_TEST_TMP"]) / "logs"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis server on the port that tests/settings.py chose for this run."""
+    server = RedisServer(int(os.environ["TURBO_TEST_REDIS_PORT"]), Path(os.environ["TURBO_TEST_TMP"]) / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server: RedisServer, django_db_setup: None, django_db_blocker: object) -> Iterator[CeleryWorker]:
+    """A real Celery worker process (``celery -A workers worker``) on the test database file."""
+    process = CeleryWorker(LOG_DIR)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def web(redis_server: RedisServer, django_db_setup: None) -> Iterator[Uvicorn]:
+    """A real uvicorn process serving tests.asgi with the Redis channel layer."""
+    server = Uvicorn(LOG_DIR)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_broker(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """Publish tasks to the real Redis broker instead of running them eagerly."""
+    from workers import app
+
+    app.conf.task_always_eager = False
+    try:
+        yield redis_server
+    finally:
+        app.conf.task_always_eager = True
+
+
+@pytest.fixture
+def live(live_broker: RedisServer, worker: CeleryWorker, web: Uvicorn, transactional_db: None) -> Uvicorn:
+    """The whole pipeline for real: committed rows, Redis broker, worker process, uvicorn."""
+    return web

