@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +83,35 @@ def flush(batch: Batch) -> None:
         group_send(group, msg)
 
 
+class Capture:
+    """A recorder of ``turbo_async.testing``: while one is active, every message is handed to it
+    (and sent on to the layer only if a capture asks to), and broadcasts run in this process
+    instead of through Celery."""
+
+    def __init__(self, record: Callable[[str, dict[str, Any]], None], deliver: bool) -> None:
+        self.record = record
+        self.deliver = deliver
+
+
+_captures: list[Capture] = []
+_captures_lock = threading.Lock()
+
+
+def add_capture(capture: Capture) -> None:
+    with _captures_lock:
+        _captures.append(capture)
+
+
+def remove_capture(capture: Capture) -> None:
+    with _captures_lock:
+        _captures.remove(capture)
+
+
+def inline() -> bool:
+    """Whether broadcasts run in the calling process (inside ``turbo_async.testing`` captures)."""
+    return bool(_captures)
+
+
 def channel_layer() -> BaseChannelLayer:
     layer = get_channel_layer()
     if layer is None:
@@ -93,6 +122,12 @@ def channel_layer() -> BaseChannelLayer:
 
 
 def group_send(group: str, msg: dict[str, Any]) -> None:
+    captures = list(_captures)
+    if captures:
+        for capture in captures:
+            capture.record(group, msg)
+        if not any(capture.deliver for capture in captures):
+            return
     layer = channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.

@@ -41,6 +41,11 @@ class Later:
         shadow = f"{stream.stream_name.replace(':', '.')}.{action}"
 
         def send() -> None:
+            from . import delivery
+
+            if delivery.inline():  # inside turbo_async.testing's capture: run it here, now
+                stream_action.apply(args, throw=True)
+                return
             stream_action.apply_async(args, shadow=shadow, **({"queue": queue} if queue else {}))
 
         transaction.on_commit(send)
