@@ -87,6 +87,17 @@ def test_capture_runs_the_hook_on_commit_inside_the_test_transaction() -> None:
 
 
 @pytest.mark.django_db
+def test_capture_keeps_set_up_changes_apart_from_the_change_under_test() -> None:
+    """The test's transaction never commits: without the split, the edit below would merge with
+    the row's creation and broadcast an append."""
+    message = MessageFactory(text="before")
+    with capture_broadcasts() as broadcasts:
+        message.text = "after"
+        message.save()
+    broadcasts.assert_broadcasts(message.room, count=1, action="replace", target=f"message-{message.pk}")
+
+
+@pytest.mark.django_db
 def test_capture_needs_no_broker(settings: Any) -> None:
     """Celery is not eager and its broker is a closed port: the capture never touches it."""
     from workers import app
