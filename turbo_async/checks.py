@@ -171,7 +171,7 @@ def _as_dict(host: Any) -> dict[str, Any]:
 def _celery_app() -> Any:
     from celery import current_app
 
-    return current_app._get_current_object()
+    return current_app
 
 
 def running_tests() -> bool:
@@ -233,11 +233,12 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
 
 def _model_stream_classes() -> Iterator[type[ModelStream[Any]]]:
     """Every concrete ModelStream defined at module level, registered or not."""
-    seen: set[type] = set()
-    stack: list[type] = [ModelStream]
+    seen: set[type[Any]] = set()
+    stack: list[type[Any]] = [ModelStream]
     while stack:
         cls = stack.pop()
-        for sub in cls.__subclasses__():
+        subclasses: list[type[Any]] = cls.__subclasses__()
+        for sub in subclasses:
             if sub in seen:
                 continue
             seen.add(sub)

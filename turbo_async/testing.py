@@ -290,7 +290,8 @@ def _start_new_transactions() -> None:
     for alias in connections:
         connection = connections[alias]
         if getattr(connection, "_turbo_async_pending", None) is not None:
-            connection._turbo_async_pending = None  # see turbo_async.pending.record()
+            # A new batch starts at the next change: see turbo_async.pending.record().
+            connection._turbo_async_pending = None  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -74,7 +74,7 @@ class Command(BaseCommand):
             return
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for index, row in enumerate(rows):
-            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             self.stdout.write(self.style.MIGRATE_HEADING(line) if index == 0 else line)
 
     # -- --check ---------------------------------------------------------------------------
@@ -115,7 +115,7 @@ class Command(BaseCommand):
 def _celery_app() -> Any:
     from celery import current_app
 
-    return current_app._get_current_object()
+    return current_app
 
 
 def _queue() -> str:
