@@ -58,6 +58,22 @@ class StreamRegistry:
         model._meta.stream_model = stream_class  # type: ignore[attr-defined]  # as turbo-django
         signals.connect(model, stream_class)
 
+    def unregister(self, stream_class: type[Stream]) -> None:
+        """Forget a stream and undo what registering it did to its model (tests use this)."""
+        from . import signals
+        from .streams import ModelStream
+
+        self.streams.pop(stream_class.stream_name, None)
+        if issubclass(stream_class, ModelStream):
+            model = stream_class._meta.model
+            if self.model_streams.get(model._meta.label_lower) is stream_class:
+                del self.model_streams[model._meta.label_lower]
+                signals.disconnect(model)
+                for attribute in ("stream",):
+                    if attribute in vars(model):
+                        delattr(model, attribute)
+                vars(model._meta).pop("stream_model", None)
+
     def get_stream(self, stream_name: str) -> type[Stream]:
         try:
             return self.streams[stream_name]

@@ -28,6 +28,12 @@ def connect(model: type[models.Model], stream_class: type[ModelStream[Any]]) -> 
         )
 
 
+def disconnect(model: type[models.Model]) -> None:
+    uid = f"turbo_async:{model._meta.label_lower}"
+    post_save.disconnect(sender=model, dispatch_uid=uid)
+    post_delete.disconnect(sender=model, dispatch_uid=uid)
+
+
 def record_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool = False,
     using: str = "default", **kwargs: Any,

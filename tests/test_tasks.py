@@ -1,0 +1,224 @@
+"""The worker side: reload, hook, render, one group_send per stream.
+
+``tasks.run`` is the task body; it runs here in-process with Channels' in-memory layer, which
+records what reaches each group.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+import turbo_async as turbo
+from demo.chat.models import Room
+from tests.factories import DocumentFactory, MessageFactory, RoomFactory, TagFactory
+from tests.testapp.streams import TagListStream
+from turbo_async import delivery, tasks
+from turbo_async.pending import snapshot
+from turbo_async.registry import UnknownStream
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def group_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    original = delivery.group_send
+
+    def record(group: str, message: dict[str, Any]) -> None:
+        sent.append((group, message))
+        original(group, message)
+
+    monkeypatch.setattr(delivery, "group_send", record)
+    return sent
+
+
+def listen(stream: turbo.Stream) -> Any:
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(stream.broadcastable_stream_name, channel)
+    return lambda: async_to_sync(layer.receive)(channel)["data"]
+
+
+def test_save_reloads_the_row_and_runs_on_save(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory(text="stored")
+    receive = listen(message.room.stream)
+    message.text = "not saved"  # the worker renders what the database holds
+    result = tasks.run("chat.message", message.pk, "save", True)
+    assert result == {"frames": 1, "streams": 1}
+    assert '<p class="message-text">stored</p>' in receive()
+
+
+def test_update_replaces(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+    receive = listen(message.room.stream)
+    tasks.run("chat.message", message.pk, "save", False)
+    assert receive().startswith(f'<turbo-stream action="replace" target="message-{message.pk}">')
+
+
+def test_delete_rebuilds_the_row_from_its_snapshot(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+        values = snapshot(message)
+        pk = message.pk
+        message.delete()
+    receive = listen(Room.stream(values["room_id"]))
+    assert tasks.run("chat.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1}
+    assert receive() == f'<turbo-stream action="remove" target="message-{pk}"><template></template></turbo-stream>'
+
+
+def test_rebuilt_instance_has_its_field_values() -> None:
+    with turbo.suppress():
+        document = DocumentFactory(body="b", published="2026-11-27")
+    document.refresh_from_db()
+    rebuilt = tasks.rebuild(type(document), snapshot(document), "default")
+    assert (rebuilt.pk, rebuilt.title, rebuilt.body, rebuilt.published) == (
+        document.pk, document.title, "b", document.published,
+    )
+    assert rebuilt._state.adding is False
+
+
+def test_uuid_primary_key_from_json(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        document = DocumentFactory(title="T")
+    receive = listen(document.stream)
+    tasks.run("testapp.document", str(document.pk), "save", False)
+    assert receive() == f'<turbo-stream action="update" target="document-{document.pk}"><template>T</template></turbo-stream>'
+
+
+def test_string_primary_key(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        tag = TagFactory(slug="news", label="News")
+    receive = listen(TagListStream())
+    tasks.run("testapp.tag", "news", "save", True)
+    assert receive() == '<turbo-stream action="append" target="tags"><template><li id="tag-news">News</li></template></turbo-stream>'
+    assert tag.pk == "news"
+
+
+def test_a_row_gone_before_the_worker_is_skipped_quietly(caplog: pytest.LogCaptureFixture, group_sends: list[Any]) -> None:
+    with caplog.at_level(logging.DEBUG, logger="turbo_async"):
+        result = tasks.run("chat.message", 999999, "save", True)
+    assert result == {"frames": 0, "streams": 0, "skipped": "row is gone"}
+    assert group_sends == []
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "chat.message pk=999999 is gone; nothing to broadcast" in caplog.text
+
+
+def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
+    caplog: pytest.LogCaptureFixture, group_sends: list[Any]
+) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+        values, pk = snapshot(message), message.pk
+        message.room.delete()  # cascades: the message is gone, and so is its room
+    with caplog.at_level(logging.DEBUG, logger="turbo_async"):
+        result = tasks.run("chat.message", pk, "delete", snapshot=values)
+    assert result["frames"] == 0
+    assert "Room matching query does not exist" in result["skipped"]
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert group_sends == []
+
+
+def test_unregistered_labels_are_refused() -> None:
+    with pytest.raises(UnknownStream, match="No ModelStream is registered for the model label 'auth.user'; refusing it."):
+        tasks.run("auth.user", 1, "save", True)
+
+
+def test_labels_are_never_imported() -> None:
+    with pytest.raises(UnknownStream):
+        tasks.run("os.system", 1, "save", True)
+
+
+def test_invalid_pk_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="chat.message: 'abc' is not a valid primary key"):
+        tasks.run("chat.message", "abc", "save", True)
+
+
+def test_unknown_event_is_a_clear_error() -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+    with pytest.raises(ValueError, match="Unknown broadcast event 'explode'; expected 'save' or 'delete'."):
+        tasks.run("chat.message", message.pk, "explode")
+
+
+def test_delete_without_snapshot_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="a delete needs the row's snapshot"):
+        tasks.run("chat.message", 1, "delete")
+
+
+def test_frames_of_one_stream_go_out_in_one_group_send(
+    monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]
+) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+        other_room = RoomFactory()
+    stream_class = type(message.stream)
+
+    def on_save(self: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        instance.room.stream.append(text="one", id="a")
+        instance.room.stream.append(text="two", id="a")
+        other_room.stream.remove(id="b")
+
+    monkeypatch.setattr(stream_class, "on_save", on_save)
+    result = tasks.run("chat.message", message.pk, "save", True)
+    assert result == {"frames": 3, "streams": 2}
+    assert [group for group, _ in group_sends] == [
+        message.room.stream.broadcastable_stream_name,
+        other_room.stream.broadcastable_stream_name,
+    ]
+    assert group_sends[0][1]["data"] == (
+        '<turbo-stream action="append" target="a"><template>one</template></turbo-stream>'
+        '<turbo-stream action="append" target="a"><template>two</template></turbo-stream>'
+    )
+
+
+def test_hook_exceptions_propagate_and_send_nothing(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+
+    def on_save(self: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        instance.room.stream.append(text="half", id="a")
+        raise KeyError("bug in the hook")
+
+    monkeypatch.setattr(type(message.stream), "on_save", on_save)
+    with pytest.raises(KeyError, match="bug in the hook"):
+        tasks.run("chat.message", message.pk, "save", True)
+    assert group_sends == []
+
+
+def test_eager_pipeline_end_to_end(group_sends: list[Any], django_capture_on_commit_callbacks: Any) -> None:
+    """Celery eager mode (tests/settings.py): save → on_commit → task → frame, in-process."""
+    with turbo.suppress():
+        room = RoomFactory()
+    receive = listen(room.stream)
+    with django_capture_on_commit_callbacks(execute=True):
+        MessageFactory(room=room, text="eager")
+    assert "eager" in receive()
+
+
+def test_later_defers_an_explicit_action_to_a_task(
+    group_sends: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        message = MessageFactory(room=room, text="later")
+    receive = listen(room.stream)
+    with django_capture_on_commit_callbacks() as callbacks:
+        room.stream.later.append("chat/message.html", {"message": message}, id="messages")
+    assert group_sends == []  # nothing before commit
+    for callback in callbacks:
+        callback()
+    assert '<p class="message-text">later</p>' in receive()
+
+
+def test_later_refuses_what_json_cannot_carry() -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+    with pytest.raises(TypeError, match="stream.later cannot send object"):
+        room.stream.later.update("chat/message.html", {"x": object()}, id="x")
