@@ -222,3 +222,13 @@ def test_broker_failure_never_fails_the_save(
         f"could not queue the broadcast of chat.message pk={message.pk} (save): "
         "ConnectionRefusedError: broker down"
     ) in caplog.text
+
+
+def test_default_queue_unless_configured(published: Published) -> None:
+    from django.test import override_settings
+
+    MessageFactory()
+    assert "queue" not in published[0]["options"]
+    with override_settings(TURBO_ASYNC={"QUEUE": "broadcasts"}):
+        MessageFactory()
+    assert published[1]["options"]["queue"] == "broadcasts"
