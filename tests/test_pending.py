@@ -190,7 +190,7 @@ def test_models_whose_stream_has_no_hooks_publish_nothing(published: Published) 
 
 def test_uuid_and_string_primary_keys_travel_as_strings(published: Published) -> None:
     document = DocumentFactory()
-    tag = TagFactory(slug="news")
+    TagFactory(slug="news")
     assert published.events() == [
         ("testapp.document", str(document.pk), "save", True),
         ("testapp.tag", "news", "save", True),

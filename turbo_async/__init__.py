@@ -17,9 +17,9 @@ from .frames import (
     UPDATE,
     TurboRender,
     TurboResponse,
+    remove_frame,
     render_frame,
     render_frame_string,
-    remove_frame,
 )
 from .pending import suppress
 from .registry import register
@@ -42,9 +42,9 @@ __all__ = [
     "TurboRender",
     "TurboResponse",
     "UserBroadcastComponent",
-    "render_frame",
-    "render_frame_string",
     "register",
     "remove_frame",
+    "render_frame",
+    "render_frame_string",
     "suppress",
 ]

@@ -44,9 +44,10 @@ class Later:
             from . import delivery
 
             if delivery.inline():  # inside turbo_async.testing's capture: run it here, now
-                stream_action.apply(args, throw=True)
+                stream_action.apply(tuple(args), throw=True)
                 return
-            stream_action.apply_async(args, shadow=shadow, **({"queue": queue} if queue else {}))
+            options: dict[str, Any] = {"queue": queue} if queue else {}
+            stream_action.apply_async(tuple(args), shadow=shadow, **options)
 
         transaction.on_commit(send)
 

@@ -60,7 +60,7 @@ def _json_pk(instance: models.Model) -> Any:
     pk = instance.pk
     if isinstance(pk, (int, str)) and not isinstance(pk, bool):
         return pk
-    return instance._meta.pk.value_to_string(instance)  # type: ignore[union-attr]
+    return instance._meta.pk.value_to_string(instance)
 
 
 def snapshot(instance: models.Model) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class _Transaction:
 def _forget(batch: _Transaction) -> None:
     connection = connections[batch.alias]
     if getattr(connection, "_turbo_async_pending", None) is batch:
-        connection._turbo_async_pending = None
+        connection._turbo_async_pending = None  # type: ignore[attr-defined]
 
 
 def record(alias: str, change: Change) -> None:
@@ -132,7 +132,7 @@ def record(alias: str, change: Change) -> None:
     batch: _Transaction | None = getattr(connection, "_turbo_async_pending", None)
     if batch is None or not batch.alive():
         batch = _Transaction(alias)
-        connection._turbo_async_pending = batch
+        connection._turbo_async_pending = batch  # type: ignore[attr-defined]
     transaction.on_commit(batch.add(change), using=alias)
 
 

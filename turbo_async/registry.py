@@ -7,7 +7,7 @@ Workers accept only labels found here; nothing is ever imported from a name in a
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
@@ -25,7 +25,7 @@ class UnknownStream(LookupError):
 class StreamRegistry:
     def __init__(self) -> None:
         self.streams: dict[str, type[Stream]] = {}
-        self.model_streams: dict[str, type[ModelStream]] = {}
+        self.model_streams: dict[str, type[ModelStream[Any]]] = {}
 
     def register(self, stream_class: type[Stream]) -> None:
         from .streams import ModelStream
@@ -41,7 +41,7 @@ class StreamRegistry:
         if issubclass(stream_class, ModelStream):
             self._register_model_stream(stream_class)
 
-    def _register_model_stream(self, stream_class: type[ModelStream]) -> None:
+    def _register_model_stream(self, stream_class: type[ModelStream[Any]]) -> None:
         from . import signals
         from .streams import StreamDescriptor
 
@@ -83,7 +83,7 @@ class StreamRegistry:
                 f"{', '.join(sorted(self.streams)) or 'none'}."
             ) from None
 
-    def get_model_stream(self, label: str) -> type[ModelStream]:
+    def get_model_stream(self, label: str) -> type[ModelStream[Any]]:
         try:
             return self.model_streams[label]
         except KeyError:

@@ -20,5 +20,6 @@ from .consumers import TurboStreamsConsumer
 
 websocket_urlpatterns = [
     # "ws/" by default; TURBO_ASYNC["WS_PATH"] moves it (and the browser follows).
-    path(conf.get().WS_PATH.lstrip("/"), TurboStreamsConsumer.as_asgi()),
+    # Channels' URLRouter takes Django's path() with an ASGI app, which django-stubs types as a view.
+    path(conf.get().WS_PATH.lstrip("/"), TurboStreamsConsumer.as_asgi()),  # type: ignore[arg-type]
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
@@ -26,7 +26,6 @@ from .frames import (
     APPEND,
     BEFORE,
     PREPEND,
-    REMOVE,
     REPLACE,
     UPDATE,
     TurboRender,
@@ -52,7 +51,7 @@ class StreamMeta(dict[str, Any]):
         self[name] = value
 
 
-class classproperty:  # noqa: N801 - reads like @property
+class classproperty:
     def __init__(self, method: Any) -> None:
         self.fget = method
 
@@ -98,8 +97,9 @@ class Stream:
     @classproperty
     def stream_name(cls) -> str:
         """``"<app_label>:<ClassName>"``, e.g. ``"chat:RoomStream"``."""
-        app_name = cls._meta.get("app_name") or _app_label(cls)
-        return f"{app_name}:{cls.__name__}"
+        klass = cast("type[Stream]", cls)  # classproperty: called with the class
+        app_name = klass._meta.get("app_name") or _app_label(klass)
+        return f"{app_name}:{klass.__name__}"
 
     # -- identity -----------------------------------------------------------------------------
 

@@ -56,7 +56,8 @@ def turbo_component(context: template.Context, component: Any, *args: Any, **kwa
             raise TemplateSyntaxError(str(exc)) from None
     if not isinstance(component, BaseComponent):
         raise TemplateSyntaxError(f"turbo_component takes a component, not {component!r}.")
-    return {"component": component, "initial_render": component.initial_render(context.flatten())}
+    flat: dict[str, Any] = dict(context.flatten())  # type: ignore[arg-type]  # keys are names
+    return {"component": component, "initial_render": component.initial_render(flat)}
 
 
 @register.simple_tag
