@@ -3,8 +3,8 @@
 The client sends ``{"type": "subscribe" | "unsubscribe", "signed_channel_name": "..."}``; the server
 sends ``{"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}`` for every
 frame of a subscribed stream, and acknowledges a subscription with
-``{"type": "subscribed", "signed_channel_name": "..."}``. Bad input is answered with ``{"type": "error", "error": "..."}`` and
-the socket stays open; nothing a client sends can raise out of the consumer.
+``{"type": "subscribed", "signed_channel_name": "..."}``. Bad input is answered with
+``{"type": "error", "error": "..."}`` and the socket stays open; nothing a client sends can raise out of the consumer.
 """
 
 from __future__ import annotations

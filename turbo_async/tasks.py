@@ -22,8 +22,7 @@ from .registry import stream_registry
 logger = logging.getLogger("turbo_async")
 
 try:  # channels_redis's errors, when it is installed
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
     LAYER_ERRORS: tuple[type[BaseException], ...] = (
         OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
@@ -93,7 +92,7 @@ def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
     ignore_result=True,
 )
 def broadcast(
-    self: Task,
+    self: Task[Any, Any],
     label: str,
     pk: Any,
     event: str,
@@ -108,7 +107,7 @@ def broadcast(
         raise retry(self, exc) from exc
 
 
-def retry(task: Task, exc: DeliveryError) -> BaseException:
+def retry(task: Task[Any, Any], exc: DeliveryError) -> BaseException:
     settings = conf.get()
     attempt = task.request.retries
     countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2**attempt) * random.uniform(0.5, 1.0)
@@ -131,7 +130,7 @@ def run(
     stream_class = stream_registry.get_model_stream(label)  # unknown labels are refused
     model: type[models.Model] = stream_class._meta.model
     try:
-        pk = model._meta.pk.to_python(pk)  # type: ignore[union-attr]
+        pk = model._meta.pk.to_python(pk)
     except ValidationError as exc:
         raise ValueError(f"{label}: {pk!r} is not a valid primary key ({exc.messages[0]})") from None
     if event == SAVE:
@@ -153,7 +152,7 @@ def run(
 
     with delivery.collect() as batch:
         try:
-            call()
+            call()  # type: ignore[no-untyped-call]
         except ObjectDoesNotExist as exc:
             # A related row went away (a cascade delete): a later task brings the page there.
             logger.info("turbo_async: %s pk=%r %s skipped: %s", label, pk, event, exc)
@@ -186,7 +185,7 @@ def rebuild(model: type[models.Model], snapshot: dict[str, Any], using: str) -> 
     ignore_result=True,
 )
 def stream_action(
-    self: Task,
+    self: Task[Any, Any],
     stream_name: str,
     args: list[Any],
     kwargs: dict[str, Any],
