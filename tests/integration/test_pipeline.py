@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from turbo_async import suppress
-
 from tests.factories import DocumentFactory, MessageFactory, RoomFactory
 from tests.services import Uvicorn, subscribed
+from turbo_async import suppress
 
 pytestmark = pytest.mark.integration
 
