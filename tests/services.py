@@ -61,9 +61,10 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, *extra_args: str) -> None:
         self.port = port
         self.workdir = workdir
+        self.extra_args = extra_args  # e.g. "--appendonly", "yes": keep data across a restart
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +76,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.extra_args,
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
@@ -88,9 +89,13 @@ class RedisServer:
             self.process = None
 
     def flushall(self) -> None:
+        self.client().flushall()
+
+    def client(self) -> Any:
+        """A redis-py client of this server."""
         import redis
 
-        redis.Redis.from_url(self.url).flushall()
+        return redis.Redis.from_url(self.url)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -118,10 +123,13 @@ class Process:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.start_in(ROOT)
+
+    def start_in(self, cwd: Path) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.args, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -247,3 +255,72 @@ def subscribed(server: Uvicorn, *signed_names: str) -> Iterator[StreamClient]:
         yield client
     finally:
         client.close()
+
+
+def postgres_binaries() -> Path:
+    """The directory of Debian's PostgreSQL server binaries (initdb, postgres), newest first."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    found = shutil.which("initdb")
+    if found:
+        candidates.append(Path(found).parent)
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "postgres").exists():
+            return directory
+    raise RuntimeError(
+        "TURBO_TEST_DATABASE=postgres needs a PostgreSQL server: install Debian's postgresql "
+        "(apt-get install postgresql, or make system-deps)."
+    )
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (trust auth, no fsync) on a loopback port.
+
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user that Debian's
+    package creates.
+    """
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.binaries = postgres_binaries()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _run_as(self) -> dict[str, Any]:
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(self.workdir, user.pw_uid, user.pw_gid)
+        for parent in self.workdir.parents:  # let it reach its directory, without listing others
+            if parent.stat().st_uid == 0 and parent != Path("/"):
+                parent.chmod(parent.stat().st_mode | 0o011)
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        run_as = self._run_as()
+        data = self.workdir / "data"
+        log = (self.workdir / "postgres.log").open("ab")
+        if not data.exists():
+            subprocess.run(
+                [str(self.binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                 "-E", "UTF8", "--locale=C", "--no-sync"],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, check=True, **run_as,
+            )
+        self.process = subprocess.Popen(
+            [
+                str(self.binaries / "postgres"), "-D", str(data), "-p", str(self.port),
+                "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            ],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **run_as,
+        )
+        log.close()
+        wait_for_port(self.port, process=self.process, timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            self.process.wait(20)
+            self.process = None
