@@ -10,12 +10,19 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 import turbo_async.routing  # noqa: E402
 
+# uvicorn serves no static files: Django does, in DEBUG or with DJANGO_SERVE_STATIC=1 (compose).
+http_app = django_asgi_app
+if settings.DEBUG or os.environ.get("DJANGO_SERVE_STATIC") == "1":
+    http_app = ASGIStaticFilesHandler(django_asgi_app)
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))
         ),
