@@ -1,0 +1,60 @@
+"""Delivery through a real channels_redis layer: one event loop and one pool per process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from channels.layers import get_channel_layer
+from django.test import override_settings
+
+from tests.services import RedisServer
+from turbo_async import delivery
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_layer(redis_server: RedisServer) -> Iterator[None]:
+    config = {"hosts": [{"address": redis_server.url, "socket_timeout": None}]}
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
+    ):
+        yield
+
+
+def test_many_sends_share_one_loop_and_one_pool(redis_layer: None) -> None:
+    layer = get_channel_layer()
+    loop = delivery._loop.get()
+    channel = delivery._loop.run(layer.new_channel())
+    delivery._loop.run(layer.group_add("turbo_async.test-pool", channel))
+    for n in range(50):
+        delivery.send("turbo_async.test-pool", "test:Pool", f"frame {n}")
+    received = [delivery._loop.run(layer.receive(channel), timeout=5)["data"] for _ in range(50)]
+    assert received == [f"frame {n}" for n in range(50)]
+    assert delivery._loop.get() is loop
+    # channels_redis keeps its pools per event loop: one loop, so one pool, however many frames.
+    assert list(layer._layers) == [loop]
+
+
+def test_sends_from_several_threads_use_the_same_loop(redis_layer: None) -> None:
+    import threading
+
+    loops: list[asyncio.AbstractEventLoop] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            delivery.send("turbo_async.test-threads", "test:Threads", "x")
+            loops.append(delivery._loop.get())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(map(id, loops))) == 1
