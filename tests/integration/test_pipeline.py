@@ -3,9 +3,11 @@ WebSocket client. Rows are committed (transactional_db) so the worker can reload
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
+from django.template.defaultfilters import date
 
 from tests.factories import DocumentFactory, MessageFactory, RoomFactory
 from tests.services import Uvicorn, subscribed
@@ -19,10 +21,17 @@ def test_create_appends_the_message(live: Uvicorn) -> None:
     with subscribed(live, room.stream.signed_stream_name) as client:
         message = MessageFactory(room=room, text="Hello <world>")
         frames = client.receive_frames()
+    # A worker renders for every reader: times in UTC (chat.js shows them in the reader's zone).
+    pk, created = message.pk, message.created_at.astimezone(datetime.timezone.utc)
     assert frames == (
         '<turbo-stream action="append" target="messages"><template>'
-        f'<div id="message-{message.pk}" class="message"><p class="message-text">Hello &lt;world&gt;</p></div>'
-        "</template></turbo-stream>"
+        f'<div id="message-{pk}" class="message"><turbo-frame id="message-{pk}-edit" class="message-frame">'
+        '<p class="message-text">Hello &lt;world&gt;</p><div class="message-meta">'
+        f'<time datetime="{date(created, "c")}">{date(created, "H:i")}</time>'
+        f'<a class="message-action" href="/messages/{pk}/edit/">Edit</a>'
+        f'<form class="message-delete" method="post" action="/messages/{pk}/delete/">'
+        '<button type="submit" class="message-action danger">Delete</button></form></div>'
+        "</turbo-frame></div></template></turbo-stream>"
     )
 
 
