@@ -16,6 +16,16 @@ Every key is optional::
         "MAX_MESSAGE_BYTES": 16384,     # larger WebSocket messages from a client are refused
         "MAX_SUBSCRIPTIONS": 100,       # subscriptions one socket may hold
     }
+
+Bounds (docs/guarantees.rst): with the broker down, a commit spends at most
+``PUBLISH_MAX_RETRIES + 1`` publish attempts and ``PUBLISH_MAX_RETRIES * PUBLISH_RETRY_INTERVAL``
+seconds of waiting between them (about 0.2 s with the defaults when the connection is refused).
+Each attempt against a broker that accepts connections but never answers lasts up to the
+transport's ``socket_timeout``, which kombu leaves unset: set
+``CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 2, "socket_connect_timeout": 2}`` or a
+frozen broker blocks the save. A task whose ``group_send`` fails is retried
+``DELIVERY_MAX_RETRIES`` times, after ``min(DELIVERY_RETRY_BACKOFF_MAX, 2**n)`` seconds times a
+jitter of 0.5 to 1 (about 16 to 31 s in all with the defaults), then fails with an error log.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
@@ -18,6 +19,9 @@ from django.db import DEFAULT_DB_ALIAS, models
 from . import conf, delivery
 from .pending import DELETE, SAVE, Change
 from .registry import stream_registry
+
+if TYPE_CHECKING:
+    from .streams import ModelStream
 
 logger = logging.getLogger("turbo_async")
 
@@ -38,8 +42,30 @@ class DeliveryError(Exception):
 def hook_name(label: str, event: str) -> str:
     """The name Flower shows for a broadcast: ``chat.MessageStream.on_save``."""
     stream_class = stream_registry.get_model_stream(label)
+    # mypy takes Stream.__hash__ (an instance method) for the class's: classes are hashable.
+    shadow: str = publish_options(stream_class, event, conf.get())["shadow"]  # type: ignore[arg-type]
+    return shadow
+
+
+@lru_cache(maxsize=256)
+def publish_options(
+    stream_class: type[ModelStream[Any]], event: str, settings: conf.TurboAsyncSettings
+) -> dict[str, Any]:
+    """The ``apply_async`` options of one hook, built once (``publish`` is on the request path)."""
     app_label = stream_class._meta.model._meta.app_label
-    return f"{app_label}.{stream_class.__name__}.{'on_delete' if event == DELETE else 'on_save'}"
+    options: dict[str, Any] = {
+        "shadow": f"{app_label}.{stream_class.__name__}.{'on_delete' if event == DELETE else 'on_save'}",
+        "retry": True,
+        "retry_policy": {
+            "max_retries": settings.PUBLISH_MAX_RETRIES,
+            "interval_start": 0,
+            "interval_step": settings.PUBLISH_RETRY_INTERVAL,
+            "interval_max": settings.PUBLISH_RETRY_INTERVAL,
+        },
+    }
+    if settings.QUEUE:
+        options["queue"] = settings.QUEUE
+    return options
 
 
 def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
@@ -54,22 +80,12 @@ def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
         kwargs["using"] = alias
     if change.snapshot is not None:
         kwargs["snapshot"] = change.snapshot
-    options: dict[str, Any] = {
-        "shadow": hook_name(change.label, change.event),
-        "retry": True,
-        "retry_policy": {
-            "max_retries": settings.PUBLISH_MAX_RETRIES,
-            "interval_start": 0,
-            "interval_step": settings.PUBLISH_RETRY_INTERVAL,
-            "interval_max": settings.PUBLISH_RETRY_INTERVAL,
-        },
-    }
-    if settings.QUEUE:
-        options["queue"] = settings.QUEUE
+    stream_class = stream_registry.get_model_stream(change.label)
+    options = publish_options(stream_class, change.event, settings)  # type: ignore[arg-type]
+    args = (change.label, change.pk, change.event, change.created)
     try:
-        broadcast.apply_async(
-            (change.label, change.pk, change.event, change.created), kwargs, **options
-        )
+        # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
+        broadcast.apply_async(args, kwargs, argsrepr=repr(args), **options)  # type: ignore[call-arg]
     except Exception as exc:
         logger.error(
             "turbo_async: could not queue the broadcast of %s pk=%r (%s): %s: %s",
@@ -104,16 +120,24 @@ def broadcast(
     try:
         return run(label, pk, event, created, using, snapshot)
     except DeliveryError as exc:
-        raise retry(self, exc) from exc
+        raise retry(self, exc, f"{label} pk={pk!r} ({event})") from exc.__cause__
 
 
-def retry(task: Task[Any, Any], exc: DeliveryError) -> BaseException:
+def retry(task: Task[Any, Any], exc: DeliveryError, what: str) -> BaseException:
+    """Retry ``task`` with exponential backoff, or give up (return ``exc`` to raise) after
+    ``DELIVERY_MAX_RETRIES`` retries. Each attempt is logged with ``what`` (label and pk)."""
     settings = conf.get()
     attempt = task.request.retries
+    if attempt >= settings.DELIVERY_MAX_RETRIES:
+        logger.error(
+            "turbo_async: channel layer unreachable (%s); gave up on %s after %d retries",
+            exc.__cause__ or exc, what, attempt,
+        )
+        return exc
     countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2**attempt) * random.uniform(0.5, 1.0)
     logger.warning(
-        "turbo_async: channel layer unreachable (%s); retry %d of %d in %.1fs",
-        exc.__cause__, attempt + 1, settings.DELIVERY_MAX_RETRIES, countdown,
+        "turbo_async: channel layer unreachable (%s); %s retry %d of %d in %.1fs",
+        exc.__cause__ or exc, what, attempt + 1, settings.DELIVERY_MAX_RETRIES, countdown,
     )
     return task.retry(exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES)
 
@@ -200,5 +224,5 @@ def stream_action(
     try:
         delivery.flush(batch)
     except LAYER_ERRORS as exc:
-        raise retry(self, DeliveryError(str(exc))) from exc
+        raise retry(self, DeliveryError(str(exc)), f"{stream_name}.{action}") from exc
     return {"frames": batch.frame_count, "streams": len(batch.frames)}
