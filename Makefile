@@ -26,8 +26,9 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Everything on SQLite, then the integration tests again on a real PostgreSQL server.
 test: system-deps install
-	$(PY) -m pytest
+	$(PY) -m pytest && TURBO_TEST_DATABASE=postgres $(PY) -m pytest -m integration
 
 demo: install
 	$(PY) demo/run.py

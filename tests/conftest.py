@@ -6,9 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import CeleryWorker, RedisServer, Uvicorn
+from tests.services import CeleryWorker, PostgresServer, RedisServer, Uvicorn
 
 LOG_DIR = Path(os.environ["TURBO_TEST_TMP"]) / "logs"
+
+
+@pytest.fixture(scope="session")
+def database_server() -> Iterator[PostgresServer | None]:
+    """With TURBO_TEST_DATABASE=postgres, a real PostgreSQL server on the port tests/settings.py
+    chose; nothing on SQLite."""
+    if os.environ.get("TURBO_TEST_DATABASE", "sqlite") != "postgres":
+        yield None
+        return
+    server = PostgresServer(int(os.environ["TURBO_TEST_PG_PORT"]), Path(os.environ["TURBO_TEST_TMP"]) / "postgres")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, database_server: PostgresServer | None
+) -> None:
+    """pytest-django's hook before it creates the test databases: the server must be up by then."""
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import factory
 
 from demo.chat.models import Message, Room
-from tests.testapp.models import Document, Tag
+from tests.testapp.models import Document, Probe, Tag
 
 
 class RoomFactory(factory.django.DjangoModelFactory):
@@ -34,3 +34,10 @@ class TagFactory(factory.django.DjangoModelFactory):
 
     slug = factory.Sequence(lambda n: f"tag-{n}")
     label = factory.Sequence(lambda n: f"Tag {n}")
+
+
+class ProbeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Probe
+
+    name = factory.Sequence(lambda n: f"Probe {n}")

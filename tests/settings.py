@@ -7,9 +7,12 @@ use the real Redis server and the same SQLite file as the test database.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def _free_port() -> int:
@@ -21,6 +24,8 @@ def _free_port() -> int:
 # Chosen once per test run and inherited by every process the fixtures start.
 REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(_free_port())))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+# Failure tests run the channel layer on a Redis of its own, so they can stop it alone.
+LAYER_REDIS_URL = f"redis://127.0.0.1:{os.environ.get('TURBO_TEST_LAYER_REDIS_PORT', REDIS_PORT)}/0"
 _tmp = os.environ.setdefault("TURBO_TEST_TMP", tempfile.mkdtemp(prefix="turbo_async_tests_"))
 SUBPROCESS = os.environ.get("TURBO_TEST_SUBPROCESS") == "1"
 
@@ -63,7 +68,29 @@ def _sqlite(name: str) -> dict[str, object]:
     }
 
 
-DATABASES = {"default": _sqlite("default"), "other": _sqlite("other")}
+def _postgres(name: str) -> dict[str, object]:
+    # The server is started by tests/conftest.py (database_server) before the test databases are
+    # made; worker and web processes inherit the port and use the same (test) databases.
+    database = f"turbo_async_{name}"
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": database,
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": os.environ["TURBO_TEST_PG_PORT"],
+        "TEST": {"NAME": database},
+    }
+
+
+# TURBO_TEST_DATABASE=postgres runs everything against a real PostgreSQL server (make test does).
+DATABASE = os.environ.get("TURBO_TEST_DATABASE", "sqlite")
+if DATABASE == "postgres":
+    os.environ.setdefault("TURBO_TEST_PG_PORT", str(_free_port()))
+    DATABASES = {"default": _postgres("default"), "other": _postgres("other")}
+elif DATABASE == "sqlite":
+    DATABASES = {"default": _sqlite("default"), "other": _sqlite("other")}
+else:
+    raise ValueError(f"TURBO_TEST_DATABASE must be 'sqlite' or 'postgres', not {DATABASE!r}.")
 DATABASE_ROUTERS: list[str] = []
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -71,7 +98,13 @@ if SUBPROCESS:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            "CONFIG": {
+                "hosts": [
+                    # retry_on_error: after a Redis restart, the first command on each pooled
+                    # connection fails; redis-py then reconnects once instead of raising.
+                    {"address": LAYER_REDIS_URL, "socket_timeout": None, "retry_on_error": [RedisConnectionError]}
+                ]
+            },
         }
     }
 else:
@@ -81,7 +114,18 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = not SUBPROCESS  # integration fixtures turn it off in the test process
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 30}
+# socket_timeout bounds a publish to a broker that hangs (docs/guarantees.rst); failure tests
+# start a worker with a short visibility_timeout to see a killed worker's task redelivered.
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    "visibility_timeout": int(os.environ.get("TURBO_TEST_VISIBILITY_TIMEOUT", "30")),
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+if "TURBO_TEST_VISIBILITY_TIMEOUT" in os.environ:
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+
+# Failure tests give their worker shorter retry settings: a JSON dict of TURBO_ASYNC keys.
+TURBO_ASYNC = json.loads(os.environ.get("TURBO_TEST_TURBO_ASYNC", "{}"))
 
 LOGGING = {
     "version": 1,

@@ -25,3 +25,13 @@ class Plain(models.Model):
     """A model without a stream (registry tests attach throwaway streams to it)."""
 
     name = models.CharField(max_length=100)
+
+
+class Probe(models.Model):
+    """A streamed model whose hook misbehaves on request (failure tests): it counts its runs,
+    then sleeps ``sleep`` seconds and raises if ``fail`` is set."""
+
+    name = models.CharField(max_length=100)
+    sleep = models.FloatField(default=0)
+    fail = models.BooleanField(default=False)
+    runs = models.PositiveIntegerField(default=0)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import time
+
+from django.db.models import F
+
 import turbo_async as turbo
 
-from .models import Document, Tag
+from .models import Document, Probe, Tag
 
 
 class DocumentStream(turbo.ModelStream):
@@ -26,3 +30,19 @@ class TagStream(turbo.ModelStream):
 
 class TagListStream(turbo.Stream):
     pass
+
+
+class ProbeStream(turbo.ModelStream):
+    """Failure tests: a hook that counts its runs (a queryset update: no signal), and can be slow
+    (to kill its worker mid-task) or raise."""
+
+    class Meta:
+        model = Probe
+
+    def on_save(self, probe, created, *args, **kwargs):
+        Probe.objects.using(kwargs.get("using", "default")).filter(pk=probe.pk).update(runs=F("runs") + 1)
+        if probe.sleep:
+            time.sleep(probe.sleep)
+        if probe.fail:
+            raise RuntimeError(f"probe {probe.pk} fails on purpose")
+        self.update(text=probe.name, id=f"probe-{probe.pk}")

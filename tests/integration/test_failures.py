@@ -1,0 +1,389 @@
+"""What users are promised when things break (docs/guarantees.rst), proven with real processes.
+
+These tests stop, freeze and kill services, so they run on services of their own (``stack``): a
+broker Redis, a channel-layer Redis, a Celery worker and a uvicorn, all real processes. The
+session's Redis, worker and uvicorn are never touched. The test process publishes to the stack's
+broker for the length of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import LazySettings
+
+from demo.chat.models import Message
+from tests.conftest import LOG_DIR
+from tests.factories import MessageFactory, ProbeFactory, RoomFactory
+from tests.services import CeleryWorker, Process, RedisServer, Uvicorn, free_port, subscribed
+from tests.testapp.models import Probe
+from turbo_async import suppress
+
+pytestmark = pytest.mark.integration
+
+# The stack's worker retries quickly so the tests stay short: backoffs of 0.5 to 1 s, 3 retries.
+WORKER_SETTINGS = {"DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1}
+
+
+class Stack:
+    """A broker Redis, a channel-layer Redis, a worker and a uvicorn of their own.
+
+    The layer's Redis keeps an append-only file, as a production Redis would: group memberships
+    survive its restart.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.broker = RedisServer(free_port(), root / "broker")
+        self.layer = RedisServer(free_port(), root / "layer", "--appendonly", "yes")
+        self.env = {
+            "TURBO_TEST_REDIS_PORT": str(self.broker.port),
+            "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
+            "TURBO_TEST_TURBO_ASYNC": json.dumps(WORKER_SETTINGS),
+        }
+        self.worker = self.new_worker("failures-worker")
+        self.web = Uvicorn(LOG_DIR, name="failures-web", **self.env)
+
+    def new_worker(self, name: str, **env: str) -> CeleryWorker:
+        return CeleryWorker(LOG_DIR, name=name, **(self.env | env))
+
+    def start(self) -> None:
+        self.broker.start()
+        self.layer.start()
+        self.worker.start()
+        self.web.start()
+
+    def stop(self) -> None:
+        self.web.stop()
+        self.worker.stop()
+        self.layer.stop()
+        self.broker.stop()
+
+
+class Log:
+    """What a process wrote to its log file since this object was made."""
+
+    def __init__(self, process: Process) -> None:
+        self.path = process.log_path
+        self.start = self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self) -> str:
+        with self.path.open("rb") as log:
+            log.seek(self.start)
+            return log.read().decode(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text()
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in the log after {timeout}s:\n{self.text()}")
+
+
+def assert_no_errors(log: Log) -> None:
+    text = log.text()
+    assert "ERROR" not in text and "Traceback" not in text, text
+
+
+def layer_host(url: str) -> dict[str, Any]:
+    """A channels_redis host as tests/settings.py (and docs/guarantees.rst) configure it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return {"address": url, "socket_timeout": None, "retry_on_error": [RedisConnectionError]}
+
+
+class LayerListener:
+    """One channel of the real channel layer, member of one stream's group.
+
+    It keeps its own event loop: channels_redis keeps a connection pool per loop.
+    """
+
+    def __init__(self, url: str, group: str) -> None:
+        from channels_redis.core import RedisChannelLayer
+
+        self.loop = asyncio.new_event_loop()
+        self.layer = RedisChannelLayer(hosts=[layer_host(url)])
+        self.channel = self.loop.run_until_complete(self.layer.new_channel())
+        self.loop.run_until_complete(self.layer.group_add(group, self.channel))
+
+    def receive(self, timeout: float = 20) -> dict[str, Any]:
+        return self.loop.run_until_complete(
+            asyncio.wait_for(self.layer.receive(self.channel), timeout)
+        )
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.layer.close_pools())
+        self.loop.close()
+
+
+def wait_until(condition: Any, timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met after {timeout}s")
+
+
+def use_broker(url: str) -> None:
+    """Point the test process's Celery app at another broker, with fresh connection pools."""
+    from workers import app
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from workers import app
+
+    services = Stack(tmp_path_factory.mktemp("failures"))
+    services.start()
+    previous = app.conf.broker_url
+    use_broker(services.broker.url)
+    try:
+        yield services
+    finally:
+        use_broker(previous)
+        services.stop()
+
+
+@pytest.fixture
+def live_stack(stack: Stack, transactional_db: None) -> Iterator[Stack]:
+    """Committed rows, published to the stack's broker (Celery eager mode off)."""
+    from workers import app
+
+    app.conf.task_always_eager = False
+    try:
+        yield stack
+    finally:
+        app.conf.task_always_eager = True
+        for server in (stack.broker, stack.layer):  # a failed test must not leave one down
+            if server.process is None:
+                server.start()
+
+
+# -- broker down at commit --------------------------------------------------------------------
+
+
+def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
+    live_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    live_stack.broker.stop()
+    started = time.monotonic()
+    message = MessageFactory(room=room)
+    elapsed = time.monotonic() - started
+    live_stack.broker.start()
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
+    assert elapsed < 10, f"the save hung for {elapsed:.1f}s"
+
+
+def test_save_returns_when_the_broker_hangs(
+    live_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A frozen Redis accepts connections and never answers: only the transport's socket_timeout
+    # (tests/settings.py: 2 s, docs/guarantees.rst) bounds the publish.
+    with suppress():
+        room = RoomFactory()
+    assert live_stack.broker.process is not None
+    live_stack.broker.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        message = MessageFactory(room=room)
+        elapsed = time.monotonic() - started
+    finally:
+        live_stack.broker.process.send_signal(signal.SIGCONT)
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
+    assert elapsed < 20, f"the save hung for {elapsed:.1f}s"
+
+
+def test_inline_policy_runs_the_hook_in_the_saving_process_when_the_broker_is_down(
+    live_stack: Stack, settings: LazySettings
+) -> None:
+    # The saving process sends through the real Redis channel layer (not the in-memory one).
+    settings.TURBO_ASYNC = {"ON_PUBLISH_ERROR": "inline"}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [layer_host(live_stack.layer.url)]},
+        }
+    }
+    with suppress():
+        room = RoomFactory()
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        live_stack.broker.stop()
+        message = MessageFactory(room=room, text="sent inline")
+        frames = client.receive_frames()
+    live_stack.broker.start()
+    assert frames.startswith('<turbo-stream action="append" target="messages">')
+    assert f'id="message-{message.pk}"' in frames and "sent inline" in frames
+
+
+def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> None:
+    with suppress():
+        room = RoomFactory()
+    worker_log = Log(live_stack.worker)
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        MessageFactory(room=room, text="before")  # the worker is connected (and the web is)
+        assert "before" in client.receive_frames(timeout=30)
+        # Stop the broker only once the worker has acknowledged that task: with Celery 5.7 and
+        # kombu 5.7 a worker that loses its Redis broker while holding an unacknowledged task
+        # exits ("Unrecoverable error: AttributeError"; docs/guarantees.rst).
+        wait_until(lambda: live_stack.broker.client().hlen("unacked") == 0, what="the ack")
+        live_stack.broker.stop()
+        MessageFactory(room=room, text="lost while down")
+        live_stack.broker.start()
+        # Same test process, same worker, same uvicorn: nothing was restarted but Redis.
+        MessageFactory(room=room, text="after the restart")
+        frames = client.receive_frames(timeout=30)
+    assert "after the restart" in frames
+    assert "lost while down" not in frames
+    assert "Connection to broker lost" in worker_log.text()
+
+
+# -- channel layer down while a task runs -------------------------------------------------------
+
+
+def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_returns(
+    live_stack: Stack,
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    listener = LayerListener(live_stack.layer.url, room.stream.broadcastable_stream_name)
+    worker_log = Log(live_stack.worker)
+    try:
+        live_stack.layer.stop()
+        message = MessageFactory(room=room, text="waited for the layer")
+        worker_log.wait_for("channel layer unreachable")
+        live_stack.layer.start()
+        received = listener.receive()
+    finally:
+        listener.close()
+    assert f'id="message-{message.pk}"' in received["data"]
+    assert "waited for the layer" in received["data"]
+    assert f"chat.message pk={message.pk} (save)" in worker_log.text()
+
+
+def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
+    live_stack: Stack,
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        MessageFactory(room=room, text="before")  # the web's pooled layer connections are in use
+        assert "before" in client.receive_frames()
+    live_stack.layer.stop()
+    live_stack.layer.start()
+    # The first command on each stale pooled connection fails; the layer host's retry_on_error
+    # (docs/guarantees.rst) reconnects instead of failing the subscription.
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        MessageFactory(room=room, text="after")
+        assert "after" in client.receive_frames()
+
+
+def test_task_gives_up_after_delivery_max_retries(live_stack: Stack) -> None:
+    with suppress():
+        room = RoomFactory()
+    worker_log = Log(live_stack.worker)
+    live_stack.layer.stop()
+    try:
+        message = MessageFactory(room=room)
+        text = worker_log.wait_for("raised unexpected: DeliveryError", timeout=30)
+    finally:
+        live_stack.layer.start()
+    retries = WORKER_SETTINGS["DELIVERY_MAX_RETRIES"]
+    for attempt in range(1, retries + 1):
+        assert f"chat.message pk={message.pk} (save) retry {attempt} of {retries}" in text
+    assert f"retry {retries + 1} of" not in text
+    assert f"gave up on chat.message pk={message.pk} (save) after {retries} retries" in text
+
+
+def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack) -> None:
+    worker_log = Log(live_stack.worker)
+    probe = ProbeFactory(fail=True)
+    text = worker_log.wait_for(f"RuntimeError: probe {probe.pk} fails on purpose")
+    assert "testapp.ProbeStream.on_save[" in text and "raised unexpected" in text
+    assert "Traceback (most recent call last)" in text
+    # A retry would come within DELIVERY_RETRY_BACKOFF_MAX (1 s here); wait twice that.
+    time.sleep(2)
+    probe.refresh_from_db()
+    assert probe.runs == 1
+    assert worker_log.text().count("raised unexpected") == 1
+
+
+# -- rows that are gone -------------------------------------------------------------------------
+
+
+def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
+    live_stack: Stack,
+) -> None:
+    with suppress():
+        room = RoomFactory()
+        messages = MessageFactory.create_batch(2, room=room)
+        other_room = RoomFactory()
+    worker_log = Log(live_stack.worker)
+    room.delete()  # deletes both messages: two on_delete tasks whose message.room is gone
+    for message in messages:
+        worker_log.wait_for(f"chat.message pk={message.pk} delete skipped")
+    with subscribed(live_stack.web, other_room.stream.signed_stream_name) as client:
+        MessageFactory(room=other_room, text="still working")
+        assert "still working" in client.receive_frames()
+    assert_no_errors(worker_log)
+
+
+def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack: Stack) -> None:
+    with suppress():
+        room = RoomFactory()
+    worker_log = Log(live_stack.worker)
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        ProbeFactory(sleep=1)  # keeps the single worker process busy while the row comes and goes
+        message = MessageFactory(room=room)
+        message_id = message.pk
+        message.delete()
+        frames = client.receive_frames()
+    # The save's task found no row and sent nothing; the delete's task removed the element.
+    assert frames == (
+        f'<turbo-stream action="remove" target="message-{message_id}"><template></template></turbo-stream>'
+    )
+    assert f"chat.message pk={message_id} is gone" in worker_log.text()
+    assert_no_errors(worker_log)
+
+
+# -- worker killed ------------------------------------------------------------------------------
+
+
+def test_task_of_a_killed_worker_is_redelivered_and_broadcast(live_stack: Stack) -> None:
+    # Last in this module: it replaces the stack's worker with one whose visibility_timeout is
+    # 2 s, so Redis hands the killed worker's unacknowledged task to it quickly.
+    with suppress():
+        probe = ProbeFactory(name="survived")
+    with subscribed(live_stack.web, probe.stream.signed_stream_name) as client:
+        probe.sleep = 60
+        probe.save()
+        wait_until(lambda: Probe.objects.get(pk=probe.pk).runs == 1, what="the hook started")
+        live_stack.worker.kill(signal.SIGKILL)  # the whole process group, mid-hook
+        assert live_stack.worker.process is not None
+        live_stack.worker.process.wait(10)
+        Probe.objects.filter(pk=probe.pk).update(sleep=0)
+        live_stack.worker = live_stack.new_worker(
+            "failures-worker-2", TURBO_TEST_VISIBILITY_TIMEOUT="2"
+        )
+        live_stack.worker.start()
+        frames = client.receive_frames(timeout=30)
+    assert frames == (
+        f'<turbo-stream action="update" target="probe-{probe.pk}"><template>survived</template></turbo-stream>'
+    )
+    assert Probe.objects.get(pk=probe.pk).runs == 2
