@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+# Flower's task list with each broadcast's (label, pk, event, created) and its result.
+FLOWER_COLUMNS = "name,args,result,state,received,runtime,worker"
 
 
 class DemoError(Exception):
@@ -249,7 +251,12 @@ def main() -> int:
             env, ready_text=" ready.",
         )
         flower = Service(
-            "flower", [*celery, "flower", f"--port={flower_port}", f"--address={HOST}"], env
+            "flower",
+            [
+                *celery, "flower", f"--port={flower_port}", f"--address={HOST}",
+                f"--tasks_columns={FLOWER_COLUMNS}",
+            ],
+            env,
         )
         web = Service(
             "web",
@@ -271,6 +278,7 @@ def main() -> int:
         say(f"  turbo_async demo is up ({time.monotonic() - started:.1f}s); Ctrl-C stops it.")
         say(f"  Web:    http://{HOST}:{web_port}/")
         say(f"  Flower: http://{HOST}:{flower_port}/")
+        say(f"  Redis:  {env['REDIS_URL']}")
         say("")
         while True:
             for service in services:

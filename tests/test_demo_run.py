@@ -23,7 +23,7 @@ from tests.services import ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
-URL_LINE = re.compile(r"^\s+(Web|Flower):\s+(http://\S+)$")
+URL_LINE = re.compile(r"^\s+(Web|Flower|Redis):\s+((?:http|redis)://\S+)$")
 
 
 def process_tree(pid: int) -> set[tuple[int, str]]:
@@ -62,6 +62,7 @@ def alive(pid: int, started: str) -> bool:
 @dataclass
 class Demo:
     process: subprocess.Popen[str]
+    env: dict[str, str]
     urls: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
@@ -73,7 +74,7 @@ class Demo:
             match = URL_LINE.match(line.rstrip())
             if match:
                 self.urls[match[1]] = match[2]
-                if len(self.urls) == 2:
+                if len(self.urls) == 3:
                     self.ready.set()
 
     def log(self) -> str:
@@ -92,7 +93,7 @@ def start(env: dict[str, str]) -> Demo:
         [sys.executable, str(ROOT / "demo" / "run.py")], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
-    demo = Demo(process)
+    demo = Demo(process, env)
     threading.Thread(target=demo.read, daemon=True).start()
     if not demo.ready.wait(90):
         stop(demo)
@@ -139,6 +140,28 @@ def test_make_demo_runs_flower_with_the_worker(demo: Demo) -> None:
         workers = json.loads(fetch(demo.urls["Flower"] + "api/workers?refresh=1"))
         time.sleep(0.2)
     assert any(name.startswith("demo@") for name in workers), (workers, demo.log())
+
+
+def test_a_save_in_a_demo_process_is_broadcast_by_its_worker(demo: Demo) -> None:
+    """manage.py (like the web process) publishes to the demo's Redis, not Celery's default."""
+    env = {**demo.env, "REDIS_URL": demo.urls["Redis"]}
+    code = (
+        "from demo.chat.models import Message, Room; "
+        "print('pk', Message.objects.create(room=Room.objects.first(), text='hi').pk)"
+    )
+    shell = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "manage.py"), "shell", "-c", code], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert shell.returncode == 0, shell.stderr
+    pk = re.findall(r"^pk (\d+)$", shell.stdout, re.M)[0]
+    deadline = time.monotonic() + 20
+    found: list[dict[str, str]] = []
+    while not found and time.monotonic() < deadline:
+        tasks = json.loads(fetch(demo.urls["Flower"] + "api/tasks?state=SUCCESS"))
+        found = [t for t in tasks.values() if t["args"] == f"('chat.message', {pk}, 'save', True)"]
+        time.sleep(0.2)
+    assert [t["name"] for t in found] == ["chat.MessageStream.on_save"], (tasks, demo.log())
 
 
 def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:

@@ -1,0 +1,142 @@
+"""Broadcasts as Flower shows them: a real Flower process on the test broker, fed by the real
+worker's task events, read through its HTTP API and its task list page (Debian's Chromium)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LOG_DIR
+from tests.factories import MessageFactory, RoomFactory
+from tests.services import CeleryWorker, Process, RedisServer, free_port, subprocess_env, wait_for_port
+from turbo_async import suppress
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCREENSHOT = ROOT / "docs" / "_static" / "flower-tasks.png"
+CHROMIUM = "/usr/bin/chromium"
+COLUMNS = "name,args,result,state,received,runtime,worker"  # what demo/run.py and the docs use
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+class Flower(Process):
+    def __init__(self) -> None:
+        self.port = free_port()
+        super().__init__(
+            "flower",
+            [
+                sys.executable, "-m", "celery", "-A", "workers", "flower",
+                f"--port={self.port}", "--address=127.0.0.1", f"--tasks_columns={COLUMNS}",
+            ],
+            LOG_DIR, subprocess_env(FLOWER_UNAUTHENTICATED_API="true"),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port, process=self.process, timeout=30)
+
+    def wait_for_worker_events(self, worker: CeleryWorker, timeout: float = 20) -> None:
+        """Flower only knows events sent after it started listening: wait for a heartbeat."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.get("/workers?json=1")["data"]:  # filled from worker-heartbeat events
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"Flower saw no worker events in {timeout}s:\n{self.log()}\n{worker.log()}")
+
+    def wait_for_task(self, name: str, *args_parts: str, timeout: float = 20) -> dict[str, Any]:
+        """The task called ``name`` whose args contain every part, once it has succeeded."""
+        deadline = time.monotonic() + timeout
+        tasks: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            tasks = self.get(f"/api/tasks?taskname={name}")
+            for task in tasks.values():
+                if all(part in (task["args"] or "") for part in args_parts):
+                    if task["state"] == "SUCCESS":
+                        return dict(task)
+            time.sleep(0.2)
+        raise AssertionError(f"no successful {name}{args_parts} in Flower after {timeout}s: {tasks}")
+
+
+@pytest.fixture(scope="module")
+def flower(redis_server: RedisServer, worker: CeleryWorker) -> Iterator[Flower]:
+    process = Flower()
+    process.start()
+    try:
+        process.wait_for_worker_events(worker)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def saved_message(flower: Flower, live_broker: RedisServer, transactional_db: None) -> Any:
+    """A message created after Flower started, so Flower sees its broadcast."""
+    with suppress():
+        room = RoomFactory(name="Flower")
+    return MessageFactory(room=room, text="Seen in Flower")
+
+
+def test_broadcast_shows_up_under_its_hook_name_with_label_and_pk(
+    flower: Flower, saved_message: Any
+) -> None:
+    task = flower.wait_for_task("chat.MessageStream.on_save", "chat.message", str(saved_message.pk))
+    assert task["name"] == "chat.MessageStream.on_save"
+    assert task["state"] == "SUCCESS"
+
+
+def test_broadcast_result_counts_frames_and_streams(flower: Flower, saved_message: Any) -> None:
+    # The task ignores results (no backend writes), yet the task-succeeded event carries it.
+    task = flower.wait_for_task("chat.MessageStream.on_save", "chat.message", str(saved_message.pk))
+    assert task["result"] == "{'frames': 1, 'streams': 1}"
+
+
+def test_task_list_page_shows_each_hook_with_args_and_result(
+    flower: Flower, saved_message: Any
+) -> None:
+    """Takes the screenshot docs/monitoring.rst shows (Playwright's sync API: no event loop here)."""
+    if not Path(CHROMIUM).exists():
+        raise AssertionError("Chromium is missing: apt-get install chromium (or make system-deps)")
+    from playwright.sync_api import expect, sync_playwright
+
+    pk = str(saved_message.pk)
+    saved_message.text = "Edited in Flower"
+    saved_message.save()
+    flower.wait_for_task("chat.MessageStream.on_save", "chat.message", pk, "False")
+    saved_message.delete()  # only now: a save reaching the worker after the delete skips the row
+    flower.wait_for_task("chat.MessageStream.on_delete", "chat.message", pk)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 620})
+            page.goto(flower.url + "/tasks")
+            rows = page.locator("#tasks-table tbody tr")
+            for hook in ("chat.MessageStream.on_delete", "chat.MessageStream.on_save"):
+                row = rows.filter(has_text=hook).filter(has_text=f"'chat.message', {pk},").first
+                expect(row).to_be_visible(timeout=15_000)
+                expect(row).to_contain_text("SUCCESS")
+                expect(row).to_contain_text("'frames': 1, 'streams': 1")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
