@@ -9,6 +9,7 @@ Environment:
     FLOWER_PORT   Flower port (default 5555)
     REDIS_URL     an external Redis to use; without it an embedded Redis is started on 6379,
                   or on a free port when 6379 is taken
+    REDIS_PORT    the embedded Redis's port instead
     DJANGO_DB_PATH, DJANGO_DEBUG, ...  read by demo/settings.py
 """
 
@@ -229,7 +230,10 @@ def main() -> int:
         if os.environ.get("REDIS_URL"):
             say(f"Using the Redis at REDIS_URL={env['REDIS_URL']}")
         else:
-            redis_port = 6379 if port_is_free(6379) else free_port()
+            if os.environ.get("REDIS_PORT"):
+                redis_port = port_from_env("REDIS_PORT", 6379)
+            else:
+                redis_port = 6379 if port_is_free(6379) else free_port()
             redis_dir = ROOT / ".demo" / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
             redis = Service(

@@ -84,7 +84,10 @@ class Demo:
 def demo_env(db_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBO_TEST_", "DJANGO_"))}
     env.pop("REDIS_URL", None)  # the supervisor starts its own Redis
-    env.update(PORT=str(free_port()), FLOWER_PORT=str(free_port()), DJANGO_DB_PATH=str(db_path))
+    env.update(
+        PORT=str(free_port()), FLOWER_PORT=str(free_port()), REDIS_PORT=str(free_port()),
+        DJANGO_DB_PATH=str(db_path),
+    )
     return env
 
 
@@ -164,24 +167,37 @@ def test_a_save_in_a_demo_process_is_broadcast_by_its_worker(demo: Demo) -> None
     assert [t["name"] for t in found] == ["chat.MessageStream.on_save"], (tasks, demo.log())
 
 
-def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
-    demo = start(demo_env(tmp_path / "demo.sqlite3"))
+@dataclass
+class Stopped:
+    demo: Demo
+    tree: set[tuple[int, str]]
+    exit_code: int
+    db_path: Path
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> Stopped:
+    """A demo started, then stopped with Ctrl-C; what ran under it was recorded while it ran."""
+    db_path = tmp_path_factory.mktemp("stopped") / "demo.sqlite3"
+    demo = start(demo_env(db_path))
     tree = process_tree(demo.process.pid)
-    assert len(tree) >= 5, (tree, demo.log())  # redis, worker and its pool, flower, web
-    assert stop(demo) == 0, demo.log()
-    left = [pid for pid, started in tree if alive(pid, started)]
-    assert left == [], f"still running after Ctrl-C: {left}\n{demo.log()}"
-    assert "Stopped." in demo.log()
+    return Stopped(demo, tree, stop(demo), db_path)
 
 
-def test_runs_again_on_the_same_ports_and_database(tmp_path: Path) -> None:
-    db_path = tmp_path / "demo.sqlite3"
-    env = demo_env(db_path)
-    stop(start(env))
-    again = start(env)
+def test_ctrl_c_stops_every_process_it_started(stopped: Stopped) -> None:
+    log = stopped.demo.log()
+    assert len(stopped.tree) >= 5, (stopped.tree, log)  # redis, worker and its pool, flower, web
+    assert stopped.exit_code == 0, log
+    left = [pid for pid, started in stopped.tree if alive(pid, started)]
+    assert left == [], f"still running after Ctrl-C: {left}\n{log}"
+    assert "Stopped." in log
+
+
+def test_runs_again_on_the_same_ports_and_database(stopped: Stopped) -> None:
+    again = start(stopped.demo.env)
     try:
         assert "General" in fetch(again.urls["Web"])
     finally:
         stop(again)
-    with sqlite3.connect(db_path) as db:  # seeded on the first run only
+    with sqlite3.connect(stopped.db_path) as db:  # seeded on the first run only
         assert db.execute("SELECT count(*) FROM chat_room").fetchone() == (3,)
