@@ -63,18 +63,18 @@ class Flower(Process):
             time.sleep(0.2)
         raise TimeoutError(f"Flower saw no worker events in {timeout}s:\n{self.log()}\n{worker.log()}")
 
-    def wait_for_task(self, name: str, *args_parts: str, timeout: float = 20) -> dict[str, Any]:
-        """The task called ``name`` whose args contain every part, once it has succeeded."""
+    def wait_for_task(self, name: str, args: str, timeout: float = 20) -> dict[str, Any]:
+        """The task called ``name`` whose args start with ``args``, once it has succeeded."""
         deadline = time.monotonic() + timeout
         tasks: dict[str, Any] = {}
         while time.monotonic() < deadline:
             tasks = self.get(f"/api/tasks?taskname={name}")
             for task in tasks.values():
-                if all(part in (task["args"] or "") for part in args_parts):
+                if (task["args"] or "").startswith(args):
                     if task["state"] == "SUCCESS":
                         return dict(task)
             time.sleep(0.2)
-        raise AssertionError(f"no successful {name}{args_parts} in Flower after {timeout}s: {tasks}")
+        raise AssertionError(f"no successful {name}{args} in Flower after {timeout}s: {tasks}")
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +99,15 @@ def saved_message(flower: Flower, live_broker: RedisServer, transactional_db: No
 def test_broadcast_shows_up_under_its_hook_name_with_label_and_pk(
     flower: Flower, saved_message: Any
 ) -> None:
-    task = flower.wait_for_task("chat.MessageStream.on_save", "chat.message", str(saved_message.pk))
+    task = flower.wait_for_task("chat.MessageStream.on_save", f"('chat.message', {saved_message.pk}, ")
     assert task["name"] == "chat.MessageStream.on_save"
+    assert task["args"] == f"('chat.message', {saved_message.pk}, 'save', True)"
     assert task["state"] == "SUCCESS"
 
 
 def test_broadcast_result_counts_frames_and_streams(flower: Flower, saved_message: Any) -> None:
     # The task ignores results (no backend writes), yet the task-succeeded event carries it.
-    task = flower.wait_for_task("chat.MessageStream.on_save", "chat.message", str(saved_message.pk))
+    task = flower.wait_for_task("chat.MessageStream.on_save", f"('chat.message', {saved_message.pk}, ")
     assert task["result"] == "{'frames': 1, 'streams': 1}"
 
 
@@ -118,12 +119,12 @@ def test_task_list_page_shows_each_hook_with_args_and_result(
         raise AssertionError("Chromium is missing: apt-get install chromium (or make system-deps)")
     from playwright.sync_api import expect, sync_playwright
 
-    pk = str(saved_message.pk)
+    pk = saved_message.pk
     saved_message.text = "Edited in Flower"
     saved_message.save()
-    flower.wait_for_task("chat.MessageStream.on_save", "chat.message", pk, "False")
+    flower.wait_for_task("chat.MessageStream.on_save", f"('chat.message', {pk}, 'save', False)")
     saved_message.delete()  # only now: a save reaching the worker after the delete skips the row
-    flower.wait_for_task("chat.MessageStream.on_delete", "chat.message", pk)
+    flower.wait_for_task("chat.MessageStream.on_delete", f"('chat.message', {pk}, 'delete', ")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
