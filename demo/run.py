@@ -90,14 +90,18 @@ def redis_server_binary() -> str:
     )
 
 
+try:  # Linux: resolved here, not in the forked child (the supervisor has threads by then)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
 def _child_setup() -> None:
-    """In the child before exec: own process group, and SIGTERM when the supervisor dies."""
+    """In the child before exec: own process group, and SIGTERM if the supervisor dies."""
     os.setsid()
-    try:
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: Ctrl-C still stops everything
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Service:

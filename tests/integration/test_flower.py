@@ -111,6 +111,7 @@ def test_broadcast_result_counts_frames_and_streams(flower: Flower, saved_messag
     assert task["result"] == "{'frames': 1, 'streams': 1}"
 
 
+@pytest.mark.browser
 def test_task_list_page_shows_each_hook_with_args_and_result(
     flower: Flower, saved_message: Any
 ) -> None:
