@@ -1,9 +1,16 @@
 """Browser fixtures: Debian's Chromium driven by Playwright's sync API (no ``playwright install``).
 
 Playwright's sync API refuses to run inside a running asyncio loop: the browser tests are plain
-sync tests. While Playwright is started its own loop counts as running in this thread, and Django
-would refuse ORM calls ("You cannot call this from an async context"); they are really synchronous
-here, so ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set for this package only (as Playwright's docs advise).
+sync tests. While Playwright is started, its own loop counts as running in this thread, which
+changes two things in Django, so Playwright runs for the whole package, started before and
+stopped after every test's database set-up and teardown:
+
+- Django refuses ORM calls ("You cannot call this from an async context"); they really are
+  synchronous here, so ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set for this package only (as Playwright's
+  documentation advises).
+- Django's connections are thread-local in a sync thread but context-local once a loop runs:
+  starting Playwright inside a test would let its teardown miss the connections its set-up
+  patched (pytest-django's "Database queries to 'other' are not allowed" in later tests).
 """
 
 from __future__ import annotations
@@ -31,21 +38,42 @@ document.addEventListener("turbo:before-stream-render", () => window.__turbo.str
 """
 
 
-@pytest.fixture(scope="package")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"No Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium). "
-            "The browser tests drive it through Playwright and never skip."
-        )
-    from playwright.sync_api import expect, sync_playwright
+class Chromium:
+    """Playwright, started at once, and Debian's Chromium, launched when a test first opens a
+    page: a missing binary then fails that test (not its set-up) with what to install."""
 
-    expect.set_options(timeout=TIMEOUT_MS)
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+    def __init__(self) -> None:
+        from playwright.sync_api import expect, sync_playwright
+
+        expect.set_options(timeout=TIMEOUT_MS)
+        self._playwright: Any = sync_playwright().start()
+        self._browser: Any = None
+
+    def get(self) -> Any:
+        if self._browser is None:
+            if not CHROMIUM.exists():
+                pytest.fail(
+                    f"No Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium). "
+                    "The browser tests drive it through Playwright and never skip."
+                )
+            self._browser = self._playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+            self._browser = None
+        self._playwright.stop()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def chromium() -> Iterator[Chromium]:
+    """For every test of the package, whether it opens a page or not (see the module's doc)."""
+    with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+        browser = Chromium()
         try:
             yield browser
         finally:
@@ -56,14 +84,14 @@ OpenPage = Callable[..., Any]
 
 
 @pytest.fixture
-def open_page(browser: Any) -> Iterator[OpenPage]:
+def open_page(chromium: Chromium) -> Iterator[OpenPage]:
     """``open_page(url)``: a page in its own browser context (a separate visitor, own cookies),
     loaded and subscribed. Uncaught JavaScript errors on any of them fail the test."""
     contexts: list[Any] = []
     errors: list[str] = []
 
     def open_(url: str, viewport: dict[str, int] | None = None, subscriptions: int = 1) -> Any:
-        context = browser.new_context(
+        context = chromium.get().new_context(
             viewport=viewport or {"width": 1000, "height": 720}, locale="en-US", timezone_id="UTC"
         )
         contexts.append(context)
