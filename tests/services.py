@@ -155,13 +155,17 @@ class Process:
 
 
 class CeleryWorker(Process):
-    def __init__(self, log_dir: Path, name: str = "worker", concurrency: int = 1, **env: str) -> None:
+    def __init__(
+        self, log_dir: Path, name: str = "worker", concurrency: int = 1, app: str = "workers",
+        events: bool = True, pool: str = "prefork", **env: str,
+    ) -> None:
         super().__init__(
             name,
             [
-                sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
-                "--concurrency", str(concurrency), "--pool", "prefork", "--without-gossip",
-                "--without-mingle", "-n", f"{name}-{os.getpid()}@%h", "--events",
+                sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--pool", pool, "--without-gossip",
+                "--without-mingle", "-n", f"{name}-{os.getpid()}@%h",
+                *(["--events"] if events else []),
             ],
             log_dir, subprocess_env(**env),
         )

@@ -16,5 +16,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
 app = Celery("workers")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.worker_send_task_events = True
-app.conf.task_send_sent_event = True
+# No task-sent events: each would be a second broker round trip on the request path (a third of
+# a publish, see docs/benchmarks.rst); Flower shows each broadcast from the worker's events.
+app.conf.task_send_sent_event = False
 app.autodiscover_tasks()

@@ -1,0 +1,90 @@
+"""Settings of the benchmark processes that tests/benchmarks/run.py starts (``make bench``).
+
+One variant per process, chosen by ``BENCH_VARIANT``:
+
+- ``none``: the chat app without any streams app (the cost of a plain ``save()``);
+- ``turbo_async``: the chat app with turbo_async installed (publishes to the Redis broker);
+- ``turbo_django``: turbo-django 0.4.4 with the same models, templates and stream code
+  (tests/benchmarks/turbochat), run by the interpreter of the benchmark's own venv.
+
+Every process of one run shares the SQLite file ``BENCH_DB`` (WAL, so the worker reads while the
+web process writes) and the Redis server at ``BENCH_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+VARIANT = os.environ.get("BENCH_VARIANT", "turbo_async")
+VARIANTS = ("none", "turbo_async", "turbo_django")
+if VARIANT not in VARIANTS:
+    raise RuntimeError(f"BENCH_VARIANT must be one of {VARIANTS}, not {VARIANT!r}.")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+SECRET_KEY = "turbo-async-benchmarks"
+DEBUG = False  # so that Django's cached template loader is on, as in production
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
+]
+if VARIANT == "turbo_async":
+    INSTALLED_APPS += ["turbo_async", "demo.chat"]
+elif VARIANT == "turbo_django":
+    INSTALLED_APPS += ["turbo", "tests.benchmarks.turbochat"]
+else:
+    INSTALLED_APPS += ["demo.chat"]
+
+ROOT_URLCONF = "tests.benchmarks.urls"
+STATIC_URL = "/static/"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # The seed's chat templates, frozen here so that every variant renders the same markup
+        # whatever the demo's templates become (they come before demo.chat's own).
+        "DIRS": [ROOT / "tests" / "benchmarks" / "templates"],
+        "APP_DIRS": True,
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("BENCH_DB", "/tmp/turbo_async_bench.sqlite3"),
+        # Persistent connections, as a worker should run: Celery's Django fixup closes the
+        # connection after every task unless CONN_MAX_AGE keeps it (a new one per broadcast).
+        "CONN_MAX_AGE": 600,
+        "OPTIONS": {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        },
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # socket_timeout None: redis-py's default (5 s) drops idle readers (channels_redis #422).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_DB_REUSE_MAX = 1000
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"turbo_async": {"handlers": ["console"], "level": "WARNING"}},
+}
