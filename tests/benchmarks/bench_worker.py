@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,9 @@ def main() -> None:
         worker.stop()
     if "Traceback" in log:
         raise RuntimeError(f"the worker logged an error:\n{log[-3000:]}")
-    print("marks", marks, file=sys.stderr)
 
     # The first 1,000 tasks warm up (imports, template cache, connections).
-    rates = [
-        MARK_EVERY / (later[1] - earlier[1])
-        for earlier, later in zip(marks[1:], marks[2:])
-    ]
+    rates = [MARK_EVERY / (later[1] - earlier[1]) for earlier, later in pairwise(marks[1:])]
     rss = {int(done): kb for done, _, kb in marks}
     result: dict[str, Any] = {
         "worker_per_s": statistics.median(rates),

@@ -187,8 +187,8 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)).rstrip(), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows[1:]]
     lines.append(rule)
     return "\n".join(lines)
 
