@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,9 @@ def live_broker(redis_server: RedisServer) -> Iterator[RedisServer]:
 def live(live_broker: RedisServer, worker: CeleryWorker, web: Uvicorn, transactional_db: None) -> Uvicorn:
     """The whole pipeline for real: committed rows, Redis broker, worker process, uvicorn."""
     return web
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this run's temporary directory (databases, logs, Redis dirs)."""
+    if os.environ.get("TURBO_TEST_TMP_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["TURBO_TEST_TMP"], ignore_errors=True)

@@ -26,7 +26,10 @@ REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(_free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 # Failure tests run the channel layer on a Redis of its own, so they can stop it alone.
 LAYER_REDIS_URL = f"redis://127.0.0.1:{os.environ.get('TURBO_TEST_LAYER_REDIS_PORT', REDIS_PORT)}/0"
-_tmp = os.environ.setdefault("TURBO_TEST_TMP", tempfile.mkdtemp(prefix="turbo_async_tests_"))
+if "TURBO_TEST_TMP" not in os.environ:  # the test process makes it; its children inherit it
+    os.environ["TURBO_TEST_TMP"] = tempfile.mkdtemp(prefix="turbo_async_tests_")
+    os.environ["TURBO_TEST_TMP_OWNER"] = str(os.getpid())  # tests/conftest.py removes it at exit
+_tmp = os.environ["TURBO_TEST_TMP"]
 SUBPROCESS = os.environ.get("TURBO_TEST_SUBPROCESS") == "1"
 
 SECRET_KEY = "turbo-async-tests"
