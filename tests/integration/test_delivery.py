@@ -58,3 +58,19 @@ def test_sends_from_several_threads_use_the_same_loop(redis_layer: None) -> None
         thread.join()
     assert errors == []
     assert len(set(map(id, loops))) == 1
+
+
+def test_a_send_from_inside_a_running_event_loop_uses_the_same_loop(redis_layer: None) -> None:
+    """Async code calling the sync API: the send runs on a helper thread, same loop and pool."""
+    layer = get_channel_layer()
+    loop = delivery._loop.get()
+    channel = delivery._loop.run(layer.new_channel())
+    delivery._loop.run(layer.group_add("turbo_async.test-in-loop", channel))
+
+    async def caller() -> None:
+        delivery.send("turbo_async.test-in-loop", "test:InLoop", "from async code")
+
+    asyncio.run(caller())
+    assert delivery._loop.run(layer.receive(channel), timeout=5)["data"] == "from async code"
+    assert delivery._loop.get() is loop
+    assert list(layer._layers) == [loop]
