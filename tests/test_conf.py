@@ -46,3 +46,8 @@ def test_settings_are_reread_when_changed() -> None:
     with override_settings(TURBO_ASYNC={"QUEUE": "broadcasts"}):
         assert conf.get().QUEUE == "broadcasts"
     assert conf.get().QUEUE is None
+
+
+def test_flags_must_be_booleans() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"TURBO_ASYNC\['PUBLISH_IN_BACKGROUND'\] must be True or False, not 'yes'."):
+        conf.load({"PUBLISH_IN_BACKGROUND": "yes"})

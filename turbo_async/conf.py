@@ -5,6 +5,8 @@ Every key is optional::
     TURBO_ASYNC = {
         "QUEUE": None,                  # Celery queue of the broadcast tasks (None: the default queue)
         "ON_PUBLISH_ERROR": "log",      # broker down at commit: "log" the change, or run it "inline"
+        "PUBLISH_IN_BACKGROUND": True,  # publish from a per-process thread, off the commit path
+        "OUTBOX_MAX_SIZE": 10000,       # committed changes that may wait for that thread
         "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
         "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
         "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
@@ -17,7 +19,11 @@ Every key is optional::
         "MAX_SUBSCRIPTIONS": 100,       # subscriptions one socket may hold
     }
 
-Bounds (docs/guarantees.rst): with the broker down, a commit spends at most
+Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
+hands its changes over. In Celery's eager mode, inside a task, and with the setting off, the
+commit publishes them itself.
+
+Bounds (docs/guarantees.rst): with the broker down, the publisher spends at most
 ``PUBLISH_MAX_RETRIES + 1`` publish attempts and ``PUBLISH_MAX_RETRIES * PUBLISH_RETRY_INTERVAL``
 seconds of waiting between them (about 0.2 s with the defaults when the connection is refused).
 Each attempt against a broker that accepts connections but never answers lasts up to the
@@ -46,6 +52,8 @@ ON_PUBLISH_ERROR_CHOICES = ("log", "inline")
 class TurboAsyncSettings:
     QUEUE: str | None = None
     ON_PUBLISH_ERROR: str = "log"
+    PUBLISH_IN_BACKGROUND: bool = True
+    OUTBOX_MAX_SIZE: int = 10000
     PUBLISH_MAX_RETRIES: int = 2
     PUBLISH_RETRY_INTERVAL: float = 0.2
     DELIVERY_MAX_RETRIES: int = 5
@@ -86,7 +94,10 @@ def load(raw: Any) -> TurboAsyncSettings:
     for name, value in raw.items():
         default = getattr(defaults, name)
         nullable = name in ("QUEUE", "SIGNATURE_MAX_AGE")
-        if isinstance(default, str) or name == "QUEUE":
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be True or False, not {value!r}.")
+        elif isinstance(default, str) or name == "QUEUE":
             _check(name, value, str, nullable=nullable)
         elif isinstance(default, float):
             _check(name, value, (int, float), nullable=nullable)

@@ -114,10 +114,9 @@ class _Transaction:
                 continue
             key = marker.change.key
             merged[key] = merged[key].merge(marker.change) if key in merged else marker.change
-        from .tasks import publish
+        from . import outbox
 
-        for change in merged.values():
-            publish(change, self.alias)
+        outbox.put(list(merged.values()), self.alias)
 
 
 def _forget(batch: _Transaction) -> None:

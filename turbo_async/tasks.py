@@ -68,7 +68,7 @@ def publish_options(
     return options
 
 
-def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
+def publish(change: Change, alias: str = DEFAULT_DB_ALIAS, producer: Any = None) -> None:
     """Queue the broadcast of one committed change. Never raises: a save must not fail because
     the broker is down; the failure is logged (and the hook run inline if configured so)."""
     if delivery.inline():  # inside turbo_async.testing's capture: the whole pipeline, here, now
@@ -85,7 +85,7 @@ def publish(change: Change, alias: str = DEFAULT_DB_ALIAS) -> None:
     args = (change.label, change.pk, change.event, change.created)
     try:
         # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
-        broadcast.apply_async(args, kwargs, argsrepr=repr(args), **options)  # type: ignore[call-arg]
+        broadcast.apply_async(args, kwargs, argsrepr=repr(args), producer=producer, **options)  # type: ignore[call-arg]
     except Exception as exc:
         logger.error(
             "turbo_async: could not queue the broadcast of %s pk=%r (%s): %s: %s",

@@ -24,7 +24,7 @@ from tests.conftest import LOG_DIR
 from tests.factories import MessageFactory, ProbeFactory, RoomFactory
 from tests.services import CeleryWorker, Process, RedisServer, Uvicorn, free_port, subscribed
 from tests.testapp.models import Probe
-from turbo_async import suppress
+from turbo_async import outbox, suppress
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +184,8 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
     started = time.monotonic()
     message = MessageFactory(room=room)
     elapsed = time.monotonic() - started
+    # The save only handed the change to the outbox; its thread meets the dead broker.
+    assert outbox.flush(timeout=20)
     live_stack.broker.start()
     assert Message.objects.filter(pk=message.pk).exists()
     assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
@@ -193,8 +195,9 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
 def test_save_returns_when_the_broker_hangs(
     live_stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A frozen Redis accepts connections and never answers: only the transport's socket_timeout
-    # (tests/settings.py: 2 s, docs/guarantees.rst) bounds the publish.
+    # A frozen Redis accepts connections and never answers. The save does not wait for it (the
+    # outbox publishes); the transport's socket_timeout (tests/settings.py: 2 s,
+    # docs/guarantees.rst) bounds the outbox's publish.
     with suppress():
         room = RoomFactory()
     assert live_stack.broker.process is not None
@@ -203,6 +206,7 @@ def test_save_returns_when_the_broker_hangs(
         started = time.monotonic()
         message = MessageFactory(room=room)
         elapsed = time.monotonic() - started
+        assert outbox.flush(timeout=30)
     finally:
         live_stack.broker.process.send_signal(signal.SIGCONT)
     assert Message.objects.filter(pk=message.pk).exists()
@@ -245,6 +249,7 @@ def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> N
         wait_until(lambda: live_stack.broker.client().hlen("unacked") == 0, what="the ack")
         live_stack.broker.stop()
         MessageFactory(room=room, text="lost while down")
+        assert outbox.flush(timeout=20)  # its publish fails (and is logged) while Redis is down
         live_stack.broker.start()
         # Same test process, same worker, same uvicorn: nothing was restarted but Redis.
         MessageFactory(room=room, text="after the restart")

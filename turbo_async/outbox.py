@@ -1,0 +1,128 @@
+"""The outbox: committed changes waiting to be published, drained by one thread per process.
+
+A commit hands its merged changes to the outbox and returns; the thread publishes them in commit
+order, several per broker connection when they queue up. So a save pays neither the broker round
+trip nor the broker's failures. At interpreter exit the outbox is flushed (for up to 5 s), and
+:func:`flush` lets tests and management commands wait for it.
+
+The outbox is bypassed, and changes published at commit, in Celery's eager mode, inside a task
+(a worker child may exit without running ``atexit``), and when ``PUBLISH_IN_BACKGROUND`` is off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+from typing import Any
+
+from celery._state import get_current_task
+
+from . import conf
+from .pending import Change
+
+logger = logging.getLogger("turbo_async")
+
+EXIT_FLUSH_TIMEOUT = 5.0
+
+Batch = tuple[list[Change], str]
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Batch | threading.Event] | None = None
+        self._pid = 0
+
+    def _ensure_thread(self) -> queue.Queue[Batch | threading.Event]:
+        if self._queue is not None and self._pid == os.getpid():
+            return self._queue
+        with self._lock:
+            if self._queue is None or self._pid != os.getpid():
+                self._queue = queue.Queue(maxsize=conf.get().OUTBOX_MAX_SIZE)
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._drain, args=(self._queue,), name="turbo-async-outbox", daemon=True
+                ).start()
+            return self._queue
+
+    def put(self, changes: list[Change], alias: str) -> None:
+        try:
+            self._ensure_thread().put_nowait((changes, alias))
+        except queue.Full:
+            for change in changes:
+                logger.error(
+                    "turbo_async: outbox full (%d batches waiting for the broker); the broadcast "
+                    "of %s pk=%r (%s) is dropped",
+                    conf.get().OUTBOX_MAX_SIZE, change.label, change.pk, change.event,
+                )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what was put so far is published; False if ``timeout`` ran out first."""
+        if self._queue is None or self._pid != os.getpid():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _drain(self, batches: queue.Queue[Batch | threading.Event]) -> None:
+        from .tasks import broadcast, publish
+
+        while True:
+            items = [batches.get()]
+            while True:  # take what queued up meanwhile: one producer connection for all of it
+                try:
+                    items.append(batches.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with broadcast.app.producer_or_acquire() as producer:
+                    for item in items:
+                        if isinstance(item, threading.Event):
+                            continue
+                        changes, alias = item
+                        for change in changes:
+                            publish(change, alias, producer=producer)
+            except Exception:  # publish() logs its own failures; this is the pool's
+                logger.exception("turbo_async: the outbox could not reach the broker")
+            finally:
+                for item in items:
+                    if isinstance(item, threading.Event):
+                        item.set()
+
+
+_outbox = Outbox()
+
+
+def put(changes: list[Change], alias: str) -> None:
+    """Publish ``changes`` of a commit on ``alias``: in the background, or now (see above)."""
+    from .tasks import publish
+
+    if conf.get().PUBLISH_IN_BACKGROUND and not _publish_now():
+        _outbox.put(changes, alias)
+        return
+    for change in changes:
+        publish(change, alias)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until every change committed so far by this process has been published.
+
+    >>> Message.objects.create(room=room, text="hi")
+    >>> turbo_async.outbox.flush(timeout=5)
+    True
+    """
+    return _outbox.flush(timeout)
+
+
+def _publish_now() -> bool:
+    from . import delivery
+    from .tasks import broadcast
+
+    app: Any = broadcast.app
+    return bool(delivery.inline() or app.conf.task_always_eager or get_current_task() is not None)
+
+
+atexit.register(_outbox.flush, EXIT_FLUSH_TIMEOUT)
