@@ -15,6 +15,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf
 from .names import InvalidSubscription, group_name, unsign
@@ -41,16 +42,26 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.subscriptions = {}
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            await self.handle(text_data)
+        except Exception:
+            # A safety net: whatever a client sends, the socket and the process stay up.
+            logger.exception("turbo_async: could not handle a WebSocket message")
+            await self.error("internal error while handling the message")
+
+    async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
         if text_data is None:
             await self.error("binary messages are not supported; send JSON text")
             return
-        if len(text_data.encode()) > settings.MAX_MESSAGE_BYTES:
+        # "surrogatepass": a lone surrogate must not raise here (browsers never send one).
+        size = len(text_data.encode("utf-8", "surrogatepass"))
+        if size > settings.MAX_MESSAGE_BYTES:
             await self.error(f"message larger than {settings.MAX_MESSAGE_BYTES} bytes")
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             await self.error("message is not valid JSON")
             return
         if not isinstance(content, dict):
@@ -59,7 +70,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         message_type = content.get("type")
         signed_name = content.get("signed_channel_name")
         if message_type not in (SUBSCRIBE, UNSUBSCRIBE):
-            await self.error(f"unknown message type {message_type!r}", signed_name)
+            await self.error(
+                f"unknown message type {_short(message_type)}; expected 'subscribe' or "
+                "'unsubscribe'",
+                signed_name,
+            )
             return
         if not isinstance(signed_name, str):
             await self.error("signed_channel_name must be a string")
@@ -74,8 +89,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if message_type == UNSUBSCRIBE:
             await self.unsubscribe(group, signed_name)
             return
-        if group not in self.subscriptions and len(self.subscriptions) >= settings.MAX_SUBSCRIPTIONS:
-            await self.error(f"too many subscriptions (at most {settings.MAX_SUBSCRIPTIONS})", signed_name)
+        # Counted per signed name: every name gets its own copy of each frame.
+        held = sum(len(names) for names in self.subscriptions.values())
+        if signed_name not in self.subscriptions.get(group, ()) and held >= settings.MAX_SUBSCRIPTIONS:
+            await self.error(
+                f"too many subscriptions on this socket (at most {settings.MAX_SUBSCRIPTIONS}; "
+                "see TURBO_ASYNC['MAX_SUBSCRIPTIONS'])",
+                signed_name,
+            )
             return
         allowed, reason = await self.allowed(stream_name, args, kwargs)
         if not allowed:
@@ -97,6 +118,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         except UnknownStream:
             logger.warning("turbo_async: subscription to unknown stream %r", stream_name)
             return False, f"unknown stream {stream_name!r}"
+        except ObjectDoesNotExist as exc:  # e.g. the user of a UserBroadcastComponent is gone
+            logger.warning("turbo_async: subscription to %r refused: %s", stream_name, exc)
+            return False, "permission denied"
         except Exception:
             logger.exception("turbo_async: could not check the subscription to %r", stream_name)
             return False, "subscription check failed"
@@ -122,3 +146,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
         await self.send(json.dumps(reply))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (error frames echo what the client sent)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -32,6 +32,19 @@ class TagListStream(turbo.Stream):
     pass
 
 
+class PrivateStream(turbo.Stream):
+    """Only staff may subscribe (security tests: ``user_passes_test`` on every subscribe)."""
+
+    def user_passes_test(self, user):
+        return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+class NotificationComponent(turbo.UserBroadcastComponent):
+    """One user's notification counter (security tests: it reaches only its own user)."""
+
+    template_name = "testapp/notification.html"
+
+
 class ProbeStream(turbo.ModelStream):
     """Failure tests: a hook that counts its runs (a queryset update: no signal), and can be slow
     (to kill its worker mid-task) or raise."""
