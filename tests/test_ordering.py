@@ -15,8 +15,6 @@ No Redis and no worker process: the code under test is the worker's, run in this
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -26,11 +24,10 @@ from django.template.loader import render_to_string
 from django.utils.html import strip_spaces_between_tags
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from turbo_async import suppress, tasks
-from turbo_async.testing import Frame, capture_broadcasts
-
 from demo.chat.models import Message, Room
 from tests.factories import MessageFactory, RoomFactory
+from turbo_async import suppress, tasks
+from turbo_async.testing import Frame, capture_broadcasts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
