@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,18 +36,5 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_static_path = ["_static"] if (Path(__file__).parent / "_static").is_dir() else []
 
-# Pages written alongside these ones: listed in index.rst, left out of the toctree while absent.
-OPTIONAL_PAGES = ("monitoring", "guarantees", "security", "benchmarks")
-
-
-def _leave_out_missing_pages(app: Any, docname: str, source: list[str]) -> None:
-    if docname == "index":
-        for page in OPTIONAL_PAGES:
-            if not (Path(app.srcdir) / f"{page}.rst").exists():
-                source[0] = source[0].replace(f"\n   {page}\n", "\n")
-
-
-def setup(app: Any) -> None:
-    app.connect("source-read", _leave_out_missing_pages)
 html_theme_options = {"description": "Turbo Streams for Django, rendered by Celery workers."}
 pygments_style = "sphinx"

@@ -38,7 +38,7 @@ def main() -> None:
     with suppress():
         rooms = [Room.objects.create(name=f"latency {i}") for i in range(ROOMS)]
     logs = Path(tempfile.mkdtemp(prefix="bench_latency_"))
-    worker = CeleryWorker(logs, name="latency-worker", concurrency=1)
+    worker = CeleryWorker(logs, name="latency-worker", concurrency=1, pool="solo")
     webs = [Uvicorn(logs, name=f"web-{i}") for i in range(2)]
     subscribers = None
     try:

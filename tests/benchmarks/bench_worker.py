@@ -1,4 +1,4 @@
-"""Worker throughput and memory: one Celery worker process (prefork, concurrency 1) drains
+"""Worker throughput and memory: one Celery worker process (solo pool, task events on) drains
 10,000 queued broadcasts of the chat stream; a raw loop does the same reload + render +
 group_send without Celery. Run by run.py (variant turbo_async).
 """
@@ -54,7 +54,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench_worker_"))
     worker = CeleryWorker(
         logs, name="bench-worker", concurrency=1, app="tests.benchmarks.worker", events=events,
-        pool=os.environ.get("BENCH_POOL", "prefork"),
+        pool=os.environ.get("BENCH_POOL", "solo"),  # one worker process, as the goal says
         BENCH_MARK_EVERY=str(MARK_EVERY),
     )
     worker.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,20 @@ def main() -> None:
         ):
             redis.flushall()
             request[name] = run("tests.benchmarks.bench_request", env(variant, name), python, *args)
+        # Loading rows differs by a few percent between processes whatever is installed: take
+        # the median over three processes of each, alternating.
+        for name in ("none", "turbo_async"):
+            request[name]["load_runs"] = [request[name]["load_ms"]]
+        for rep in range(2):
+            for name in ("none", "turbo_async"):
+                redis.flushall()
+                again = run(
+                    "tests.benchmarks.bench_request",
+                    {**env(name, f"{name}-load{rep}"), "BENCH_CREATES": "100"},
+                )
+                request[name]["load_runs"].append(again["load_ms"])
+        for name in ("none", "turbo_async"):
+            request[name]["load_ms"] = statistics.median(request[name]["load_runs"])
         redis.flushall()
         worker = run("tests.benchmarks.bench_worker", env("turbo_async", "worker"))
         redis.flushall()
@@ -136,6 +151,7 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
         return float(row[key] - none[key])
 
     create_ratio = added("create_ms", ta) / added("create_ms", td)
+    paced_ratio = added("paced_create_ms", ta) / added("paced_create_ms", td)
     tx_ratio = added("tx_ms", ta) / added("tx_ms", td)
     worker_ratio = worker["worker_per_s"] / worker["raw_per_s"]
     load_ratio = ta["load_ms"] / none["load_ms"]
@@ -150,6 +166,12 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
             "<= 0.2x", ok(create_ratio <= 0.2),
         ),
         (
+            "1b. create() at 100/s, ms", f"{none['paced_create_ms']:.3f}", f"{ta['paced_create_ms']:.3f}",
+            f"{sup['paced_create_ms']:.3f}", f"{td['paced_create_ms']:.3f}",
+            f"added {added('paced_create_ms', ta):.3f} vs {added('paced_create_ms', td):.3f} = {paced_ratio:.2f}x",
+            "<= 0.2x", ok(paced_ratio <= 0.2),
+        ),
+        (
             "2. 100 creates in 1 tx, ms", f"{none['tx_ms']:.1f}", f"{ta['tx_ms']:.1f}",
             f"{sup['tx_ms']:.1f}", f"{td['tx_ms']:.1f}",
             f"added {added('tx_ms', ta):.1f} vs {added('tx_ms', td):.1f} = {tx_ratio:.2f}x",
@@ -158,6 +180,11 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
         (
             "   of which commit, ms", f"{none['commit_ms']:.1f}", f"{ta['commit_ms']:.1f}",
             f"{sup['commit_ms']:.1f}", f"{td['commit_ms']:.1f}", "", "", "",
+        ),
+        (
+            "   until all published, ms", f"{none['drained_ms']:.1f}", f"{ta['drained_ms']:.1f}",
+            f"{sup['drained_ms']:.1f}", f"{td['drained_ms']:.1f}",
+            "outbox drained (off the request path)", "", "",
         ),
         (
             "   tasks (td: group_sends)", str(none["tasks_per_tx"]), str(ta["tasks_per_tx"]),
@@ -178,7 +205,8 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
         ),
         (
             "5. load 10,000 rows, ms", f"{none['load_ms']:.1f}", f"{ta['load_ms']:.1f}", "",
-            f"{td['load_ms']:.1f}", f"{load_ratio:.3f}x", "<= 1.05x", ok(load_ratio <= 1.05),
+            f"{td['load_ms']:.1f}", f"{load_ratio:.3f}x (median of 3 processes each)", "<= 1.05x",
+            ok(load_ratio <= 1.05),
         ),
         (
             "6. worker RSS, MB", "", f"{worker['rss_1k_mb']:.1f} -> {worker['rss_10k_mb']:.1f}", "", "",
