@@ -222,3 +222,51 @@ def test_later_refuses_what_json_cannot_carry() -> None:
         room = RoomFactory()
     with pytest.raises(TypeError, match="stream.later cannot send object"):
         room.stream.later.update("chat/message.html", {"x": object()}, id="x")
+
+
+def _during_first_send(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
+    """Make ``action`` happen (as another worker's transaction would) while the first batch of
+    frames is being sent, after the task read the row."""
+    original = delivery.flush
+    calls = {"n": 0}
+
+    def flush(batch: delivery.Batch) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            with turbo.suppress():
+                action()
+        original(batch)
+
+    monkeypatch.setattr(delivery, "flush", flush)
+
+
+def test_a_row_deleted_while_broadcast_is_removed_again(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
+    """Concurrent workers: the delete's remove may have gone out before this task's append."""
+    with turbo.suppress():
+        message = MessageFactory()
+    receive = listen(message.room.stream)
+    _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).delete())
+    result = tasks.run("chat.message", message.pk, "save", True)
+    assert receive().startswith('<turbo-stream action="append" target="messages">')
+    assert receive() == f'<turbo-stream action="remove" target="message-{message.pk}"><template></template></turbo-stream>'
+    assert result == {"frames": 2, "streams": 1}
+
+
+def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
+    """Concurrent workers: an older render may arrive after a newer one; the last word is fresh."""
+    with turbo.suppress():
+        message = MessageFactory(text="old")
+    receive = listen(message.room.stream)
+    _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).update(text="new"))
+    tasks.run("chat.message", message.pk, "save", True)
+    assert '<p class="message-text">old</p>' in receive()
+    again = receive()
+    assert again.startswith(f'<turbo-stream action="replace" target="message-{message.pk}">')
+    assert '<p class="message-text">new</p>' in again
+
+
+def test_an_unchanged_row_is_sent_once(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory()
+    assert tasks.run("chat.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
+    assert len(group_sends) == 1

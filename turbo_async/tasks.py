@@ -142,6 +142,10 @@ def retry(task: Task[Any, Any], exc: DeliveryError, what: str) -> BaseException:
     return task.retry(exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES)
 
 
+RECHECKS = 2
+"""How many times a save task re-runs its hook when the row changed while it was rendering."""
+
+
 def run(
     label: str,
     pk: Any,
@@ -150,42 +154,83 @@ def run(
     using: str = DEFAULT_DB_ALIAS,
     snapshot: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The body of a broadcast, callable without Celery (``ON_PUBLISH_ERROR="inline"``, tests)."""
+    """The body of a broadcast, callable without Celery (``ON_PUBLISH_ERROR="inline"``, tests).
+
+    Tasks of one row may run at the same time on several worker processes, so a save task
+    checks the row again after sending: if it was deleted meanwhile, the delete's ``remove`` may
+    have gone out before this task's ``append``, so the ``on_delete`` frames are sent again; if it
+    changed, the hook runs again on the new values (at most ``RECHECKS`` times).
+    """
     stream_class = stream_registry.get_model_stream(label)  # unknown labels are refused
     model: type[models.Model] = stream_class._meta.model
     try:
         pk = model._meta.pk.to_python(pk)
     except ValidationError as exc:
         raise ValueError(f"{label}: {pk!r} is not a valid primary key ({exc.messages[0]})") from None
-    if event == SAVE:
-        try:
-            instance = model._base_manager.using(using).get(pk=pk)
-        except model.DoesNotExist:  # type: ignore[attr-defined]
-            logger.debug("turbo_async: %s pk=%r is gone; nothing to broadcast", label, pk)
-            return {"frames": 0, "streams": 0, "skipped": "row is gone"}
-        stream = stream_class.from_instance(instance)
-        call = lambda: stream.on_save(instance, created=created, sender=model, using=using)  # type: ignore[attr-defined]  # noqa: E731
-    elif event == DELETE:
+    if event == DELETE:
         if not isinstance(snapshot, dict):
             raise ValueError(f"{label} pk={pk!r}: a delete needs the row's snapshot")
         instance = rebuild(model, snapshot, using)
-        stream = stream_class.from_instance(instance)
-        call = lambda: stream.on_delete(instance, sender=model, using=using)  # type: ignore[attr-defined]  # noqa: E731
-    else:
+        return _broadcast(stream_class, instance, "on_delete", sender=model, using=using)
+    if event != SAVE:
         raise ValueError(f"Unknown broadcast event {event!r}; expected 'save' or 'delete'.")
 
+    current = _load(model, pk, using)
+    if current is None:
+        logger.debug("turbo_async: %s pk=%r is gone; nothing to broadcast", label, pk)
+        return {"frames": 0, "streams": 0, "skipped": "row is gone"}
+    result = {"frames": 0, "streams": 0}
+    for _ in range(1 + RECHECKS):
+        instance = current
+        sent = _broadcast(stream_class, instance, "on_save", created=created, sender=model, using=using)
+        _add(result, sent)
+        if "skipped" in sent:
+            return sent
+        current = _load(model, pk, using)
+        if current is None:
+            if callable(getattr(stream_class, "on_delete", None)):
+                logger.debug("turbo_async: %s pk=%r was deleted while broadcast; removing", label, pk)
+                _add(result, _broadcast(stream_class, instance, "on_delete", sender=model, using=using))
+            return result
+        if _values(current) == _values(instance):
+            return result
+        logger.debug("turbo_async: %s pk=%r changed while broadcast; again", label, pk)
+        created = False
+    return result
+
+
+def _broadcast(
+    stream_class: type[ModelStream[Any]], instance: models.Model, hook: str, **kwargs: Any
+) -> dict[str, Any]:
+    """Run one hook, collecting its frames, then send them: one ``group_send`` per stream."""
     with delivery.collect() as batch:
         try:
-            call()  # type: ignore[no-untyped-call]
+            getattr(stream_class.from_instance(instance), hook)(instance, **kwargs)
         except ObjectDoesNotExist as exc:
             # A related row went away (a cascade delete): a later task brings the page there.
-            logger.info("turbo_async: %s pk=%r %s skipped: %s", label, pk, event, exc)
+            logger.info(
+                "turbo_async: %s pk=%r %s skipped: %s",
+                instance._meta.label_lower, instance.pk, hook.removeprefix("on_"), exc,
+            )
             return {"frames": 0, "streams": 0, "skipped": str(exc)}
     try:
         delivery.flush(batch)
     except LAYER_ERRORS as exc:
         raise DeliveryError(str(exc)) from exc
     return {"frames": batch.frame_count, "streams": len(batch.frames)}
+
+
+def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
+    total["frames"] += more["frames"]
+    total["streams"] = max(total["streams"], more["streams"])
+
+
+def _load(model: type[models.Model], pk: Any, using: str) -> models.Model | None:
+    return model._base_manager.using(using).filter(pk=pk).first()
+
+
+def _values(instance: models.Model) -> list[Any]:
+    return [f.value_from_object(instance) for f in instance._meta.concrete_fields]
 
 
 def rebuild(model: type[models.Model], snapshot: dict[str, Any], using: str) -> models.Model:
