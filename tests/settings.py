@@ -12,8 +12,6 @@ import os
 import socket
 import tempfile
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -102,11 +100,9 @@ if SUBPROCESS:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [
-                    # retry_on_error: after a Redis restart, the first command on each pooled
-                    # connection fails; redis-py then reconnects once instead of raising.
-                    {"address": LAYER_REDIS_URL, "socket_timeout": None, "retry_on_error": [RedisConnectionError]}
-                ]
+                # As the docs recommend; turbo_async itself retries the first command on a
+                # pooled connection that a Redis restart broke (tests/integration/test_failures.py).
+                "hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": None}]
             },
         }
     }

@@ -18,6 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf
+from .delivery import layer_call
 from .names import InvalidSubscription, group_name, unsign
 from .registry import UnknownStream, stream_registry
 
@@ -38,7 +39,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         for group in list(getattr(self, "subscriptions", {})):
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await layer_call(self.channel_layer.group_discard, group, self.channel_name)
         self.subscriptions = {}
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -103,7 +104,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.error(reason, signed_name)
             return
         if group not in self.subscriptions:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await layer_call(self.channel_layer.group_add, group, self.channel_name)
         self.subscriptions.setdefault(group, set()).add(signed_name)
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
 
@@ -134,7 +135,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names.discard(signed_name)
         if not names:
             del self.subscriptions[group]
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await layer_call(self.channel_layer.group_discard, group, self.channel_name)
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
         """A frame batch from the layer: sent once per signed name this socket subscribed with."""

@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +26,16 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
+
+try:  # channels_redis's connection errors, when it is installed
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+    LAYER_ERRORS: tuple[type[BaseException], ...] = (
+        OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
+    )
+except ImportError:  # pragma: no cover
+    LAYER_ERRORS = (OSError, TimeoutError)
+"""Errors of an unreachable channel layer: retried, never a hook's fault."""
 
 MESSAGE_TYPE = "turbo.stream"
 """The ``type`` of the layer messages; ``TurboStreamsConsumer.turbo_stream`` handles them."""
@@ -134,7 +144,21 @@ def group_send(group: str, msg: dict[str, Any]) -> None:
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
         async_to_sync(layer.group_send)(group, msg)
         return
-    _loop.run(layer.group_send(group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+    timeout = conf.get().DELIVERY_TIMEOUT
+    try:
+        _loop.run(layer.group_send(group, msg), timeout=timeout)
+    except LAYER_ERRORS:
+        # After a Redis restart the first command on each pooled connection fails; the pool
+        # then holds a fresh one. Once more, then the caller's retry policy takes over.
+        _loop.run(layer.group_send(group, msg), timeout=timeout)
+
+
+async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Await a channel-layer call, once more on a connection error (see :func:`group_send`)."""
+    try:
+        return await function(*args)
+    except LAYER_ERRORS:
+        return await function(*args)
 
 
 class ProcessLoop:

@@ -17,6 +17,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
 from . import conf, delivery
+from .delivery import LAYER_ERRORS
 from .pending import DELETE, SAVE, Change
 from .registry import stream_registry
 
@@ -24,16 +25,6 @@ if TYPE_CHECKING:
     from .streams import ModelStream
 
 logger = logging.getLogger("turbo_async")
-
-try:  # channels_redis's errors, when it is installed
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
-
-    LAYER_ERRORS: tuple[type[BaseException], ...] = (
-        OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
-    )
-except ImportError:  # pragma: no cover
-    LAYER_ERRORS = (OSError, TimeoutError)
-
 
 class DeliveryError(Exception):
     """The channel layer could not be reached; the task is retried with backoff."""
@@ -142,8 +133,9 @@ def retry(task: Task[Any, Any], exc: DeliveryError, what: str) -> BaseException:
     return task.retry(exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES)
 
 
-RECHECKS = 2
-"""How many times a save task re-runs its hook when the row changed while it was rendering."""
+RECHECKS = 1
+"""How many times a save task re-runs its hook when the row changed while it was rendering
+(bounded: a hook that writes to its own row would otherwise look changed every time)."""
 
 
 def run(
@@ -159,7 +151,7 @@ def run(
     Tasks of one row may run at the same time on several worker processes, so a save task
     checks the row again after sending: if it was deleted meanwhile, the delete's ``remove`` may
     have gone out before this task's ``append``, so the ``on_delete`` frames are sent again; if it
-    changed, the hook runs again on the new values (at most ``RECHECKS`` times).
+    changed, the hook runs again on the new values (``RECHECKS`` times at most).
     """
     stream_class = stream_registry.get_model_stream(label)  # unknown labels are refused
     model: type[models.Model] = stream_class._meta.model

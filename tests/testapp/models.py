@@ -34,4 +34,13 @@ class Probe(models.Model):
     name = models.CharField(max_length=100)
     sleep = models.FloatField(default=0)
     fail = models.BooleanField(default=False)
-    runs = models.PositiveIntegerField(default=0)
+
+    @property
+    def runs(self) -> int:
+        """How many times the hook ran (counted in another table: a write to this row would
+        look like a concurrent edit to the task's re-check)."""
+        return self.hook_runs.count()
+
+
+class ProbeRun(models.Model):
+    probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="hook_runs")
