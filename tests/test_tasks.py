@@ -270,3 +270,16 @@ def test_an_unchanged_row_is_sent_once(group_sends: list[Any]) -> None:
         message = MessageFactory()
     assert tasks.run("chat.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
     assert len(group_sends) == 1
+
+
+def test_later_keeps_safe_markup_safe(group_sends: list[Any], django_capture_on_commit_callbacks: Any) -> None:
+    from django.utils.safestring import mark_safe
+
+    with turbo.suppress():
+        room = RoomFactory()
+    receive = listen(room.stream)
+    with django_capture_on_commit_callbacks(execute=True):
+        room.stream.later.update(text=mark_safe("<b>safe</b>"), id="a")
+        room.stream.later.update(text="<b>plain</b>", id="b")
+    assert receive() == '<turbo-stream action="update" target="a"><template><b>safe</b></template></turbo-stream>'
+    assert receive() == '<turbo-stream action="update" target="b"><template>&lt;b&gt;plain&lt;/b&gt;</template></turbo-stream>'

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django.apps import apps
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
+from django.utils.safestring import SafeData, mark_safe
 
 from .frames import ACTIONS, REFRESH, REMOVE
 from .registry import stream_registry
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .streams import Stream
 
 MODEL_KEY = "__model__"
+SAFE_KEY = "__safe__"
 
 
 class Later:
@@ -88,6 +90,8 @@ def encode(value: Any) -> Any:
         if value.pk is None:
             raise ValueError(f"Cannot send an unsaved {type(value).__name__} to a worker; save it first.")
         return {MODEL_KEY: value._meta.label_lower, "pk": json.loads(json.dumps(value.pk, cls=DjangoJSONEncoder))}
+    if isinstance(value, SafeData):  # mark_safe()/format_html(): stays safe in the worker
+        return {SAFE_KEY: str(value)}
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -106,6 +110,8 @@ def decode(value: Any) -> Any:
         if set(value) == {MODEL_KEY, "pk"}:
             model = apps.get_model(value[MODEL_KEY])
             return model._base_manager.get(pk=value["pk"])
+        if set(value) == {SAFE_KEY}:
+            return mark_safe(value[SAFE_KEY])
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -123,7 +129,7 @@ def perform(
         stream.remove(selector=options.get("selector"), id=options.get("id"))
     elif action in ACTIONS:
         getattr(stream, action)(
-            options.get("template"), decode(options.get("context")), options.get("text"),
+            options.get("template"), decode(options.get("context")), decode(options.get("text")),
             options.get("selector"), options.get("id"),
         )
     else:
