@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests drive: Redis, Chromium, PostgreSQL, docker-compose (config check only).
 APT_PACKAGES := redis-server chromium postgresql docker-compose
 
-.PHONY: demo test bench lint typecheck docs install system-deps clean
+.PHONY: demo test bench lint typecheck docs install system-deps clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,7 @@ docs: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/_build
+
+# Retake the screenshots the README and docs show (the browser tests take them).
+screenshots: system-deps install
+	TURBO_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e tests/integration/test_flower.py -q
