@@ -76,7 +76,7 @@ def publish(change: Change, alias: str = DEFAULT_DB_ALIAS, producer: Any = None)
     args = (change.label, change.pk, change.event, change.created)
     try:
         # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
-        broadcast.apply_async(args, kwargs, argsrepr=repr(args), producer=producer, **options)  # type: ignore[call-arg]
+        broadcast.apply_async(args, kwargs, argsrepr=repr(args), producer=producer, **options)
     except Exception as exc:
         logger.error(
             "turbo_async: could not queue the broadcast of %s pk=%r (%s): %s: %s",
@@ -91,13 +91,14 @@ def publish(change: Change, alias: str = DEFAULT_DB_ALIAS, producer: Any = None)
                 )
 
 
-@shared_task(
-    bind=True,
-    name="turbo_async.broadcast",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-)
+# Both tasks: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
+# so running one twice is harmless), results only in the task events Flower reads.
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True,
+}
+
+
+@shared_task(name="turbo_async.broadcast", **TASK_OPTIONS)
 def broadcast(
     self: Task[Any, Any],
     label: str,
@@ -205,6 +206,11 @@ def _broadcast(
                 instance._meta.label_lower, instance.pk, hook.removeprefix("on_"), exc,
             )
             return {"frames": 0, "streams": 0, "skipped": str(exc)}
+    return _send(batch)
+
+
+def _send(batch: delivery.Batch) -> dict[str, Any]:
+    """Send collected frames (one ``group_send`` per stream) and say how many went out."""
     try:
         delivery.flush(batch)
     except LAYER_ERRORS as exc:
@@ -238,13 +244,7 @@ def rebuild(model: type[models.Model], snapshot: dict[str, Any], using: str) -> 
     return instance
 
 
-@shared_task(
-    bind=True,
-    name="turbo_async.stream_action",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-)
+@shared_task(name="turbo_async.stream_action", **TASK_OPTIONS)
 def stream_action(
     self: Task[Any, Any],
     stream_name: str,
@@ -259,7 +259,6 @@ def stream_action(
     with delivery.collect() as batch:
         perform(stream_name, args, kwargs, action, options)
     try:
-        delivery.flush(batch)
-    except LAYER_ERRORS as exc:
-        raise retry(self, DeliveryError(str(exc)), f"{stream_name}.{action}") from exc
-    return {"frames": batch.frame_count, "streams": len(batch.frames)}
+        return _send(batch)
+    except DeliveryError as exc:
+        raise retry(self, exc, f"{stream_name}.{action}") from exc.__cause__
