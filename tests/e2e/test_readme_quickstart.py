@@ -4,8 +4,8 @@ Every file the README shows (settings, proj/celery.py, proj/__init__.py, proj/as
 chat/streams.py, the room template) is taken from README.md itself; the test adds only what a
 user already has (the chat models, a view and URL for the room page). Then it runs the real
 servers the README names — uvicorn and ``celery -A proj worker`` — against a real Redis, loads
-the room page, subscribes with its signed name over a real WebSocket, saves a Message from
-``manage.py shell``, and expects the append frame.
+the room page in Chromium, saves a Message from ``manage.py shell``, and expects it to appear
+on the page without a reload.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
+from playwright.sync_api import expect
 
-from tests.services import ROOT, Process, RedisServer, StreamClient, free_port, wait_for_port
+from tests.e2e.conftest import OpenPage
+from tests.services import ROOT, Process, RedisServer, free_port, wait_for_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 MODELS = '''
 from django.db import models
@@ -88,7 +90,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def test_five_steps_on_a_fresh_project(tmp_path: Path) -> None:
+def test_five_steps_on_a_fresh_project(tmp_path: Path, open_page: OpenPage) -> None:
     blocks = readme_blocks()
     redis = RedisServer(free_port(), tmp_path / "redis")
     redis.start()
@@ -133,21 +135,15 @@ def test_five_steps_on_a_fresh_project(tmp_path: Path) -> None:
         wait_for_port(port, process=web.process)
         wait_until(lambda: " ready." in worker.log(), worker)
 
-        page = urlopen(f"http://127.0.0.1:{port}/rooms/{pk}/", timeout=10).read().decode()
-        assert "turbo-async.js" in page
-        (signed,) = re.findall(r'signed-channel-name="([^"]+)"', page)
-        client = StreamClient(f"ws://127.0.0.1:{port}/ws/", f"http://127.0.0.1:{port}")
-        client.subscribe(signed)
-        assert client.receive() == {"type": "subscribed", "signed_channel_name": signed}
+        static = urlopen(f"http://127.0.0.1:{port}/static/turbo_async/js/turbo-async.js", timeout=10)
+        assert static.status == 200
+        page = open_page(f"http://127.0.0.1:{port}/rooms/{pk}/")  # waits for the subscription
         run(
             [sys.executable, "-m", "django", "shell", "-c",
              f"from chat.models import Message; Message.objects.create(room_id={pk}, text='hello from the shell')"],
             tmp_path, env,
         )
-        frames = client.receive_frames(timeout=20)
-        client.close()
-        assert frames.startswith('<turbo-stream action="append" target="messages"><template><div id="message-')
-        assert "hello from the shell" in frames
+        expect(page.locator("#messages")).to_contain_text("hello from the shell", timeout=20_000)
     finally:
         for process in processes:
             process.stop()
