@@ -107,3 +107,30 @@ def test_a_full_outbox_logs_what_it_drops(
 
 def test_flush_without_a_thread_returns_at_once() -> None:
     assert outbox.Outbox().flush(timeout=0) is True
+
+
+def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
+    monkeypatch: pytest.MonkeyPatch, not_eager: None
+) -> None:
+    from django.db import connections
+
+    from demo.chat.models import Message
+
+    def apply_async(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    used: list[Any] = []
+
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        Message.objects.count()  # what a hook does: it opens this thread's connection
+        used.append(connections["default"])
+        return {"frames": 0, "streams": 0}
+
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    monkeypatch.setattr(tasks, "run", run)
+    with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
+        MessageFactory()
+        assert outbox.flush(timeout=5)
+    (connection,) = used
+    assert connection is not connections["default"]  # the outbox thread's own
+    assert connection.connection is None

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from celery._state import get_current_task
+from django.db import connections
 
 from . import conf
 from .pending import Change
@@ -88,6 +89,10 @@ class Outbox:
             except Exception:  # publish() logs its own failures; this is the pool's
                 logger.exception("turbo_async: the outbox could not reach the broker")
             finally:
+                # ON_PUBLISH_ERROR="inline" ran hooks here: do not keep their database
+                # connections open in this thread (they would outlive every request).
+                for connection in connections.all(initialized_only=True):
+                    connection.close()
                 for item in items:
                     if isinstance(item, threading.Event):
                         item.set()
