@@ -163,32 +163,34 @@ def run(
     if event == DELETE:
         if not isinstance(snapshot, dict):
             raise ValueError(f"{label} pk={pk!r}: a delete needs the row's snapshot")
-        instance = rebuild(model, snapshot, using)
-        return _broadcast(stream_class, instance, "on_delete", sender=model, using=using)
+        deleted = rebuild(model, snapshot, using)
+        return _broadcast(stream_class, deleted, "on_delete", sender=model, using=using)
     if event != SAVE:
         raise ValueError(f"Unknown broadcast event {event!r}; expected 'save' or 'delete'.")
 
-    current = _load(model, pk, using)
-    if current is None:
+    loaded = _load(model, pk, using)
+    if loaded is None:
         logger.debug("turbo_async: %s pk=%r is gone; nothing to broadcast", label, pk)
         return {"frames": 0, "streams": 0, "skipped": "row is gone"}
-    result = {"frames": 0, "streams": 0}
-    for _ in range(1 + RECHECKS):
-        instance = current
+    instance, result = loaded, {"frames": 0, "streams": 0}
+    for attempt in range(1 + RECHECKS):
         sent = _broadcast(stream_class, instance, "on_save", created=created, sender=model, using=using)
         _add(result, sent)
         if "skipped" in sent:
             return sent
-        current = _load(model, pk, using)
-        if current is None:
+        now = _row_values(model, pk, using)  # one query, no model instance
+        if now is None:
             if callable(getattr(stream_class, "on_delete", None)):
                 logger.debug("turbo_async: %s pk=%r was deleted while broadcast; removing", label, pk)
                 _add(result, _broadcast(stream_class, instance, "on_delete", sender=model, using=using))
             return result
-        if _values(current) == _values(instance):
+        if now == _values(instance) or attempt == RECHECKS:
             return result
         logger.debug("turbo_async: %s pk=%r changed while broadcast; again", label, pk)
-        created = False
+        reloaded = _load(model, pk, using)
+        if reloaded is None:  # deleted just now: its own delete task follows
+            return result
+        instance, created = reloaded, False
     return result
 
 
@@ -224,11 +226,20 @@ def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
 
 
 def _load(model: type[models.Model], pk: Any, using: str) -> models.Model | None:
-    return model._base_manager.using(using).filter(pk=pk).first()
+    try:
+        return model._base_manager.using(using).get(pk=pk)
+    except model.DoesNotExist:  # type: ignore[attr-defined]
+        return None
 
 
-def _values(instance: models.Model) -> list[Any]:
-    return [f.value_from_object(instance) for f in instance._meta.concrete_fields]
+def _row_values(model: type[models.Model], pk: Any, using: str) -> tuple[Any, ...] | None:
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    rows = model._base_manager.using(using).filter(pk=pk).order_by().values_list(*attnames)[:1]
+    return next(iter(rows), None)
+
+
+def _values(instance: models.Model) -> tuple[Any, ...]:
+    return tuple(f.value_from_object(instance) for f in instance._meta.concrete_fields)
 
 
 def rebuild(model: type[models.Model], snapshot: dict[str, Any], using: str) -> models.Model:
