@@ -144,17 +144,13 @@ def group_send(group: str, msg: dict[str, Any]) -> None:
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
         async_to_sync(layer.group_send)(group, msg)
         return
-    timeout = conf.get().DELIVERY_TIMEOUT
-    try:
-        _loop.run(layer.group_send(group, msg), timeout=timeout)
-    except LAYER_ERRORS:
-        # After a Redis restart the first command on each pooled connection fails; the pool
-        # then holds a fresh one. Once more, then the caller's retry policy takes over.
-        _loop.run(layer.group_send(group, msg), timeout=timeout)
+    _loop.run(layer_call(layer.group_send, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
 
 
 async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Await a channel-layer call, once more on a connection error (see :func:`group_send`)."""
+    """Await a channel-layer call, once more on a connection error: after a Redis restart the
+    first command on each pooled connection fails, and the pool then holds a fresh one. After
+    that, the caller's retry policy takes over."""
     try:
         return await function(*args)
     except LAYER_ERRORS:

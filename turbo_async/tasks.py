@@ -30,14 +30,6 @@ class DeliveryError(Exception):
     """The channel layer could not be reached; the task is retried with backoff."""
 
 
-def hook_name(label: str, event: str) -> str:
-    """The name Flower shows for a broadcast: ``chat.MessageStream.on_save``."""
-    stream_class = stream_registry.get_model_stream(label)
-    # mypy takes Stream.__hash__ (an instance method) for the class's: classes are hashable.
-    shadow: str = publish_options(stream_class, event, conf.get())["shadow"]  # type: ignore[arg-type]
-    return shadow
-
-
 @lru_cache(maxsize=256)
 def publish_options(
     stream_class: type[ModelStream[Any]], event: str, settings: conf.TurboAsyncSettings
