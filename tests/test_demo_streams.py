@@ -101,4 +101,4 @@ def test_fixture_records_every_frame_of_the_test(
         message = MessageFactory(room=room)
     with django_capture_on_commit_callbacks(execute=True):  # type: ignore[operator]
         message.delete()
-    assert [frame.action for frame in turbo_broadcasts.for_stream(room)] == ["append", "remove"]
+    assert [frame.action for frame in turbo_broadcasts.frames if frame.group == room.stream.broadcastable_stream_name] == ["append", "remove"]

@@ -5,7 +5,7 @@ replaces an edited one and removes a deleted one. Hypothesis generates create/up
 sequences on a few messages of one room, each committed on its own (``transactional_db``), so each
 publishes one ``turbo_async.broadcast`` task. The tasks are recorded at the publish seam
 (``broadcast.apply_async``, JSON round trip as a broker would) instead of being sent, then run with
-``turbo_async.tasks.run`` - the worker's code - in a random order, with random duplicates (Celery
+``turbo_async.worker.broadcast_change`` - the worker's code - in a random order, with random duplicates (Celery
 delivers at least once), while ``turbo_async.testing.capture_broadcasts`` records the frames. The
 frames are applied to a small model of Turbo 8's stream actions on the ``#messages`` container,
 and the result is compared with the container as rendered from the final database state.
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from demo.chat.models import Message, Room
 from tests.factories import MessageFactory, RoomFactory
-from turbo_async import suppress, tasks
+from turbo_async import suppress, tasks, worker
 from turbo_async.testing import Frame, capture_broadcasts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -154,7 +154,7 @@ def rendered_page(room: Room) -> Dom:
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[Task]:
     """The broadcast tasks published at commit, in publish order, as a broker hands them to a
-    worker (JSON): ``tasks.run(*args, **kwargs)`` runs one as the worker does."""
+    worker (JSON): ``worker.broadcast_change(*args, **kwargs)`` runs one as the worker does."""
     recorded: list[Task] = []
 
     def apply_async(args: Any, kwargs: Any = None, **options: Any) -> None:
@@ -168,7 +168,7 @@ def run_tasks(room: Room, schedule: list[Task], dom: Dom) -> None:
     """Run tasks as workers would, one after another, applying the room's frames to ``dom``."""
     for args, kwargs in schedule:
         with capture_broadcasts(room, on_commit=False) as frames:
-            tasks.run(*args, **kwargs)
+            worker.broadcast_change(*args, **kwargs)
         for frame in frames:
             dom.apply(frame)
 

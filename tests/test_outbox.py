@@ -15,8 +15,8 @@ import pytest
 from django.test import override_settings
 
 from tests.factories import MessageFactory
-from turbo_async import outbox, tasks
-from turbo_async.pending import Change
+from turbo_async import outbox, tasks, worker
+from turbo_async.changes import Change
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,7 +55,7 @@ def test_queued_changes_share_one_producer(published: list[Any]) -> None:
     gate = threading.Event()
     # Hold the thread on a first batch so the next ones queue up behind it.
     outbox._outbox.put([Change("chat.message", 0, "save", True)], "default")
-    original = tasks.publish
+    original = outbox.publish
 
     def slow_publish(change: Change, alias: str = "default", producer: Any = None) -> None:
         if change.pk == 0:
@@ -63,7 +63,7 @@ def test_queued_changes_share_one_producer(published: list[Any]) -> None:
         original(change, alias, producer=producer)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks, "publish", slow_publish)
+        patch.setattr(outbox, "publish", slow_publish)
         for change in changes:
             outbox._outbox.put([change], "default")
         gate.set()
@@ -127,7 +127,7 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
         return {"frames": 0, "streams": 0}
 
     monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
-    monkeypatch.setattr(tasks, "run", run)
+    monkeypatch.setattr(worker, "broadcast_change", run)
     with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
         MessageFactory()
         assert outbox.flush(timeout=5)

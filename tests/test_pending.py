@@ -161,7 +161,7 @@ def test_one_task_per_object(published: Published) -> None:
     assert sorted(call[1] for call in published.events()) == sorted(m.pk for m in messages)
 
 
-def test_raw_saves_from_fixtures_publish_nothing(published: Published, tmp_path: Any) -> None:
+def _fixture(tmp_path: Any) -> str:
     fixture = tmp_path / "rooms.json"
     fixture.write_text(
         json.dumps(
@@ -171,7 +171,18 @@ def test_raw_saves_from_fixtures_publish_nothing(published: Published, tmp_path:
             ]
         )
     )
-    call_command("loaddata", str(fixture), verbosity=0)
+    return str(fixture)
+
+
+def test_raw_saves_from_fixtures_broadcast_after_commit_as_in_turbo_django(published: Published, tmp_path: Any) -> None:
+    call_command("loaddata", _fixture(tmp_path), verbosity=0)
+    assert Message.objects.filter(pk=51).exists()
+    assert [p["args"] for p in published] == [["chat.message", 51, "save", True]]
+
+
+def test_fixtures_loaded_inside_suppress_publish_nothing(published: Published, tmp_path: Any) -> None:
+    with turbo_async.suppress():
+        call_command("loaddata", _fixture(tmp_path), verbosity=0)
     assert Message.objects.filter(pk=51).exists()
     assert published == []
 

@@ -561,9 +561,9 @@ async def receive_within(layer: Any, channel: str, timeout: float = 5) -> dict[s
 
 def frames_of(stream: Any, action: str, **kwargs: Any) -> str:
     """The markup a stream action sends (collected, as inside a broadcast task)."""
-    with delivery.collect() as batch:
+    with delivery.collect() as outgoing:
         getattr(stream, action)(**kwargs)
-    return "".join(batch.frames[stream.broadcastable_stream_name])
+    return "".join(outgoing.frames[stream.broadcastable_stream_name])
 
 
 @pytest.mark.django_db

@@ -22,8 +22,9 @@ from .frames import (
     render_frame_string,
 )
 from .pending import suppress
-from .registry import register
+from .registry import stream_registry
 from .streams import ModelStream, Stream
+from .wiring import register
 
 __version__ = "0.1.0"
 
@@ -46,5 +47,6 @@ __all__ = [
     "remove_frame",
     "render_frame",
     "render_frame_string",
+    "stream_registry",
     "suppress",
 ]

@@ -1,3 +1,5 @@
+"""Layer 10: the Django app. ``ready()`` wires everything once the models are loaded."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
@@ -8,7 +10,9 @@ class TurboAsyncConfig(AppConfig):
     verbose_name = "Turbo Streams (async)"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from .registry import autodiscover
+        # Imported here, once the app registry is ready: the checks register themselves, the
+        # shared tasks join every Celery app, and autodiscover imports the apps' streams.py.
+        from . import checks, tasks  # noqa: F401
+        from .wiring import autodiscover
 
         autodiscover()

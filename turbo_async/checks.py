@@ -18,8 +18,11 @@ from django.core import checks
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
-from .registry import stream_registry
-from .streams import HOOKS, ModelStream
+from . import conf
+from .registry import dotted_path as _dotted, stream_registry
+from .streams import ModelStream
+
+HOOKS = tuple(ModelStream.hooks.values())
 
 TAG = "turbo_async"
 
@@ -168,10 +171,7 @@ def _as_dict(host: Any) -> dict[str, Any]:
 # -- Celery ----------------------------------------------------------------------------------
 
 
-def _celery_app() -> Any:
-    from celery import current_app
-
-    return current_app
+_celery_app = conf.celery_app
 
 
 def running_tests() -> bool:
@@ -249,10 +249,6 @@ def _model_stream_classes() -> Iterator[type[ModelStream[Any]]]:
             if module is None or getattr(module, sub.__name__, None) is not sub:
                 continue
             yield sub
-
-
-def _dotted(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @checks.register(TAG)

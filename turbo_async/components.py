@@ -1,4 +1,4 @@
-"""Components: a block of a page that a stream keeps up to date, as in turbo-django.
+"""Layer 4 (beside streams): components, a block of a page that a stream keeps up to date, as in turbo-django.
 
 >>> class AlertComponent(turbo.BroadcastComponent):
 ...     template_name = "components/alert.html"
@@ -65,7 +65,7 @@ class UserBroadcastComponent(BaseComponent):
         abstract = True
 
     def __init__(self, user: Any) -> None:
-        # Imported here: turbo_async is imported while the app registry is still loading.
+        # Imported here: the auth models cannot be imported before the app registry is ready.
         from django.contrib.auth import get_user_model
         from django.contrib.auth.models import AnonymousUser
 
@@ -77,9 +77,17 @@ class UserBroadcastComponent(BaseComponent):
         self.user = user
 
     def get_init_args(self) -> list[Any]:
-        if self.user.pk is None:
-            raise ValueError(f"{type(self).__name__} needs a saved, logged-in user.")
+        # An anonymous visitor's component renders (as in turbo-django); its subscription, to
+        # user None, is refused by user_passes_test.
         return [self.user.pk]
+
+    def render(self, context: dict[str, Any] | None = None, **context_kwargs: Any) -> None:
+        if self.user.pk is None:
+            raise ValueError(
+                f"{type(self).__name__}.render() needs a saved, logged-in user: an anonymous "
+                "visitor's component has no subscribers."
+            )
+        super().render(context, **context_kwargs)
 
     def user_passes_test(self, user: Any) -> bool:
         # turbo-django let any logged-in user subscribe to anybody's component; only its own

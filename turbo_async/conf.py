@@ -1,4 +1,5 @@
-"""Settings of turbo_async, read once from ``settings.TURBO_ASYNC`` and validated.
+"""Layer 0 (a leaf): the settings of turbo_async, read once from ``settings.TURBO_ASYNC`` and
+validated, and the Celery app of the process.
 
 Every key is optional::
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
+from celery import current_app
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -116,6 +118,11 @@ def load(raw: Any) -> TurboAsyncSettings:
             f"TURBO_ASYNC['WS_PATH'] must start and end with '/', like '/ws/', not {ws_path!r}."
         )
     return TurboAsyncSettings(**raw)
+
+
+def celery_app() -> Any:
+    """The Celery app of this process (the project's, once ``proj/__init__.py`` loaded it)."""
+    return current_app  # Celery's proxy: the app current at the time of each call
 
 
 @lru_cache(maxsize=1)

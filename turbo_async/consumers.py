@@ -1,4 +1,4 @@
-"""``TurboStreamsConsumer``: the WebSocket end of the streams.
+"""Layer 9: ``TurboStreamsConsumer``, the WebSocket end of the streams.
 
 The client sends ``{"type": "subscribe" | "unsubscribe", "signed_channel_name": "..."}``; the server
 sends ``{"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}`` for every
@@ -19,8 +19,9 @@ from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf
 from .delivery import layer_call
-from .names import InvalidSubscription, group_name, unsign
-from .registry import UnknownStream, stream_registry
+from .exceptions import InvalidSubscription, UnknownStream
+from .names import group_name, unsign
+from .registry import stream_registry
 
 logger = logging.getLogger("turbo_async")
 
@@ -47,7 +48,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.handle(text_data)
         except Exception:
             # A safety net: whatever a client sends, the socket and the process stay up.
-            logger.exception("turbo_async: could not handle a WebSocket message")
+            logger.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
 
     async def handle(self, text_data: str | None) -> None:
@@ -83,7 +84,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
-            logger.warning("turbo_async: refused a subscription: %s", exc)
+            logger.warning("refused a subscription: %s", exc)
             await self.error(f"invalid signed_channel_name: {exc}", signed_name)
             return
         group = group_name(stream_name, args, kwargs)
@@ -117,15 +118,15 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if stream.user_passes_test(user):
                 return True, ""
         except UnknownStream:
-            logger.warning("turbo_async: subscription to unknown stream %r", stream_name)
+            logger.warning("subscription to unknown stream %r", stream_name)
             return False, f"unknown stream {stream_name!r}"
         except ObjectDoesNotExist as exc:  # e.g. the user of a UserBroadcastComponent is gone
-            logger.warning("turbo_async: subscription to %r refused: %s", stream_name, exc)
+            logger.warning("subscription to %r refused: %s", stream_name, exc)
             return False, "permission denied"
         except Exception:
-            logger.exception("turbo_async: could not check the subscription to %r", stream_name)
+            logger.exception("could not check the subscription to %r", stream_name)
             return False, "subscription check failed"
-        logger.warning("turbo_async: user %s may not subscribe to %r", user, stream_name)
+        logger.warning("user %s may not subscribe to %r", user, stream_name)
         return False, "permission denied"
 
     async def unsubscribe(self, group: str, signed_name: str) -> None:

@@ -1,7 +1,8 @@
-"""Getting frames to the Channels layer.
+"""Layer 2: getting frames to the Channels layer.
 
-Inside a broadcast task (:func:`collect`) frames are gathered per stream and go out as one
-``group_send`` per stream when the hook has finished. Anywhere else they are sent at once.
+Inside a broadcast (:func:`collect`) frames are gathered per stream into an :class:`Outgoing`, and
+the worker sends it with :func:`deliver`: one ``group_send`` per stream. Anywhere else a frame is
+sent at once. While a test records (:mod:`turbo_async.recording`), messages go to its recorders.
 
 Each process keeps one event loop and sends every ``group_send`` through it:
 channels_redis keeps its connection pool per event loop, so one long-lived loop means one pool
@@ -25,16 +26,19 @@ from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf
+from . import conf, recording
 
 try:  # channels_redis's connection errors, when it is installed
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-    LAYER_ERRORS: tuple[type[BaseException], ...] = (
-        OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
-    )
+    _REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 except ImportError:  # pragma: no cover
-    LAYER_ERRORS = (OSError, TimeoutError)
+    _REDIS_ERRORS = ()
+
+LAYER_ERRORS: tuple[type[BaseException], ...] = (
+    # asyncio.TimeoutError (what asyncio.wait_for raises) is TimeoutError only from Python 3.11.
+    OSError, TimeoutError, asyncio.TimeoutError, *_REDIS_ERRORS,
+)
 """Errors of an unreachable channel layer: retried, never a hook's fault."""
 
 MESSAGE_TYPE = "turbo.stream"
@@ -42,8 +46,8 @@ MESSAGE_TYPE = "turbo.stream"
 
 
 @dataclass
-class Batch:
-    """The frames rendered by one task, per group, in the order they were made."""
+class Outgoing:
+    """The frames rendered by one broadcast, per group, in the order they were made."""
 
     frames: dict[str, list[str]] = field(default_factory=dict)
     stream_names: dict[str, str] = field(default_factory=dict)
@@ -61,7 +65,9 @@ class Batch:
             yield group, message(group, self.stream_names[group], "".join(frames))
 
 
-_batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar("turbo_async_batch", default=None)
+_collecting: contextvars.ContextVar[Outgoing | None] = contextvars.ContextVar(
+    "turbo_async_collecting", default=None
+)
 
 
 def message(group: str, stream_name: str, markup: str) -> dict[str, Any]:
@@ -69,58 +75,29 @@ def message(group: str, stream_name: str, markup: str) -> dict[str, Any]:
 
 
 @contextmanager
-def collect() -> Iterator[Batch]:
-    """Collect the frames sent inside the block instead of sending them."""
-    batch = Batch()
-    token = _batch.set(batch)
+def collect() -> Iterator[Outgoing]:
+    """Collect the frames sent inside the block instead of sending them; :func:`deliver` sends."""
+    outgoing = Outgoing()
+    token = _collecting.set(outgoing)
     try:
-        yield batch
+        yield outgoing
     finally:
-        _batch.reset(token)
+        _collecting.reset(token)
 
 
 def send(group: str, stream_name: str, markup: str) -> None:
-    """Send one stream's markup now, or add it to the batch being collected."""
-    batch = _batch.get()
-    if batch is not None:
-        batch.add(group, stream_name, markup)
+    """Send one stream's markup now, or add it to the frames being collected."""
+    outgoing = _collecting.get()
+    if outgoing is not None:
+        outgoing.add(group, stream_name, markup)
         return
     group_send(group, message(group, stream_name, markup))
 
 
-def flush(batch: Batch) -> None:
-    """Send a collected batch: one ``group_send`` per stream."""
-    for group, msg in batch.messages():
+def deliver(outgoing: Outgoing) -> None:
+    """Send collected frames: one ``group_send`` per stream."""
+    for group, msg in outgoing.messages():
         group_send(group, msg)
-
-
-class Capture:
-    """A recorder of ``turbo_async.testing``: while one is active, every message is handed to it
-    (and sent on to the layer only if a capture asks to), and broadcasts run in this process
-    instead of through Celery."""
-
-    def __init__(self, record: Callable[[str, dict[str, Any]], None], deliver: bool) -> None:
-        self.record = record
-        self.deliver = deliver
-
-
-_captures: list[Capture] = []
-_captures_lock = threading.Lock()
-
-
-def add_capture(capture: Capture) -> None:
-    with _captures_lock:
-        _captures.append(capture)
-
-
-def remove_capture(capture: Capture) -> None:
-    with _captures_lock:
-        _captures.remove(capture)
-
-
-def inline() -> bool:
-    """Whether broadcasts run in the calling process (inside ``turbo_async.testing`` captures)."""
-    return bool(_captures)
 
 
 def channel_layer() -> BaseChannelLayer:
@@ -133,12 +110,8 @@ def channel_layer() -> BaseChannelLayer:
 
 
 def group_send(group: str, msg: dict[str, Any]) -> None:
-    captures = list(_captures)
-    if captures:
-        for capture in captures:
-            capture.record(group, msg)
-        if not any(capture.deliver for capture in captures):
-            return
+    if not recording.record(group, msg):
+        return
     layer = channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
@@ -197,3 +170,8 @@ class ProcessLoop:
 
 
 _loop = ProcessLoop()
+
+
+def run(coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+    """Run a channel-layer coroutine on this process's loop (``manage.py turbo_streams --check``)."""
+    return _loop.run(coroutine, timeout)

@@ -1,4 +1,5 @@
-"""The ``<turbo-stream>`` markup, byte for byte what turbo-django renders for the same call.
+"""Layer 0 (a leaf): the ``<turbo-stream>`` markup, byte for byte what turbo-django renders for
+the same call.
 
 turbo-django renders ``turbo/stream.html`` inside ``{% spaceless %}``: the frame is stripped and the
 whitespace between tags (its own and the inner HTML's) is removed; the action and target are

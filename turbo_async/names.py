@@ -1,4 +1,5 @@
-"""Stream identities: the signed name a page subscribes with and the group a worker sends to.
+"""Layer 0 (a leaf): stream identities, the signed name a page subscribes with and the group a
+worker sends to.
 
 A subscription is ``(stream_name, args, kwargs)`` signed with Django's signing (salted, with a
 timestamp so that ``SIGNATURE_MAX_AGE`` can expire it). The Channels group is derived from the
@@ -15,12 +16,11 @@ from django.core import signing
 from django.core.serializers.json import DjangoJSONEncoder
 
 from . import conf
+from .exceptions import InvalidSubscription
+
+__all__ = ["Identity", "InvalidSubscription", "group_name", "identity", "sign", "unsign"]
 
 Identity = tuple[str, list[Any], dict[str, Any]]
-
-
-class InvalidSubscription(Exception):
-    """A signed stream name that is tampered with, expired, or not of this site."""
 
 
 def _canonical(stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The outbox: committed changes waiting to be published, drained by one thread per process.
+"""Layer 3, request side: the outbox, committed changes waiting to be published, drained by one thread per process.
 
 A commit hands its merged changes to the outbox and returns; the thread publishes them in commit
 order, several per broker connection when they queue up. So a save pays neither the broker round
@@ -16,28 +16,28 @@ import logging
 import os
 import queue
 import threading
-from typing import Any
 
-from celery._state import get_current_task
 from django.db import connections
 
 from . import conf
-from .pending import Change
+from .changes import Change, StreamAction
+from .publish import publish, publishes_now
 
 logger = logging.getLogger("turbo_async")
 
 EXIT_FLUSH_TIMEOUT = 5.0
 
-Batch = tuple[list[Change], str]
+Commit = tuple[list[Change | StreamAction], str]
+"""The items of one commit and the database alias it committed on."""
 
 
 class Outbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Batch | threading.Event] | None = None
+        self._queue: queue.Queue[Commit | threading.Event] | None = None
         self._pid = 0
 
-    def _ensure_thread(self) -> queue.Queue[Batch | threading.Event]:
+    def _ensure_thread(self) -> queue.Queue[Commit | threading.Event]:
         if self._queue is not None and self._pid == os.getpid():
             return self._queue
         with self._lock:
@@ -49,15 +49,14 @@ class Outbox:
                 ).start()
             return self._queue
 
-    def put(self, changes: list[Change], alias: str) -> None:
+    def put(self, items: list[Change | StreamAction], alias: str) -> None:
         try:
-            self._ensure_thread().put_nowait((changes, alias))
+            self._ensure_thread().put_nowait((items, alias))
         except queue.Full:
-            for change in changes:
+            for item in items:
                 logger.error(
-                    "turbo_async: outbox full (%d batches waiting for the broker); the broadcast "
-                    "of %s pk=%r (%s) is dropped",
-                    conf.get().OUTBOX_MAX_SIZE, change.label, change.pk, change.event,
+                    "outbox full (%d commits waiting for the broker); the broadcast of %s is dropped",
+                    conf.get().OUTBOX_MAX_SIZE, item.describe(),
                 )
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -68,48 +67,44 @@ class Outbox:
         self._queue.put(done)
         return done.wait(timeout)
 
-    def _drain(self, batches: queue.Queue[Batch | threading.Event]) -> None:
-        from .tasks import broadcast, publish
-
+    def _drain(self, commits: queue.Queue[Commit | threading.Event]) -> None:
         while True:
-            items = [batches.get()]
+            taken = [commits.get()]
             while True:  # take what queued up meanwhile: one producer connection for all of it
                 try:
-                    items.append(batches.get_nowait())
+                    taken.append(commits.get_nowait())
                 except queue.Empty:
                     break
             try:
-                with broadcast.app.producer_or_acquire() as producer:
-                    for item in items:
-                        if isinstance(item, threading.Event):
+                with conf.celery_app().producer_or_acquire() as producer:
+                    for commit in taken:
+                        if isinstance(commit, threading.Event):
                             continue
-                        changes, alias = item
-                        for change in changes:
-                            publish(change, alias, producer=producer)
+                        items, alias = commit
+                        for item in items:
+                            publish(item, alias, producer=producer)
             except Exception:  # publish() logs its own failures; this is the pool's
-                logger.exception("turbo_async: the outbox could not reach the broker")
+                logger.exception("the outbox could not reach the broker")
             finally:
                 # ON_PUBLISH_ERROR="inline" ran hooks here: do not keep their database
                 # connections open in this thread (they would outlive every request).
                 for connection in connections.all(initialized_only=True):
                     connection.close()
-                for item in items:
-                    if isinstance(item, threading.Event):
-                        item.set()
+                for commit in taken:
+                    if isinstance(commit, threading.Event):
+                        commit.set()
 
 
 _outbox = Outbox()
 
 
-def put(changes: list[Change], alias: str) -> None:
-    """Publish ``changes`` of a commit on ``alias``: in the background, or now (see above)."""
-    from .tasks import publish
-
-    if conf.get().PUBLISH_IN_BACKGROUND and not _publish_now():
-        _outbox.put(changes, alias)
+def put(items: list[Change | StreamAction], alias: str) -> None:
+    """Publish the ``items`` of a commit on ``alias``: in the background, or now (see above)."""
+    if conf.get().PUBLISH_IN_BACKGROUND and not publishes_now():
+        _outbox.put(items, alias)
         return
-    for change in changes:
-        publish(change, alias)
+    for item in items:
+        publish(item, alias)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -120,14 +115,6 @@ def flush(timeout: float | None = None) -> bool:
     True
     """
     return _outbox.flush(timeout)
-
-
-def _publish_now() -> bool:
-    from . import delivery
-    from .tasks import broadcast
-
-    app: Any = broadcast.app
-    return bool(delivery.inline() or app.conf.task_always_eager or get_current_task() is not None)
 
 
 atexit.register(_outbox.flush, EXIT_FLUSH_TIMEOUT)

@@ -1,89 +1,43 @@
-"""The changes of one transaction, published as Celery tasks when it commits.
+"""Layer 3, request side: the changes of one transaction, handed to the outbox when it commits.
 
-Changes are kept per database connection (so per alias and per thread). Each recorded change
+Changes are kept per database connection (so per alias and per thread). Each recorded item
 registers a small marker with ``transaction.on_commit(..., using=alias)``; Django drops the
-markers of a rolled-back savepoint or transaction, so a change counts only while its marker is
+markers of a rolled-back savepoint or transaction, so an item counts only while its marker is
 alive. When the first marker runs after the commit, the surviving changes are merged per object
-(``created`` sticks, a delete supersedes saves) and one task per object is published.
+(``created`` sticks, a delete supersedes saves), ``stream.later`` actions keep their place, and the
+whole commit goes to :mod:`~turbo_async.outbox`.
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-logger = logging.getLogger("turbo_async")
+from . import outbox
+from .changes import Change, StreamAction
 
-SAVE = "save"
-DELETE = "delete"
+Item = Change | StreamAction
 
-
-@dataclass
-class Change:
-    """What the worker needs to broadcast one change: JSON only."""
-
-    label: str
-    pk: Any
-    event: str
-    created: bool = False
-    snapshot: dict[str, Any] | None = None
-
-    @classmethod
-    def save(cls, instance: models.Model, created: bool) -> Change:
-        return cls(instance._meta.label_lower, _json_pk(instance), SAVE, bool(created))
-
-    @classmethod
-    def delete(cls, instance: models.Model) -> Change:
-        return cls(instance._meta.label_lower, _json_pk(instance), DELETE, False, snapshot(instance))
-
-    @property
-    def key(self) -> tuple[str, Any]:
-        return (self.label, self.pk)
-
-    def merge(self, later: Change) -> Change:
-        """This change followed by ``later`` on the same object, as one change."""
-        if later.event == DELETE:
-            return later
-        if self.event == DELETE:  # deleted, then saved again under the same pk
-            return Change(later.label, later.pk, SAVE, True)
-        return Change(later.label, later.pk, SAVE, self.created or later.created)
-
-
-def _json_pk(instance: models.Model) -> Any:
-    pk = instance.pk
-    if isinstance(pk, (int, str)) and not isinstance(pk, bool):
-        return pk
-    return instance._meta.pk.value_to_string(instance)
-
-
-def snapshot(instance: models.Model) -> dict[str, Any]:
-    """The concrete field values of a row, JSON-safe, keyed by attname (``room_id``)."""
-    values: dict[str, Any] = {}
-    for f in instance._meta.concrete_fields:
-        value = f.value_from_object(instance)
-        plain = value is None or isinstance(value, (bool, int, float, str))
-        values[f.attname] = value if plain else f.value_to_string(instance)
-    return values
+_ATTRIBUTE = "_turbo_async_pending"  # the open _Transaction of a connection
 
 
 class _Marker:
-    """The on_commit callback of one change; alive only while its savepoint is."""
+    """The on_commit callback of one item; alive only while its savepoint is."""
 
-    __slots__ = ("__weakref__", "batch", "change")
+    __slots__ = ("__weakref__", "item", "transaction")
 
-    def __init__(self, batch: _Transaction, change: Change) -> None:
-        self.batch = batch
-        self.change = change
+    def __init__(self, transaction: _Transaction, item: Item) -> None:
+        self.transaction = transaction
+        self.item = item
 
     def __call__(self) -> None:
-        self.batch.commit()
+        self.transaction.commit()
 
 
 @dataclass
@@ -93,8 +47,8 @@ class _Transaction:
     order: list[weakref.ref[_Marker]] = field(default_factory=list)
     done: bool = False
 
-    def add(self, change: Change) -> _Marker:
-        marker = _Marker(self, change)
+    def add(self, item: Item) -> _Marker:
+        marker = _Marker(self, item)
         self.markers.add(marker)
         self.order.append(weakref.ref(marker))
         return marker
@@ -106,33 +60,68 @@ class _Transaction:
         if self.done:
             return
         self.done = True
-        _forget(self)
-        merged: dict[tuple[str, Any], Change] = {}
+        _detach(self)
+        outbox.put(self.committed(), self.alias)
+
+    def committed(self) -> list[Item]:
+        """The surviving items in order, changes merged per object at their first place."""
+        items: list[Item] = []
+        places: dict[tuple[str, Any], int] = {}
         for ref in self.order:
             marker = ref()
             if marker is None:  # its savepoint or transaction was rolled back
                 continue
-            key = marker.change.key
-            merged[key] = merged[key].merge(marker.change) if key in merged else marker.change
-        from . import outbox
+            item = marker.item
+            if isinstance(item, StreamAction):
+                items.append(item)
+                continue
+            place = places.get(item.key)
+            if place is None:
+                places[item.key] = len(items)
+                items.append(item)
+            else:
+                earlier = items[place]
+                assert isinstance(earlier, Change)
+                items[place] = earlier.merge(item)
+        return items
 
-        outbox.put(list(merged.values()), self.alias)
+
+def _detach(open_transaction: _Transaction) -> None:
+    connection = connections[open_transaction.alias]
+    if getattr(connection, _ATTRIBUTE, None) is open_transaction:
+        setattr(connection, _ATTRIBUTE, None)
 
 
-def _forget(batch: _Transaction) -> None:
-    connection = connections[batch.alias]
-    if getattr(connection, "_turbo_async_pending", None) is batch:
-        connection._turbo_async_pending = None  # type: ignore[attr-defined]
-
-
-def record(alias: str, change: Change) -> None:
-    """Note a change on ``alias``; it is published when the transaction commits."""
+def record(alias: str, item: Item) -> None:
+    """Note a change (or a ``stream.later`` action) on ``alias``; it is published on commit."""
     connection = connections[alias]
-    batch: _Transaction | None = getattr(connection, "_turbo_async_pending", None)
-    if batch is None or not batch.alive():
-        batch = _Transaction(alias)
-        connection._turbo_async_pending = batch  # type: ignore[attr-defined]
-    transaction.on_commit(batch.add(change), using=alias)
+    open_transaction: _Transaction | None = getattr(connection, _ATTRIBUTE, None)
+    if open_transaction is None or not open_transaction.alive():
+        open_transaction = _Transaction(alias)
+        setattr(connection, _ATTRIBUTE, open_transaction)
+    transaction.on_commit(open_transaction.add(item), using=alias)
+
+
+def defer(action: StreamAction, using: str | None = None) -> None:
+    """Record a ``stream.later`` action in the transaction of ``using`` (by default the first
+    database with an open transaction, else the default one); it is published on commit."""
+    if using is None:
+        using = next(
+            (alias for alias in connections if connections[alias].in_atomic_block), DEFAULT_DB_ALIAS
+        )
+    record(using, action)
+
+
+def cut() -> None:
+    """Merge the changes recorded from now on apart from those recorded before.
+
+    Inside one transaction (a ``TestCase``) changes of one object are merged (``created``
+    sticks); ``turbo_async.testing`` cuts when a capture starts, so that editing a row created in
+    the test's set-up is not broadcast as its creation. The earlier changes still publish when
+    their own on-commit callbacks run.
+    """
+    for alias in connections:
+        setattr(connections[alias], _ATTRIBUTE, None)
 
 
 _suppressed: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -149,7 +138,7 @@ def suppress() -> Iterator[None]:
     """Record no broadcasts for saves and deletes inside the block.
 
     >>> with turbo_async.suppress():
-    ...     Message.objects.bulk_import(rows)  # no task per row
+    ...     call_command("loaddata", "rooms.json")  # no task per row
     """
     token = _suppressed.set(True)
     try:

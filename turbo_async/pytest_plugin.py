@@ -1,4 +1,4 @@
-"""pytest fixtures of turbo_async, installed with the package (entry point ``pytest11``).
+"""Layer 10: the pytest fixtures of turbo_async, installed with the package (entry point ``pytest11``).
 
 ``turbo_broadcasts`` records every frame broadcast during the test, with the pipeline running in
 the test's process. In a ``db`` test (one transaction that never commits) run the on-commit
@@ -14,18 +14,14 @@ callbacks with pytest-django's ``django_capture_on_commit_callbacks``::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    from .testing import BroadcastRecorder
+from .testing import BroadcastRecorder, capture_broadcasts
 
 
 @pytest.fixture
 def turbo_broadcasts() -> Iterator[BroadcastRecorder]:
     """A :class:`turbo_async.testing.BroadcastRecorder` active for the whole test."""
-    from .testing import capture_broadcasts
-
     with capture_broadcasts(on_commit=False) as recorder:
         yield recorder

@@ -1,25 +1,30 @@
-"""Which streams exist: by ``app_label:ClassName`` (subscriptions) and by model label (workers).
+"""Layer 5: which streams exist, by ``app_label:ClassName`` (subscriptions) and by model label
+(workers). A pure registry: it records and answers; :mod:`~turbo_async.wiring` fills it at start-up
+and attaches the streams to their models. Workers accept only labels found here; nothing is ever
+imported from a name in a message.
 
-Filled once, at start-up, by :func:`autodiscover` from each installed app's ``streams.py``.
-Workers accept only labels found here; nothing is ever imported from a name in a message.
+turbo-django's names keep working: ``turbo_async.registry.stream_registry``,
+``stream_registry.get_stream("chat", "RoomStream")`` and :func:`stream_for_stream_name`.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any, TypeVar
+import logging
+from typing import Any, overload
 
-from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
-from django.utils.module_loading import autodiscover_modules
 
-if TYPE_CHECKING:
-    from .streams import ModelStream, Stream
+from .exceptions import UnknownStream
+from .streams import ModelStream, Stream
+
+__all__ = ["StreamRegistry", "UnknownStream", "dotted_path", "stream_for_stream_name", "stream_registry"]
+
+logger = logging.getLogger("turbo_async")
 
 
-class UnknownStream(LookupError):
-    """A stream name or model label that no registered stream answers to."""
+def dotted_path(cls: type) -> str:
+    """``package.module.ClassName``, for messages that must name a class unambiguously."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class StreamRegistry:
@@ -28,53 +33,47 @@ class StreamRegistry:
         self.model_streams: dict[str, type[ModelStream[Any]]] = {}
 
     def register(self, stream_class: type[Stream]) -> None:
-        from .streams import ModelStream
-
+        """Record a stream; a second stream with the same name, or a second ModelStream of one
+        model, is an ``ImproperlyConfigured`` error that names both."""
         name = stream_class.stream_name
         existing = self.streams.get(name)
         if existing is not None and existing is not stream_class:
             raise ImproperlyConfigured(
-                f"Two streams are named {name!r}: {_dotted(existing)} and {_dotted(stream_class)}. "
-                "Rename one of them."
+                f"Two streams are named {name!r}: {dotted_path(existing)} and "
+                f"{dotted_path(stream_class)}. Rename one of them."
             )
-        self.streams[name] = stream_class
-        if issubclass(stream_class, ModelStream):
-            self._register_model_stream(stream_class)
-
-    def _register_model_stream(self, stream_class: type[ModelStream[Any]]) -> None:
-        from . import signals
-        from .streams import StreamDescriptor
-
-        model: type[models.Model] = stream_class._meta.model
-        label = model._meta.label_lower
-        existing = self.model_streams.get(label)
-        if existing is not None and existing is not stream_class:
-            raise ImproperlyConfigured(
-                f"{model._meta.label} has two ModelStreams: {_dotted(existing)} and "
-                f"{_dotted(stream_class)}. A model can have only one ModelStream; merge them."
-            )
-        self.model_streams[label] = stream_class
-        model.stream = StreamDescriptor(stream_class)  # type: ignore[attr-defined]
-        model._meta.stream_model = stream_class  # type: ignore[attr-defined]  # as turbo-django
-        signals.connect(model, stream_class)
-
-    def unregister(self, stream_class: type[Stream]) -> None:
-        """Forget a stream and undo what registering it did to its model (tests use this)."""
-        from . import signals
-        from .streams import ModelStream
-
-        self.streams.pop(stream_class.stream_name, None)
         if issubclass(stream_class, ModelStream):
             model = stream_class._meta.model
-            if self.model_streams.get(model._meta.label_lower) is stream_class:
-                del self.model_streams[model._meta.label_lower]
-                signals.disconnect(model)
-                for attribute in ("stream",):
-                    if attribute in vars(model):
-                        delattr(model, attribute)
-                vars(model._meta).pop("stream_model", None)
+            other = self.model_streams.get(model._meta.label_lower)
+            if other is not None and other is not stream_class:
+                raise ImproperlyConfigured(
+                    f"{model._meta.label} has two ModelStreams: {dotted_path(other)} and "
+                    f"{dotted_path(stream_class)}. A model can have only one ModelStream; merge them."
+                )
+            self.model_streams[model._meta.label_lower] = stream_class
+        self.streams[name] = stream_class
 
-    def get_stream(self, stream_name: str) -> type[Stream]:
+    def unregister(self, stream_class: type[Stream]) -> None:
+        if self.streams.get(stream_class.stream_name) is stream_class:
+            del self.streams[stream_class.stream_name]
+        if issubclass(stream_class, ModelStream):
+            label = stream_class._meta.model._meta.label_lower
+            if self.model_streams.get(label) is stream_class:
+                del self.model_streams[label]
+
+    @overload
+    def get_stream(self, stream_name: str) -> type[Stream]: ...
+    @overload
+    def get_stream(self, stream_name: str, class_name: str) -> type[Stream] | None: ...
+
+    def get_stream(self, stream_name: str, class_name: str | None = None) -> type[Stream] | None:
+        """The stream named ``"app_label:ClassName"``; raises :class:`UnknownStream` if none is.
+
+        turbo-django's two-argument form ``get_stream("app_label", "ClassName")`` returns None
+        for an unknown stream, as it did there.
+        """
+        if class_name is not None:
+            return self.streams.get(f"{stream_name}:{class_name}")
         try:
             return self.streams[stream_name]
         except KeyError:
@@ -95,42 +94,16 @@ class StreamRegistry:
         return sorted(self.streams)
 
 
-def _dotted(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 stream_registry = StreamRegistry()
 
 
-def autodiscover() -> None:
-    """Import every installed app's ``streams`` module and register the streams it defines."""
-    from .streams import Stream
+def stream_for_stream_name(stream_name: str) -> type[Stream] | None:
+    """turbo-django's lookup: the stream class named ``"app_label:ClassName"``, or None (logged).
 
-    autodiscover_modules("streams")
-    for app_config in apps.get_app_configs():
-        module = sys.modules.get(f"{app_config.name}.streams")
-        if module is None:
-            continue
-        for value in list(vars(module).values()):
-            if (
-                isinstance(value, type)
-                and issubclass(value, Stream)
-                and value.__module__ == module.__name__
-                and not value._meta.get("abstract", False)
-            ):
-                stream_registry.register(value)
-
-
-S = TypeVar("S", bound="type[Stream]")
-
-
-def register(stream_class: S) -> S:
-    """Register a stream defined outside ``streams.py`` (import its module at start-up, e.g.
-    from your ``AppConfig.ready()``, so that every web process knows it)::
-
-        @turbo_async.register
-        class RoomListStream(turbo_async.Stream):
-            ...
+    >>> stream_for_stream_name("chat:RoomListStream")
+    <class 'chat.streams.RoomListStream'>
     """
-    stream_registry.register(stream_class)
+    stream_class = stream_registry.streams.get(stream_name) if isinstance(stream_name, str) else None
+    if stream_class is None:
+        logger.warning("No stream is registered as %r.", stream_name)
     return stream_class

@@ -1,4 +1,4 @@
-"""WebSocket routes: include them in your ASGI application.
+"""Layer 9: the WebSocket routes, include them in your ASGI application.
 
 >>> from channels.auth import AuthMiddlewareStack
 >>> from channels.routing import ProtocolTypeRouter, URLRouter

@@ -1,4 +1,9 @@
-"""``Stream`` and ``ModelStream``: turbo-django's API, with the work moved after commit.
+"""Layer 4: ``Stream`` and ``ModelStream``, turbo-django's API with the work moved after commit.
+
+An action (``append``, ..., ``remove``, ``refresh``) renders its frame and hands it to
+:mod:`~turbo_async.delivery`: sent now, or collected when it runs inside a broadcast. The same
+stream seen through ``.later`` records the action in the current transaction instead
+(:mod:`~turbo_async.pending`), and a worker renders and sends it after the commit.
 
 >>> import turbo_async as turbo
 >>> class MessageStream(turbo.ModelStream):
@@ -11,31 +16,37 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils.functional import classproperty
 
-from . import delivery, names
+from . import codec, delivery, names, pending
+from .changes import DELETE, SAVE, StreamAction
 from .frames import (
     AFTER,
     APPEND,
     BEFORE,
     PREPEND,
+    REFRESH,
+    REMOVE,
     REPLACE,
     UPDATE,
     TurboRender,
     frame_markup,
 )
 
-if TYPE_CHECKING:
-    from .later import Later
+RAW = "raw"
+"""A deferred ``stream_raw(markup)``: the markup is sent as it is."""
 
-HOOKS = ("on_save", "on_delete")
+
 
 
 class StreamMeta(dict[str, Any]):
@@ -51,14 +62,6 @@ class StreamMeta(dict[str, Any]):
         self[name] = value
 
 
-class classproperty:
-    def __init__(self, method: Any) -> None:
-        self.fget = method
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        return self.fget(owner)
-
-
 class Stream:
     """A channel that pages subscribe to with ``{% turbo_subscribe %}``.
 
@@ -71,6 +74,7 @@ class Stream:
     """
 
     _meta: ClassVar[StreamMeta] = StreamMeta(app_name="", abstract=True)
+    _deferred: bool = False  # True on the copy that ``.later`` returns
 
     class Meta:
         abstract = True
@@ -142,76 +146,106 @@ class Stream:
             raise ValueError("Pass a template name or text= to render a frame.")
         return TurboRender.init_from_template(template, context)
 
-    def _action(
-        self,
-        action: str,
-        template: str | None,
-        context: dict[str, Any] | None,
-        text: str | None,
-        selector: str | None,
-        id: str | None,
-    ) -> None:
-        self._check_target(selector, id)
-        frame = self._get_frame(template, context, text)
-        self.stream(frame._add_target(selector, id, action))
-
     @staticmethod
     def _check_target(selector: str | None, id: str | None) -> None:
         if (selector is None) == (id is None):
             raise ValueError("Either selector or id can be used as a parameter.")
 
+    def _send_action(
+        self,
+        action: str,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        """Where every action goes: render and send now, or, deferred, record it for a worker."""
+        if action != REFRESH:
+            self._check_target(selector, id)
+        if action not in (REFRESH, REMOVE) and not text and template is None:
+            raise ValueError("Pass a template name or text= to render a frame.")
+        if self._deferred:
+            options: dict[str, Any] = {"selector": selector, "id": id}
+            if action not in (REFRESH, REMOVE):
+                options.update(template=template, context=context, text=text)
+            self._defer(action, options)
+        elif action == REFRESH:
+            self.stream_raw(frame_markup(REFRESH))
+        elif action == REMOVE:
+            self.stream(TurboRender().remove(selector, id))
+        else:
+            self.stream(self._get_frame(template, context, text)._add_target(selector, id, action))
+
+    def _defer(self, action: str, options: dict[str, Any]) -> None:
+        pending.defer(
+            StreamAction(
+                self.stream_name,
+                self.get_init_args(),
+                self.get_init_kwargs(),
+                action,
+                codec.encode(options),
+                shadow=f"{self.stream_name.replace(':', '.')}.{action}",
+            )
+        )
+
     def append(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
         """Append rendered ``template`` (or ``text``) to the element ``id`` / ``selector``."""
-        self._action(APPEND, template, context, text, selector, id)
+        self._send_action(APPEND, template, context, text, selector, id)
 
     def prepend(self, template: str | None = None, context: dict[str, Any] | None = None,
                 text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._action(PREPEND, template, context, text, selector, id)
+        self._send_action(PREPEND, template, context, text, selector, id)
 
     def replace(self, template: str | None = None, context: dict[str, Any] | None = None,
                 text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._action(REPLACE, template, context, text, selector, id)
+        self._send_action(REPLACE, template, context, text, selector, id)
 
     def update(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._action(UPDATE, template, context, text, selector, id)
+        self._send_action(UPDATE, template, context, text, selector, id)
 
     def before(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._action(BEFORE, template, context, text, selector, id)
+        self._send_action(BEFORE, template, context, text, selector, id)
 
     def after(self, template: str | None = None, context: dict[str, Any] | None = None,
               text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._action(AFTER, template, context, text, selector, id)
+        self._send_action(AFTER, template, context, text, selector, id)
 
     def remove(self, selector: str | None = None, id: str | None = None) -> None:
         """Remove the element ``id`` (or every element matching ``selector``)."""
-        self._check_target(selector, id)
-        self.stream(TurboRender().remove(selector, id))
+        self._send_action(REMOVE, selector=selector, id=id)
 
     def refresh(self) -> None:
         """Ask subscribed pages to refresh (Turbo 8 ``refresh`` action)."""
-        self.stream_raw(frame_markup("refresh"))
+        self._send_action(REFRESH)
 
     def stream(self, frame: TurboRender | str) -> None:
         """Send a rendered :class:`TurboRender` (or its markup) to the subscribers."""
         self.stream_raw(frame.rendered_template if isinstance(frame, TurboRender) else frame)
 
     def stream_raw(self, raw_text: str) -> None:
-        """Send markup as it is. Inside a broadcast task the frames of one stream are batched
-        into one ``group_send``; anywhere else they are sent now, as in turbo-django."""
+        """Send markup as it is. Inside a broadcast the frames of one stream are collected into
+        one ``group_send``; anywhere else they are sent now, as in turbo-django."""
+        if self._deferred:
+            self._defer(RAW, {"text": str(raw_text)})
+            return
         delivery.send(self.broadcastable_stream_name, self.stream_name, str(raw_text))
 
     @property
-    def later(self) -> Later:
-        """The same actions, run by a Celery worker after commit::
+    def later(self) -> Stream:
+        """This stream, with every action run by a Celery worker after the commit::
 
             room.stream.later.append("chat/message.html", {"message": message}, id="messages")
-        """
-        from .later import Later
 
-        return Later(self)
+        Model instances in the context travel as references and are reloaded by the worker
+        (:mod:`turbo_async.codec`); anything else must be JSON-serialisable.
+        """
+        deferred = copy.copy(self)
+        deferred._deferred = True
+        return deferred
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -241,7 +275,16 @@ class ModelStream(Stream, Generic[M]):
     class Meta:
         abstract = True
 
+    hooks: ClassVar[dict[str, str]] = {SAVE: "on_save", DELETE: "on_delete"}
+    """The hook a worker calls for each event: the one place these names are spelled."""
+
     pk: Any
+
+    @classmethod
+    def hook(cls, event: str) -> Callable[..., Any] | None:
+        """The hook function this stream defines for ``event``, or None."""
+        function = getattr(cls, cls.hooks[event], None)
+        return function if callable(function) else None
 
     def __init__(self, pk: Any, instance: M | None = None) -> None:
         super().__init__()
@@ -286,20 +329,7 @@ class ModelStream(Stream, Generic[M]):
         return [self.pk]
 
 
-class StreamDescriptor:
-    """``instance.stream``: built on access, so that loading rows costs nothing extra."""
-
-    def __init__(self, stream_class: type[ModelStream[Any]]) -> None:
-        self.stream_class = stream_class
-
-    def __get__(self, instance: models.Model | None, owner: type | None = None) -> Any:
-        if instance is None:
-            return self.stream_class
-        return self.stream_class.from_instance(instance)
-
-
 def _app_label(cls: type) -> str:
+    # Outside an installed app turbo-django names a stream ":Name"; so do we.
     app_config = apps.get_containing_app_config(cls.__module__)
-    if app_config is not None:
-        return app_config.label
-    return cls.__module__.rsplit(".", 2)[-2] if "." in cls.__module__ else cls.__module__
+    return app_config.label if app_config is not None else ""

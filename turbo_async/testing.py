@@ -1,4 +1,4 @@
-"""Test helpers for your own streams: capture the frames your code broadcasts and assert on them.
+"""Layer 10: test helpers for your own streams, capture the frames your code broadcasts and assert on them.
 
 Inside a capture the whole pipeline runs in the test's process: when a transaction commits, the
 hook runs at once (no Celery, no worker), renders, and its frames are recorded instead of being
@@ -32,7 +32,7 @@ from typing import Any
 from django.db import connections, models
 from django.test import TestCase
 
-from . import delivery
+from . import pending, recording
 from .streams import Stream
 
 __all__ = [
@@ -173,7 +173,8 @@ class BroadcastRecorder:
         assert "Hi" in frame.html
     """
 
-    def __init__(self, obj_or_stream: StreamLike = None) -> None:
+    def __init__(self, obj_or_stream: StreamLike = None, *, deliver: bool = False) -> None:
+        self.deliver = deliver  # also send the frames to the channel layer
         self._lock = threading.Lock()
         self._frames: list[Frame] = []
         self._keep, self._scope = _matcher(obj_or_stream)
@@ -199,12 +200,6 @@ class BroadcastRecorder:
 
     def __iter__(self) -> Iterator[Frame]:
         return iter(self.frames)
-
-    def for_stream(self, obj_or_stream: StreamLike) -> list[Frame]:
-        """The frames of one stream: a model instance (its ``.stream``), a Stream, a Stream class
-        (every instance of it) or a stream name."""
-        test, _ = _matcher(obj_or_stream)
-        return [frame for frame in self.frames if test(frame)]
 
     def _describe(self) -> str:
         frames = self.frames
@@ -255,44 +250,6 @@ class BroadcastRecorder:
             contains=contains,
         )
 
-    def assert_broadcasted(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
-        """Assert that at least one frame satisfies ``predicate`` (as turbo-laravel's
-        ``assertBroadcasted(callback)``). Returns the frames that do."""
-        matched = [frame for frame in self.frames if predicate(frame)]
-        if not matched:
-            raise AssertionError(f"No broadcast frame satisfies the predicate. {self._describe()}")
-        return matched
-
-    def assert_broadcasted_times(self, predicate: Callable[[Frame], bool], times: int) -> list[Frame]:
-        """Assert that exactly ``times`` frames satisfy ``predicate``."""
-        matched = [frame for frame in self.frames if predicate(frame)]
-        if len(matched) != times:
-            raise AssertionError(
-                f"Expected {times} frame(s) satisfying the predicate, but {len(matched)} did. "
-                f"{self._describe()}"
-            )
-        return matched
-
-    def assert_nothing_broadcasted(self) -> None:
-        """Assert that no frame at all was broadcast."""
-        if self.frames:
-            raise AssertionError(f"Expected no broadcasts. {self._describe()}")
-
-
-def _start_new_transactions() -> None:
-    """Keep the changes made before a capture apart from those made inside it.
-
-    In a ``TestCase`` the whole test is one transaction, and changes of one transaction are merged
-    per object (``created`` sticks): without this, editing a row created in the test's set-up
-    would broadcast as that row's creation. The earlier changes still publish if their own
-    on-commit callbacks run.
-    """
-    for alias in connections:
-        connection = connections[alias]
-        if getattr(connection, "_turbo_async_pending", None) is not None:
-            # A new batch starts at the next change: see turbo_async.pending.record().
-            connection._turbo_async_pending = None  # type: ignore[attr-defined]
-
 
 @contextmanager
 def capture_broadcasts(
@@ -310,10 +267,9 @@ def capture_broadcasts(
 
     Hook exceptions propagate to the test.
     """
-    recorder = BroadcastRecorder(obj_or_stream)
-    capture = delivery.Capture(recorder.record, deliver)
-    _start_new_transactions()
-    delivery.add_capture(capture)
+    recorder = BroadcastRecorder(obj_or_stream, deliver=deliver)
+    pending.cut()  # a row created before the block is not "created" by an edit inside it
+    recording.start(recorder)
     try:
         with ExitStack() as stack:
             if on_commit:
@@ -321,7 +277,7 @@ def capture_broadcasts(
                     stack.enter_context(TestCase.captureOnCommitCallbacks(using=alias, execute=True))
             yield recorder
     finally:
-        delivery.remove_capture(capture)
+        recording.stop(recorder)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""``{% load turbo_streams %}``: ``{% turbo_subscribe %}`` and ``{% turbo_component %}``."""
+"""Layer 9: ``{% load turbo_streams %}``, ``{% turbo_subscribe %}`` and ``{% turbo_component %}``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from django import template
 from django.db.models import Model
 from django.template import TemplateSyntaxError
 
+from .. import conf
 from ..components import BaseComponent
-from ..registry import UnknownStream, stream_registry
+from ..exceptions import UnknownStream
+from ..registry import stream_registry
 from ..streams import Stream
 
 register = template.Library()
@@ -63,6 +65,4 @@ def turbo_component(context: template.Context, component: Any, *args: Any, **kwa
 @register.simple_tag
 def turbo_ws_path() -> str:
     """The WebSocket path the browser connects to (``TURBO_ASYNC["WS_PATH"]``)."""
-    from .. import conf
-
     return conf.get().WS_PATH

@@ -21,7 +21,9 @@ from kombu.utils.url import maybe_sanitize_url
 from ... import conf, delivery
 from ...checks import TAG
 from ...registry import stream_registry
-from ...streams import HOOKS, ModelStream
+from ...streams import ModelStream
+
+HOOKS = tuple(ModelStream.hooks.values())
 
 CHECK_MESSAGE_TYPE = "turbo.check"
 
@@ -112,10 +114,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("Broker and channel layer are reachable."))
 
 
-def _celery_app() -> Any:
-    from celery import current_app
-
-    return current_app
+_celery_app = conf.celery_app
 
 
 def _queue() -> str:
@@ -141,7 +140,7 @@ def _check_layer(timeout: float) -> tuple[str, str]:
     if isinstance(layer, InMemoryChannelLayer):
         async_to_sync(_round_trip)(layer, timeout)
         return where, " - in-memory: it reaches this process only"
-    delivery._loop.run(_round_trip(layer, timeout), timeout=timeout + 1)
+    delivery.run(_round_trip(layer, timeout), timeout=timeout + 1)
     return where, ""
 
 

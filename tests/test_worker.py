@@ -1,6 +1,6 @@
 """The worker side: reload, hook, render, one group_send per stream.
 
-``tasks.run`` is the task body; it runs here in-process with Channels' in-memory layer, which
+``worker.broadcast_change`` is the task body; it runs here in-process with Channels' in-memory layer, which
 records what reaches each group.
 """
 
@@ -17,9 +17,9 @@ import turbo_async as turbo
 from demo.chat.models import Room
 from tests.factories import DocumentFactory, MessageFactory, RoomFactory, TagFactory
 from tests.testapp.streams import TagListStream
-from turbo_async import delivery, tasks
-from turbo_async.pending import snapshot
-from turbo_async.registry import UnknownStream
+from turbo_async import changes, delivery, worker
+from turbo_async.changes import snapshot
+from turbo_async.exceptions import DeliveryError, UnknownStream
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +49,7 @@ def test_save_reloads_the_row_and_runs_on_save(group_sends: list[Any]) -> None:
         message = MessageFactory(text="stored")
     receive = listen(message.room.stream)
     message.text = "not saved"  # the worker renders what the database holds
-    result = tasks.run("chat.message", message.pk, "save", True)
+    result = worker.broadcast_change("chat.message", message.pk, "save", True)
     assert result == {"frames": 1, "streams": 1}
     assert '<p class="message-text">stored</p>' in receive()
 
@@ -58,7 +58,7 @@ def test_update_replaces(group_sends: list[Any]) -> None:
     with turbo.suppress():
         message = MessageFactory()
     receive = listen(message.room.stream)
-    tasks.run("chat.message", message.pk, "save", False)
+    worker.broadcast_change("chat.message", message.pk, "save", False)
     assert receive().startswith(f'<turbo-stream action="replace" target="message-{message.pk}">')
 
 
@@ -69,7 +69,7 @@ def test_delete_rebuilds_the_row_from_its_snapshot(group_sends: list[Any]) -> No
         pk = message.pk
         message.delete()
     receive = listen(Room.stream(values["room_id"]))
-    assert tasks.run("chat.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("chat.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1}
     assert receive() == f'<turbo-stream action="remove" target="message-{pk}"><template></template></turbo-stream>'
 
 
@@ -77,7 +77,7 @@ def test_rebuilt_instance_has_its_field_values() -> None:
     with turbo.suppress():
         document = DocumentFactory(body="b", published="2026-11-27")
     document.refresh_from_db()
-    rebuilt = tasks.rebuild(type(document), snapshot(document), "default")
+    rebuilt = changes.rebuild(type(document), snapshot(document), "default")
     assert (rebuilt.pk, rebuilt.title, rebuilt.body, rebuilt.published) == (
         document.pk, document.title, "b", document.published,
     )
@@ -88,7 +88,7 @@ def test_uuid_primary_key_from_json(group_sends: list[Any]) -> None:
     with turbo.suppress():
         document = DocumentFactory(title="T")
     receive = listen(document.stream)
-    tasks.run("testapp.document", str(document.pk), "save", False)
+    worker.broadcast_change("testapp.document", str(document.pk), "save", False)
     assert receive() == f'<turbo-stream action="update" target="document-{document.pk}"><template>T</template></turbo-stream>'
 
 
@@ -96,14 +96,14 @@ def test_string_primary_key(group_sends: list[Any]) -> None:
     with turbo.suppress():
         tag = TagFactory(slug="news", label="News")
     receive = listen(TagListStream())
-    tasks.run("testapp.tag", "news", "save", True)
+    worker.broadcast_change("testapp.tag", "news", "save", True)
     assert receive() == '<turbo-stream action="append" target="tags"><template><li id="tag-news">News</li></template></turbo-stream>'
     assert tag.pk == "news"
 
 
 def test_a_row_gone_before_the_worker_is_skipped_quietly(caplog: pytest.LogCaptureFixture, group_sends: list[Any]) -> None:
     with caplog.at_level(logging.DEBUG, logger="turbo_async"):
-        result = tasks.run("chat.message", 999999, "save", True)
+        result = worker.broadcast_change("chat.message", 999999, "save", True)
     assert result == {"frames": 0, "streams": 0, "skipped": "row is gone"}
     assert group_sends == []
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
@@ -118,7 +118,7 @@ def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
         values, pk = snapshot(message), message.pk
         message.room.delete()  # cascades: the message is gone, and so is its room
     with caplog.at_level(logging.DEBUG, logger="turbo_async"):
-        result = tasks.run("chat.message", pk, "delete", snapshot=values)
+        result = worker.broadcast_change("chat.message", pk, "delete", snapshot=values)
     assert result["frames"] == 0
     assert "Room matching query does not exist" in result["skipped"]
     assert [r.levelno for r in caplog.records] == [logging.INFO]
@@ -127,29 +127,29 @@ def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
 
 def test_unregistered_labels_are_refused() -> None:
     with pytest.raises(UnknownStream, match="No ModelStream is registered for the model label 'auth.user'; refusing it."):
-        tasks.run("auth.user", 1, "save", True)
+        worker.broadcast_change("auth.user", 1, "save", True)
 
 
 def test_labels_are_never_imported() -> None:
     with pytest.raises(UnknownStream):
-        tasks.run("os.system", 1, "save", True)
+        worker.broadcast_change("os.system", 1, "save", True)
 
 
 def test_invalid_pk_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="chat.message: 'abc' is not a valid primary key"):
-        tasks.run("chat.message", "abc", "save", True)
+        worker.broadcast_change("chat.message", "abc", "save", True)
 
 
 def test_unknown_event_is_a_clear_error() -> None:
     with turbo.suppress():
         message = MessageFactory()
     with pytest.raises(ValueError, match="Unknown broadcast event 'explode'; expected 'save' or 'delete'."):
-        tasks.run("chat.message", message.pk, "explode")
+        worker.broadcast_change("chat.message", message.pk, "explode")
 
 
 def test_delete_without_snapshot_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="a delete needs the row's snapshot"):
-        tasks.run("chat.message", 1, "delete")
+        worker.broadcast_change("chat.message", 1, "delete")
 
 
 def test_frames_of_one_stream_go_out_in_one_group_send(
@@ -166,7 +166,7 @@ def test_frames_of_one_stream_go_out_in_one_group_send(
         other_room.stream.remove(id="b")
 
     monkeypatch.setattr(stream_class, "on_save", on_save)
-    result = tasks.run("chat.message", message.pk, "save", True)
+    result = worker.broadcast_change("chat.message", message.pk, "save", True)
     assert result == {"frames": 3, "streams": 2}
     assert [group for group, _ in group_sends] == [
         message.room.stream.broadcastable_stream_name,
@@ -188,7 +188,7 @@ def test_hook_exceptions_propagate_and_send_nothing(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(type(message.stream), "on_save", on_save)
     with pytest.raises(KeyError, match="bug in the hook"):
-        tasks.run("chat.message", message.pk, "save", True)
+        worker.broadcast_change("chat.message", message.pk, "save", True)
     assert group_sends == []
 
 
@@ -227,17 +227,17 @@ def test_later_refuses_what_json_cannot_carry() -> None:
 def _during_first_send(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
     """Make ``action`` happen (as another worker's transaction would) while the first batch of
     frames is being sent, after the task read the row."""
-    original = delivery.flush
+    original = delivery.deliver
     calls = {"n": 0}
 
-    def flush(batch: delivery.Batch) -> None:
+    def deliver(outgoing: delivery.Outgoing) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             with turbo.suppress():
                 action()
-        original(batch)
+        original(outgoing)
 
-    monkeypatch.setattr(delivery, "flush", flush)
+    monkeypatch.setattr(delivery, "deliver", deliver)
 
 
 def test_a_row_deleted_while_broadcast_is_removed_again(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
@@ -246,7 +246,7 @@ def test_a_row_deleted_while_broadcast_is_removed_again(monkeypatch: pytest.Monk
         message = MessageFactory()
     receive = listen(message.room.stream)
     _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).delete())
-    result = tasks.run("chat.message", message.pk, "save", True)
+    result = worker.broadcast_change("chat.message", message.pk, "save", True)
     assert receive().startswith('<turbo-stream action="append" target="messages">')
     assert receive() == f'<turbo-stream action="remove" target="message-{message.pk}"><template></template></turbo-stream>'
     assert result == {"frames": 2, "streams": 1}
@@ -258,7 +258,7 @@ def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyP
         message = MessageFactory(text="old")
     receive = listen(message.room.stream)
     _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).update(text="new"))
-    tasks.run("chat.message", message.pk, "save", True)
+    worker.broadcast_change("chat.message", message.pk, "save", True)
     assert '<p class="message-text">old</p>' in receive()
     again = receive()
     assert again.startswith(f'<turbo-stream action="replace" target="message-{message.pk}">')
@@ -268,7 +268,7 @@ def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyP
 def test_an_unchanged_row_is_sent_once(group_sends: list[Any]) -> None:
     with turbo.suppress():
         message = MessageFactory()
-    assert tasks.run("chat.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("chat.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
     assert len(group_sends) == 1
 
 
@@ -283,3 +283,56 @@ def test_later_keeps_safe_markup_safe(group_sends: list[Any], django_capture_on_
         room.stream.later.update(text="<b>plain</b>", id="b")
     assert receive() == '<turbo-stream action="update" target="a"><template><b>safe</b></template></turbo-stream>'
     assert receive() == '<turbo-stream action="update" target="b"><template>&lt;b&gt;plain&lt;/b&gt;</template></turbo-stream>'
+
+
+def test_a_recheck_that_is_skipped_keeps_the_first_pass_counts(
+    monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]
+) -> None:
+    """The row changed while broadcast, and on the second pass the hook finds a related row gone:
+    the result still counts the frame the first pass sent, and says why the second stopped."""
+    from demo.chat.streams import MessageStream
+
+    with turbo.suppress():
+        message = MessageFactory(text="old")
+    original = MessageStream.on_save
+    calls: list[int] = []
+
+    def on_save(self: Any, instance: Any, created: bool, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise Room.DoesNotExist("the room went away")
+        original(self, instance, created, *args, **kwargs)
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).update(text="new"))
+    result = worker.broadcast_change("chat.message", message.pk, "save", True)
+    assert result == {"frames": 1, "streams": 1, "skipped": "the room went away"}
+    assert len(calls) == 2
+
+
+class FakeTask:
+    """What ``worker.retry`` reads of a bound Celery task: the retry count and ``retry()``."""
+
+    def __init__(self, retries: int) -> None:
+        self.request = type("Request", (), {"retries": retries})()
+        self.retried: list[dict[str, Any]] = []
+
+    def retry(self, **kwargs: Any) -> Exception:
+        self.retried.append(kwargs)
+        return RuntimeError("Celery's Retry")  # Celery's task.retry() raises it; raise it here
+
+
+def test_retry_raises_the_retry_while_attempts_remain() -> None:
+    task = FakeTask(retries=0)
+    with pytest.raises(RuntimeError, match="Celery's Retry"):
+        worker.retry(task, DeliveryError("layer down"), "chat.message pk=1 (save)")  # type: ignore[arg-type]
+    assert task.retried[0]["max_retries"] == 5 and 0.5 <= task.retried[0]["countdown"] <= 1.0
+
+
+def test_retry_gives_up_with_the_delivery_error_and_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    task = FakeTask(retries=5)
+    error = DeliveryError("layer down")
+    with caplog.at_level(logging.ERROR, logger="turbo_async"), pytest.raises(DeliveryError) as raised:
+        worker.retry(task, error, "chat.message pk=1 (save)")  # type: ignore[arg-type]
+    assert raised.value is error and task.retried == []
+    assert "gave up on chat.message pk=1 (save) after 5 retries" in caplog.text
