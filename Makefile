@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests drive: Redis, Chromium, PostgreSQL, docker-compose (config check only).
 APT_PACKAGES := redis-server chromium postgresql docker-compose
 
-.PHONY: demo test bench lint typecheck docs install system-deps clean screenshots
+.PHONY: demo test bench lint docs install system-deps clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,11 @@ demo: install
 bench: system-deps install
 	$(PY) tests/benchmarks/run.py
 
+# ruff, mypy (strict) and the layering of turbo_async: no import cycle (tests/test_quality.py too).
 lint: install
 	$(VENV)/bin/ruff check turbo_async workers demo tests scripts
 	$(VENV)/bin/mypy
+	$(PY) scripts/check_imports.py
 
 docs: install
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html

@@ -30,3 +30,25 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     result = run(sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", "docs", str(tmp_path / "html"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "html" / "index.html").is_file()
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    result = run(sys.executable, "scripts/check_imports.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "No import cycle in turbo_async."
+
+
+def test_the_import_check_finds_a_cycle_and_a_late_import(tmp_path: Path) -> None:
+    """The checker itself: a package whose modules import each other, one of them late."""
+    from scripts.check_imports import check
+
+    package = tmp_path / "turbo_async"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from . import b\n")
+    (package / "b.py").write_text("def f():\n    from .a import x\n")
+    assert check(tmp_path) == [
+        "turbo_async/b.py:2: function-local import of turbo_async.a; import it at the top of the module "
+        "(only AppConfig.ready may import late)",
+        "import cycle: turbo_async.a <-> turbo_async.b",
+    ]
