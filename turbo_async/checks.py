@@ -10,6 +10,7 @@ import difflib
 import inspect
 import sys
 from collections.abc import Iterator, Sequence
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -185,6 +186,11 @@ def running_tests() -> bool:
 CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
 
 
+def _celery_state() -> Any:
+    """``celery._state``: which app is current, and every app made in this process (not public)."""
+    return import_module("celery._state")
+
+
 def fallback_celery_app(app: Any) -> bool:
     """Whether ``app`` is the app Celery makes up when none was created in this process.
 
@@ -193,22 +199,24 @@ def fallback_celery_app(app: Any) -> bool:
     CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//. A project's app is
     ``set_as_current`` (the default) and has its own main name.
     """
-    from celery import _state
-
     app = getattr(app, "_get_current_object", lambda: app)()
     return (
         not getattr(app, "set_as_current", True)
         and app.main in (None, "default")
-        and app is _state.default_app
+        and app is _celery_state().default_app
     )
 
 
 def other_celery_apps(app: Any) -> list[str]:
     """Names of the apps of this process other than ``app`` (e.g. one made in another thread)."""
-    from celery import _state
-
     current = getattr(app, "_get_current_object", lambda: app)()
-    return sorted(str(a.main) for a in list(_state._get_active_apps()) if a is not current)
+    return sorted(
+        {
+            str(other.main)
+            for other in list(_celery_state()._get_active_apps())
+            if other is not current and (other.set_as_current or other.main not in (None, "default"))
+        }
+    )
 
 
 def without_password(url: str) -> str:
