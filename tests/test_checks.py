@@ -7,17 +7,31 @@ each test.
 
 from __future__ import annotations
 
+import importlib
+import subprocess
 import sys
 import textwrap
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core import checks, mail
 from django.core.management import call_command
 
-from turbo_async.checks import check_celery, check_channel_layer, check_streams, running_tests
+from tests.services import ROOT, RedisServer, free_port, subprocess_env, wait_for_port
+from tests.test_command import make_project, run_in
+from turbo_async.checks import (
+    broker_url,
+    check_celery,
+    check_channel_layer,
+    check_runserver,
+    check_streams,
+    fallback_celery_app,
+    running_tests,
+    without_password,
+)
 
 REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
 
@@ -138,6 +152,85 @@ def test_configured_broker_is_fine(celery_conf: Any) -> None:
     assert check_celery() == []
 
 
+@pytest.fixture
+def no_celery_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This thread as in a project whose proj/__init__.py never imports its Celery app: Celery's
+    current_app then makes up its fallback app (celery._state), restored afterwards."""
+    state: Any = importlib.import_module("celery._state")
+    monkeypatch.setattr(state._tls, "current_app", None)
+    monkeypatch.setattr(state, "default_app", None)
+
+
+def test_no_loaded_celery_app_warns_even_with_a_broker_setting(settings: Any, no_celery_app: None) -> None:
+    settings.CELERY_BROKER_URL = "redis://:s3cret@redis:6379/0"
+    [warning] = check_celery()
+    assert warning.id == "turbo_async.W003"
+    assert warning.msg.startswith(
+        "No Celery app is loaded in this process, so broadcast tasks go to Celery's default app "
+        "and its broker amqp://guest@localhost//. CELERY_BROKER_URL (redis://redis:6379/0) is set "
+        "but ignored: no app reads it. (The app(s) "
+    )
+    # The suite's app exists, but not for this thread: it is named, with what to do.
+    assert "'workers'" in warning.msg
+    assert warning.msg.endswith("create your app before anything uses celery.current_app.)")
+    assert "'from .celery import app as celery_app'" in str(warning.hint)
+
+
+def test_fallback_app_is_told_from_a_loaded_app(no_celery_app: None) -> None:
+    from celery import Celery, current_app
+
+    assert fallback_celery_app(current_app)
+    assert current_app.main == "default"
+    assert not fallback_celery_app(Celery("proj", set_as_current=False))
+    assert not fallback_celery_app(Celery(set_as_current=False))  # a project's app may be unnamed
+
+
+def test_the_suites_loaded_app_is_not_the_fallback() -> None:
+    from celery import current_app
+
+    assert not fallback_celery_app(current_app)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("redis://:s3cret@redis:6379/0", "redis://redis:6379/0"),
+     ("amqp://turbo:s3cret@rabbit:5672/vhost", "amqp://turbo@rabbit:5672/vhost"),
+     ("redis://h1:6379/0;redis://u:s3cret@h2:6379/0", "redis://h1:6379/0;redis://u@h2:6379/0"),
+     ("memory://", "memory://")],
+)
+def test_broker_urls_are_shown_without_password(url: str, shown: str) -> None:
+    assert without_password(url) == shown
+
+
+def test_broker_url_is_celerys_default_when_unset(celery_conf: Any) -> None:
+    from workers import app
+
+    celery_conf.broker_url = None
+    assert broker_url(app) == "amqp://guest@localhost//"
+
+
+@pytest.mark.integration
+def test_manage_py_check_warns_when_proj_init_does_not_load_the_app(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A real project, checked by a real ``manage.py check``: only the import line differs."""
+    missing, loaded = tmp_path / "missing", tmp_path / "loaded"
+    missing.mkdir()
+    loaded.mkdir()
+    without = run_in(
+        missing, make_project(missing, broker_url=redis_server.url, redis_url=redis_server.url,
+                              load_celery_app=False),
+        "check",
+    )
+    assert "(turbo_async.W003) No Celery app is loaded in this process" in without.stderr, without.stderr
+    assert "CELERY_BROKER_URL (redis://127.0.0.1:" in without.stderr
+    with_app = run_in(
+        loaded, make_project(loaded, broker_url=redis_server.url, redis_url=redis_server.url), "check"
+    )
+    assert with_app.returncode == 0, with_app.stderr
+    assert "System check identified no issues" in with_app.stdout, with_app.stdout + with_app.stderr
+
+
 def test_eager_tasks_outside_tests_warn(celery_conf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(mail, "outbox")  # what Django's test environment sets up
     monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
@@ -152,6 +245,71 @@ def test_eager_tasks_in_tests_are_fine(celery_conf: Any) -> None:
     assert running_tests()
     celery_conf.task_always_eager = True
     assert check_celery() == []
+
+
+# -- runserver --------------------------------------------------------------------------------
+
+
+def test_wsgi_runserver_warns_that_websockets_will_not_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
+    [warning] = check_runserver()
+    assert warning.id == "turbo_async.W007"
+    assert warning.msg == (
+        "manage.py runserver is Django's WSGI development server here: pages load, but the "
+        "WebSocket of {% turbo_subscribe %} gets a 404, so no broadcast reaches a browser. "
+        "'daphne' is not in INSTALLED_APPS."
+    )
+    assert str(warning.hint).startswith("Put 'daphne' first in INSTALLED_APPS")
+
+
+def test_runserver_of_another_app_is_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daphne's (or any ASGI) runserver: get_commands() names the app whose command wins.
+    (Putting daphne into INSTALLED_APPS here would register its own checks for the whole run;
+    test_runserver_with_daphne_first_starts_daphne_without_w007 does that in a subprocess.)"""
+    from django.core import management
+
+    monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
+    monkeypatch.setattr(management, "get_commands", lambda: {"runserver": "daphne"})
+    assert check_runserver() == []
+    monkeypatch.setattr(management, "get_commands", lambda: {"runserver": "django.contrib.staticfiles"})
+    assert [m.id for m in check_runserver()] == ["turbo_async.W007"]
+
+
+def test_other_commands_say_nothing_about_runserver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["manage.py", "check"])
+    assert check_runserver() == []
+
+
+def start_runserver(directory: Path, env: dict[str, str]) -> str:
+    """Start a real ``runserver``, wait until it listens, stop it; return what it printed."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, timeout=30, process=process)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    return output
+
+
+@pytest.mark.integration
+def test_runserver_shows_w007_as_it_starts(redis_server: RedisServer) -> None:
+    output = start_runserver(ROOT, subprocess_env())
+    assert "(turbo_async.W007) manage.py runserver is Django's WSGI development server" in output, output
+    assert "Starting development server" in output
+
+
+@pytest.mark.integration
+def test_runserver_with_daphne_first_starts_daphne_without_w007(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = make_project(tmp_path, broker_url=redis_server.url, redis_url=redis_server.url, daphne=True)
+    output = start_runserver(tmp_path, env)
+    assert "Starting ASGI/Daphne" in output, output
+    assert "turbo_async.W007" not in output
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -201,7 +359,7 @@ def test_misspelled_hook_warns(streams_module: Any, name: str, meant: str) -> No
     )
     [warning] = stream_messages(module, "turbo_async.W005")
     assert warning.msg.startswith(f"PlainStream.{name}() looks like a misspelled {meant}() hook")
-    assert warning.hint.startswith(f"Rename it to {meant}: def {meant}(self, instance")
+    assert str(warning.hint).startswith(f"Rename it to {meant}: def {meant}(self, instance")
 
 
 def test_helper_methods_are_not_taken_for_hooks(streams_module: Any) -> None:

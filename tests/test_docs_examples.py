@@ -152,6 +152,16 @@ def test_settings_fragment_is_valid(block: Block) -> None:
     for name in names:
         if name.startswith("CELERY_"):
             assert name[len("CELERY_"):].lower() in CELERY_DEFAULTS, f"{name} is not a Celery setting"
+    if "CELERY_BROKER_TRANSPORT_OPTIONS" in namespace:
+        from kombu.transport.redis import Channel
+
+        unknown = set(namespace["CELERY_BROKER_TRANSPORT_OPTIONS"]) - set(Channel.from_transport_options)
+        assert not unknown, f"{block}: not options of kombu's Redis transport: {sorted(unknown)}"
+    if "LOGGING" in namespace:
+        # dictConfig in a process of its own: it would reconfigure this one's logging.
+        script = f"import logging.config; logging.config.dictConfig({namespace['LOGGING']!r})"
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{block}: {result.stderr}"
 
 
 # -- turbo-django side by side ---------------------------------------------------------------
@@ -245,6 +255,36 @@ def project_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(ROOT)  # turbo_async from this checkout
     return env
+
+
+def test_checks_page_loads_the_celery_app(tmp_path: Path) -> None:
+    """checks.rst's fix for turbo_async.W003, written into a fresh ``startproject``: the app the
+    web process then uses is the project's, configured from its settings, not Celery's fallback."""
+    blocks = [b for b in BLOCKS if b.page == "checks.rst" and b.kind in ("file", "append")]
+    assert {b.path for b in blocks} == {"proj/celery.py", "proj/__init__.py"}
+    write_project(tmp_path, blocks)
+    script = textwrap.dedent(
+        """
+        import django
+        from django.conf import settings
+
+        settings.CELERY_BROKER_URL = "redis://broker.invalid:6379/0"
+        django.setup()
+        from celery import current_app
+        from turbo_async.checks import check_celery, fallback_celery_app
+
+        assert current_app.main == "proj" and not fallback_celery_app(current_app), current_app
+        assert current_app.conf.broker_url == "redis://broker.invalid:6379/0"
+        assert check_celery() == [], check_celery()
+        print("APP LOADED")
+        """
+    )
+    env = project_env() | {"DJANGO_SETTINGS_MODULE": "proj.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "APP LOADED" in result.stdout
 
 
 def test_quickstart_project_works(tmp_path: Path) -> None:

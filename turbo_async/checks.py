@@ -10,6 +10,7 @@ import difflib
 import inspect
 import sys
 from collections.abc import Iterator, Sequence
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -181,6 +182,67 @@ def running_tests() -> bool:
     return hasattr(mail, "outbox") or sys.argv[1:2] == ["test"]
 
 
+# Celery's own default when broker_url is unset (celery.app.defaults: "amqp://guest@localhost//").
+CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
+
+
+def _celery_state() -> Any:
+    """``celery._state``: which app is current, and every app made in this process (not public)."""
+    return import_module("celery._state")
+
+
+def fallback_celery_app(app: Any) -> bool:
+    """Whether ``app`` is the app Celery makes up when none was created in this process.
+
+    ``celery.current_app`` never fails: with no app, ``celery._state`` creates
+    ``Celery("default", fixups=[], set_as_current=False)``, which reads no Django settings, so
+    CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//. A project's app is
+    ``set_as_current`` (the default) and has its own main name.
+    """
+    app = getattr(app, "_get_current_object", lambda: app)()
+    return (
+        not getattr(app, "set_as_current", True)
+        and app.main in (None, "default")
+        and app is _celery_state().default_app
+    )
+
+
+def other_celery_apps(app: Any) -> list[str]:
+    """Names of the apps of this process other than ``app`` (e.g. one made in another thread)."""
+    current = getattr(app, "_get_current_object", lambda: app)()
+    return sorted(
+        {
+            str(other.main)
+            for other in list(_celery_state()._get_active_apps())
+            if other is not current and (other.set_as_current or other.main not in (None, "default"))
+        }
+    )
+
+
+def without_password(url: str) -> str:
+    """``url`` (``;``-separated failover URLs too) with any password removed."""
+    parts = []
+    for one in url.split(";"):
+        scheme, sep, rest = one.partition("://")
+        netloc, slash, path = rest.partition("/")
+        if sep and "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}@{host}" if user else host
+        parts.append(f"{scheme}{sep}{netloc}{slash}{path}" if sep else one)
+    return ";".join(parts)
+
+
+def broker_url(app: Any) -> str:
+    """The broker URL ``app`` publishes to, without password, as configured (no transport import)."""
+    url = app.conf.get("broker_write_url") or app.conf.broker_url
+    if not url:
+        return CELERY_DEFAULT_BROKER
+    if isinstance(url, (list, tuple)):
+        url = ";".join(str(u) for u in url)
+    return without_password(str(url))
+
+
 @checks.register(TAG)
 def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     app = _celery_app()
@@ -201,31 +263,99 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
                 )
             )
         return messages
+    load_hint = (
+        "Load your Celery app in every process that loads Django: proj/__init__.py needs "
+        "'from .celery import app as celery_app' (Celery's Django guide), with proj/celery.py "
+        "calling app.config_from_object('django.conf:settings', namespace='CELERY')."
+    )
+    if fallback_celery_app(app):
+        # CELERY_BROKER_URL does not help here: only an app configured from the settings reads it.
+        setting = getattr(settings, "CELERY_BROKER_URL", None)
+        ignored = (
+            f" CELERY_BROKER_URL ({without_password(str(setting))}) is set but ignored: no app "
+            "reads it."
+            if setting
+            else ""
+        )
+        others = other_celery_apps(app)
+        elsewhere = (
+            f" (The app(s) {', '.join(repr(n) for n in others)} exist but are not current here: "
+            "create your app before anything uses celery.current_app.)"
+            if others
+            else ""
+        )
+        messages.append(
+            checks.Warning(
+                "No Celery app is loaded in this process, so broadcast tasks go to Celery's "
+                f"default app and its broker {broker_url(app)}.{ignored}{elsewhere}",
+                hint=load_hint,
+                id="turbo_async.W003",
+            )
+        )
+        return messages
     configured = (
         conf.broker_url
         or conf.get("broker_write_url")
         or getattr(settings, "CELERY_BROKER_URL", None)
     )
     if not configured:
-        fallback = app.main in (None, "default")
-        problem = (
-            "No Celery app is loaded in this process, so broadcast tasks go to Celery's default "
-            "broker amqp://guest@localhost//."
-            if fallback
-            else f"The Celery app {app.main!r} has no broker_url, so broadcast tasks go to "
-            "Celery's default broker amqp://guest@localhost//."
-        )
         messages.append(
             checks.Warning(
-                problem,
+                f"The Celery app {app.main!r} has no broker_url, so broadcast tasks go to "
+                f"Celery's default broker {CELERY_DEFAULT_BROKER}.",
                 hint=(
-                    "Set CELERY_BROKER_URL (e.g. 'redis://localhost:6379/0'), and load your "
-                    "Celery app from proj/__init__.py: 'from .celery import app as celery_app'."
+                    "Set CELERY_BROKER_URL (e.g. 'redis://localhost:6379/0') and make sure the "
+                    "app reads it (app.config_from_object('django.conf:settings', "
+                    "namespace='CELERY'))."
                 ),
                 id="turbo_async.W003",
             )
         )
     return messages
+
+
+# -- runserver -------------------------------------------------------------------------------
+
+# Commands that serve WSGI only: a WebSocket request to them is an ordinary 404.
+WSGI_RUNSERVERS = ("django.core", "django.contrib.staticfiles")
+
+
+def running_runserver() -> bool:
+    """Whether this process is ``manage.py runserver`` (``django-admin``, ``python -m django``)."""
+    return sys.argv[1:2] == ["runserver"]
+
+
+@checks.register(TAG)
+def check_runserver(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # runserver runs the checks as it starts; outside it this says nothing.
+    if not running_runserver():
+        return []
+    from django.core.management import get_commands
+
+    # The first installed app that defines runserver wins; daphne's serves ASGI (WebSockets).
+    provider = get_commands().get("runserver", "django.core")
+    if provider not in WSGI_RUNSERVERS:
+        return []
+    apps = list(getattr(settings, "INSTALLED_APPS", []))
+    problem = (
+        "'daphne' is in INSTALLED_APPS after 'django.contrib.staticfiles', whose WSGI runserver "
+        "wins."
+        if "daphne" in apps
+        else "'daphne' is not in INSTALLED_APPS."
+    )
+    return [
+        checks.Warning(
+            "manage.py runserver is Django's WSGI development server here: pages load, but the "
+            "WebSocket of {% turbo_subscribe %} gets a 404, so no broadcast reaches a browser. "
+            + problem,
+            hint=(
+                "Put 'daphne' first in INSTALLED_APPS (pip install daphne) and set "
+                "ASGI_APPLICATION = 'proj.asgi.application'; or serve the ASGI app instead: "
+                "uvicorn proj.asgi:application (with uvicorn[standard] for WebSockets)."
+            ),
+            id="turbo_async.W007",
+        )
+    ]
 
 
 # -- streams ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """``python manage.py turbo_streams``: the registered streams, and ``--check`` of the services.
 
 Without options it lists every stream with its model, hooks and the Celery queue its broadcasts
-go to. ``--check`` connects to the Celery broker and makes a round trip through the channel
-layer (the way a worker sends), prints a verdict per service and exits non-zero if one fails.
+go to. ``--check`` connects to the Celery broker, asks the workers which queues they consume,
+counts the tasks waiting in the broadcast queue and makes a round trip through the channel layer
+(the way a worker sends); it prints a verdict per service and exits non-zero if broadcasts would
+not reach a browser.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from kombu.utils.url import maybe_sanitize_url
 
 from ... import conf, delivery
-from ...checks import TAG
+from ...checks import TAG, broker_url, fallback_celery_app, without_password
 from ...registry import stream_registry
 from ...streams import ModelStream
 
@@ -48,11 +49,20 @@ class Command(BaseCommand):
             default=5.0,
             help="Seconds to wait for each service with --check (default: 5).",
         )
+        parser.add_argument(
+            "--worker-timeout",
+            type=float,
+            default=1.0,
+            help=(
+                "Seconds to wait for the workers' replies with --check (default: 1); every "
+                "reply that comes in by then counts."
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.list_streams()
         if options["check"]:
-            self.check_services(options["timeout"])
+            self.check_services(options["timeout"], options["worker_timeout"])
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -81,9 +91,10 @@ class Command(BaseCommand):
 
     # -- --check ---------------------------------------------------------------------------
 
-    def check_services(self, timeout: float) -> None:
+    def check_services(self, timeout: float, worker_timeout: float) -> None:
         self.stdout.write("")
-        failures = []
+        failures: list[str] = []
+        advice: list[str] = []
         for message in checks.run_checks(tags=[TAG]):
             if message.is_silenced():
                 continue
@@ -92,26 +103,129 @@ class Command(BaseCommand):
             if message.hint:
                 self.stdout.write(f"    HINT: {message.hint}")
             if message.is_serious():
-                failures.append(f"the check {message.id}")
-        for name, probe in (("Broker", _check_broker), ("Channel layer", _check_layer)):
-            started = time.monotonic()
-            try:
-                where, note = probe(timeout)
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                self.stdout.write(f"{name}: {self.style.ERROR('FAILED')} ({reason})")
-                failures.append(f"the {name.lower()}")
-                continue
+                failures.append(f"the check {message.id} failed")
+        broker_ok = self.check_broker(timeout, failures, advice)
+        if broker_ok:
+            self.check_workers(worker_timeout, timeout, failures, advice)
+        else:
+            self.stdout.write("Workers: not checked (the broker is unreachable)")
+        started = time.monotonic()
+        try:
+            where, note = _check_layer(timeout)
+        except Exception as exc:
+            self.stdout.write(f"Channel layer: {self.style.ERROR('FAILED')} ({_reason(exc)})")
+            failures.append("the channel layer is unreachable")
+            advice.append("Check CHANNEL_LAYERS, and that its Redis is running and reachable from here.")
+        else:
             elapsed = (time.monotonic() - started) * 1000
-            self.stdout.write(
-                f"{name}: {self.style.SUCCESS('OK')} {where} ({elapsed:.0f} ms){note}"
-            )
+            self.stdout.write(f"Channel layer: {self.style.SUCCESS('OK')} {where} ({elapsed:.0f} ms){note}")
         if failures:
-            raise CommandError(
-                f"Broadcasts cannot go out: {' and '.join(failures)} failed. Check CELERY_BROKER_URL "
-                "and CHANNEL_LAYERS, and that the broker and Redis are running."
+            problems = ", ".join(failures[:-1]) + (" and " if len(failures) > 1 else "") + failures[-1]
+            raise CommandError(f"Broadcasts cannot go out: {problems}. " + " ".join(advice))
+        self.stdout.write(
+            self.style.SUCCESS("Broker, workers and channel layer are ready for broadcasts.")
+        )
+
+    def check_broker(self, timeout: float, failures: list[str], advice: list[str]) -> bool:
+        app = _celery_app()
+        url = _broker_uri(app)
+        started = time.monotonic()
+        try:
+            _connect(app, timeout)
+        except ImportError as exc:
+            # kombu imports a transport's libraries only when it connects (issue: a clean
+            # install without kombu's redis extra fails here, and in every worker).
+            self.stdout.write(f"Broker: {self.style.ERROR('FAILED')} {url} ({_reason(exc)})")
+            failures.append("the broker's transport cannot be loaded")
+            scheme = url.partition("://")[0]
+            extra = "redis" if scheme in ("redis", "rediss", "sentinel") else scheme
+            advice.append(
+                f"The transport of {url} needs a package that is not installed ({exc}): "
+                f"install the broker's dependencies, e.g. pip install \"celery[{extra}]\"."
             )
-        self.stdout.write(self.style.SUCCESS("Broker and channel layer are reachable."))
+            return False
+        except Exception as exc:
+            self.stdout.write(f"Broker: {self.style.ERROR('FAILED')} {url} ({_reason(exc)})")
+            failures.append("the broker is unreachable")
+            advice.append(_broker_advice(app, url))
+            return False
+        elapsed = (time.monotonic() - started) * 1000
+        note = ""
+        if app.conf.task_always_eager:
+            note = " - but task_always_eager is on, so tasks run in the web process (turbo_async.W004)"
+        elif fallback_celery_app(app):
+            note = " - Celery's default app: no Celery app is loaded in this process (turbo_async.W003)"
+        self.stdout.write(f"Broker: {self.style.SUCCESS('OK')} {url} ({elapsed:.0f} ms){note}")
+        return True
+
+    def check_workers(
+        self, worker_timeout: float, timeout: float, failures: list[str], advice: list[str]
+    ) -> None:
+        app = _celery_app()
+        queue = _queue()
+        if app.conf.task_always_eager:
+            self.stdout.write(
+                "Workers: not needed - task_always_eager runs every task in the web process"
+            )
+            return
+        try:
+            waiting = _waiting(app, queue, timeout)
+            replies = _active_queues(app, worker_timeout)
+        except Exception as exc:
+            self.stdout.write(f"Workers: {self.style.ERROR('FAILED')} ({_reason(exc)})")
+            failures.append("the workers could not be asked")
+            advice.append(_broker_advice(app, _broker_uri(app)))
+            return
+        consumers = sorted(name for name, queues in replies.items() if queue in queues)
+        if waiting is None:
+            backlog = "the broker has no such queue yet (no worker declared it)"
+        else:
+            backlog = f"{_count(waiting, 'task')} waiting in it"
+        if consumers:
+            self.stdout.write(
+                f"Workers: {self.style.SUCCESS('OK')} {_count(len(consumers), 'worker')} on the "
+                f"queue {queue!r} ({', '.join(consumers)}); {backlog}"
+            )
+            return
+        if replies:
+            others = ", ".join(
+                f"{name} ({', '.join(sorted(queues)) or 'no queue'})" for name, queues in sorted(replies.items())
+            )
+            seen = f"the workers that replied consume other queues: {others}"
+        else:
+            seen = f"no worker replied within {worker_timeout:g} s"
+        self.stdout.write(
+            f"Workers: {self.style.ERROR('FAILED')} no worker consumes the queue {queue!r} "
+            f"({seen}); {backlog}"
+        )
+        failures.append(f"no worker consumes the queue {queue!r}")
+        project = app.main if app.main and not fallback_celery_app(app) else "proj"
+        advice.append(
+            f"Start one: celery -A {project} worker -Q {queue}. (A worker that runs without "
+            "remote control, or a --pool solo worker busy for longer than --worker-timeout, "
+            "does not reply either.)"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _broker_advice(app: Any, url: str) -> str:
+    if fallback_celery_app(app):
+        return (
+            f"This process publishes to {url}, Celery's default broker, because no Celery app "
+            "is loaded: CELERY_BROKER_URL is read only by an app configured from the settings. "
+            "Add 'from .celery import app as celery_app' to proj/__init__.py (turbo_async.W003)."
+        )
+    return (
+        f"This process publishes to {url} (broker_url of the Celery app {app.main!r}, from "
+        "CELERY_BROKER_URL): check that the broker runs and is reachable from here."
+    )
 
 
 _celery_app = conf.celery_app
@@ -121,17 +235,53 @@ def _queue() -> str:
     return conf.get().QUEUE or str(_celery_app().conf.task_default_queue)
 
 
-def _check_broker(timeout: float) -> tuple[str, str]:
-    app = _celery_app()
-    note = ""
-    if app.conf.task_always_eager:
-        note = " - but task_always_eager is on, so tasks run in the web process (turbo_async.W004)"
+def _broker_uri(app: Any) -> str:
+    """The URL the app connects to, as kombu resolves it (default port included), no password."""
+    try:
+        with app.connection_for_write() as connection:
+            return without_password(connection.as_uri(include_password=True))
+    except Exception:  # e.g. the transport's library is missing: the configured URL then
+        return broker_url(app)
+
+
+def _connect(app: Any, timeout: float) -> None:
     with app.connection_for_write() as connection:
         connection.connect_timeout = timeout
         connection.ensure_connection(
             max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=timeout
         )
-        return maybe_sanitize_url(connection.as_uri(include_password=True)), note
+
+
+def _waiting(app: Any, queue: str, timeout: float) -> int | None:
+    """Tasks waiting in ``queue`` (not yet taken by a worker); None if the broker has no such queue.
+
+    A passive declare creates nothing and answers the message count on every transport: on Redis
+    it is the length of the queue's lists (one per priority step); on RabbitMQ the queue's ready
+    messages.
+    """
+    with app.connection_for_write() as connection:
+        connection.connect_timeout = timeout
+        channel = connection.channel()
+        try:
+            declared = channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:
+            # Redis deletes an empty list, so "no such queue" there means an empty queue.
+            return 0 if connection.transport.driver_type == "redis" else None
+        finally:
+            try:
+                channel.close()
+            except Exception:  # pragma: no cover - RabbitMQ closed it already after a 404
+                pass
+        return int(declared.message_count)
+
+
+def _active_queues(app: Any, worker_timeout: float) -> dict[str, set[str]]:
+    """Each worker that replies within ``worker_timeout``, with the names of the queues it consumes."""
+    replies = app.control.inspect(timeout=worker_timeout).active_queues() or {}
+    return {
+        str(name): {str(q.get("name")) for q in (queues or []) if isinstance(q, dict)}
+        for name, queues in replies.items()
+    }
 
 
 def _check_layer(timeout: float) -> tuple[str, str]:
