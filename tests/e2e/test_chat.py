@@ -163,7 +163,7 @@ def test_screenshot_of_the_demo_room_for_the_readme(live: Uvicorn, open_page: Op
             message = MessageFactory(room=room, text=text)
             # Fixed times: the same picture on every run, so the file only changes with the UI.
             Message.objects.filter(pk=message.pk).update(
-                created_at=datetime.datetime(2025, 3, 14, 9, 12 + 2 * minute, tzinfo=datetime.timezone.utc)
+                created_at=datetime.datetime(2025, 3, 14, 9, 12 + 2 * minute, tzinfo=datetime.UTC)
             )
     page = open_page(room_url(live, room), {"width": 960, "height": 640})
     expect(message_texts(page)).to_have_text(conversation)

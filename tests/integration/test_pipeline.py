@@ -22,7 +22,7 @@ def test_create_appends_the_message(live: Uvicorn) -> None:
         message = MessageFactory(room=room, text="Hello <world>")
         frames = client.receive_frames()
     # A worker renders for every reader: times in UTC (chat.js shows them in the reader's zone).
-    pk, created = message.pk, message.created_at.astimezone(datetime.timezone.utc)
+    pk, created = message.pk, message.created_at.astimezone(datetime.UTC)
     assert frames == (
         '<turbo-stream action="append" target="messages"><template>'
         f'<div id="message-{pk}" class="message"><turbo-frame id="message-{pk}-edit" class="message-frame">'
