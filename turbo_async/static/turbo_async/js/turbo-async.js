@@ -1,102 +1,135 @@
 /*
  * turbo-async: receive Turbo Stream frames over a Channels WebSocket.
  *
- * Usage (after Turbo's UMD bundle, which defines window.Turbo):
+ * Usage (turbo/head.html writes the two scripts; {% turbo_subscribe %} writes the elements and,
+ * for pages that forgot head.html, this script again with data-turbo-src):
  *
  *   <script src=".../turbo.es2017-umd.js" defer></script>
  *   <script src=".../turbo-async.js" defer data-ws-path="/ws/"></script>
  *   <turbo-channels-stream-source signed-channel-name="..."></turbo-channels-stream-source>
  *
- * Wire protocol (JSON text frames):
+ * Wire protocol (JSON text frames, the same as turbo-django's):
  *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."}
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
  *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
- *                     anything else (e.g. {"type": "error", "error": "..."}) is logged and ignored.
+ *                     {"type": "error", "error": "...", "signed_channel_name": "..."} (refusal;
+ *                     the name is absent when the error is not about one subscription)
+ *
+ * DOM events (docs/client.rst):
+ *   turbo-async:connected     on document, detail {url}
+ *   turbo-async:disconnected  on document, detail {code, reason, wasClean}
+ *   turbo-async:subscribed    on document, detail: the signed channel name (a string)
+ *   turbo-async:refused       on each element of the refused name, bubbling (on document when
+ *                             none is left), detail {signedChannelName, reason}
+ *   turbo-async:error         on document, detail {signedChannelName (or null), reason}
+ * and <html data-turbo-async-connected="true|false">.
  *
  * Plain ES2017, no build step, no dependencies.
  */
-(function () {
+(() => {
   "use strict";
 
-  var ELEMENT_NAME = "turbo-channels-stream-source";
-  var NAME_ATTRIBUTE = "signed-channel-name";
+  const ELEMENT_NAME = "turbo-channels-stream-source";
+  const NAME_ATTRIBUTE = "signed-channel-name";
+  // Set by the first copy that runs. The element is only defined once Turbo is there, which may
+  // be after a network round trip: a second copy running meanwhile (every {% turbo_subscribe %}
+  // writes the script, Turbo Drive re-runs <body> scripts) must still see that one is loading.
+  const LOADED = Symbol.for("turbo-async");
 
-  // Loading the script twice (e.g. once in <head> and again in a body that
-  // Turbo Drive merged in) must not open a second socket or throw on define().
-  if (!window.customElements || window.customElements.get(ELEMENT_NAME)) {
+  if (!window.customElements || window[LOADED] || window.customElements.get(ELEMENT_NAME)) {
     return;
   }
+  window[LOADED] = true;
 
   // document.currentScript is only set while this script is executing, so it
   // has to be read here, at load, not later from a callback.
-  var currentScript = document.currentScript;
-  var WS_PATH =
-    (currentScript && currentScript.dataset && currentScript.dataset.wsPath) || "/ws/";
+  const currentScript = document.currentScript;
+  const scriptData = (currentScript && currentScript.dataset) || {};
+  const WS_PATH = scriptData.wsPath || "/ws/";
+  // Where to load Turbo from when the page did not (turbo/turbo_stream_source.html sets it).
+  const TURBO_SRC = scriptData.turboSrc || null;
+  const NONCE = (currentScript && currentScript.nonce) || "";
 
-  var BACKOFF_INITIAL_MS = 500;
-  var BACKOFF_FACTOR = 2;
-  var BACKOFF_MAX_MS = 10000;
+  const BACKOFF_INITIAL_MS = 500;
+  const BACKOFF_FACTOR = 2;
+  const BACKOFF_MAX_MS = 10000;
 
   // --- Module-level singleton state (one socket per page) -----------------
 
   /** @type {Map<string, Set<HTMLElement>>} signed channel name -> elements */
-  var registry = new Map();
+  const registry = new Map();
   /**
-   * Names the server has been told about on the *current* socket. Cleared when
-   * the socket closes, because a new connection starts with no subscriptions.
+   * Names the server has been asked for on the *current* socket and has not
+   * refused. Cleared when the socket closes, because a new connection starts
+   * with no subscriptions.
    * @type {Set<string>}
    */
-  var subscribed = new Set();
+  const subscribed = new Set();
   /** @type {WebSocket|null} */
-  var socket = null;
-  var reconnectTimer = null;
-  var reconnectAttempt = 0;
-  var connected = false;
+  let socket = null;
+  let reconnectTimer = null;
+  let reconnectAttempt = 0;
+  let connected = false;
 
-  function socketUrl() {
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    var path = WS_PATH.charAt(0) === "/" ? WS_PATH : "/" + WS_PATH;
-    return scheme + window.location.host + path;
-  }
+  const emit = (target, type, detail, bubbles = false) => {
+    target.dispatchEvent(new CustomEvent(type, { detail, bubbles }));
+  };
 
-  function setConnected(value, detail) {
-    var changed = connected !== value;
+  const socketUrl = () => {
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const path = WS_PATH.charAt(0) === "/" ? WS_PATH : `/${WS_PATH}`;
+    return `${scheme}${window.location.host}${path}`;
+  };
+
+  const setConnected = (value, detail) => {
+    const changed = connected !== value;
     connected = value;
     document.documentElement.dataset.turboAsyncConnected = value ? "true" : "false";
     // Only fire on transitions: failed reconnect attempts never opened, so
     // they should not produce a stream of "disconnected" events.
     if (changed) {
-      document.dispatchEvent(
-        new CustomEvent(value ? "turbo-async:connected" : "turbo-async:disconnected", {
-          detail: detail,
-        })
-      );
+      emit(document, value ? "turbo-async:connected" : "turbo-async:disconnected", detail);
     }
-  }
+  };
 
-  function send(message) {
+  const send = (message) => {
     if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify(message));
       return true;
     }
     return false;
-  }
+  };
 
-  function subscribe(name) {
+  const subscribe = (name) => {
     if (subscribed.has(name)) return;
     if (send({ type: "subscribe", signed_channel_name: name })) {
       subscribed.add(name);
     }
-  }
+  };
 
-  function unsubscribe(name) {
+  const unsubscribe = (name) => {
     if (!subscribed.has(name)) return;
     subscribed.delete(name);
     send({ type: "unsubscribe", signed_channel_name: name });
-  }
+  };
 
-  function connect() {
+  const scheduleReconnect = () => {
+    // Nothing on the page wants updates: stay disconnected until an element
+    // connects again (connectedCallback calls ensureSocket()).
+    if (registry.size === 0 || reconnectTimer !== null) return;
+    const base = BACKOFF_INITIAL_MS * Math.pow(BACKOFF_FACTOR, reconnectAttempt);
+    reconnectAttempt += 1;
+    // +/-20% jitter spreads out the reconnects of many tabs after a server
+    // restart; the cap applies after jitter so it is a hard upper bound.
+    const delay = Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
+    reconnectTimer = setTimeout(() => {
+      reconnectTimer = null;
+      if (registry.size > 0) connect();
+    }, delay);
+  };
+
+  const connect = () => {
     if (reconnectTimer !== null) {
       clearTimeout(reconnectTimer);
       reconnectTimer = null;
@@ -105,8 +138,8 @@
       return;
     }
 
-    var url = socketUrl();
-    var ws;
+    const url = socketUrl();
+    let ws;
     try {
       ws = new WebSocket(url);
     } catch (error) {
@@ -116,87 +149,93 @@
     }
     socket = ws;
 
-    ws.addEventListener("open", function () {
+    ws.addEventListener("open", () => {
       if (socket !== ws) return;
       reconnectAttempt = 0;
       subscribed.clear();
-      registry.forEach(function (elements, name) {
-        subscribe(name);
-      });
-      setConnected(true, { url: url });
+      registry.forEach((elements, name) => subscribe(name));
+      setConnected(true, { url });
     });
 
-    ws.addEventListener("message", function (event) {
+    ws.addEventListener("message", (event) => {
       if (socket !== ws) return;
       handleMessage(event.data);
     });
 
     // "error" is always followed by "close"; all recovery happens there.
-    ws.addEventListener("close", function (event) {
+    ws.addEventListener("close", (event) => {
       if (socket !== ws) return;
       socket = null;
       subscribed.clear();
       setConnected(false, { code: event.code, reason: event.reason, wasClean: event.wasClean });
       scheduleReconnect();
     });
-  }
+  };
 
-  function scheduleReconnect() {
-    // Nothing on the page wants updates: stay disconnected until an element
-    // connects again (connectedCallback calls ensureSocket()).
-    if (registry.size === 0 || reconnectTimer !== null) return;
-    var base = BACKOFF_INITIAL_MS * Math.pow(BACKOFF_FACTOR, reconnectAttempt);
-    reconnectAttempt += 1;
-    // +/-20% jitter spreads out the reconnects of many tabs after a server
-    // restart; the cap applies after jitter so it is a hard upper bound.
-    var delay = Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
-    reconnectTimer = setTimeout(function () {
-      reconnectTimer = null;
-      if (registry.size > 0) connect();
-    }, delay);
-  }
-
-  function ensureSocket() {
+  const ensureSocket = () => {
     // A pending reconnect keeps its backoff delay; otherwise connect now.
     if (socket === null && reconnectTimer === null) connect();
-  }
+  };
 
-  function handleMessage(raw) {
-    var message;
+  const handleError = (reason, name) => {
+    if (name !== null && subscribed.has(name)) {
+      // The server holds no subscription for this name: forget it, so that no
+      // unsubscribe is sent for it and an element connected later asks again.
+      subscribed.delete(name);
+      console.warn(`turbo-async: subscription refused: ${reason}`, name);
+      const elements = registry.get(name);
+      if (elements && elements.size > 0) {
+        // Copy first: a listener may remove its element (and so unregister it).
+        Array.from(elements).forEach((element) => {
+          emit(element, "turbo-async:refused", { signedChannelName: name, reason }, true);
+        });
+      } else {
+        emit(document, "turbo-async:refused", { signedChannelName: name, reason });
+      }
+      return;
+    }
+    console.warn(`turbo-async: server error: ${reason}`, name === null ? "" : name);
+    emit(document, "turbo-async:error", { signedChannelName: name, reason });
+  };
+
+  const handleMessage = (raw) => {
+    let message;
     try {
       message = JSON.parse(raw);
     } catch (error) {
       console.warn("turbo-async: ignoring malformed message", raw);
       return;
     }
-    if (message !== null && message.type === "subscribed") {
-      // The server's acknowledgement of a subscription; tests and devtools read it.
-      document.dispatchEvent(
-        new CustomEvent("turbo-async:subscribed", { detail: message.signed_channel_name })
-      );
-      return;
-    }
-    if (
-      message === null ||
-      typeof message !== "object" ||
-      typeof message.signed_channel_name !== "string" ||
-      typeof message.data !== "string"
-    ) {
+    if (message === null || typeof message !== "object") {
       console.warn("turbo-async: ignoring message", message);
       return;
     }
-    var elements = registry.get(message.signed_channel_name);
+    const name = typeof message.signed_channel_name === "string" ? message.signed_channel_name : null;
+    if (message.type === "subscribed") {
+      // The server's acknowledgement of a subscription; tests and devtools read it.
+      emit(document, "turbo-async:subscribed", message.signed_channel_name);
+      return;
+    }
+    if (message.type === "error") {
+      handleError(String(message.error), name);
+      return;
+    }
+    if (name === null || typeof message.data !== "string") {
+      console.warn("turbo-async: ignoring message", message);
+      return;
+    }
+    const elements = registry.get(name);
     // A frame can still arrive for a name just unsubscribed; drop it quietly.
     if (!elements) return;
     // Copy first: rendering the stream may remove (and so unregister) an
     // element while we are iterating.
-    Array.from(elements).forEach(function (element) {
+    Array.from(elements).forEach((element) => {
       element.dispatchEvent(new MessageEvent("message", { data: message.data }));
     });
-  }
+  };
 
-  function register(element, name) {
-    var elements = registry.get(name);
+  const register = (element, name) => {
+    let elements = registry.get(name);
     if (!elements) {
       elements = new Set();
       registry.set(name, elements);
@@ -204,10 +243,10 @@
     elements.add(element);
     subscribe(name);
     ensureSocket();
-  }
+  };
 
-  function unregister(element, name) {
-    var elements = registry.get(name);
+  const unregister = (element, name) => {
+    const elements = registry.get(name);
     if (!elements) return;
     elements.delete(element);
     if (elements.size > 0) return;
@@ -216,18 +255,18 @@
     // old element is disconnected and its replacement (same name) connected in
     // the same DOM operation, so this avoids an unsubscribe/subscribe round
     // trip and the gap in delivery it would cause.
-    Promise.resolve().then(function () {
+    Promise.resolve().then(() => {
       if (!registry.has(name)) unsubscribe(name);
     });
-  }
+  };
 
-  function turbo() {
+  const turbo = () => {
     if (!window.Turbo) {
-      console.warn("turbo-async: window.Turbo is not defined; load turbo.es2017-umd.js first");
+      console.error("turbo-async: window.Turbo is not defined; load turbo.es2017-umd.js first");
       return null;
     }
     return window.Turbo;
-  }
+  };
 
   class TurboChannelsStreamSource extends HTMLElement {
     static get observedAttributes() {
@@ -241,13 +280,13 @@
     }
 
     connectedCallback() {
-      var Turbo = turbo();
+      const Turbo = turbo();
       if (Turbo) Turbo.connectStreamSource(this);
       this._sync();
     }
 
     disconnectedCallback() {
-      var Turbo = turbo();
+      const Turbo = turbo();
       if (Turbo) Turbo.disconnectStreamSource(this);
       if (this._registeredName !== null) {
         unregister(this, this._registeredName);
@@ -263,7 +302,7 @@
 
     _sync() {
       if (!this.isConnected) return;
-      var name = this.getAttribute(NAME_ATTRIBUTE) || null;
+      const name = this.getAttribute(NAME_ATTRIBUTE) || null;
       if (name === this._registeredName) return;
       if (this._registeredName !== null) unregister(this, this._registeredName);
       this._registeredName = name;
@@ -271,6 +310,82 @@
     }
   }
 
+  // --- Start-up: Turbo first, then the element ----------------------------
+
+  const define = () => {
+    if (window.customElements.get(ELEMENT_NAME)) {
+      console.warn(`turbo-async: <${ELEMENT_NAME}> is already defined by another script; not defining it`);
+      return;
+    }
+    window.customElements.define(ELEMENT_NAME, TurboChannelsStreamSource);
+  };
+
+  // Resolves once every script the page itself loads (deferred and module
+  // scripts included) has run, so a page's own Turbo is never loaded twice.
+  const whenScriptsRan = () =>
+    new Promise((resolve) => {
+      if (document.readyState === "complete") {
+        resolve();
+        return;
+      }
+      document.addEventListener("DOMContentLoaded", () => resolve(), { once: true });
+      window.addEventListener("load", () => resolve(), { once: true });
+    });
+
+  const loadTurbo = (src) =>
+    new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = src;
+      if (NONCE) script.nonce = NONCE;
+      script.addEventListener(
+        "load",
+        () => (window.Turbo ? resolve(window.Turbo) : reject(new Error(`${src} did not define window.Turbo`))),
+        { once: true }
+      );
+      script.addEventListener("error", () => reject(new Error(`could not load Turbo from ${src}`)), {
+        once: true,
+      });
+      // In <head>: Turbo warns when it is loaded from <body>, and keeps head
+      // scripts across Turbo Drive visits.
+      document.head.appendChild(script);
+    });
+
+  // The page asked for streams, not for Turbo Drive: keep its links and forms
+  // as they were (full page loads), and prefetch nothing on hover unless a
+  // <meta name="turbo-prefetch"> says so (links inside <turbo-frame> would be).
+  const streamsOnly = (Turbo) => {
+    Turbo.session.drive = false;
+    document.addEventListener("turbo:before-prefetch", (event) => {
+      if (!document.querySelector('meta[name="turbo-prefetch"]')) event.preventDefault();
+    });
+  };
+
+  const start = async () => {
+    await whenScriptsRan();
+    if (!window.Turbo) {
+      if (!TURBO_SRC) {
+        throw new Error(
+          'window.Turbo is not defined: add {% include "turbo/head.html" %} to <head>, ' +
+            "or load Turbo's UMD bundle before turbo-async.js"
+        );
+      }
+      console.warn(
+        "turbo-async: this page does not load Turbo; loading it for Turbo Streams only (Turbo Drive off). " +
+          'Add {% include "turbo/head.html" %} to <head> to load it with Turbo Drive.'
+      );
+      streamsOnly(await loadTurbo(TURBO_SRC));
+    }
+    define();
+  };
+
   document.documentElement.dataset.turboAsyncConnected = "false";
-  window.customElements.define(ELEMENT_NAME, TurboChannelsStreamSource);
+  if (window.Turbo) {
+    define();
+  } else {
+    start().catch((error) => {
+      // Loud on purpose: without Turbo no stream on this page would ever render.
+      console.error(`turbo-async: ${error.message}`);
+      emit(document, "turbo-async:error", { signedChannelName: null, reason: error.message });
+    });
+  }
 })();
