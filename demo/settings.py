@@ -21,7 +21,8 @@ if not SECRET_KEY.strip():
     raise ImproperlyConfigured(
         "DJANGO_SECRET_KEY is not set. The demo has no built-in key: set DJANGO_SECRET_KEY to a "
         "long random string, e.g. export DJANGO_SECRET_KEY=\"$(python3 -c 'import secrets; "
-        "print(secrets.token_urlsafe(50))')\" (make demo sets one for you)."
+        "print(secrets.token_urlsafe(50))')\". make demo sets one for you; to run manage.py "
+        "next to it, use the same: export DJANGO_SECRET_KEY=\"$(cat .demo/secret_key)\"."
     )
 # Off unless asked for: DEBUG shows settings and tracebacks to anyone who gets an error page.
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"

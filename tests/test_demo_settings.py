@@ -55,6 +55,7 @@ def test_the_refusal_says_how_to_make_a_key(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings(monkeypatch)
     assert "secrets.token_urlsafe(50)" in str(refusal.value)
     assert "make demo sets one for you" in str(refusal.value)
+    assert 'export DJANGO_SECRET_KEY="$(cat .demo/secret_key)"' in str(refusal.value)
 
 
 def test_settings_use_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
