@@ -20,6 +20,9 @@ COPY workers ./workers
 RUN useradd --create-home --uid 1000 app && mkdir /data && chown app /data
 USER app
 
+# No DJANGO_SECRET_KEY and no DJANGO_DEBUG here: demo/settings.py refuses to start without a key
+# and keeps DEBUG off, so a plain `docker run` ships neither a known key nor debug pages. Pass
+# -e DJANGO_SECRET_KEY=<a long random string> (compose.yaml requires it).
 ENV PYTHONPATH=/app \
     DJANGO_SETTINGS_MODULE=demo.settings \
     DJANGO_DB_PATH=/data/db.sqlite3

@@ -26,9 +26,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Everything on SQLite, then the integration tests again on a real PostgreSQL server.
+# Everything on SQLite, then the integration tests again on a real PostgreSQL server, each phase
+# named as it starts; the last line sums both up ("N passed, N failed[, N skipped]") for CI.
+# Extra pytest arguments for both phases: make test PYTEST_ARGS="-x tests/test_demo_views.py".
 test: system-deps install
-	$(PY) -m pytest && TURBO_TEST_DATABASE=postgres $(PY) -m pytest -m integration
+	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
 demo: install
 	$(PY) demo/run.py

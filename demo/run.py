@@ -4,19 +4,27 @@
 Every service is a child process in its own process group; Ctrl-C (SIGINT) or SIGTERM stops them
 all, and so does any one of them exiting. Nothing is left behind: no pid files, no daemons.
 
+The start-up time it prints runs from the start of the command (``make demo`` when make started
+this script, else this process) until every service answers: Redis a PING, the web server and
+Flower an HTTP request, the worker its "ready" line.
+
 Environment:
     PORT          web server port (default 8000)
     FLOWER_PORT   Flower port (default 5555)
     REDIS_URL     an external Redis to use; without it an embedded Redis is started on 6379,
                   or on a free port when 6379 is taken
     REDIS_PORT    the embedded Redis's port instead
-    DJANGO_DB_PATH, DJANGO_DEBUG, ...  read by demo/settings.py
+    DJANGO_SECRET_KEY  the key; without it, one generated on the first run and kept in
+                  .demo/secret_key (so that sessions survive a restart)
+    DJANGO_DEBUG  1 unless set (demo/settings.py itself defaults it to off)
+    DJANGO_DB_PATH, ...  read by demo/settings.py
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,11 +32,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".demo"
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -40,8 +51,79 @@ class DemoError(Exception):
     """Something the user has to fix; printed without a traceback."""
 
 
+def _boot_clock() -> float:
+    """Seconds on the clock that /proc/<pid>/stat's start times count (since boot)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_IMPORTED = time.monotonic()
+SHELLS = {"sh", "bash", "dash"}
+
+
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces): [state, ppid,
+    ...]; empty where /proc cannot tell (not Linux, process gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _command(pid: int | str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def command_started() -> float:
+    """When the user's command started, on ``_boot_clock()``: ``make`` when it ran this script,
+    directly or through a shell (its check of the virtualenv is part of the wait), else this
+    process, interpreter start-up included."""
+    own = _stat("self")
+    if not own:
+        return _boot_clock() - (time.monotonic() - _IMPORTED)
+    started = own
+    parent = own[1]
+    for _ in range(2):  # make, or the shell make ran this in; not make running, say, pytest
+        stat = _stat(parent)
+        command = _command(parent)
+        if command == "make":
+            started = stat or own
+            break
+        if command not in SHELLS or not stat:
+            break
+        parent = stat[1]
+    return int(started[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks
+
+
+def secret_key() -> str:
+    """DJANGO_SECRET_KEY if set, else a random key made on the first run and kept (private to
+    the user) in .demo/secret_key: demo/settings.py has no built-in key to fall back on."""
+    given = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if given:
+        return given
+    path = STATE_DIR / "secret_key"
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept:
+        return kept
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+    return key
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the servers themselves bind: connections of a previous run in TIME_WAIT (the
+        # readiness checks' HTTP requests leave some) do not make the port busy, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -90,6 +172,7 @@ def redis_server_binary() -> str:
     )
 
 
+_prctl: Callable[..., int] | None
 try:  # Linux: resolved here, not in the forked child (the supervisor has threads by then)
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -185,12 +268,28 @@ def wait_until(what: str, check: Callable[[], bool], services: list[Service]) ->
         time.sleep(0.1)
 
 
-def listening(port: int) -> Callable[[], bool]:
+def answers_ping(port: int) -> Callable[[], bool]:
+    """Redis answers PING with PONG (a listening socket may still be loading)."""
+
     def check() -> bool:
         try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return True
+            with socket.create_connection((HOST, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
         except OSError:
+            return False
+
+    return check
+
+
+def answers_http(url: str) -> Callable[[], bool]:
+    """An HTTP GET of ``url`` succeeds (200): the server is up and its application loaded."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
             return False
 
     return check
@@ -217,7 +316,7 @@ def migrate_and_seed(env: dict[str, str]) -> None:
 def main() -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    started = time.monotonic()
+    started = command_started()
     services: list[Service] = []
     try:
         web_port = port_from_env("PORT", 8000)
@@ -228,6 +327,8 @@ def main() -> int:
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
             PYTHONUNBUFFERED="1",
             FLOWER_UNAUTHENTICATED_API=env.get("FLOWER_UNAUTHENTICATED_API", "true"),
+            DJANGO_SECRET_KEY=secret_key(),
+            DJANGO_DEBUG=env.get("DJANGO_DEBUG", "1"),
         )
         migrate_and_seed(env)
 
@@ -238,7 +339,7 @@ def main() -> int:
                 redis_port = port_from_env("REDIS_PORT", 6379)
             else:
                 redis_port = 6379 if port_is_free(6379) else free_port()
-            redis_dir = ROOT / ".demo" / "redis"
+            redis_dir = STATE_DIR / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
             redis = Service(
                 "redis",
@@ -250,7 +351,7 @@ def main() -> int:
             )
             services.append(redis)
             redis.start()
-            wait_until("Redis", listening(redis_port), services)
+            wait_until("Redis", answers_ping(redis_port), services)
             env["REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
 
         celery = [sys.executable, "-m", "celery", "-A", "workers"]
@@ -269,21 +370,28 @@ def main() -> int:
         web = Service(
             "web",
             [
+                # websockets-sansio: uvicorn deprecated its older "websockets" implementation.
                 sys.executable, "-m", "uvicorn", "demo.asgi:application", "--host", HOST,
-                "--port", str(web_port), "--ws", "websockets", "--timeout-graceful-shutdown", "3",
+                "--port", str(web_port), "--ws", "websockets-sansio",
+                "--timeout-graceful-shutdown", "3",
             ],
             env,
         )
-        for service in (worker, flower, web):
+        for service in (worker, web):
             services.append(service)
             service.start()
         assert worker.ready is not None
         wait_until("the Celery worker", worker.ready.is_set, services)
-        wait_until("Flower", listening(flower_port), services)
-        wait_until("the web server", listening(web_port), services)
+        # Flower asks the workers for their stats, queues and tasks once when it starts; started
+        # with the worker, it asked before anyone could answer and logged "Inspect method ...
+        # failed" for each question. Started now, the worker answers.
+        services.append(flower)
+        flower.start()
+        wait_until("the web server", answers_http(f"http://{HOST}:{web_port}/"), services)
+        wait_until("Flower", answers_http(f"http://{HOST}:{flower_port}/healthcheck"), services)
 
         say("")
-        say(f"  turbo_async demo is up ({time.monotonic() - started:.1f}s); Ctrl-C stops it.")
+        say(f"  turbo_async demo is up ({_boot_clock() - started:.1f}s); Ctrl-C stops it.")
         say(f"  Web:    http://{HOST}:{web_port}/")
         say(f"  Flower: http://{HOST}:{flower_port}/")
         say(f"  Redis:  {env['REDIS_URL']}")

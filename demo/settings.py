@@ -1,16 +1,31 @@
 """Settings of the demo chat project. Everything that differs per deployment comes from the
 environment: REDIS_URL, DJANGO_DB_PATH, DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS,
-DJANGO_CSRF_TRUSTED_ORIGINS."""
+DJANGO_CSRF_TRUSTED_ORIGINS.
+
+Safe by default, as Django's deployment checklist asks: no built-in secret key (anyone who knows
+the key can forge signed subscriptions and sessions) and DEBUG off unless ``DJANGO_DEBUG=1``.
+``make demo`` (demo/run.py) sets both for the processes it starts, so it needs nothing.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 BASE_DIR = Path(__file__).resolve().parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-insecure-secret-key")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY.strip():
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set. The demo has no built-in key: set DJANGO_SECRET_KEY to a "
+        "long random string, e.g. export DJANGO_SECRET_KEY=\"$(python3 -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))')\". make demo sets one for you; to run manage.py "
+        "next to it, use the same: export DJANGO_SECRET_KEY=\"$(cat .demo/secret_key)\"."
+    )
+# Off unless asked for: DEBUG shows settings and tracebacks to anyone who gets an error page.
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 # Behind a TLS proxy, e.g. "https://chat.example.com": the origins forms may be posted from.
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]

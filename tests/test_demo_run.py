@@ -1,11 +1,14 @@
 """``make demo``'s supervisor (demo/run.py) as a user runs it: a real subprocess that starts real
-Redis, Celery worker, Flower and uvicorn processes, stopped with Ctrl-C (SIGINT)."""
+Redis, Celery worker, Flower and uvicorn processes, stopped with Ctrl-C (SIGINT). It runs with no
+DJANGO_* variable set: demo/settings.py alone would refuse to start without a key
+(tests/test_demo_settings.py), the supervisor gives its processes one, and DEBUG."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +27,7 @@ from tests.services import ROOT, free_port
 pytestmark = pytest.mark.integration
 
 URL_LINE = re.compile(r"^\s+(Web|Flower|Redis):\s+((?:http|redis)://\S+)$")
+UP_LINE = re.compile(r"^  turbo_async demo is up \((\d+\.\d)s\); Ctrl-C stops it\.$")
 
 
 def process_tree(pid: int) -> set[tuple[int, str]]:
@@ -63,13 +67,20 @@ def alive(pid: int, started: str) -> bool:
 class Demo:
     process: subprocess.Popen[str]
     env: dict[str, str]
+    launched: float  # time.monotonic() just before the command was started
     urls: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
+    up_line: int | None = None  # index in output of "turbo_async demo is up (N.Ns)"
+    up_seen_after: float | None = None  # seconds from launch until this test read that line
+    reader: threading.Thread | None = None
 
     def read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if UP_LINE.match(line.rstrip()) and self.up_line is None:
+                self.up_seen_after = time.monotonic() - self.launched
+                self.up_line = len(self.output)
             self.output.append(line)
             match = URL_LINE.match(line.rstrip())
             if match:
@@ -79,6 +90,12 @@ class Demo:
 
     def log(self) -> str:
         return "".join(self.output[-60:])
+
+    def full_output(self) -> str:
+        """Everything it printed, once it has exited."""
+        assert self.process.poll() is not None and self.reader is not None
+        self.reader.join(10)
+        return "".join(self.output)
 
 
 def demo_env(db_path: Path) -> dict[str, str]:
@@ -92,12 +109,14 @@ def demo_env(db_path: Path) -> dict[str, str]:
 
 
 def start(env: dict[str, str]) -> Demo:
+    launched = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "demo" / "run.py")], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
-    demo = Demo(process, env)
-    threading.Thread(target=demo.read, daemon=True).start()
+    demo = Demo(process, env, launched)
+    demo.reader = threading.Thread(target=demo.read, daemon=True)
+    demo.reader.start()
     if not demo.ready.wait(90):
         stop(demo)
         raise AssertionError(f"demo/run.py printed no URLs within 90s:\n{demo.log()}")
@@ -129,6 +148,8 @@ def fetch(url: str) -> str:
 
 
 def test_make_demo_serves_the_room_list_and_static_files(demo: Demo) -> None:
+    """Without DJANGO_SECRET_KEY or DJANGO_DEBUG: static files are served, so DEBUG is on."""
+    assert not {"DJANGO_SECRET_KEY", "DJANGO_DEBUG"} & set(demo.env)
     page = fetch(demo.urls["Web"])
     assert 'id="rooms"' in page
     for room in ("General", "Random", "Help"):  # seeded into the empty database
@@ -146,8 +167,10 @@ def test_make_demo_runs_flower_with_the_worker(demo: Demo) -> None:
 
 
 def test_a_save_in_a_demo_process_is_broadcast_by_its_worker(demo: Demo) -> None:
-    """manage.py (like the web process) publishes to the demo's Redis, not Celery's default."""
-    env = {**demo.env, "REDIS_URL": demo.urls["Redis"]}
+    """manage.py (like the web process) publishes to the demo's Redis, not Celery's default.
+    It runs with the key make demo made, as demo/settings.py's refusal without one advises."""
+    key = (ROOT / ".demo" / "secret_key").read_text().strip()
+    env = {**demo.env, "REDIS_URL": demo.urls["Redis"], "DJANGO_SECRET_KEY": key}
     code = (
         "from demo.chat.models import Message, Room; "
         "print('pk', Message.objects.create(room=Room.objects.first(), text='hi').pk)"
@@ -165,6 +188,84 @@ def test_a_save_in_a_demo_process_is_broadcast_by_its_worker(demo: Demo) -> None
         found = [t for t in tasks.values() if t["args"] == f"('chat.message', {pk}, 'save', True)"]
         time.sleep(0.2)
     assert [t["name"] for t in found] == ["chat.MessageStream.on_save"], (tasks, demo.log())
+
+
+def test_make_demo_says_it_is_up_once_everything_answers(demo: Demo) -> None:
+    assert demo.up_line is not None, demo.log()
+    before_up = "".join(demo.output[: demo.up_line])
+    # The web server answered an HTTP request (not just opened its port)...
+    assert re.search(r'^ +web \| .*"GET / HTTP/1\.1" 200', before_up, re.M), before_up
+    # ...and Flower started after the worker was ready, so that its first inspection is answered.
+    worker_ready = re.search(r"^worker \| .* demo@\S+ ready\.$", before_up, re.M)
+    flower_first = re.search(r"^flower \| ", before_up, re.M)
+    assert worker_ready and flower_first and worker_ready.start() < flower_first.start(), before_up
+
+
+def test_make_demo_prints_its_start_up_time_since_the_command_started(demo: Demo) -> None:
+    """The figure counts from the process start (tests below: from make's when make ran it), so
+    it cannot be more than what this test saw from launching it to reading the line."""
+    assert demo.up_line is not None and demo.up_seen_after is not None, demo.log()
+    match = UP_LINE.match(demo.output[demo.up_line].rstrip())
+    assert match is not None
+    assert 0 < float(match[1]) <= demo.up_seen_after + 0.05  # printed rounded to 0.1 s
+
+
+def test_make_demo_prints_no_deprecation_or_flower_inspect_warnings(demo: Demo) -> None:
+    """Last of the tests on the running demo: it asks Flower to inspect the worker again, then
+    stops the demo to read everything every process printed."""
+    assert json.loads(fetch(demo.urls["Flower"] + "api/workers?refresh=1")), demo.log()
+    assert stop(demo) == 0
+    output = demo.full_output()
+    assert "Stopped." in output
+    assert "deprecat" not in output.lower(), output
+    assert "Inspect method" not in output, output
+
+
+def test_start_up_time_counts_the_interpreter_start() -> None:
+    code = "import time; time.sleep(1); from demo import run; print(run._boot_clock() - run.command_started())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) >= 1.0
+
+
+PROBE = "from demo import run; print(run._boot_clock() - run.command_started())\n"
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "\t@sleep 1\n\t@$(PY) probe.py\n",  # no shell syntax: make runs python itself
+        "\t@sleep 1; $(PY) probe.py\n",  # make runs a shell that runs python
+    ],
+    ids=["direct", "through-a-shell"],
+)
+def test_start_up_time_under_make_counts_from_make(tmp_path: Path, recipe: str) -> None:
+    """``make demo``: what the user waits for starts with make (its virtualenv check)."""
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "Makefile").write_text(f"demo:\n{recipe}")
+    result = subprocess.run(
+        ["make", "-s", "demo", f"PY={sys.executable}"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert float(result.stdout) >= 1.0
+
+
+def test_start_up_time_of_another_parent_counts_from_this_process() -> None:
+    """A shell run by something that is not make (here pytest's Python): this process's start."""
+    code = (
+        "import os; from demo import run; "
+        "print(run.command_started() == int(run._stat('self')[19]) / os.sysconf('SC_CLK_TCK'))"
+    )
+    result = subprocess.run(
+        ["sh", "-c", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 @dataclass

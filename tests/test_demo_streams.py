@@ -26,6 +26,16 @@ def test_new_message_is_appended_to_its_room() -> None:
     assert "Hello &lt;b&gt;world&lt;/b&gt;" in frames[0].html
 
 
+def test_the_appended_message_shows_its_author_and_asks_before_delete() -> None:
+    """The worker renders the message (the seed's streams.py, unchanged) with the same template
+    as the page: author and the delete confirmation come with it."""
+    room = RoomFactory()
+    with assert_broadcasts(room, count=1, action="append") as frames:
+        MessageFactory(room=room, author="Ada")
+    assert '<p class="message-author">Ada</p>' in frames[0].html
+    assert 'data-turbo-confirm="Delete this message from Ada?"' in frames[0].html
+
+
 def test_new_message_reaches_no_other_room() -> None:
     room, other = RoomFactory(), RoomFactory()
     with assert_no_broadcasts(other):
@@ -38,6 +48,7 @@ def test_edited_message_is_replaced_in_place() -> None:
         message.text = "after"
         message.save()
     assert '<p class="message-text">after</p>' in frames[0].html
+    assert f'<p class="message-author">{message.author}</p>' in frames[0].html
 
 
 def test_deleted_message_is_removed_using_its_room() -> None:
@@ -82,10 +93,13 @@ def test_room_list_stream_adds_a_room_after_commit() -> None:
 
 def test_posting_a_message_broadcasts_it(client: Client) -> None:
     room = RoomFactory()
-    with assert_broadcasts(room, count=1, action="append", contains="from the form"):
-        response = client.post(reverse("chat:message_create", args=[room.pk]), {"text": "from the form"})
+    with assert_broadcasts(room, count=1, action="append", contains="from the form") as frames:
+        response = client.post(
+            reverse("chat:message_create", args=[room.pk]), {"author": "Grace", "text": "from the form"}
+        )
     assert response.status_code == 303
     assert Message.objects.get().text == "from the form"
+    assert '<p class="message-author">Grace</p>' in frames[0].html
 
 
 def test_creating_a_room_adds_it_to_every_room_list(client: Client) -> None:

@@ -22,7 +22,8 @@ from django.urls import reverse
 import turbo_async as turbo
 from demo.chat import views
 from demo.chat.broadcasts import RoomListStream
-from demo.chat.models import Message, Room
+from demo.chat.forms import EDIT_MAX_ROWS, edit_rows
+from demo.chat.models import ANONYMOUS, Message, Room
 from tests.factories import MessageFactory, RoomFactory
 from turbo_async import names
 
@@ -166,6 +167,43 @@ def test_a_sent_message_reaches_the_room_through_its_stream(client: Client, comm
     assert "Hello &lt;b&gt;" in frames
 
 
+def test_a_message_is_sent_under_the_name_typed_in_the_composer(client: Client) -> None:
+    room = RoomFactory()
+    client.post(reverse("chat:message_create", args=[room.pk]), {"author": " Ada ", "text": "Hi"}, headers=FRAME)
+    assert Message.objects.get().author == "Ada"
+
+
+def test_the_session_remembers_the_name_for_the_next_message(client: Client) -> None:
+    room = RoomFactory()
+    url = reverse("chat:message_create", args=[room.pk])
+    client.post(url, {"author": "Ada", "text": "Hi"}, headers=FRAME)
+    composer = client.get(url, headers=FRAME).content.decode()  # where the frame's redirect leads
+    assert 'name="author" value="Ada"' in composer
+    page = client.get(reverse("chat:room", args=[room.pk])).content.decode()
+    assert 'name="author" value="Ada"' in page
+    other_visitor = Client().get(url, headers=FRAME).content.decode()
+    assert 'value="Ada"' not in other_visitor
+
+
+def test_a_message_without_a_name_is_anonymous(client: Client) -> None:
+    room = RoomFactory()
+    url = reverse("chat:message_create", args=[room.pk])
+    client.post(url, {"author": "  ", "text": "Hi"}, headers=FRAME)
+    assert Message.objects.get().author == ANONYMOUS
+    composer = client.get(url, headers=FRAME).content.decode()
+    assert 'placeholder="Your name"' in composer
+    assert f'value="{ANONYMOUS}"' not in composer  # an empty field, not a name to erase first
+
+
+def test_a_too_long_name_is_refused(client: Client) -> None:
+    room = RoomFactory()
+    url = reverse("chat:message_create", args=[room.pk])
+    response = client.post(url, {"author": "x" * 41, "text": "Hi"}, headers=FRAME)
+    assert response.status_code == 422
+    assert "at most 40 characters" in response.content.decode()
+    assert not Message.objects.exists()
+
+
 def test_sending_without_javascript_goes_back_to_the_room(client: Client) -> None:
     room = RoomFactory()
     response = client.post(reverse("chat:message_create", args=[room.pk]), {"text": "Hello"})
@@ -181,6 +219,21 @@ def test_an_empty_message_is_refused(client: Client) -> None:
     assert not Message.objects.exists()
 
 
+def test_a_message_shows_its_author(client: Client) -> None:
+    message = MessageFactory(author="Ada <3")
+    html = client.get(reverse("chat:room", args=[message.room.pk])).content.decode()
+    assert '<p class="message-author">Ada &lt;3</p>' in html
+
+
+def test_delete_asks_before_it_posts(client: Client) -> None:
+    """Turbo shows data-turbo-confirm's question and submits only if the reader agrees."""
+    message = MessageFactory(author="Ada")
+    html = client.get(reverse("chat:message", args=[message.pk])).content.decode()
+    form = re.search(r'<form class="message-delete"[^>]*>', html)
+    assert form is not None
+    assert 'data-turbo-confirm="Delete this message from Ada?"' in form[0]
+
+
 def test_a_message_carries_the_ids_that_its_stream_and_frames_target(client: Client) -> None:
     message = MessageFactory()
     html = client.get(reverse("chat:message", args=[message.pk])).content.decode()
@@ -194,7 +247,31 @@ def test_edit_form_is_prefilled_in_the_message_frame(client: Client) -> None:
     message = MessageFactory(text="typo")
     html = client.get(reverse("chat:message_edit", args=[message.pk])).content.decode()
     assert f'<turbo-frame id="message-{message.pk}-edit"' in html
-    assert 'value="typo"' in html
+    assert re.search(rf'<textarea [^>]*id="message-{message.pk}-text"[^>]*>\ntypo</textarea>', html), html
+
+
+def test_edit_field_is_as_tall_as_the_message(client: Client) -> None:
+    message = MessageFactory(text="first line\nsecond line\n" + "x" * 100)
+    html = client.get(reverse("chat:message_edit", args=[message.pk])).content.decode()
+    field = re.search(r"<textarea [^>]*>", html)
+    assert field is not None
+    assert 'rows="4"' in field[0]  # two short lines and one that wraps once
+    assert 'class="edit-text"' in field[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [("", 1), ("hi", 1), ("a\nb\nc", 3), ("x" * 60, 1), ("x" * 61, 2), ("line\n" * 40, EDIT_MAX_ROWS)],
+)
+def test_edit_rows_counts_lines_and_wrapping(text: str, rows: int) -> None:
+    assert edit_rows(text) == rows
+
+
+def test_an_edit_keeps_the_author(client: Client) -> None:
+    message = MessageFactory(author="Ada", text="typo")
+    client.post(reverse("chat:message_edit", args=[message.pk]), {"text": "fixed", "author": "Mallory"})
+    message.refresh_from_db()
+    assert (message.author, message.text) == ("Ada", "fixed")
 
 
 def test_saving_an_edit_in_the_frame_shows_the_message_again(client: Client) -> None:

@@ -18,8 +18,14 @@ class Room(models.Model):
         return reverse("chat:room", args=[self.pk])
 
 
+ANONYMOUS = "Anonymous"
+"""The author of a message sent without a name (and of the messages from before authors)."""
+
+
 class Message(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    # A name typed in the composer (the demo has no accounts); the session remembers it.
+    author = models.CharField(max_length=40, default=ANONYMOUS)
     text = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -5,6 +5,9 @@ Forms live in Turbo Frames and follow Turbo's rule "POST, then redirect": a fram
 back to a GET URL that renders the same frame (an empty form, or the message as it now is), a
 plain browser request (no JavaScript) back to the room. Forms rendered by a worker (in
 ``chat/message.html``) cannot carry a CSRF token: ``chat/chat.js`` sends it as a header.
+
+The demo has no accounts: a sender types a name in the composer, and the session remembers it for
+their next messages.
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .broadcasts import RoomListStream
-from .forms import MessageForm, RoomForm
-from .models import Message, Room
+from .forms import MessageEditForm, MessageForm, RoomForm
+from .models import ANONYMOUS, Message, Room
 
 RECENT_MESSAGES = 100
 """How many messages the room page shows (the newest ones)."""
+AUTHOR_SESSION_KEY = "chat_author"
+"""Where the session keeps the name the visitor last sent a message under."""
+
+
+def _message_form(request: HttpRequest) -> MessageForm:
+    """The composer, bound to the POST if any, else empty with the remembered name filled in."""
+    if request.method == "POST":
+        return MessageForm(request.POST)
+    return MessageForm(initial={"author": request.session.get(AUTHOR_SESSION_KEY, "")})
 
 
 def _in_frame(request: HttpRequest) -> bool:
@@ -63,7 +75,7 @@ def room_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "chat/room_detail.html",
-        {"room": room, "messages": newest[::-1], "form": MessageForm()},
+        {"room": room, "messages": newest[::-1], "form": _message_form(request)},
     )
 
 
@@ -72,10 +84,15 @@ def room_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def message_create(request: HttpRequest, pk: int) -> HttpResponse:
     """The "new message" frame. The message itself arrives through the room's stream."""
     room = get_object_or_404(Room, pk=pk)
-    form = MessageForm(request.POST or None)
+    form = _message_form(request)
     if request.method == "POST":
         if form.is_valid():
-            Message.objects.create(room=room, text=form.cleaned_data["text"])
+            author = form.cleaned_data["author"]
+            Message.objects.create(room=room, author=author, text=form.cleaned_data["text"])
+            if author == ANONYMOUS:
+                request.session.pop(AUTHOR_SESSION_KEY, None)
+            else:
+                request.session[AUTHOR_SESSION_KEY] = author
             if _in_frame(request):
                 return _see_other(reverse("chat:message_create", args=[room.pk]))
             return _see_other(room.get_absolute_url())
@@ -97,7 +114,7 @@ def message_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """The inline edit form (frame ``message-<pk>-edit``); every page gets the new text by stream."""
     message = get_object_or_404(Message.objects.select_related("room"), pk=pk)
     # Its own ids: the room page already has the composer's "id_text".
-    form = MessageForm(request.POST or None, instance=message, auto_id=f"message-{message.pk}-%s")
+    form = MessageEditForm(request.POST or None, instance=message, auto_id=f"message-{message.pk}-%s")
     if request.method == "POST":
         if form.is_valid():
             form.save()

@@ -64,6 +64,53 @@ def test_a_message_sent_in_one_page_appears_in_the_other_without_reload(live: Uv
     expect(sender.locator("#new-message input[name=text]")).to_have_value("")
 
 
+def test_a_message_shows_the_name_its_sender_typed_once(live: Uvicorn, open_page: OpenPage) -> None:
+    room = RoomFactory()
+    sender, reader = open_page(room_url(live, room)), open_page(room_url(live, room))
+
+    sender.locator("#new-message input[name=author]").fill("Ada")
+    send(sender, "First")
+    expect(reader.locator("#messages .message-author")).to_have_text(["Ada"])
+    # The frame came back with the name filled in: the session remembers it.
+    expect(sender.locator("#new-message input[name=author]")).to_have_value("Ada")
+    send(sender, "Second")
+
+    expect(reader.locator("#messages .message-author")).to_have_text(["Ada", "Ada"])
+    expect(message_texts(reader)).to_have_text(["First", "Second"])
+    assert list(Message.objects.values_list("author", flat=True)) == ["Ada", "Ada"]
+
+
+def test_the_edit_field_fits_the_message(live: Uvicorn, open_page: OpenPage) -> None:
+    with suppress():
+        short = MessageFactory(text="Hi")
+        long = MessageFactory(room=short.room, text="\n".join(f"Line {n} of a longer message" for n in range(1, 7)))
+    page = open_page(room_url(live, short.room))
+
+    def field_box(message: Any) -> dict[str, float]:
+        page.locator(f"#message-{message.pk} a", has_text="Edit").click()
+        field = page.locator(f"#message-{message.pk}-text")
+        expect(field).to_be_visible()
+        box: dict[str, float] = field.evaluate(
+            "f => ({height: f.clientHeight, scroll: f.scrollHeight, width: f.offsetWidth,"
+            " room: document.getElementById('messages').clientWidth,"
+            " line: parseFloat(getComputedStyle(f).lineHeight)})"
+        )
+        return box
+
+    one_line, six_lines = field_box(short), field_box(long)
+    for box in (one_line, six_lines):
+        assert box["scroll"] <= box["height"], box  # all of the text shows, no scrolling inside
+        assert box["width"] >= box["room"] * 0.8, box  # as wide as the room, not the short bubble
+    assert one_line["height"] < 2 * one_line["line"], one_line  # one line, not a default block
+    assert six_lines["height"] >= 6 * six_lines["line"], six_lines
+
+    # It grows as the text does.
+    field = page.locator(f"#message-{short.pk}-text")
+    field.fill("Hi\nthere\nagain")
+    grown = field.evaluate("f => ({height: f.clientHeight, scroll: f.scrollHeight})")
+    assert grown["scroll"] <= grown["height"] and grown["height"] > one_line["height"], grown
+
+
 def test_an_edit_in_one_page_replaces_the_message_in_the_other(live: Uvicorn, open_page: OpenPage) -> None:
     with suppress():
         message = MessageFactory(text="Helo")
@@ -88,12 +135,43 @@ def test_a_delete_in_one_page_removes_the_message_from_the_other(live: Uvicorn, 
     url = room_url(live, message.room)
     deleter, reader = open_page(url), open_page(url)
     expect(message_texts(reader)).to_have_text(["Delete me", "Keep me"])
+    questions: list[str] = []
 
+    def answer_yes(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    deleter.on("dialog", answer_yes)
     deleter.locator(f"#message-{message.pk}").get_by_role("button", name="Delete").click()
 
     expect(reader.locator(f"#message-{message.pk}")).to_have_count(0)
     expect(deleter.locator(f"#message-{message.pk}")).to_have_count(0)
     expect(reader.locator(f"#message-{kept.pk}")).to_be_visible()
+    assert questions == [f"Delete this message from {message.author}?"]
+
+
+def test_a_delete_the_reader_does_not_confirm_sends_nothing(live: Uvicorn, open_page: OpenPage) -> None:
+    with suppress():
+        message = MessageFactory(text="Keep me after all", author="Ada")
+    url = room_url(live, message.room)
+    page = open_page(url)
+    questions: list[str] = []
+    posts: list[str] = []
+
+    def answer_no(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", answer_no)
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.locator(f"#message-{message.pk}").get_by_role("button", name="Delete").click()
+    # A fence: this page's next POST and its stream frame come after the delete's would have.
+    send(page, "Still here?")
+    expect(message_texts(page)).to_have_text(["Keep me after all", "Still here?"])
+
+    assert questions == ["Delete this message from Ada?"]
+    assert [post for post in posts if "/delete/" in post] == []
+    assert Message.objects.filter(pk=message.pk).exists()
 
 
 def test_a_room_created_in_one_page_appears_in_the_other_room_list(live: Uvicorn, open_page: OpenPage) -> None:
@@ -152,22 +230,24 @@ def test_the_page_reconnects_after_the_server_restarts_and_still_receives(
 
 def test_screenshot_of_the_demo_room_for_the_readme(live: Uvicorn, open_page: OpenPage) -> None:
     conversation = [
-        "Morning! Is the release still on for today?",
-        "Yes, the build is green. Tagging it after lunch.",
-        "Nice. Flower shows every broadcast as chat.MessageStream.on_save, handy for the demo.",
-        "Edits and deletes show up in every open window, no reload needed.",
+        ("Ada", "Morning! Is the release still on for today?"),
+        ("Grace", "Yes, the build is green. Tagging it after lunch."),
+        ("Ada", "Nice. Flower shows every broadcast as chat.MessageStream.on_save, handy for the demo."),
+        ("Grace", "Edits and deletes show up in every open window, no reload needed."),
     ]
     with suppress():
         room = RoomFactory(name="general")
-        for minute, text in enumerate(conversation):
-            message = MessageFactory(room=room, text=text)
+        for minute, (author, text) in enumerate(conversation):
+            message = MessageFactory(room=room, author=author, text=text)
             # Fixed times: the same picture on every run, so the file only changes with the UI.
             Message.objects.filter(pk=message.pk).update(
                 created_at=datetime.datetime(2025, 3, 14, 9, 12 + 2 * minute, tzinfo=datetime.UTC)
             )
     page = open_page(room_url(live, room), {"width": 960, "height": 640})
-    expect(message_texts(page)).to_have_text(conversation)
+    expect(message_texts(page)).to_have_text([text for _, text in conversation])
+    expect(page.locator("#messages .message-author")).to_have_text([author for author, _ in conversation])
     expect(page.locator("html")).to_have_attribute("data-turbo-async-connected", "true")
+    page.locator("#new-message input[name=author]").fill("Ada")
     page.locator("#new-message input[name=text]").fill("Looks great")
     page.locator("body").click(position={"x": 5, "y": 5})  # no focus ring, caret or hover in the image
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

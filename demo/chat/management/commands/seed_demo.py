@@ -10,10 +10,14 @@ from django.db import transaction
 import turbo_async
 from demo.chat.models import Message, Room
 
+# Room -> (author, text) of its first messages.
 SAMPLE = {
-    "General": ["Welcome to the turbo_async demo!", "Open this room in two windows and say hi."],
-    "Random": ["Messages are rendered by a Celery worker after the transaction commits."],
-    "Help": ["Every broadcast shows up in Flower's task list, named after its stream hook."],
+    "General": [
+        ("turbo_async", "Welcome to the turbo_async demo!"),
+        ("turbo_async", "Open this room in two windows and say hi."),
+    ],
+    "Random": [("turbo_async", "Messages are rendered by a Celery worker after the transaction commits.")],
+    "Help": [("turbo_async", "Every broadcast shows up in Flower's task list, named after its stream hook.")],
 }
 
 
@@ -26,7 +30,9 @@ class Command(BaseCommand):
             return
         # Nobody is subscribed yet, so there is nothing to broadcast: suppress() queues no tasks.
         with turbo_async.suppress(), transaction.atomic():
-            for name, texts in SAMPLE.items():
+            for name, messages in SAMPLE.items():
                 room = Room.objects.create(name=name)
-                Message.objects.bulk_create(Message(room=room, text=text) for text in texts)
+                Message.objects.bulk_create(
+                    Message(room=room, author=author, text=text) for author, text in messages
+                )
         self.stdout.write(f"Created {len(SAMPLE)} sample rooms.")

@@ -6,6 +6,7 @@
  *    (<meta name="csrf-token">) in Django's X-CSRFToken header.
  * 2. Times: a worker renders one message for every reader, in UTC; show them in the reader's zone.
  * 3. Keep the newest message in view when one arrives, unless the reader scrolled up.
+ * 4. The edit field fits its text: chat.css does it with field-sizing; elsewhere, grow it here.
  */
 (function () {
   "use strict";
@@ -61,4 +62,13 @@
       }
     });
   }).observe(document.documentElement, { childList: true, subtree: true });
+
+  if (!(window.CSS && CSS.supports("field-sizing", "content"))) {
+    document.addEventListener("input", function (event) {
+      var field = event.target;
+      if (!field.matches || !field.matches(".edit-form textarea")) return;
+      field.style.height = "auto";
+      field.style.height = field.scrollHeight + 2 + "px";
+    });
+  }
 })();
