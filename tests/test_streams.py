@@ -174,3 +174,18 @@ def test_streams_with_the_same_identity_are_equal(db: None) -> None:
     message = MessageFactory()
     assert message.room.stream == Room.stream(message.room_id)
     assert len({message.room.stream, Room.stream(message.room_id)}) == 1
+
+
+def test_a_stream_outside_an_installed_app_is_named_as_in_turbo_django() -> None:
+    """turbo-django names a stream that no installed app contains ``:Name``; so do we."""
+    namespace: dict[str, Any] = {"__name__": "scripts.one_off", "turbo": turbo}
+    exec("class AnnouncementStream(turbo.Stream):\n    pass\n", namespace)
+    assert namespace["AnnouncementStream"].stream_name == ":AnnouncementStream"
+
+
+def test_meta_app_name_still_wins() -> None:
+    class NamedStream(turbo.Stream):
+        class Meta:
+            app_name = "news"
+
+    assert NamedStream.stream_name == "news:NamedStream"
