@@ -335,4 +335,5 @@ def test_stream_later_goes_through_the_outbox_on_the_alias_of_its_transaction(
         room.stream.later.update(text="hi", id="greeting")
     assert outbox.flush(timeout=5)
     [(args, thread, _)] = [call for call in published if call[0][0] == "chat:RoomStream"]
+    assert args[3:] == ("update", {"selector": None, "id": "greeting", "template": None, "context": None, "text": "hi"})
     assert thread == "turbo-async-outbox"
