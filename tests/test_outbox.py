@@ -6,19 +6,28 @@ and the broker); Celery's eager mode is turned off so the outbox is used, as in 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import override_settings
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
+from demo.chat.models import Room
 from tests.factories import MessageFactory
-from turbo_async import outbox, tasks, worker
-from turbo_async.changes import Change
+from turbo_async import outbox, publish, tasks, worker
+from turbo_async.changes import Change, StreamAction
+from turbo_async.models import OutboxEntry
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
 
 @pytest.fixture
@@ -36,9 +45,11 @@ def published(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> list[tuple[An
     calls: list[tuple[Any, str, Any]] = []
 
     def apply_async(args: Any, kwargs: Any = None, producer: Any = None, **options: Any) -> None:
+        json.dumps([args, kwargs])  # what Celery's JSON serializer would refuse
         calls.append((args, threading.current_thread().name, producer))
 
     monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    monkeypatch.setattr(tasks.stream_action, "apply_async", apply_async)
     return calls
 
 
@@ -54,18 +65,18 @@ def test_queued_changes_share_one_producer(published: list[Any]) -> None:
     changes = [Change("chat.message", pk, "save", True) for pk in range(1, 4)]
     gate = threading.Event()
     # Hold the thread on a first batch so the next ones queue up behind it.
-    outbox._outbox.put([Change("chat.message", 0, "save", True)], "default")
-    original = outbox.publish
+    outbox._outbox.put([outbox.Entry(Change("chat.message", 0, "save", True), "default")])
+    original = publish.send
 
-    def slow_publish(change: Change, alias: str = "default", producer: Any = None) -> None:
+    def slow_send(change: Change, alias: str = "default", producer: Any = None) -> None:
         if change.pk == 0:
             gate.wait(5)
         original(change, alias, producer=producer)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(outbox, "publish", slow_publish)
+        patch.setattr(publish, "send", slow_send)
         for change in changes:
-            outbox._outbox.put([change], "default")
+            outbox._outbox.put([outbox.Entry(change, "default")])
         gate.set()
         assert outbox.flush(timeout=5)
     producers = {id(producer) for args, _, producer in published if args[1] != 0}
@@ -98,10 +109,10 @@ def test_a_full_outbox_logs_what_it_drops(
     import queue
 
     full: queue.Queue[Any] = queue.Queue(maxsize=1)
-    full.put_nowait(([], "default"))
-    monkeypatch.setattr(outbox._outbox, "_ensure_thread", lambda: full)
+    full.put_nowait([])
+    monkeypatch.setattr(outbox._outbox, "start", lambda: full)
     with caplog.at_level(logging.ERROR, logger="turbo_async"):
-        outbox._outbox.put([Change("chat.message", 7, "save", True)], "default")
+        outbox._outbox.put([outbox.Entry(Change("chat.message", 7, "save", True), "default")])
     assert "the broadcast of chat.message pk=7 (save) is dropped" in caplog.text
 
 
@@ -134,3 +145,195 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
     (connection,) = used
     assert connection is not connections["default"]  # the outbox thread's own
     assert connection.connection is None
+
+
+# -- the broker is down: keep, retry, drop only what is too old or too much ------------------
+
+
+class FlakyBroker:
+    """``apply_async`` that fails like an unreachable Redis broker ``failures`` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[Any] = []
+
+    def __call__(self, args: Any, kwargs: Any = None, **options: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.sent.append(args)
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> FlakyBroker:
+    broker = FlakyBroker(failures=3)
+    monkeypatch.setattr(tasks.broadcast, "apply_async", broker)
+    return broker
+
+
+def test_changes_wait_for_the_broker_and_go_out_in_commit_order(
+    flaky: FlakyBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    with override_settings(TURBO_ASYNC={"OUTBOX_RETRY_BACKOFF_MAX": 0.05}):
+        pks = [MessageFactory().pk for _ in range(3)]
+        assert outbox.flush(timeout=5)
+    assert [args[1] for args in flaky.sent] == pks
+    assert f"the broadcast of chat.message pk={pks[0]} (save)" in caplog.text
+    assert "the broker is reachable again after" in caplog.text
+
+
+def test_what_waited_longer_than_the_max_age_is_dropped_with_its_label_and_pk(
+    flaky: FlakyBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky.failures = 10**6
+    with override_settings(TURBO_ASYNC={"OUTBOX_MAX_AGE": 0.2, "OUTBOX_RETRY_BACKOFF_MAX": 0.05}):
+        message = MessageFactory()
+        assert outbox.flush(timeout=5)  # answered once the entry is dropped
+    assert flaky.sent == []
+    assert (
+        f"the broadcast of chat.message pk={message.pk} (save) waited for the broker longer than "
+        "OUTBOX_MAX_AGE (0.2 s) and is dropped"
+    ) in caplog.text
+
+
+def test_flush_honours_its_timeout_while_the_broker_is_down(flaky: FlakyBroker) -> None:
+    flaky.failures = 10**6
+    with override_settings(TURBO_ASYNC={"OUTBOX_RETRY_BACKOFF_MAX": 0.05}):
+        MessageFactory()
+        assert outbox.flush(timeout=0.3) is False
+    flaky.failures = 0
+    assert outbox.flush(timeout=5)
+
+
+def test_flush_honours_its_timeout_when_the_queue_is_full() -> None:
+    box = outbox.Outbox()
+    box._queue = queue.Queue(maxsize=1)
+    box._queue.put_nowait([])
+    box._pid = os.getpid()  # a queue nobody drains: put() would block forever
+    assert box.flush(timeout=0.1) is False
+
+
+def test_a_dead_outbox_thread_is_started_again(published: list[Any], caplog: pytest.LogCaptureFixture) -> None:
+    outbox.start()
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    outbox._outbox._thread = dead  # as if the thread had died
+    message = MessageFactory()
+    assert outbox.flush(timeout=5)
+    assert [args[1] for args, _, _ in published][-1] == message.pk
+    assert "the outbox thread had died; started a new one" in caplog.text
+
+
+def test_an_item_the_broker_cannot_take_is_logged_and_the_rest_go_out(
+    published: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = Change("chat.message", object(), "save", True, shadow="chat.MessageStream.on_save")  # not JSON
+    good = Change("chat.message", 5, "save", True, shadow="chat.MessageStream.on_save")
+    outbox.put([(bad, []), (good, [])], "default")
+    assert outbox.flush(timeout=5)
+    assert [args[1] for args, _, _ in published] == [5]
+    assert "could not queue the broadcast of chat.message pk=<object object" in caplog.text
+
+
+def test_publish_never_raises(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, not_eager: None
+) -> None:
+    def apply_async(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("anything at all")
+
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    monkeypatch.setattr(tasks.stream_action, "apply_async", apply_async)
+    publish.publish(Change("chat.message", 1, "save", shadow="x"), "default")
+    publish.publish(StreamAction("chat:RoomStream", [1], {}, "append", {}), "default")
+    assert "could not queue the broadcast of chat.message pk=1 (save): RuntimeError: anything at all" in caplog.text
+    assert "could not queue the broadcast of chat:RoomStream.append: RuntimeError" in caplog.text
+
+
+def test_exit_drain_logs_what_could_not_go(flaky: FlakyBroker, caplog: pytest.LogCaptureFixture) -> None:
+    flaky.failures = 10**6
+    with override_settings(TURBO_ASYNC={"OUTBOX_EXIT_TIMEOUT": 0.2, "OUTBOX_RETRY_BACKOFF_MAX": 0.05}):
+        message = MessageFactory()
+        outbox.drain_at_exit()
+    assert "exiting with 1 broadcast(s) not published after 0.2 s (OUTBOX_EXIT_TIMEOUT)" in caplog.text
+    assert f"chat.message pk={message.pk} (save)" in caplog.text
+    flaky.failures = 0
+    assert outbox.flush(timeout=5)
+
+
+def test_an_application_callback_that_raises_first_does_not_lose_ours(
+    published: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail() -> None:
+        raise RuntimeError("the application's callback")
+
+    with pytest.raises(RuntimeError, match="the application's callback"), transaction.atomic():
+        transaction.on_commit(fail)
+        message = MessageFactory()
+    assert outbox.flush(timeout=5)
+    assert [args[1] for args, _, _ in published] == [message.pk]
+    assert "an on_commit callback registered before turbo_async's raised" in caplog.text
+
+
+# -- the database outbox -------------------------------------------------------------------------
+
+DATABASE = {"OUTBOX": "database", "OUTBOX_SWEEP_INTERVAL": 3600}
+
+
+def test_the_database_outbox_writes_a_row_in_the_saving_transaction(published: list[Any]) -> None:
+    with override_settings(TURBO_ASYNC=DATABASE):
+        with transaction.atomic():
+            message = MessageFactory()
+            [row] = OutboxEntry.objects.all()
+            assert (row.task, row.args, row.shadow) == (
+                "turbo_async.broadcast", ["chat.message", message.pk, "save", True], "chat.MessageStream.on_save",
+            )
+        assert outbox.flush(timeout=5)
+    assert [args[1] for args, _, _ in published] == [message.pk]
+    assert not OutboxEntry.objects.exists()  # published, then deleted
+
+
+def test_a_rolled_back_save_leaves_no_outbox_row(published: list[Any]) -> None:
+    with override_settings(TURBO_ASYNC=DATABASE):
+        with transaction.atomic():
+            MessageFactory()
+            try:
+                with transaction.atomic():
+                    MessageFactory()
+                    raise RuntimeError("roll the savepoint back")
+            except RuntimeError:
+                pass
+            assert OutboxEntry.objects.count() == 1
+        with pytest.raises(RuntimeError), transaction.atomic():
+            MessageFactory()
+            raise RuntimeError("roll everything back")
+        assert outbox.flush(timeout=5)
+    assert len(published) == 1
+    assert not OutboxEntry.objects.exists()
+
+
+def test_the_sweep_publishes_rows_left_behind_in_commit_order(published: list[Any]) -> None:
+    left = [
+        OutboxEntry.objects.create(task="turbo_async.broadcast", args=["chat.message", pk, "save", True])
+        for pk in (7, 3, 9)
+    ]
+    OutboxEntry.objects.filter(pk__in=[row.pk for row in left]).update(
+        created_at=timezone.now() - timedelta(minutes=1)
+    )
+    young = OutboxEntry.objects.create(task="turbo_async.broadcast", args=["chat.message", 1, "save", True])
+    with override_settings(TURBO_ASYNC=DATABASE):
+        assert outbox.sweep() == 3
+    assert [args[1] for args, _, _ in published] == [7, 3, 9]
+    assert list(OutboxEntry.objects.all()) == [young]  # a live process's row: its own relay's
+
+
+def test_stream_later_goes_through_the_outbox_on_the_alias_of_its_transaction(
+    published: list[Any],
+) -> None:
+    with transaction.atomic(using="other"):
+        room = Room.objects.using("other").create(name="elsewhere")
+        room.stream.later.update(text="hi", id="greeting")
+    assert outbox.flush(timeout=5)
+    [(args, thread, _)] = [call for call in published if call[0][0] == "chat:RoomStream"]
+    assert args[3:] == ("update", {"selector": None, "id": "greeting", "template": None, "context": None, "text": "hi"})
+    assert thread == "turbo-async-outbox"

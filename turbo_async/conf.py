@@ -7,7 +7,13 @@ Every key is optional::
         "QUEUE": None,                  # Celery queue of the broadcast tasks (None: the default queue)
         "ON_PUBLISH_ERROR": "log",      # broker down at commit: "log" the change, or run it "inline"
         "PUBLISH_IN_BACKGROUND": True,  # publish from a per-process thread, off the commit path
+        "OUTBOX": "memory",             # or "database": changes written in the saving transaction
         "OUTBOX_MAX_SIZE": 10000,       # committed changes that may wait for that thread
+        "OUTBOX_MAX_AGE": 600.0,        # seconds a change may wait for the broker before it is dropped
+        "OUTBOX_RETRY_BACKOFF_MAX": 5.0,  # cap, in seconds, of the wait between attempts to publish
+        "OUTBOX_EXIT_TIMEOUT": 5.0,     # seconds the outbox may take to drain at exit / SIGTERM
+        "OUTBOX_SWEEP_INTERVAL": 30.0,  # "database": seconds between sweeps of rows left behind
+        "OUTBOX_SWEEP_AFTER": 10.0,     # "database": rows older than this are a dead process's
         "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
         "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
         "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
@@ -48,6 +54,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 ON_PUBLISH_ERROR_CHOICES = ("log", "inline")
+OUTBOX_CHOICES = ("memory", "database")
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,13 @@ class TurboAsyncSettings:
     QUEUE: str | None = None
     ON_PUBLISH_ERROR: str = "log"
     PUBLISH_IN_BACKGROUND: bool = True
+    OUTBOX: str = "memory"
     OUTBOX_MAX_SIZE: int = 10000
+    OUTBOX_MAX_AGE: float = 600.0
+    OUTBOX_RETRY_BACKOFF_MAX: float = 5.0
+    OUTBOX_EXIT_TIMEOUT: float = 5.0
+    OUTBOX_SWEEP_INTERVAL: float = 30.0
+    OUTBOX_SWEEP_AFTER: float = 10.0
     PUBLISH_MAX_RETRIES: int = 2
     PUBLISH_RETRY_INTERVAL: float = 0.2
     DELIVERY_MAX_RETRIES: int = 5
@@ -111,6 +124,11 @@ def load(raw: Any) -> TurboAsyncSettings:
     if choice not in ON_PUBLISH_ERROR_CHOICES:
         raise ImproperlyConfigured(
             f"TURBO_ASYNC['ON_PUBLISH_ERROR'] must be one of {ON_PUBLISH_ERROR_CHOICES}, not {choice!r}."
+        )
+    outbox = raw.get("OUTBOX", defaults.OUTBOX)
+    if outbox not in OUTBOX_CHOICES:
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['OUTBOX'] must be one of {OUTBOX_CHOICES}, not {outbox!r}."
         )
     ws_path = raw.get("WS_PATH", defaults.WS_PATH)
     if not (ws_path.startswith("/") and ws_path.endswith("/")):

@@ -1,9 +1,20 @@
-"""Layer 3, request side: the outbox, committed changes waiting to be published, drained by one thread per process.
+"""Layer 3, request side: the outbox, committed changes waiting to be published by one thread per
+process.
 
 A commit hands its merged changes to the outbox and returns; the thread publishes them in commit
 order, several per broker connection when they queue up. So a save pays neither the broker round
-trip nor the broker's failures. At interpreter exit the outbox is flushed (for up to 5 s), and
-:func:`flush` lets tests and management commands wait for it.
+trip nor the broker's failures. While the broker is unreachable the thread keeps the changes and
+tries again with backoff (up to ``OUTBOX_RETRY_BACKOFF_MAX`` seconds apart) until it is back,
+dropping, with a log line naming each, only what waited longer than ``OUTBOX_MAX_AGE`` or did not
+fit in ``OUTBOX_MAX_SIZE``. At interpreter exit and on SIGTERM the outbox is drained for up to
+``OUTBOX_EXIT_TIMEOUT`` seconds, and what could not go is logged. :func:`flush` lets tests and
+management commands wait for it.
+
+With ``TURBO_ASYNC = {"OUTBOX": "database"}`` each change is also a row of
+:class:`~turbo_async.models.OutboxEntry`, written in the saving transaction
+(:mod:`~turbo_async.pending`); the thread deletes the rows it published, and :func:`sweep`
+publishes the rows a killed process left behind (every ``OUTBOX_SWEEP_INTERVAL`` seconds, in every
+process that runs the outbox, workers included).
 
 The outbox is bypassed, and changes published at commit, in Celery's eager mode, inside a task
 (a worker child may exit without running ``atexit``), and when ``PUBLISH_IN_BACKGROUND`` is off.
@@ -15,96 +26,285 @@ import atexit
 import logging
 import os
 import queue
+import signal
 import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import FrameType
+from typing import Any
 
-from django.db import connections
+from django.apps import apps
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from . import conf
+from . import conf, publish
 from .changes import Change, StreamAction
-from .publish import publish, publishes_now
 
 logger = logging.getLogger("turbo_async")
 
-EXIT_FLUSH_TIMEOUT = 5.0
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError, TimeoutError)
+"""What an unreachable broker raises from ``apply_async``: retried, never dropped at once."""
 
-Commit = tuple[list[Change | StreamAction], str]
-"""The items of one commit and the database alias it committed on."""
+SWEEP_BATCH = 500
+
+
+@dataclass
+class Entry:
+    """One committed item on its way to the broker, with the outbox rows that stand for it."""
+
+    item: Change | StreamAction
+    alias: str
+    rows: list[int] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
 
 
 class Outbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Commit | threading.Event] | None = None
+        self._queue: queue.Queue[list[Entry] | threading.Event] | None = None
+        self._thread: threading.Thread | None = None
         self._pid = 0
+        self._wake = threading.Event()  # cuts a backoff wait short (flush, exit)
+        self._backlog: deque[Entry | threading.Event] = deque()
 
-    def _ensure_thread(self) -> queue.Queue[Commit | threading.Event]:
-        if self._queue is not None and self._pid == os.getpid():
+    def start(self) -> queue.Queue[list[Entry] | threading.Event]:
+        """The queue of the drain thread, started (again) if this process has none alive."""
+        thread = self._thread
+        if self._queue is not None and self._pid == os.getpid() and thread is not None and thread.is_alive():
             return self._queue
         with self._lock:
             if self._queue is None or self._pid != os.getpid():
                 self._queue = queue.Queue(maxsize=conf.get().OUTBOX_MAX_SIZE)
+                self._backlog = deque()
                 self._pid = os.getpid()
-                threading.Thread(
-                    target=self._drain, args=(self._queue,), name="turbo-async-outbox", daemon=True
-                ).start()
+                self._thread = None
+            if self._thread is None or not self._thread.is_alive():
+                if self._thread is not None:
+                    logger.error("the outbox thread had died; started a new one")
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="turbo-async-outbox", daemon=True
+                )
+                self._thread.start()
             return self._queue
 
-    def put(self, items: list[Change | StreamAction], alias: str) -> None:
+    def put(self, entries: list[Entry]) -> None:
         try:
-            self._ensure_thread().put_nowait((items, alias))
+            self.start().put_nowait(entries)
         except queue.Full:
-            for item in items:
+            for entry in entries:
                 logger.error(
-                    "outbox full (%d commits waiting for the broker); the broadcast of %s is dropped",
-                    conf.get().OUTBOX_MAX_SIZE, item.describe(),
+                    "outbox full (%d commits waiting for the broker); the broadcast of %s is dropped%s",
+                    conf.get().OUTBOX_MAX_SIZE, entry.item.describe(), _kept(entry),
                 )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what was put so far is published; False if ``timeout`` ran out first."""
         if self._queue is None or self._pid != os.getpid():
             return True
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        self._wake.set()
+        return done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _drain(self, commits: queue.Queue[Commit | threading.Event]) -> None:
-        while True:
-            taken = [commits.get()]
-            while True:  # take what queued up meanwhile: one producer connection for all of it
-                try:
-                    taken.append(commits.get_nowait())
-                except queue.Empty:
-                    break
+    def waiting(self) -> list[Entry]:
+        """The entries not published yet (those the thread holds, then those queued)."""
+        held: list[Any] = []
+        for source in (self._backlog, getattr(self._queue, "queue", ())):
             try:
-                with conf.celery_app().producer_or_acquire() as producer:
-                    for commit in taken:
-                        if isinstance(commit, threading.Event):
-                            continue
-                        items, alias = commit
-                        for item in items:
-                            publish(item, alias, producer=producer)
-            except Exception:  # publish() logs its own failures; this is the pool's
-                logger.exception("the outbox could not reach the broker")
+                held.extend(list(source))
+            except RuntimeError:  # changed while copied: the thread is busy; good enough
+                pass
+        entries: list[Entry] = []
+        for value in held:
+            if isinstance(value, Entry):
+                entries.append(value)
+            elif isinstance(value, list):
+                entries.extend(value)
+        return entries
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self, commits: queue.Queue[list[Entry] | threading.Event]) -> None:
+        backlog = self._backlog
+        failures, failing_since, last_sweep = 0, 0.0, float("-inf")
+        while True:
+            reached: list[threading.Event] = []  # flushes answered once connections are closed
+            try:
+                if not backlog:
+                    settings = conf.get()
+                    database = settings.OUTBOX == "database"
+                    try:
+                        self._take(commits.get(timeout=settings.OUTBOX_SWEEP_INTERVAL if database else None))
+                    except queue.Empty:
+                        pass
+                settings = conf.get()
+                database = settings.OUTBOX == "database"
+                while len(backlog) < settings.OUTBOX_MAX_SIZE:
+                    try:
+                        self._take(commits.get_nowait())
+                    except queue.Empty:
+                        break
+                if database and time.monotonic() - last_sweep >= settings.OUTBOX_SWEEP_INTERVAL:
+                    last_sweep = time.monotonic()
+                    sweep()
+                if self._publish(backlog, settings, reached):
+                    if failures:
+                        logger.warning(
+                            "the broker is reachable again after %.1f s; the waiting broadcasts are published",
+                            time.monotonic() - failing_since,
+                        )
+                    failures = 0
+                    continue
+                if not failures:
+                    failing_since = time.monotonic()
+                failures += 1
+                self._wake.clear()
+                self._wake.wait(min(settings.OUTBOX_RETRY_BACKOFF_MAX, 0.1 * 2**failures))
+            except Exception:  # never let the thread die on one bad round; start() restarts it anyway
+                logger.exception("the outbox thread failed; retrying in 1 s")
+                time.sleep(1)
             finally:
-                # ON_PUBLISH_ERROR="inline" ran hooks here: do not keep their database
-                # connections open in this thread (they would outlive every request).
+                # ON_PUBLISH_ERROR="inline" and the database outbox use this thread's database
+                # connections: do not keep them open (they would outlive every request).
                 for connection in connections.all(initialized_only=True):
                     connection.close()
-                for commit in taken:
-                    if isinstance(commit, threading.Event):
-                        commit.set()
+                for event in reached:
+                    event.set()
+
+    def _take(self, value: list[Entry] | threading.Event) -> None:
+        if isinstance(value, threading.Event):
+            self._backlog.append(value)
+        else:
+            self._backlog.extend(value)
+
+    def _publish(
+        self,
+        backlog: deque[Entry | threading.Event],
+        settings: conf.TurboAsyncSettings,
+        reached: list[threading.Event],
+    ) -> bool:
+        """Publish the backlog in order. False when the broker failed: the rest waits."""
+        sent: dict[str, list[int]] = {}
+        try:
+            with conf.celery_app().producer_or_acquire() as producer:
+                while backlog:
+                    head = backlog[0]
+                    if isinstance(head, threading.Event):
+                        reached.append(head)
+                        backlog.popleft()
+                        continue
+                    if time.monotonic() - head.since > settings.OUTBOX_MAX_AGE:
+                        logger.error(
+                            "the broadcast of %s waited for the broker longer than OUTBOX_MAX_AGE "
+                            "(%s s) and is dropped%s", head.item.describe(), settings.OUTBOX_MAX_AGE, _kept(head),
+                        )
+                        backlog.popleft()
+                        continue
+                    try:
+                        publish.send(head.item, head.alias, producer)
+                    except BROKER_ERRORS as exc:
+                        if settings.ON_PUBLISH_ERROR != "inline":
+                            waiting = sum(isinstance(entry, Entry) for entry in backlog)
+                            logger.warning(
+                                "the broker is unreachable (%s: %s); the broadcast of %s%s waits and is retried",
+                                type(exc).__name__, exc, head.item.describe(),
+                                f" and {waiting - 1} more" if waiting > 1 else "",
+                            )
+                            return False
+                        publish.failed(head.item, head.alias, exc)
+                    except Exception as exc:  # not the broker's fault: retrying would not help
+                        publish.failed(head.item, head.alias, exc)
+                    backlog.popleft()
+                    sent.setdefault(head.alias, []).extend(head.rows)
+        except BROKER_ERRORS as exc:  # the producer pool itself
+            logger.warning("the broker is unreachable (%s: %s); retrying", type(exc).__name__, exc)
+            return False
+        finally:
+            _delete_rows(sent)
+        return True
+
+
+def _kept(entry: Entry) -> str:
+    return " (its outbox row stays for the sweep)" if entry.rows else ""
+
+
+def _delete_rows(rows: dict[str, list[int]]) -> None:
+    if not any(rows.values()):
+        return
+    model = apps.get_model("turbo_async", "OutboxEntry")
+    for alias, ids in rows.items():
+        for start in range(0, len(ids), SWEEP_BATCH):
+            try:
+                model._base_manager.using(alias).filter(id__in=ids[start : start + SWEEP_BATCH]).delete()
+            except DatabaseError as exc:  # they are published again by the sweep: harmless
+                logger.warning("could not delete %d published outbox row(s) on %r: %s", len(ids), alias, exc)
+
+
+def sweep(older_than: float | None = None) -> int:
+    """Publish, in commit order, the outbox rows older than ``older_than`` seconds (by default
+    ``OUTBOX_SWEEP_AFTER``) on every database, and delete them. Returns how many went out.
+
+    They are what a killed process committed but never published; a live process's rows are
+    younger. A row published twice is harmless: broadcasts converge to the database.
+    """
+    settings = conf.get()
+    age = settings.OUTBOX_SWEEP_AFTER if older_than is None else older_than
+    model = apps.get_model("turbo_async", "OutboxEntry")
+    published = 0
+    for alias in connections:
+        try:
+            while True:
+                count = _sweep_batch(model, alias, age)
+                published += count
+                if count < SWEEP_BATCH:
+                    break
+        except DatabaseError as exc:  # e.g. migrations not applied on this database
+            logger.debug("no outbox sweep on %r: %s", alias, exc)
+    if published:
+        logger.warning("published %d broadcast(s) that a stopped process left in the outbox table", published)
+    return published
+
+
+def _sweep_batch(model: Any, alias: str, age: float) -> int:
+    cutoff = timezone.now() - timedelta(seconds=age)
+    with transaction.atomic(using=alias):
+        rows = model._base_manager.using(alias).filter(created_at__lte=cutoff).order_by("id")
+        if connections[alias].features.has_select_for_update_skip_locked:
+            rows = rows.select_for_update(skip_locked=True)  # two sweepers share the work
+        taken = list(rows[:SWEEP_BATCH])
+        with conf.celery_app().producer_or_acquire() as producer:
+            for row in taken:
+                publish.send_message(row.task, row.args, row.kwargs, row.shadow, producer)
+        model._base_manager.using(alias).filter(id__in=[row.id for row in taken]).delete()
+    return len(taken)
 
 
 _outbox = Outbox()
 
 
-def put(items: list[Change | StreamAction], alias: str) -> None:
-    """Publish the ``items`` of a commit on ``alias``: in the background, or now (see above)."""
-    if conf.get().PUBLISH_IN_BACKGROUND and not publishes_now():
-        _outbox.put(items, alias)
+def put(committed: Iterable[tuple[Change | StreamAction, list[int]]], alias: str) -> None:
+    """Publish what a commit on ``alias`` committed (items and their outbox rows): in the
+    background, or now (see above)."""
+    entries = [Entry(item, alias, rows) for item, rows in committed]
+    if conf.get().PUBLISH_IN_BACKGROUND and not publish.publishes_now():
+        _outbox.put(entries)
         return
-    for item in items:
-        publish(item, alias)
+    for entry in entries:
+        publish.publish(entry.item, alias)
+    _delete_rows({alias: [row for entry in entries for row in entry.rows]})
+
+
+def start() -> None:
+    """Start this process's outbox thread now (the database outbox sweeps from it)."""
+    _outbox.start()
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -117,4 +317,41 @@ def flush(timeout: float | None = None) -> bool:
     return _outbox.flush(timeout)
 
 
-atexit.register(_outbox.flush, EXIT_FLUSH_TIMEOUT)
+def drain_at_exit() -> None:
+    """Give the outbox ``OUTBOX_EXIT_TIMEOUT`` seconds to publish, and log what it could not."""
+    if _outbox._queue is None or _outbox._pid != os.getpid():
+        return
+    settings = conf.get()
+    if _outbox.flush(settings.OUTBOX_EXIT_TIMEOUT):
+        return
+    left = _outbox.waiting()
+    shown = ", ".join(entry.item.describe() for entry in left[:10]) + (", ..." if len(left) > 10 else "")
+    kept = any(entry.rows for entry in left)
+    logger.error(
+        "exiting with %d broadcast(s) not published after %s s (OUTBOX_EXIT_TIMEOUT): %s%s",
+        len(left), settings.OUTBOX_EXIT_TIMEOUT, shown,
+        "; their outbox rows stay for the sweep" if kept else "",
+    )
+
+
+def install_sigterm_drain() -> None:
+    """On SIGTERM, drain the outbox before dying, when nothing else handles SIGTERM.
+
+    Servers (uvicorn, gunicorn, daphne, Celery) install their own handler and exit normally,
+    which runs :func:`drain_at_exit` through ``atexit``; a plain script killed with SIGTERM would
+    otherwise die at once with its committed changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        drain_at_exit()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+atexit.register(drain_at_exit)

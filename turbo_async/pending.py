@@ -6,35 +6,49 @@ markers of a rolled-back savepoint or transaction, so an item counts only while 
 alive. When the first marker runs after the commit, the surviving changes are merged per object
 (``created`` sticks, a delete supersedes saves), ``stream.later`` actions keep their place, and the
 whole commit goes to :mod:`~turbo_async.outbox`.
+
+With ``OUTBOX = "database"`` each item is also written, at once, as an outbox row in the same
+transaction: it commits or rolls back with the save, and survives a process killed before it
+published.
+
+An application's own ``on_commit`` callback that raises makes Django skip the callbacks after it,
+ours included; the connection's commit hook is wrapped once so that what committed is still
+handed to the outbox (and a warning says so).
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from . import outbox
+from . import conf, outbox, publish, recording
 from .changes import Change, StreamAction
+
+logger = logging.getLogger("turbo_async")
 
 Item = Change | StreamAction
 
 _ATTRIBUTE = "_turbo_async_pending"  # the open _Transaction of a connection
+_GUARDED = "_turbo_async_guarded"  # its commit hook is wrapped (see _guard)
 
 
 class _Marker:
     """The on_commit callback of one item; alive only while its savepoint is."""
 
-    __slots__ = ("__weakref__", "item", "transaction")
+    __slots__ = ("__weakref__", "item", "row", "transaction")
 
-    def __init__(self, transaction: _Transaction, item: Item) -> None:
+    def __init__(self, transaction: _Transaction, item: Item, row: int | None) -> None:
         self.transaction = transaction
         self.item = item
+        self.row = row
 
     def __call__(self) -> None:
         self.transaction.commit()
@@ -47,8 +61,8 @@ class _Transaction:
     order: list[weakref.ref[_Marker]] = field(default_factory=list)
     done: bool = False
 
-    def add(self, item: Item) -> _Marker:
-        marker = _Marker(self, item)
+    def add(self, item: Item, row: int | None) -> _Marker:
+        marker = _Marker(self, item, row)
         self.markers.add(marker)
         self.order.append(weakref.ref(marker))
         return marker
@@ -61,28 +75,32 @@ class _Transaction:
             return
         self.done = True
         _detach(self)
-        outbox.put(self.committed(), self.alias)
+        try:
+            outbox.put(self.committed(), self.alias)
+        except Exception:  # a commit must never fail because of us; say what was lost
+            logger.exception("could not hand %d committed change(s) to the outbox", len(self.order))
 
-    def committed(self) -> list[Item]:
-        """The surviving items in order, changes merged per object at their first place."""
-        items: list[Item] = []
+    def committed(self) -> list[tuple[Item, list[int]]]:
+        """The surviving items in order, changes merged per object at their first place, each
+        with the outbox rows that stand for it."""
+        items: list[tuple[Item, list[int]]] = []
         places: dict[tuple[str, Any], int] = {}
         for ref in self.order:
             marker = ref()
             if marker is None:  # its savepoint or transaction was rolled back
                 continue
-            item = marker.item
+            item, rows = marker.item, [] if marker.row is None else [marker.row]
             if isinstance(item, StreamAction):
-                items.append(item)
+                items.append((item, rows))
                 continue
             place = places.get(item.key)
             if place is None:
                 places[item.key] = len(items)
-                items.append(item)
-            else:
-                earlier = items[place]
-                assert isinstance(earlier, Change)
-                items[place] = earlier.merge(item)
+                items.append((item, rows))
+                continue
+            earlier, earlier_rows = items[place]
+            if isinstance(earlier, Change):
+                items[place] = (earlier.merge(item), earlier_rows + rows)
         return items
 
 
@@ -95,11 +113,48 @@ def _detach(open_transaction: _Transaction) -> None:
 def record(alias: str, item: Item) -> None:
     """Note a change (or a ``stream.later`` action) on ``alias``; it is published on commit."""
     connection = connections[alias]
+    _guard(connection)
     open_transaction: _Transaction | None = getattr(connection, _ATTRIBUTE, None)
     if open_transaction is None or not open_transaction.alive():
         open_transaction = _Transaction(alias)
         setattr(connection, _ATTRIBUTE, open_transaction)
-    transaction.on_commit(open_transaction.add(item), using=alias)
+    transaction.on_commit(open_transaction.add(item, _write_row(alias, item)), using=alias)
+
+
+def _write_row(alias: str, item: Item) -> int | None:
+    """With the database outbox, the item as an outbox row in the current transaction."""
+    if conf.get().OUTBOX != "database" or recording.active() or conf.celery_app().conf.task_always_eager:
+        return None
+    name, args, kwargs = publish.message(item, alias)
+    model = apps.get_model("turbo_async", "OutboxEntry")
+    row = model._base_manager.using(alias).create(task=name, args=list(args), kwargs=kwargs, shadow=item.shadow)
+    return int(row.pk)
+
+
+def _guard(connection: Any) -> None:
+    """Wrap the connection's commit hook once: if an on_commit callback registered before ours
+    raises, Django drops the rest; hand what this transaction committed to the outbox anyway."""
+    if getattr(connection, _GUARDED, False):
+        return
+    run_hooks: Callable[[], None] = connection.run_and_clear_commit_hooks
+
+    def run_and_clear_commit_hooks() -> None:
+        committed: _Transaction | None = getattr(connection, _ATTRIBUTE, None)
+        try:
+            run_hooks()
+        except Exception:
+            # Our markers are still referenced by Django's list in the traceback: alive.
+            if committed is not None and committed.alive():
+                logger.warning(
+                    "an on_commit callback registered before turbo_async's raised; Django skipped "
+                    "the callbacks after it, the %d broadcast(s) of this commit are published anyway",
+                    len(committed.markers),
+                )
+                committed.commit()
+            raise
+
+    connection.run_and_clear_commit_hooks = run_and_clear_commit_hooks
+    setattr(connection, _GUARDED, True)
 
 
 def defer(action: StreamAction, using: str | None = None) -> None:

@@ -9,6 +9,7 @@ publishing never looks anything up in the stream registry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -21,32 +22,54 @@ from .changes import BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 logger = logging.getLogger("turbo_async")
 
 
-def publish(item: Change | StreamAction, alias: str = DEFAULT_DB_ALIAS, producer: Any = None) -> None:
-    """Queue the broadcast of one committed item.
+def publish(item: Change | StreamAction, alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Queue the broadcast of one committed item, now (at commit, not through the outbox).
 
-    Never raises for a broker failure: a save must not fail because the broker is down; the
-    failure is logged (and the broadcast run in this process if ``ON_PUBLISH_ERROR`` is
-    ``"inline"``). While a test records broadcasts the task runs here, now, and a hook's exception
-    reaches the test.
+    Never raises: a save must not fail because the broker is down or the item is broken; the
+    failure is logged with the label and pk (and the broadcast run in this process if
+    ``ON_PUBLISH_ERROR`` is ``"inline"``). While a test records broadcasts the task runs here,
+    now, and a hook's exception reaches the test.
     """
-    name, args, kwargs = message(item, alias)
     if recording.active():
-        conf.celery_app().tasks[name].apply(args, kwargs, throw=True)
+        run_here(item, alias, throw=True)
         return
-    settings = conf.get()
     try:
-        task = conf.celery_app().tasks[name]
-        # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
-        task.apply_async(args, kwargs, argsrepr=repr(args), producer=producer, **options(item.shadow, settings))
+        send(item, alias)
     except Exception as exc:
-        logger.error(
-            "could not queue the broadcast of %s: %s: %s", item.describe(), type(exc).__name__, exc
-        )
-        if settings.ON_PUBLISH_ERROR == "inline":
-            try:
-                conf.celery_app().tasks[name].apply(args, kwargs, throw=True)
-            except Exception:
-                logger.exception("inline broadcast of %s failed", item.describe())
+        failed(item, alias, exc)
+
+
+def send(item: Change | StreamAction, alias: str, producer: Any = None) -> None:
+    """Send the task of ``item`` to the broker; raises what the broker raised."""
+    name, args, kwargs = message(item, alias)
+    send_message(name, args, kwargs, item.shadow, producer)
+
+
+def send_message(
+    name: str, args: Sequence[Any], kwargs: dict[str, Any], shadow: str, producer: Any = None
+) -> None:
+    """Send one task message as it is (the database outbox stores these); raises on failure."""
+    task = conf.celery_app().tasks[name]
+    # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
+    task.apply_async(
+        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get())
+    )
+
+
+def run_here(item: Change | StreamAction, alias: str, *, throw: bool) -> None:
+    """Run the task of ``item`` in this process (tests; ``ON_PUBLISH_ERROR="inline"``)."""
+    name, args, kwargs = message(item, alias)
+    conf.celery_app().tasks[name].apply(args, kwargs, throw=throw)
+
+
+def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
+    """Log a publish that could not be done, and run it here if ``ON_PUBLISH_ERROR`` says so."""
+    logger.error("could not queue the broadcast of %s: %s: %s", item.describe(), type(exc).__name__, exc)
+    if conf.get().ON_PUBLISH_ERROR == "inline":
+        try:
+            run_here(item, alias, throw=True)
+        except Exception:
+            logger.exception("inline broadcast of %s failed", item.describe())
 
 
 def message(item: Change | StreamAction, alias: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_ready
 from django.db import DEFAULT_DB_ALIAS
 
-from . import worker
+from . import conf, outbox, worker
 from .changes import BROADCAST_TASK, STREAM_ACTION_TASK
 from .exceptions import DeliveryError
 
@@ -55,3 +56,12 @@ def stream_action(
         return worker.perform_action(stream_name, args, kwargs, action, options)
     except DeliveryError as exc:
         worker.retry(self, exc, f"{stream_name}.{action}")
+
+
+@worker_ready.connect
+def start_outbox_sweep(**kwargs: Any) -> None:
+    """With the database outbox, the worker's main process sweeps the outbox table: the rows of a
+    web process killed between its commit and its publish go out within
+    ``OUTBOX_SWEEP_AFTER + OUTBOX_SWEEP_INTERVAL`` seconds. Started once the pool has forked."""
+    if conf.get().OUTBOX == "database":
+        outbox.start()

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +22,21 @@ from typing import Any
 
 import pytest
 from django.conf import LazySettings
+from django.db import transaction
 
 from demo.chat.models import Message
 from tests.conftest import LOG_DIR
 from tests.factories import MessageFactory, ProbeFactory, RoomFactory
-from tests.services import CeleryWorker, Process, RedisServer, Uvicorn, free_port, subscribed
+from tests.services import (
+    CeleryWorker,
+    Process,
+    RedisServer,
+    StreamClient,
+    Uvicorn,
+    free_port,
+    subprocess_env,
+    subscribed,
+)
 from tests.testapp.models import Probe
 from turbo_async import outbox, suppress
 
@@ -185,11 +199,14 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
     started = time.monotonic()
     message = MessageFactory(room=room)
     elapsed = time.monotonic() - started
-    # The save only handed the change to the outbox; its thread meets the dead broker.
-    assert outbox.flush(timeout=20)
+    # The save only handed the change to the outbox; its thread meets the dead broker and waits.
+    wait_until(lambda: f"the broadcast of chat.message pk={message.pk} (save) waits" in caplog.text,
+               what="the outbox's warning")
+    assert not outbox.flush(timeout=0.5)
     live_stack.broker.start()
+    assert outbox.flush(timeout=20)
     assert Message.objects.filter(pk=message.pk).exists()
-    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
+    assert "the broker is reachable again" in caplog.text
     assert elapsed < 10, f"the save hung for {elapsed:.1f}s"
 
 
@@ -198,7 +215,7 @@ def test_save_returns_when_the_broker_hangs(
 ) -> None:
     # A frozen Redis accepts connections and never answers. The save does not wait for it (the
     # outbox publishes); the transport's socket_timeout (tests/settings.py: 2 s,
-    # docs/guarantees.rst) bounds the outbox's publish.
+    # docs/guarantees.rst) bounds each of the outbox's attempts, and it tries again.
     with suppress():
         room = RoomFactory()
     assert live_stack.broker.process is not None
@@ -207,11 +224,12 @@ def test_save_returns_when_the_broker_hangs(
         started = time.monotonic()
         message = MessageFactory(room=room)
         elapsed = time.monotonic() - started
-        assert outbox.flush(timeout=30)
+        wait_until(lambda: f"chat.message pk={message.pk} (save) waits" in caplog.text, timeout=30,
+                   what="the outbox's warning")
     finally:
         live_stack.broker.process.send_signal(signal.SIGCONT)
+    assert outbox.flush(timeout=30)
     assert Message.objects.filter(pk=message.pk).exists()
-    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
     assert elapsed < 20, f"the save hung for {elapsed:.1f}s"
 
 
@@ -249,14 +267,13 @@ def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> N
         # exits ("Unrecoverable error: AttributeError"; docs/guarantees.rst).
         wait_until(lambda: live_stack.broker.client().hlen("unacked") == 0, what="the ack")
         live_stack.broker.stop()
-        MessageFactory(room=room, text="lost while down")
-        assert outbox.flush(timeout=20)  # its publish fails (and is logged) while Redis is down
+        MessageFactory(room=room, text="saved while down")
+        assert not outbox.flush(timeout=1)  # the outbox holds it while Redis is down
         live_stack.broker.start()
         # Same test process, same worker, same uvicorn: nothing was restarted but Redis.
         MessageFactory(room=room, text="after the restart")
-        frames = client.receive_frames(timeout=30)
-    assert "after the restart" in frames
-    assert "lost while down" not in frames
+        frames = client.receive_frames(timeout=30) + client.receive_frames(timeout=30)
+    assert frames.index("saved while down") < frames.index("after the restart")  # commit order
     assert "Connection to broker lost" in worker_log.text()
 
 
@@ -393,3 +410,152 @@ def test_task_of_a_killed_worker_is_redelivered_and_broadcast(live_stack: Stack)
         f'<turbo-stream action="update" target="probe-{probe.pk}"><template>survived</template></turbo-stream>'
     )
     assert Probe.objects.get(pk=probe.pk).runs == 2
+
+
+# -- the outbox: nothing committed is lost between the commit and the worker ---------------------
+
+BROKER_DOWN_SECONDS = float(os.environ.get("TURBO_TEST_BROKER_DOWN_SECONDS", "20"))
+MESSAGE_ID = re.compile(r'id="message-(\d+)"')
+
+# A web process in miniature: it saves COUNT messages in ROOM (in one transaction unless
+# AUTOCOMMIT), then ENDS as told: "kill" (SIGKILL right after the commit), "sigterm" or "exit".
+WEB_SCRIPT = """
+import os, signal, sys, django
+django.setup()
+from django.db import transaction
+from demo.chat.models import Message
+room, count, end = int(os.environ["ROOM"]), int(os.environ["COUNT"]), os.environ["END"]
+if os.environ.get("AUTOCOMMIT"):
+    for i in range(count):
+        Message.objects.create(room_id=room, text=f"m{i}")
+else:
+    with transaction.atomic():
+        for i in range(count):
+            Message.objects.create(room_id=room, text=f"m{i}")
+print("committed", flush=True)
+if end == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+elif end == "sigterm":
+    os.kill(os.getpid(), signal.SIGTERM)
+sys.exit(0)
+"""
+
+
+def run_web_script(stack: Stack, room_id: int, count: int, end: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WEB_SCRIPT], capture_output=True, text=True, timeout=120,
+        env=subprocess_env(**(stack.env | {"ROOM": str(room_id), "COUNT": str(count), "END": end} | env)),
+    )
+
+
+def collect_message_ids(client: StreamClient, count: int, timeout: float) -> set[int]:
+    """The ids of the messages appended on the socket, until ``count`` are seen or time is up."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        try:
+            frames = client.receive_frames(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        seen.update(int(pk) for pk in MESSAGE_ID.findall(frames))
+    return seen
+
+
+def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_returns(
+    live_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Default settings: the outbox thread holds the changes and retries until the broker is
+    back (BROKER_DOWN_SECONDS, 20 s by default)."""
+    with suppress():
+        room = RoomFactory()
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        wait_until(lambda: live_stack.broker.client().hlen("unacked") == 0, what="no unacked task")
+        live_stack.broker.stop()
+        saved = {MessageFactory(room=room, text=f"down {i}").pk for i in range(50)}
+        time.sleep(BROKER_DOWN_SECONDS)
+        live_stack.broker.start()
+        seen = collect_message_ids(client, 50, timeout=60)
+    assert seen == saved, f"{len(saved - seen)} of 50 lost"
+    assert "the broker is reachable again after" in caplog.text
+    assert outbox.flush(timeout=5)
+
+
+def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_outbox(
+    live_stack: Stack,
+) -> None:
+    """200 saves in one transaction, SIGKILL right after the commit: the rows it wrote in that
+    transaction are published by the sweep of a worker (OUTBOX_SWEEP_AFTER 1 s here)."""
+    from turbo_async.models import OutboxEntry
+
+    database = {"OUTBOX": "database", "OUTBOX_SWEEP_AFTER": 1, "OUTBOX_SWEEP_INTERVAL": 1}
+    sweeper = live_stack.new_worker(
+        "failures-worker-db", TURBO_TEST_TURBO_ASYNC=json.dumps(WORKER_SETTINGS | database)
+    )
+    with suppress():
+        room = RoomFactory()
+    try:
+        with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+            web = run_web_script(
+                live_stack, room.pk, 200, "kill", TURBO_TEST_TURBO_ASYNC=json.dumps(database)
+            )
+            assert web.returncode == -signal.SIGKILL and "committed" in web.stdout, web.stderr
+            saved = set(Message.objects.filter(room=room).values_list("pk", flat=True))
+            left = OutboxEntry.objects.count()  # what the killed process had not published
+            sweeper.start()
+            seen = collect_message_ids(client, 200, timeout=60)
+        assert len(saved) == 200
+        assert seen == saved, f"{len(saved - seen)} of 200 lost ({left} rows were left behind)"
+        wait_until(lambda: not OutboxEntry.objects.exists(), what="an empty outbox table")
+    finally:
+        sweeper.stop()
+
+
+def test_an_application_on_commit_callback_that_raises_does_not_lose_our_broadcasts(
+    live_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    def application_callback() -> None:
+        raise RuntimeError("the application's callback failed")
+
+    with suppress():
+        room = RoomFactory()
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        with pytest.raises(RuntimeError, match="the application's callback failed"), transaction.atomic():
+            transaction.on_commit(application_callback)  # before ours: Django skips the rest
+            saved = {MessageFactory(room=room, text=f"c{i}").pk for i in range(10)}
+        seen = collect_message_ids(client, 10, timeout=30)
+    assert seen == saved
+    assert "an on_commit callback registered before turbo_async's raised" in caplog.text
+
+
+@pytest.mark.parametrize("end", ["exit", "sigterm"])
+def test_a_process_that_exits_or_gets_sigterm_publishes_what_it_committed_first(
+    live_stack: Stack, end: str
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        web = run_web_script(live_stack, room.pk, 30, end, AUTOCOMMIT="1")
+        expected = -signal.SIGTERM if end == "sigterm" else 0
+        assert web.returncode == expected, web.stderr
+        seen = collect_message_ids(client, 30, timeout=30)
+    assert seen == set(Message.objects.filter(room=room).values_list("pk", flat=True))
+    assert len(seen) == 30
+
+
+def test_exit_with_the_broker_down_waits_at_most_the_exit_timeout_and_logs_what_is_left(
+    live_stack: Stack,
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    live_stack.broker.stop()
+    started = time.monotonic()
+    web = run_web_script(
+        live_stack, room.pk, 5, "exit", AUTOCOMMIT="1",
+        TURBO_TEST_TURBO_ASYNC=json.dumps({"OUTBOX_EXIT_TIMEOUT": 2}),
+    )
+    elapsed = time.monotonic() - started
+    live_stack.broker.start()
+    assert web.returncode == 0, web.stderr
+    assert "exiting with 5 broadcast(s) not published after 2 s (OUTBOX_EXIT_TIMEOUT)" in web.stderr
+    assert "chat.message pk=" in web.stderr
+    assert elapsed < 15, f"the exit took {elapsed:.1f}s"
