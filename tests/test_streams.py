@@ -9,16 +9,12 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models.signals import post_init, post_save
 
 import turbo_async as turbo
-from demo.chat.broadcasts import RoomListStream
-from demo.chat.models import Message, Room
-from demo.chat.streams import MessageStream, RoomStream
-from tests.factories import MessageFactory, RoomFactory
-from tests.testapp.models import Plain
+from tests.testapp.factories import MessageFactory, RoomFactory
+from tests.testapp.models import Room
+from tests.testapp.streams import MessageStream, RoomListStream, RoomStream
 from turbo_async import names
-from turbo_async.registry import StreamRegistry, UnknownStream, stream_registry
 
 
 def listen(stream: turbo.Stream) -> tuple[Any, str]:
@@ -33,30 +29,9 @@ def receive(layer: Any, channel: str) -> dict[str, Any]:
 
 
 def test_stream_name_is_app_label_and_class_name() -> None:
-    assert RoomStream.stream_name == "chat:RoomStream"
-    assert MessageStream.stream_name == "chat:MessageStream"
-    assert RoomListStream.stream_name == "chat:RoomListStream"
-
-
-def test_streams_py_is_autodiscovered() -> None:
-    assert stream_registry.get_stream("chat:RoomStream") is RoomStream
-    assert stream_registry.get_model_stream("chat.message") is MessageStream
-
-
-def test_every_instance_has_its_stream(db: None) -> None:
-    room = RoomFactory()
-    assert isinstance(room.stream, RoomStream)
-    assert room.stream.pk == room.pk
-    assert room.stream.instance is room
-
-
-def test_no_post_init_handler_is_connected() -> None:
-    assert not post_init.has_listeners(Message)
-    assert not post_init.has_listeners(Room)
-
-
-def test_model_class_stream_is_the_stream_class() -> None:
-    assert Room.stream is RoomStream
+    assert RoomStream.stream_name == "testapp:RoomStream"
+    assert MessageStream.stream_name == "testapp:MessageStream"
+    assert RoomListStream.stream_name == "testapp:RoomListStream"
 
 
 def test_broadcasting_to_an_unsaved_instance_raises_value_error() -> None:
@@ -76,47 +51,12 @@ def test_meta_model_must_be_a_model() -> None:
 
         class BadStream(turbo.ModelStream):  # type: ignore[type-arg]
             class Meta:
-                model = "chat.Message"
-
-
-def test_two_model_streams_for_one_model_name_both() -> None:
-    class FirstPlainStream(turbo.ModelStream):  # type: ignore[type-arg]
-        class Meta:
-            model = Plain
-
-    class SecondPlainStream(turbo.ModelStream):  # type: ignore[type-arg]
-        class Meta:
-            model = Plain
-
-    registry = StreamRegistry()
-    registry.register(FirstPlainStream)
-    try:
-        with pytest.raises(ImproperlyConfigured) as excinfo:
-            registry.register(SecondPlainStream)
-    finally:
-        registry.unregister(FirstPlainStream)
-    where = "tests.test_streams.test_two_model_streams_for_one_model_name_both.<locals>"
-    assert str(excinfo.value) == (
-        f"testapp.Plain has two ModelStreams: {where}.FirstPlainStream and "
-        f"{where}.SecondPlainStream. A model can have only one ModelStream; merge them."
-    )
-    assert not hasattr(Plain, "stream")
-    assert not post_save.has_listeners(Plain)
-
-
-def test_unknown_stream_name_lists_registered_ones() -> None:
-    with pytest.raises(UnknownStream, match="No stream is registered as 'chat:Nope'. Registered streams: .*chat:RoomStream"):
-        stream_registry.get_stream("chat:Nope")
-
-
-def test_unknown_model_label_is_refused() -> None:
-    with pytest.raises(UnknownStream, match="No ModelStream is registered for the model label 'auth.user'"):
-        stream_registry.get_model_stream("auth.user")
+                model = "testapp.Message"
 
 
 def test_signed_name_round_trips(db: None) -> None:
     room = RoomFactory()
-    assert names.unsign(room.stream.signed_stream_name) == ("chat:RoomStream", [room.pk], {})
+    assert names.unsign(room.stream.signed_stream_name) == ("testapp:RoomStream", [room.pk], {})
 
 
 def test_group_name_is_the_same_for_every_signature(db: None) -> None:
@@ -136,7 +76,7 @@ def test_explicit_action_outside_a_worker_sends_now(db: None) -> None:
     room.stream.append(text="now", id="messages")
     message = receive(layer, channel)
     assert message["type"] == "turbo.stream"
-    assert message["stream"] == "chat:RoomStream"
+    assert message["stream"] == "testapp:RoomStream"
     assert message["data"] == '<turbo-stream action="append" target="messages"><template>now</template></turbo-stream>'
 
 
