@@ -1,20 +1,26 @@
-"""Stream and ModelStream: turbo-django's API. Broadcast tests use Channels' in-memory layer
-(tests/settings.py) to read what an explicit action sends."""
+"""``turbo_async.streams``: Stream and ModelStream, turbo-django's API. Broadcast tests use
+Channels' in-memory layer (tests/settings.py) to read what an explicit action sends; the frames
+are escaped exactly as turbo-django escapes them."""
 
 from __future__ import annotations
 
+import asyncio
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 import turbo_async as turbo
 from tests.testapp.factories import MessageFactory, RoomFactory
 from tests.testapp.models import Room
 from tests.testapp.streams import MessageStream, RoomListStream, RoomStream
-from turbo_async import names
+from turbo_async import delivery, names
 
 
 def listen(stream: turbo.Stream) -> tuple[Any, str]:
@@ -26,6 +32,19 @@ def listen(stream: turbo.Stream) -> tuple[Any, str]:
 
 def receive(layer: Any, channel: str) -> dict[str, Any]:
     return async_to_sync(layer.receive)(channel)
+
+
+@pytest.fixture
+def group_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    original = delivery.group_send
+
+    def record(group: str, message: dict[str, Any]) -> None:
+        sent.append((group, message))
+        original(group, message)
+
+    monkeypatch.setattr(delivery, "group_send", record)
+    return sent
 
 
 def test_stream_name_is_app_label_and_class_name() -> None:
@@ -114,3 +133,98 @@ def test_streams_with_the_same_identity_are_equal(db: None) -> None:
     message = MessageFactory()
     assert message.room.stream == Room.stream(message.room_id)
     assert len({message.room.stream, Room.stream(message.room_id)}) == 1
+
+
+@pytest.mark.django_db
+def test_later_defers_an_explicit_action_to_a_task(
+    group_sends: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        message = MessageFactory(room=room, text="later")
+    layer, channel = listen(room.stream)
+    with django_capture_on_commit_callbacks() as callbacks:
+        room.stream.later.append("testapp/message.html", {"message": message}, id="messages")
+    assert group_sends == []  # nothing before commit
+    for callback in callbacks:
+        callback()
+    assert '<p class="message-text">later</p>' in receive(layer, channel)["data"]
+
+
+# -- XSS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def turbo_django(settings: Any) -> types.ModuleType:
+    """turbo-django 0.4.4 (installed as ``turbo``) with its own ``turbo/stream.html``."""
+    import turbo
+
+    settings.TEMPLATES = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [str(Path(turbo.__file__).parent / "templates")],
+            "APP_DIRS": True,
+        }
+    ]
+    return turbo
+
+
+def room_stream(pk: int) -> RoomStream:
+    return RoomStream(pk)  # no row needed: RoomStream is built from its pk
+
+
+async def receive_within(layer: Any, channel: str, timeout: float = 5) -> dict[str, Any]:
+    message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
+    return message
+
+
+def frames_of(stream: Any, action: str, **kwargs: Any) -> str:
+    """The markup a stream action sends (collected, as inside a broadcast task)."""
+    with delivery.collect() as outgoing:
+        getattr(stream, action)(**kwargs)
+    return "".join(outgoing.frames[stream.broadcastable_stream_name])
+
+
+@pytest.mark.django_db
+def test_template_contexts_are_autoescaped_in_broadcast_frames(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Eager Celery and the in-memory layer: MessageStream renders testapp/message.html."""
+    room = RoomFactory()
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(room.stream.broadcastable_stream_name, channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        message = MessageFactory(room=room, text='<script>alert("x")</script><img src=x onerror=alert(1)>')
+    data = async_to_sync(receive_within)(layer, channel)["data"]
+    assert data.startswith('<turbo-stream action="append" target="messages"><template>')
+    assert f'id="message-{message.pk}"' in data
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in data
+    assert "<script" not in data and "<img" not in data
+
+
+@pytest.mark.parametrize("action", ["append", "prepend", "replace", "update", "before", "after"])
+def test_a_plain_text_string_is_escaped_exactly_as_turbo_django_does(
+    turbo_django: Any, action: str
+) -> None:
+    text = '<b onclick="x()">Hi</b> & <script>alert(1)</script>'
+    ours = frames_of(room_stream(1), action, text=text, id="messages")
+    theirs = getattr(turbo_django.TurboRender(text), action)(id="messages").rendered_template
+    assert ours == theirs
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in ours
+
+
+def test_text_marked_safe_is_inserted_as_given_exactly_as_turbo_django_does(turbo_django: Any) -> None:
+    text = mark_safe('<b class="new">Hi</b>')
+    ours = frames_of(room_stream(1), "append", text=text, id="messages")
+    assert ours == turbo_django.TurboRender(text).append(id="messages").rendered_template
+    assert ours == (
+        '<turbo-stream action="append" target="messages"><template><b class="new">Hi</b></template></turbo-stream>'
+    )
+
+
+def test_format_html_inserts_its_markup_and_escapes_its_arguments(turbo_django: Any) -> None:
+    text = format_html("<b>{}</b>", "<script>alert(1)</script>")
+    ours = frames_of(room_stream(1), "update", text=text, selector=".greeting")
+    assert ours == turbo_django.TurboRender(text).update(selector=".greeting").rendered_template
+    assert "<template><b>&lt;script&gt;alert(1)&lt;/script&gt;</b></template>" in ours
