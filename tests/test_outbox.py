@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from tests.factories import MessageFactory
+from tests.testapp.factories import MessageFactory
+from tests.testapp.models import Message
 from turbo_async import outbox, tasks, worker
 from turbo_async.changes import Change
 
@@ -46,15 +47,15 @@ def test_commit_hands_changes_to_the_outbox_thread(published: list[Any]) -> None
     message = MessageFactory()
     assert outbox.flush(timeout=5)
     assert [(args, thread) for args, thread, _ in published] == [
-        (("chat.message", message.pk, "save", True), "turbo-async-outbox"),
+        (("testapp.message", message.pk, "save", True), "turbo-async-outbox"),
     ]
 
 
 def test_queued_changes_share_one_producer(published: list[Any]) -> None:
-    changes = [Change("chat.message", pk, "save", True) for pk in range(1, 4)]
+    changes = [Change("testapp.message", pk, "save", True) for pk in range(1, 4)]
     gate = threading.Event()
     # Hold the thread on a first batch so the next ones queue up behind it.
-    outbox._outbox.put([Change("chat.message", 0, "save", True)], "default")
+    outbox._outbox.put([Change("testapp.message", 0, "save", True)], "default")
     original = outbox.publish
 
     def slow_publish(change: Change, alias: str = "default", producer: Any = None) -> None:
@@ -77,7 +78,7 @@ def test_setting_off_publishes_at_commit(published: list[Any]) -> None:
     with override_settings(TURBO_ASYNC={"PUBLISH_IN_BACKGROUND": False}):
         message = MessageFactory()
     assert [(args, thread) for args, thread, _ in published] == [
-        (("chat.message", message.pk, "save", True), threading.current_thread().name),
+        (("testapp.message", message.pk, "save", True), threading.current_thread().name),
     ]
 
 
@@ -101,8 +102,8 @@ def test_a_full_outbox_logs_what_it_drops(
     full.put_nowait(([], "default"))
     monkeypatch.setattr(outbox._outbox, "_ensure_thread", lambda: full)
     with caplog.at_level(logging.ERROR, logger="turbo_async"):
-        outbox._outbox.put([Change("chat.message", 7, "save", True)], "default")
-    assert "the broadcast of chat.message pk=7 (save) is dropped" in caplog.text
+        outbox._outbox.put([Change("testapp.message", 7, "save", True)], "default")
+    assert "the broadcast of testapp.message pk=7 (save) is dropped" in caplog.text
 
 
 def test_flush_without_a_thread_returns_at_once() -> None:
@@ -113,8 +114,6 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
     monkeypatch: pytest.MonkeyPatch, not_eager: None
 ) -> None:
     from django.db import connections
-
-    from demo.chat.models import Message
 
     def apply_async(*args: Any, **kwargs: Any) -> None:
         raise ConnectionRefusedError("broker down")
