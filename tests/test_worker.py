@@ -6,12 +6,14 @@ records what reaches each group.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.test import override_settings
 
 import turbo_async as turbo
 from tests.testapp.factories import DocumentFactory, MessageFactory, RoomFactory, TagFactory
@@ -260,6 +262,22 @@ def test_a_recheck_that_is_skipped_keeps_the_first_pass_counts(
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
     assert result == {"frames": 1, "streams": 1, "skipped": "the room went away"}
     assert len(calls) == 2
+
+
+class StalledLayer:
+    """A channel layer whose ``group_send`` never finishes (a Redis that stopped answering)."""
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await asyncio.sleep(60)
+
+
+def test_a_group_send_that_times_out_is_a_delivery_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """So the task retries it with backoff instead of failing as if the hook were wrong."""
+    monkeypatch.setattr(delivery, "channel_layer", StalledLayer)
+    with delivery.collect() as outgoing:
+        delivery.send("turbo_async.group", "testapp:RoomStream", "<turbo-stream></turbo-stream>")
+    with override_settings(TURBO_ASYNC={"DELIVERY_TIMEOUT": 0.05}), pytest.raises(DeliveryError):
+        worker._deliver(outgoing)
 
 
 class FakeTask:

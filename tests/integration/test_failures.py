@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from django.conf import LazySettings
 
-from demo.chat.models import Message
 from tests.conftest import LOG_DIR
-from tests.factories import MessageFactory, ProbeFactory, RoomFactory
 from tests.services import CeleryWorker, Process, RedisServer, Uvicorn, free_port, subscribed
-from tests.testapp.models import Probe
+from tests.testapp.factories import MessageFactory, ProbeFactory, RoomFactory
+from tests.testapp.models import Message, Probe
 from turbo_async import outbox, suppress
 
 pytestmark = pytest.mark.integration
@@ -189,7 +188,7 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
     assert outbox.flush(timeout=20)
     live_stack.broker.start()
     assert Message.objects.filter(pk=message.pk).exists()
-    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
+    assert f"could not queue the broadcast of testapp.message pk={message.pk} (save)" in caplog.text
     assert elapsed < 10, f"the save hung for {elapsed:.1f}s"
 
 
@@ -211,7 +210,7 @@ def test_save_returns_when_the_broker_hangs(
     finally:
         live_stack.broker.process.send_signal(signal.SIGCONT)
     assert Message.objects.filter(pk=message.pk).exists()
-    assert f"could not queue the broadcast of chat.message pk={message.pk} (save)" in caplog.text
+    assert f"could not queue the broadcast of testapp.message pk={message.pk} (save)" in caplog.text
     assert elapsed < 20, f"the save hung for {elapsed:.1f}s"
 
 
@@ -280,7 +279,7 @@ def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_retu
         listener.close()
     assert f'id="message-{message.pk}"' in received["data"]
     assert "waited for the layer" in received["data"]
-    assert f"chat.message pk={message.pk} (save)" in worker_log.text()
+    assert f"testapp.message pk={message.pk} (save)" in worker_log.text()
 
 
 def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
@@ -312,9 +311,9 @@ def test_task_gives_up_after_delivery_max_retries(live_stack: Stack) -> None:
         live_stack.layer.start()
     retries = WORKER_SETTINGS["DELIVERY_MAX_RETRIES"]
     for attempt in range(1, retries + 1):
-        assert f"chat.message pk={message.pk} (save) retry {attempt} of {retries}" in text
+        assert f"testapp.message pk={message.pk} (save) retry {attempt} of {retries}" in text
     assert f"retry {retries + 1} of" not in text
-    assert f"gave up on chat.message pk={message.pk} (save) after {retries} retries" in text
+    assert f"gave up on testapp.message pk={message.pk} (save) after {retries} retries" in text
 
 
 def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack) -> None:
@@ -343,7 +342,7 @@ def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
     worker_log = Log(live_stack.worker)
     room.delete()  # deletes both messages: two on_delete tasks whose message.room is gone
     for message in messages:
-        worker_log.wait_for(f"chat.message pk={message.pk} delete skipped")
+        worker_log.wait_for(f"testapp.message pk={message.pk} delete skipped")
     with subscribed(live_stack.web, other_room.stream.signed_stream_name) as client:
         MessageFactory(room=other_room, text="still working")
         assert "still working" in client.receive_frames()
@@ -364,7 +363,7 @@ def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack:
     assert frames == (
         f'<turbo-stream action="remove" target="message-{message_id}"><template></template></turbo-stream>'
     )
-    assert f"chat.message pk={message_id} is gone" in worker_log.text()
+    assert f"testapp.message pk={message_id} is gone" in worker_log.text()
     assert_no_errors(worker_log)
 
 
