@@ -24,20 +24,28 @@ from turbo_async.registry import stream_registry
 from turbo_async.wiring import StreamDescriptor
 
 
-class SaveOnlyStream(turbo.ModelStream):  # type: ignore[type-arg]
-    class Meta:
-        model = Plain
+def _plain_streams() -> tuple[type[turbo.ModelStream[Any]], type[turbo.ModelStream[Any]]]:
+    """Two streams of ``testapp.Plain``, registered only by the tests that use them (defined in
+    a function: ``manage.py check`` would warn about unregistered module-level ModelStreams)."""
 
-    def on_save(self, plain: Any, created: bool, *args: Any, **kwargs: Any) -> None:
-        pass
+    class SaveOnlyStream(turbo.ModelStream):  # type: ignore[type-arg]
+        class Meta:
+            model = Plain
+
+        def on_save(self, plain: Any, created: bool, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    class DeleteOnlyStream(turbo.ModelStream):  # type: ignore[type-arg]
+        class Meta:
+            model = Plain
+
+        def on_delete(self, plain: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return SaveOnlyStream, DeleteOnlyStream
 
 
-class DeleteOnlyStream(turbo.ModelStream):  # type: ignore[type-arg]
-    class Meta:
-        model = Plain
-
-    def on_delete(self, plain: Any, *args: Any, **kwargs: Any) -> None:
-        pass
+SaveOnlyStream, DeleteOnlyStream = _plain_streams()
 
 
 @pytest.fixture
