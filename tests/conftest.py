@@ -1,15 +1,40 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.services import CeleryWorker, PostgresServer, RedisServer, Uvicorn
 
 LOG_DIR = Path(os.environ["TURBO_TEST_TMP"]) / "logs"
+
+
+class Published(list[dict[str, Any]]):
+    """The broadcast tasks queued so far: ``{"args", "kwargs", "options"}`` as a broker carries them."""
+
+    def events(self) -> list[tuple[str, Any, str, bool]]:
+        return [tuple(call["args"]) for call in self]  # type: ignore[misc]
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> Published:
+    """Record what would be sent to the broker: the broadcast task's ``apply_async`` is the seam
+    between the request path and Celery; the database commits for real."""
+    from turbo_async import tasks
+
+    calls = Published()
+
+    def apply_async(args: Any, kwargs: Any = None, **options: Any) -> None:
+        # The payload must survive JSON: that is all a broker carries.
+        calls.append(json.loads(json.dumps({"args": args, "kwargs": kwargs or {}, "options": options})))
+
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -1,43 +1,25 @@
+"""Factories of the demo's chat models, for the demo's own tests (tests/test_demo_*.py,
+tests/e2e/test_chat.py, tests/integration/test_flower.py).
+
+The library's tests build the test app's rows instead: tests/testapp/factories.py. The models are
+named by label, so that importing this module does not import the demo.
+"""
+
 from __future__ import annotations
 
 import factory
 
-from demo.chat.models import Message, Room
-from tests.testapp.models import Document, Probe, Tag
-
 
 class RoomFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = Room
+        model = "chat.Room"
 
     name = factory.Sequence(lambda n: f"Room {n}")
 
 
 class MessageFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = Message
+        model = "chat.Message"
 
     room = factory.SubFactory(RoomFactory)
     text = factory.Faker("sentence")
-
-
-class DocumentFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Document
-
-    title = factory.Sequence(lambda n: f"Document {n}")
-
-
-class TagFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Tag
-
-    slug = factory.Sequence(lambda n: f"tag-{n}")
-    label = factory.Sequence(lambda n: f"Tag {n}")
-
-
-class ProbeFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Probe
-
-    name = factory.Sequence(lambda n: f"Probe {n}")

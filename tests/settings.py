@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.staticfiles",
     "turbo_async",
+    # The demo's own tests (tests/test_demo_*.py, e2e, Flower) and the docs' examples use it; the
+    # library's tests use tests.testapp.
     "demo.chat",
     "tests.testapp",
 ]

@@ -1,28 +1,548 @@
-"""The consumer's wire protocol, through Channels' WebsocketCommunicator and in-memory layer."""
+"""``turbo_async.consumers``: the wire protocol of ``TurboStreamsConsumer``, what a WebSocket client
+can and cannot do to it, and what reaches it.
+
+Unit level: the consumer is driven through Channels' ``WebsocketCommunicator`` with Channels'
+in-memory channel layer (tests/settings.py), with the scope's ``user`` set directly (no session
+lookup); Celery runs eagerly. The same promises against real uvicorn, Redis, a real worker and
+real session cookies are in tests/integration/test_security_live.py.
+"""
 
 from __future__ import annotations
 
 import json
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
+from django.core.serializers.json import DjangoJSONEncoder
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from demo.chat.broadcasts import RoomListStream
+from tests.testapp.streams import NotificationComponent, PrivateStream, RoomListStream, RoomStream
+from turbo_async import names
 from turbo_async.consumers import TurboStreamsConsumer
-from turbo_async.delivery import message
+from turbo_async.delivery import message as layer_message
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def as_user(user: Any) -> ASGIApp:
+    """The consumer with ``scope["user"]`` set, as ``AuthMiddlewareStack`` would set it."""
+    consumer = TurboStreamsConsumer.as_asgi()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await consumer({**scope, "user": user}, receive, send)
+
+    return app
+
+
+def room_stream(pk: int) -> RoomStream:
+    return RoomStream(pk)  # no row needed: RoomStream allows everyone and is built from its pk
+
+
+@pytest.fixture
+async def layer() -> AsyncIterator[Any]:
+    channel_layer = get_channel_layer()
+    yield channel_layer
+    await channel_layer.flush()
+
+
+@pytest.fixture
+async def client(layer: Any) -> AsyncIterator[WebsocketCommunicator]:
+    """A connected anonymous client."""
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    connected, _ = await communicator.connect()
+    assert connected
+    yield communicator
+    await communicator.disconnect()
+
+
+async def send(communicator: WebsocketCommunicator, text: str | None = None, data: bytes | None = None) -> None:
+    """Any WebSocket message, including an empty text frame (``send_to`` refuses those)."""
+    event: dict[str, Any] = {"type": "websocket.receive"}
+    if data is not None:
+        event["bytes"] = data
+    else:
+        event["text"] = text
+    await communicator.send_input(event)
+
+
+async def request(communicator: WebsocketCommunicator, type_: Any, signed_name: Any) -> dict[str, Any]:
+    await communicator.send_json_to({"type": type_, "signed_channel_name": signed_name})
+    reply: dict[str, Any] = await communicator.receive_json_from()
+    return reply
+
+
+async def subscribe(communicator: WebsocketCommunicator, signed_name: Any) -> dict[str, Any]:
+    return await request(communicator, "subscribe", signed_name)
+
+
+def members(layer: Any, group: str) -> set[str]:
+    return set(layer.groups.get(group, {}))
+
+
+async def assert_refused(
+    communicator: WebsocketCommunicator, layer: Any, signed_name: str, *groups: str
+) -> dict[str, Any]:
+    """An error frame, no group joined, and nothing delivered when those groups broadcast."""
+    reply = await subscribe(communicator, signed_name)
+    assert reply["type"] == "error", reply
+    assert reply["signed_channel_name"] == signed_name
+    for group in groups:
+        assert members(layer, group) == set()
+        await layer.group_send(group, layer_message(group, "x", "<turbo-stream>leak</turbo-stream>"))
+    assert await communicator.receive_nothing()
+    return reply
+
+
+def signed_in_the_past(stream: Any, seconds: int) -> str:
+    """``stream.signed_stream_name`` as a page rendered ``seconds`` ago would carry it."""
+    import time
+
+    past = types.SimpleNamespace(time=lambda: time.time() - seconds)
+    original = signing.time
+    signing.time = past  # type: ignore[assignment]  # only TimestampSigner reads it
+    try:
+        return str(stream.signed_stream_name)
+    finally:
+        signing.time = original
+
+
+# -- signed names ----------------------------------------------------------------------------
+
+
+async def test_a_valid_signature_is_acknowledged_and_receives_frames(
+    client: WebsocketCommunicator, layer: Any
+) -> None:
+    stream = room_stream(1)
+    signed = stream.signed_stream_name
+    assert await subscribe(client, signed) == {"type": "subscribed", "signed_channel_name": signed}
+    group = stream.broadcastable_stream_name
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<turbo-stream>hi</turbo-stream>"))
+    assert await client.receive_json_from() == {
+        "signed_channel_name": signed,
+        "data": "<turbo-stream>hi</turbo-stream>",
+    }
+
+
+async def test_a_tampered_signature_is_refused(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(1)
+    signed = stream.signed_stream_name
+    tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
+    reply = await assert_refused(client, layer, tampered, stream.broadcastable_stream_name)
+    assert reply["error"] == "invalid signed_channel_name: bad signature"
+
+
+async def test_a_signature_moved_onto_another_streams_payload_is_refused(
+    client: WebsocketCommunicator, layer: Any
+) -> None:
+    room_1, room_2 = room_stream(1), room_stream(2)
+    payload_2, _ = room_2.signed_stream_name.split(":", 1)
+    _, signature_1 = room_1.signed_stream_name.split(":", 1)
+    forged = f"{payload_2}:{signature_1}"
+    await assert_refused(
+        client, layer, forged, room_1.broadcastable_stream_name, room_2.broadcastable_stream_name
+    )
+
+
+async def test_a_turbo_django_signature_is_refused(client: WebsocketCommunicator, layer: Any) -> None:
+    """turbo-django signs with an unsalted, untimed ``Signer``: such names are not ours."""
+    stream = room_stream(1)
+    turbo_django_name = signing.Signer().sign_object(
+        (stream.stream_name, stream.get_init_args(), stream.get_init_kwargs()),
+        serializer=signing.JSONSerializer,
+    )
+    await assert_refused(client, layer, turbo_django_name, stream.broadcastable_stream_name)
+
+
+async def test_a_signature_made_with_another_salt_is_refused(
+    client: WebsocketCommunicator, layer: Any
+) -> None:
+    stream = room_stream(1)
+    other_salt = signing.dumps([stream.stream_name, [1], {}], salt="another.app", compress=True)
+    await assert_refused(client, layer, other_salt, stream.broadcastable_stream_name)
+
+
+async def test_a_signature_made_with_another_secret_key_is_refused(
+    client: WebsocketCommunicator, layer: Any
+) -> None:
+    stream = room_stream(1)
+    foreign = signing.dumps(
+        [stream.stream_name, [1], {}], key="another-site", salt="turbo_async.streams", compress=True
+    )
+    await assert_refused(client, layer, foreign, stream.broadcastable_stream_name)
+
+
+async def test_the_signing_salt_setting_changes_what_is_accepted(
+    client: WebsocketCommunicator, layer: Any, settings: Any
+) -> None:
+    stream = room_stream(1)
+    signed_with_default_salt = stream.signed_stream_name
+    settings.TURBO_ASYNC = {"SIGNING_SALT": "my.site.streams"}
+    await assert_refused(client, layer, signed_with_default_salt, stream.broadcastable_stream_name)
+    signed_now = stream.signed_stream_name
+    assert (await subscribe(client, signed_now))["type"] == "subscribed"
+
+
+async def test_an_expired_signature_is_refused(
+    client: WebsocketCommunicator, layer: Any, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"SIGNATURE_MAX_AGE": 60}
+    stream = room_stream(1)
+    expired = signed_in_the_past(stream, 120)
+    reply = await assert_refused(client, layer, expired, stream.broadcastable_stream_name)
+    assert reply["error"].startswith("invalid signed_channel_name: signature expired")
+
+
+async def test_a_signature_younger_than_the_max_age_is_accepted(
+    client: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"SIGNATURE_MAX_AGE": 60}
+    signed = signed_in_the_past(room_stream(1), 30)
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+
+
+async def test_without_max_age_an_old_signature_is_accepted(client: WebsocketCommunicator) -> None:
+    signed = signed_in_the_past(room_stream(1), 365 * 24 * 3600)
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+
+
+async def test_a_signed_name_of_an_unknown_stream_is_refused(
+    client: WebsocketCommunicator, layer: Any
+) -> None:
+    signed = names.sign("nowhere:GhostStream", [], {})
+    reply = await assert_refused(client, layer, signed, names.group_name("nowhere:GhostStream", [], {}))
+    assert reply["error"] == "unknown stream 'nowhere:GhostStream'"
+
+
+# -- user_passes_test ------------------------------------------------------------------------
+
+
+async def test_an_anonymous_user_is_refused_a_stream_that_needs_staff(layer: Any) -> None:
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    stream = PrivateStream()
+    reply = await assert_refused(communicator, layer, stream.signed_stream_name, stream.broadcastable_stream_name)
+    assert reply["error"] == "permission denied"
+    await communicator.disconnect()
+
+
+async def test_a_logged_in_user_without_permission_is_refused(layer: Any) -> None:
+    communicator = WebsocketCommunicator(as_user(User(pk=7, username="bob")), "/ws/")
+    await communicator.connect()
+    stream = PrivateStream()
+    await assert_refused(communicator, layer, stream.signed_stream_name, stream.broadcastable_stream_name)
+    await communicator.disconnect()
+
+
+async def test_a_user_who_passes_the_test_is_subscribed(layer: Any) -> None:
+    communicator = WebsocketCommunicator(as_user(User(pk=8, username="ann", is_staff=True)), "/ws/")
+    await communicator.connect()
+    stream = PrivateStream()
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    await communicator.disconnect()
+
+
+async def test_user_passes_test_is_asked_on_every_subscribe(client: WebsocketCommunicator, layer: Any) -> None:
+    """Being allowed one stream on a socket grants nothing for the next subscribe."""
+    assert (await subscribe(client, room_stream(1).signed_stream_name))["type"] == "subscribed"
+    private = PrivateStream()
+    await assert_refused(client, layer, private.signed_stream_name, private.broadcastable_stream_name)
+    await assert_refused(client, layer, private.signed_stream_name, private.broadcastable_stream_name)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_user_component_refuses_another_user(layer: Any) -> None:
+    alice = await User.objects.acreate(username="alice")
+    bob = await User.objects.acreate(username="bob")
+    communicator = WebsocketCommunicator(as_user(alice), "/ws/")
+    await communicator.connect()
+    bobs = NotificationComponent(bob)
+    reply = await assert_refused(communicator, layer, bobs.signed_stream_name, bobs.broadcastable_stream_name)
+    assert reply["error"] == "permission denied"
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_user_component_reaches_only_its_own_user(layer: Any) -> None:
+    alice = await User.objects.acreate(username="alice")
+    bob = await User.objects.acreate(username="bob")
+    communicator = WebsocketCommunicator(as_user(alice), "/ws/")
+    await communicator.connect()
+    signed = NotificationComponent(alice).signed_stream_name
+    assert (await subscribe(communicator, signed))["type"] == "subscribed"
+
+    await sync_to_async(NotificationComponent(bob).render)(count=5)
+    await sync_to_async(NotificationComponent(alice).render)(count=3)
+
+    received = await communicator.receive_json_from()
+    assert received == {
+        "signed_channel_name": signed,
+        "data": '<turbo-stream action="update" target="testapp:NotificationComponent"><template>'
+        '<span class="count">3</span></template></turbo-stream>',
+    }
+    assert await communicator.receive_nothing()
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_anonymous_user_is_refused_any_user_component(layer: Any) -> None:
+    alice = await User.objects.acreate(username="alice")
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    alices = NotificationComponent(alice)
+    await assert_refused(communicator, layer, alices.signed_stream_name, alices.broadcastable_stream_name)
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_user_component_of_a_deleted_user_is_refused_without_an_error_log(
+    layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await User.objects.acreate(username="alice")
+    signed = NotificationComponent(alice).signed_stream_name
+    await alice.adelete()
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    assert (await subscribe(communicator, signed))["error"] == "permission denied"
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    await communicator.disconnect()
+
+
+# -- caps ------------------------------------------------------------------------------------
+
+
+async def test_a_message_over_max_message_bytes_is_refused_and_the_socket_stays_open(
+    client: WebsocketCommunicator, layer: Any, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MAX_MESSAGE_BYTES": 300}
+    stream = room_stream(1)
+    oversized = json.dumps(
+        {"type": "subscribe", "signed_channel_name": stream.signed_stream_name, "pad": "x" * 300}
+    )
+    await send(client, oversized)
+    assert await client.receive_json_from() == {"type": "error", "error": "message larger than 300 bytes"}
+    assert members(layer, stream.broadcastable_stream_name) == set()
+    assert (await subscribe(client, stream.signed_stream_name))["type"] == "subscribed"
+
+
+async def test_the_message_size_is_counted_in_utf8_bytes(
+    client: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MAX_MESSAGE_BYTES": 300}
+    await send(client, json.dumps({"type": "x", "pad": "é" * 100}, ensure_ascii=False))  # 234 bytes
+    assert (await client.receive_json_from())["error"].startswith("unknown message type")
+    await send(client, json.dumps({"type": "x", "pad": "é" * 150}, ensure_ascii=False))  # 334 bytes
+    assert (await client.receive_json_from())["error"] == "message larger than 300 bytes"
+
+
+async def test_subscriptions_beyond_max_subscriptions_are_refused(
+    client: WebsocketCommunicator, layer: Any, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 2}
+    for pk in (1, 2):
+        assert (await subscribe(client, room_stream(pk).signed_stream_name))["type"] == "subscribed"
+    third = room_stream(3)
+    reply = await assert_refused(client, layer, third.signed_stream_name, third.broadcastable_stream_name)
+    assert reply["error"].startswith("too many subscriptions on this socket (at most 2")
+
+
+async def test_resubscribing_a_held_name_does_not_count_against_the_cap(
+    client: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 1}
+    signed = room_stream(1).signed_stream_name
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+
+
+async def test_unsubscribing_frees_a_place_under_the_cap(
+    client: WebsocketCommunicator, settings: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 1}
+    first, second = room_stream(1).signed_stream_name, room_stream(2).signed_stream_name
+    assert (await subscribe(client, first))["type"] == "subscribed"
+    assert (await subscribe(client, second))["type"] == "error"
+    await client.send_json_to({"type": "unsubscribe", "signed_channel_name": first})
+    assert (await subscribe(client, second))["type"] == "subscribed"
+
+
+async def test_signatures_of_one_stream_made_at_different_times_count_against_the_cap(
+    client: WebsocketCommunicator, settings: Any
+) -> None:
+    """Each signed name gets its own copy of every frame, so each one counts."""
+    settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 2}
+    stream = room_stream(1)
+    for seconds in (10, 20):
+        assert (await subscribe(client, signed_in_the_past(stream, seconds)))["type"] == "subscribed"
+    assert (await subscribe(client, signed_in_the_past(stream, 30)))["type"] == "error"
+
+
+async def test_an_unsubscribed_client_receives_nothing_more(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(1)
+    signed = stream.signed_stream_name
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+    await client.send_json_to({"type": "unsubscribe", "signed_channel_name": signed})
+    assert await client.receive_nothing()
+    group = stream.broadcastable_stream_name
+    assert members(layer, group) == set()
+    await layer.group_send(group, layer_message(group, "x", "<turbo-stream>late</turbo-stream>"))
+    assert await client.receive_nothing()
+
+
+# -- malformed input -------------------------------------------------------------------------
+
+MALFORMED = {
+    "not JSON": ("hello", "message is not valid JSON"),
+    "empty text": ("", "message is not valid JSON"),
+    "truncated JSON": ('{"type": "subscribe"', "message is not valid JSON"),
+    "nested too deep for the JSON parser": ("[" * 10000, "message is not valid JSON"),
+    "integer too long to parse": ("1" * 5000, "message is not valid JSON"),
+    "list": ('["subscribe", "x"]', "message must be a JSON object"),
+    "number": ("42", "message must be a JSON object"),
+    "null": ("null", "message must be a JSON object"),
+    "string": ('"subscribe"', "message must be a JSON object"),
+    "no type": ('{"signed_channel_name": "x"}', "unknown message type None; expected 'subscribe' or 'unsubscribe'"),
+    "type not a string": ('{"type": 5}', "unknown message type 5; expected 'subscribe' or 'unsubscribe'"),
+    "type is a list": ('{"type": ["subscribe"]}', "unknown message type ['subscribe']; expected 'subscribe' or 'unsubscribe'"),
+    "unknown type": ('{"type": "publish", "signed_channel_name": "x"}', "unknown message type 'publish'; expected 'subscribe' or 'unsubscribe'"),
+    "no signed_channel_name": ('{"type": "subscribe"}', "signed_channel_name must be a string"),
+    "signed_channel_name null": ('{"type": "subscribe", "signed_channel_name": null}', "signed_channel_name must be a string"),
+    "signed_channel_name a number": ('{"type": "subscribe", "signed_channel_name": 1}', "signed_channel_name must be a string"),
+    "signed_channel_name an object": ('{"type": "unsubscribe", "signed_channel_name": {"a": 1}}', "signed_channel_name must be a string"),
+    "signed_channel_name empty": ('{"type": "subscribe", "signed_channel_name": ""}', "invalid signed_channel_name: signed_channel_name must be a non-empty string"),
+    "signed_channel_name garbage": ('{"type": "subscribe", "signed_channel_name": "a:b:c"}', "invalid signed_channel_name: bad signature"),
+    "raw lone surrogate": ("\ud800", "message is not valid JSON"),
+    "escaped lone surrogate": ('{"type": "subscribe", "signed_channel_name": "\\ud800"}', "invalid signed_channel_name: bad signature"),
+}
+
+
+@pytest.mark.parametrize(("text", "error"), MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_messages_get_an_error_frame_and_the_socket_stays_usable(
+    client: WebsocketCommunicator, text: str, error: str
+) -> None:
+    await send(client, text)
+    reply = await client.receive_json_from()
+    assert reply["type"] == "error"
+    assert reply["error"] == error
+    assert (await subscribe(client, room_stream(1).signed_stream_name))["type"] == "subscribed"
+
+
+async def test_a_binary_frame_gets_an_error_frame(client: WebsocketCommunicator) -> None:
+    await send(client, data=json.dumps({"type": "subscribe"}).encode())
+    assert await client.receive_json_from() == {
+        "type": "error",
+        "error": "binary messages are not supported; send JSON text",
+    }
+    assert (await subscribe(client, room_stream(1).signed_stream_name))["type"] == "subscribed"
+
+
+async def test_an_unknown_type_is_echoed_cut_short(client: WebsocketCommunicator) -> None:
+    await send(client, json.dumps({"type": "x" * 5000}))
+    reply = await client.receive_json_from()
+    assert len(reply["error"]) < 150
+
+
+async def test_unsubscribing_a_name_never_subscribed_is_silent(client: WebsocketCommunicator) -> None:
+    await client.send_json_to({"type": "unsubscribe", "signed_channel_name": room_stream(1).signed_stream_name})
+    assert await client.receive_nothing()
+
+
+# -- fuzz ------------------------------------------------------------------------------------
+
+PROBE = room_stream(999_999)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def client_messages(draw: st.DrawFn) -> tuple[str, Any]:
+    """Any text, any JSON, binary frames, and protocol-shaped dicts with random field values."""
+    kind = draw(st.sampled_from(["text", "json", "bytes", "shaped", "nested", "surrogates"]))
+    if kind == "text":
+        return "text", draw(st.text(max_size=200))
+    if kind == "nested":  # deeper than the JSON parser's recursion limit, well under the size cap
+        opener = draw(st.sampled_from(["[", '{"a":', '{"type":']))
+        return "text", opener * draw(st.integers(min_value=1, max_value=3000))
+    if kind == "surrogates":  # lone surrogates: a WebSocket never carries them, a bug might
+        surrogate = st.integers(0xD800, 0xDFFF).map(chr)
+        return "text", "".join(draw(st.lists(surrogate | st.sampled_from(['"', "{", "a"]), min_size=1, max_size=8)))
+    if kind == "bytes":
+        return "bytes", draw(st.binary(min_size=1, max_size=100))
+    if kind == "json":
+        return "text", json.dumps(draw(json_values))
+    signed = draw(
+        st.sampled_from(
+            [room_stream(1).signed_stream_name, PrivateStream().signed_stream_name, "x:y:z", ""]
+        )
+        | json_values
+    )
+    message = {
+        "type": draw(st.sampled_from(["subscribe", "unsubscribe", "Subscribe", ""]) | json_values),
+        "signed_channel_name": signed,
+    }
+    message.update(draw(st.dictionaries(st.text(max_size=8), json_values, max_size=2)))
+    return "text", json.dumps(message, cls=DjangoJSONEncoder)
+
+
+async def fuzz_one_socket(messages: list[tuple[str, Any]]) -> None:
+    probe = PROBE.signed_stream_name  # signed once: a second later the signature differs
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    connected, _ = await communicator.connect()
+    assert connected
+    try:
+        for kind, payload in messages:
+            if kind == "bytes":
+                await send(communicator, data=payload)
+            else:
+                await send(communicator, payload)
+            # The probe proves the consumer is alive; anything received before its ack must be
+            # a protocol reply (an exception inside the consumer would be raised right here).
+            await communicator.send_json_to({"type": "subscribe", "signed_channel_name": probe})
+            while True:
+                try:
+                    reply = await communicator.receive_json_from()
+                except TimeoutError:
+                    raise AssertionError(f"no reply after {kind} {payload[:100]!r}") from None
+                assert isinstance(reply, dict) and reply.get("type") in ("error", "subscribed"), reply
+                if reply == {"type": "subscribed", "signed_channel_name": probe}:
+                    break
+    finally:
+        await communicator.disconnect()
+
+
+@hypothesis_settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(client_messages(), min_size=1, max_size=5))
+async def test_no_client_message_crashes_the_consumer(messages: list[tuple[str, Any]]) -> None:
+    """Fuzz: WebsocketCommunicator and the in-memory layer; after every message, a valid
+    subscribe is still acknowledged and no exception has escaped the consumer."""
+    await fuzz_one_socket(messages)
+
+
+# -- the protocol ----------------------------------------------------------------------------
 
 
 async def connect() -> WebsocketCommunicator:
+    """A connected client without a user in its scope."""
     communicator = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/")
     connected, _ = await communicator.connect()
     assert connected
     return communicator
 
 
-async def send(communicator: WebsocketCommunicator, payload: dict[str, Any]) -> dict[str, Any]:
+async def send_json(communicator: WebsocketCommunicator, payload: dict[str, Any]) -> dict[str, Any]:
     await communicator.send_to(text_data=json.dumps(payload))
     return json.loads(await communicator.receive_from(timeout=2))
 
@@ -35,12 +555,12 @@ def room_list_names() -> tuple[str, str]:
 async def test_subscribe_is_acknowledged_and_frames_arrive() -> None:
     signed, group = room_list_names()
     communicator = await connect()
-    assert await send(communicator, {"type": "subscribe", "signed_channel_name": signed}) == {
+    assert await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed}) == {
         "type": "subscribed",
         "signed_channel_name": signed,
     }
     frame = '<turbo-stream action="refresh"></turbo-stream>'
-    await get_channel_layer().group_send(group, message(group, "chat:RoomListStream", frame))
+    await get_channel_layer().group_send(group, layer_message(group, "testapp:RoomListStream", frame))
     assert json.loads(await communicator.receive_from(timeout=2)) == {
         "signed_channel_name": signed,
         "data": frame,
@@ -51,9 +571,9 @@ async def test_subscribe_is_acknowledged_and_frames_arrive() -> None:
 async def test_unsubscribe_stops_frames() -> None:
     signed, group = room_list_names()
     communicator = await connect()
-    await send(communicator, {"type": "subscribe", "signed_channel_name": signed})
+    await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed})
     await communicator.send_to(text_data=json.dumps({"type": "unsubscribe", "signed_channel_name": signed}))
-    await get_channel_layer().group_send(group, message(group, "chat:RoomListStream", "x"))
+    await get_channel_layer().group_send(group, layer_message(group, "testapp:RoomListStream", "x"))
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
 
@@ -71,9 +591,9 @@ async def test_each_signature_of_a_stream_gets_the_frame(monkeypatch: pytest.Mon
     assert first != second
     group = RoomListStream().broadcastable_stream_name
     communicator = await connect()
-    await send(communicator, {"type": "subscribe", "signed_channel_name": first})
-    await send(communicator, {"type": "subscribe", "signed_channel_name": second})
-    await get_channel_layer().group_send(group, message(group, "chat:RoomListStream", "x"))
+    await send_json(communicator, {"type": "subscribe", "signed_channel_name": first})
+    await send_json(communicator, {"type": "subscribe", "signed_channel_name": second})
+    await get_channel_layer().group_send(group, layer_message(group, "testapp:RoomListStream", "x"))
     received = [json.loads(await communicator.receive_from(timeout=2))["signed_channel_name"] for _ in range(2)]
     assert sorted(received) == sorted([first, second])
     await communicator.disconnect()
@@ -96,5 +616,5 @@ async def test_bad_messages_get_an_error_and_the_socket_stays_open(raw: str, err
     assert reply["type"] == "error"
     assert reply["error"] == error
     signed, _ = room_list_names()
-    assert (await send(communicator, {"type": "subscribe", "signed_channel_name": signed}))["type"] == "subscribed"
+    assert (await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed}))["type"] == "subscribed"
     await communicator.disconnect()

@@ -300,3 +300,21 @@ def test_quickstart_project_works(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "QUICKSTART OK" in result.stdout
     assert re.search(r"chat:MessageStream\s+chat\.Message\s+on_save, on_delete\s+celery", result.stdout)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """docs/guarantees.rst (and the others) name the test behind each promise: it must exist."""
+    import ast
+
+    missing = []
+    for doc in sorted((ROOT / "docs").glob("*.rst")):
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text()):
+            source = ROOT / path
+            defined = (
+                {node.name for node in ast.walk(ast.parse(source.read_text()))
+                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+                if source.exists() else set()
+            )
+            if name not in defined:
+                missing.append(f"{doc.name}: {path}::{name}")
+    assert missing == []

@@ -1,6 +1,6 @@
 """Out-of-order and repeated broadcast tasks converge to the database (property-based).
 
-The seed's ``MessageStream`` (demo/chat/streams.py) appends a created message to ``#messages``,
+The test app's ``MessageStream`` (tests/testapp/streams.py) appends a created message to ``#messages``,
 replaces an edited one and removes a deleted one. Hypothesis generates create/update/delete
 sequences on a few messages of one room, each committed on its own (``transactional_db``), so each
 publishes one ``turbo_async.broadcast`` task. The tasks are recorded at the publish seam
@@ -24,8 +24,8 @@ from django.template.loader import render_to_string
 from django.utils.html import strip_spaces_between_tags
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from demo.chat.models import Message, Room
-from tests.factories import MessageFactory, RoomFactory
+from tests.testapp.factories import MessageFactory, RoomFactory
+from tests.testapp.models import Message, Room
 from turbo_async import suppress, tasks, worker
 from turbo_async.testing import Frame, capture_broadcasts
 
@@ -139,10 +139,10 @@ class Dom:
 
 
 def rendered_page(room: Room) -> Dom:
-    """``#messages`` as the room page renders it now: chat/message.html for each message of the
-    room, in the model's order (chat/room_detail.html includes the same template)."""
+    """``#messages`` as a room page renders it now: testapp/message.html (the template the
+    stream's frames render) for each message of the room, in the model's order."""
     html = "".join(
-        render_to_string("chat/message.html", {"message": message})
+        render_to_string("testapp/message.html", {"message": message})
         for message in Message.objects.filter(room=room).order_by("created_at", "id")
     )
     return Dom(elements(normalise(html)))
@@ -270,9 +270,9 @@ def test_each_committed_change_publishes_one_task(published: list[Task]) -> None
     message.save()
     message.delete()
     assert [(args[0], args[2], args[3]) for args, _ in published] == [
-        ("chat.message", "save", True),
-        ("chat.message", "save", False),
-        ("chat.message", "delete", False),
+        ("testapp.message", "save", True),
+        ("testapp.message", "save", False),
+        ("testapp.message", "delete", False),
     ]
     assert set(published[2][1]) == {"snapshot"}
 

@@ -21,8 +21,8 @@ from django.test import override_settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from demo.chat.models import Room
-from tests.factories import MessageFactory
+from tests.testapp.factories import MessageFactory
+from tests.testapp.models import Message, Room
 from turbo_async import outbox, publish, tasks, worker
 from turbo_async.changes import Change, StreamAction
 from turbo_async.models import OutboxEntry
@@ -57,15 +57,15 @@ def test_commit_hands_changes_to_the_outbox_thread(published: list[Any]) -> None
     message = MessageFactory()
     assert outbox.flush(timeout=5)
     assert [(args, thread) for args, thread, _ in published] == [
-        (("chat.message", message.pk, "save", True), "turbo-async-outbox"),
+        (("testapp.message", message.pk, "save", True), "turbo-async-outbox"),
     ]
 
 
 def test_queued_changes_share_one_producer(published: list[Any]) -> None:
-    changes = [Change("chat.message", pk, "save", True) for pk in range(1, 4)]
+    changes = [Change("testapp.message", pk, "save", True) for pk in range(1, 4)]
     gate = threading.Event()
     # Hold the thread on a first batch so the next ones queue up behind it.
-    outbox._outbox.put([outbox.Entry(Change("chat.message", 0, "save", True), "default")])
+    outbox._outbox.put([outbox.Entry(Change("testapp.message", 0, "save", True), "default")])
     original = publish.send
 
     def slow_send(change: Change, alias: str = "default", producer: Any = None) -> None:
@@ -88,7 +88,7 @@ def test_setting_off_publishes_at_commit(published: list[Any]) -> None:
     with override_settings(TURBO_ASYNC={"PUBLISH_IN_BACKGROUND": False}):
         message = MessageFactory()
     assert [(args, thread) for args, thread, _ in published] == [
-        (("chat.message", message.pk, "save", True), threading.current_thread().name),
+        (("testapp.message", message.pk, "save", True), threading.current_thread().name),
     ]
 
 
@@ -112,8 +112,8 @@ def test_a_full_outbox_logs_what_it_drops(
     full.put_nowait([])
     monkeypatch.setattr(outbox._outbox, "start", lambda: full)
     with caplog.at_level(logging.ERROR, logger="turbo_async"):
-        outbox._outbox.put([outbox.Entry(Change("chat.message", 7, "save", True), "default")])
-    assert "the broadcast of chat.message pk=7 (save) is dropped" in caplog.text
+        outbox._outbox.put([outbox.Entry(Change("testapp.message", 7, "save", True), "default")])
+    assert "the broadcast of testapp.message pk=7 (save) is dropped" in caplog.text
 
 
 def test_flush_without_a_thread_returns_at_once() -> None:
@@ -124,8 +124,6 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
     monkeypatch: pytest.MonkeyPatch, not_eager: None
 ) -> None:
     from django.db import connections
-
-    from demo.chat.models import Message
 
     def apply_async(*args: Any, **kwargs: Any) -> None:
         raise ConnectionRefusedError("broker down")
@@ -178,7 +176,7 @@ def test_changes_wait_for_the_broker_and_go_out_in_commit_order(
         pks = [MessageFactory().pk for _ in range(3)]
         assert outbox.flush(timeout=5)
     assert [args[1] for args in flaky.sent] == pks
-    assert f"the broadcast of chat.message pk={pks[0]} (save)" in caplog.text
+    assert f"the broadcast of testapp.message pk={pks[0]} (save)" in caplog.text
     assert "the broker is reachable again after" in caplog.text
 
 
@@ -191,7 +189,7 @@ def test_what_waited_longer_than_the_max_age_is_dropped_with_its_label_and_pk(
         assert outbox.flush(timeout=5)  # answered once the entry is dropped
     assert flaky.sent == []
     assert (
-        f"the broadcast of chat.message pk={message.pk} (save) waited for the broker longer than "
+        f"the broadcast of testapp.message pk={message.pk} (save) waited for the broker longer than "
         "OUTBOX_MAX_AGE (0.2 s) and is dropped"
     ) in caplog.text
 
@@ -228,12 +226,12 @@ def test_a_dead_outbox_thread_is_started_again(published: list[Any], caplog: pyt
 def test_an_item_the_broker_cannot_take_is_logged_and_the_rest_go_out(
     published: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    bad = Change("chat.message", object(), "save", True, shadow="chat.MessageStream.on_save")  # not JSON
-    good = Change("chat.message", 5, "save", True, shadow="chat.MessageStream.on_save")
+    bad = Change("testapp.message", object(), "save", True, shadow="testapp.MessageStream.on_save")  # not JSON
+    good = Change("testapp.message", 5, "save", True, shadow="testapp.MessageStream.on_save")
     outbox.put([(bad, []), (good, [])], "default")
     assert outbox.flush(timeout=5)
     assert [args[1] for args, _, _ in published] == [5]
-    assert "could not queue the broadcast of chat.message pk=<object object" in caplog.text
+    assert "could not queue the broadcast of testapp.message pk=<object object" in caplog.text
 
 
 def test_publish_never_raises(
@@ -244,10 +242,10 @@ def test_publish_never_raises(
 
     monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
     monkeypatch.setattr(tasks.stream_action, "apply_async", apply_async)
-    publish.publish(Change("chat.message", 1, "save", shadow="x"), "default")
-    publish.publish(StreamAction("chat:RoomStream", [1], {}, "append", {}), "default")
-    assert "could not queue the broadcast of chat.message pk=1 (save): RuntimeError: anything at all" in caplog.text
-    assert "could not queue the broadcast of chat:RoomStream.append: RuntimeError" in caplog.text
+    publish.publish(Change("testapp.message", 1, "save", shadow="x"), "default")
+    publish.publish(StreamAction("testapp:RoomStream", [1], {}, "append", {}), "default")
+    assert "could not queue the broadcast of testapp.message pk=1 (save): RuntimeError: anything at all" in caplog.text
+    assert "could not queue the broadcast of testapp:RoomStream.append: RuntimeError" in caplog.text
 
 
 def test_exit_drain_logs_what_could_not_go(flaky: FlakyBroker, caplog: pytest.LogCaptureFixture) -> None:
@@ -256,7 +254,7 @@ def test_exit_drain_logs_what_could_not_go(flaky: FlakyBroker, caplog: pytest.Lo
         message = MessageFactory()
         outbox.drain_at_exit()
     assert "exiting with 1 broadcast(s) not published after 0.2 s (OUTBOX_EXIT_TIMEOUT)" in caplog.text
-    assert f"chat.message pk={message.pk} (save)" in caplog.text
+    assert f"testapp.message pk={message.pk} (save)" in caplog.text
     flaky.failures = 0
     assert outbox.flush(timeout=5)
 
@@ -286,7 +284,7 @@ def test_the_database_outbox_writes_a_row_in_the_saving_transaction(published: l
             message = MessageFactory()
             [row] = OutboxEntry.objects.all()
             assert (row.task, row.args, row.shadow) == (
-                "turbo_async.broadcast", ["chat.message", message.pk, "save", True], "chat.MessageStream.on_save",
+                "turbo_async.broadcast", ["testapp.message", message.pk, "save", True], "testapp.MessageStream.on_save",
             )
         assert outbox.flush(timeout=5)
     assert [args[1] for args, _, _ in published] == [message.pk]
@@ -314,13 +312,13 @@ def test_a_rolled_back_save_leaves_no_outbox_row(published: list[Any]) -> None:
 
 def test_the_sweep_publishes_rows_left_behind_in_commit_order(published: list[Any]) -> None:
     left = [
-        OutboxEntry.objects.create(task="turbo_async.broadcast", args=["chat.message", pk, "save", True])
+        OutboxEntry.objects.create(task="turbo_async.broadcast", args=["testapp.message", pk, "save", True])
         for pk in (7, 3, 9)
     ]
     OutboxEntry.objects.filter(pk__in=[row.pk for row in left]).update(
         created_at=timezone.now() - timedelta(minutes=1)
     )
-    young = OutboxEntry.objects.create(task="turbo_async.broadcast", args=["chat.message", 1, "save", True])
+    young = OutboxEntry.objects.create(task="turbo_async.broadcast", args=["testapp.message", 1, "save", True])
     with override_settings(TURBO_ASYNC=DATABASE):
         assert outbox.sweep() == 3
     assert [args[1] for args, _, _ in published] == [7, 3, 9]
@@ -334,6 +332,6 @@ def test_stream_later_goes_through_the_outbox_on_the_alias_of_its_transaction(
         room = Room.objects.using("other").create(name="elsewhere")
         room.stream.later.update(text="hi", id="greeting")
     assert outbox.flush(timeout=5)
-    [(args, thread, _)] = [call for call in published if call[0][0] == "chat:RoomStream"]
+    [(args, thread, _)] = [call for call in published if call[0][0] == "testapp:RoomStream"]
     assert args[3:] == ("update", {"selector": None, "id": "greeting", "template": None, "context": None, "text": "hi"})
     assert thread == "turbo-async-outbox"

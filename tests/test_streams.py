@@ -1,24 +1,26 @@
-"""Stream and ModelStream: turbo-django's API. Broadcast tests use Channels' in-memory layer
-(tests/settings.py) to read what an explicit action sends."""
+"""``turbo_async.streams``: Stream and ModelStream, turbo-django's API. Broadcast tests use
+Channels' in-memory layer (tests/settings.py) to read what an explicit action sends; the frames
+are escaped exactly as turbo-django escapes them."""
 
 from __future__ import annotations
 
+import asyncio
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models.signals import post_init, post_save
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 import turbo_async as turbo
-from demo.chat.broadcasts import RoomListStream
-from demo.chat.models import Message, Room
-from demo.chat.streams import MessageStream, RoomStream
-from tests.factories import MessageFactory, RoomFactory
-from tests.testapp.models import Plain
-from turbo_async import names
-from turbo_async.registry import StreamRegistry, UnknownStream, stream_registry
+from tests.testapp.factories import MessageFactory, RoomFactory
+from tests.testapp.models import Room
+from tests.testapp.streams import MessageStream, RoomListStream, RoomStream
+from turbo_async import delivery, names
 
 
 def listen(stream: turbo.Stream) -> tuple[Any, str]:
@@ -32,31 +34,23 @@ def receive(layer: Any, channel: str) -> dict[str, Any]:
     return async_to_sync(layer.receive)(channel)
 
 
+@pytest.fixture
+def group_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    original = delivery.group_send
+
+    def record(group: str, message: dict[str, Any]) -> None:
+        sent.append((group, message))
+        original(group, message)
+
+    monkeypatch.setattr(delivery, "group_send", record)
+    return sent
+
+
 def test_stream_name_is_app_label_and_class_name() -> None:
-    assert RoomStream.stream_name == "chat:RoomStream"
-    assert MessageStream.stream_name == "chat:MessageStream"
-    assert RoomListStream.stream_name == "chat:RoomListStream"
-
-
-def test_streams_py_is_autodiscovered() -> None:
-    assert stream_registry.get_stream("chat:RoomStream") is RoomStream
-    assert stream_registry.get_model_stream("chat.message") is MessageStream
-
-
-def test_every_instance_has_its_stream(db: None) -> None:
-    room = RoomFactory()
-    assert isinstance(room.stream, RoomStream)
-    assert room.stream.pk == room.pk
-    assert room.stream.instance is room
-
-
-def test_no_post_init_handler_is_connected() -> None:
-    assert not post_init.has_listeners(Message)
-    assert not post_init.has_listeners(Room)
-
-
-def test_model_class_stream_is_the_stream_class() -> None:
-    assert Room.stream is RoomStream
+    assert RoomStream.stream_name == "testapp:RoomStream"
+    assert MessageStream.stream_name == "testapp:MessageStream"
+    assert RoomListStream.stream_name == "testapp:RoomListStream"
 
 
 def test_broadcasting_to_an_unsaved_instance_raises_value_error() -> None:
@@ -76,47 +70,12 @@ def test_meta_model_must_be_a_model() -> None:
 
         class BadStream(turbo.ModelStream):  # type: ignore[type-arg]
             class Meta:
-                model = "chat.Message"
-
-
-def test_two_model_streams_for_one_model_name_both() -> None:
-    class FirstPlainStream(turbo.ModelStream):  # type: ignore[type-arg]
-        class Meta:
-            model = Plain
-
-    class SecondPlainStream(turbo.ModelStream):  # type: ignore[type-arg]
-        class Meta:
-            model = Plain
-
-    registry = StreamRegistry()
-    registry.register(FirstPlainStream)
-    try:
-        with pytest.raises(ImproperlyConfigured) as excinfo:
-            registry.register(SecondPlainStream)
-    finally:
-        registry.unregister(FirstPlainStream)
-    where = "tests.test_streams.test_two_model_streams_for_one_model_name_both.<locals>"
-    assert str(excinfo.value) == (
-        f"testapp.Plain has two ModelStreams: {where}.FirstPlainStream and "
-        f"{where}.SecondPlainStream. A model can have only one ModelStream; merge them."
-    )
-    assert not hasattr(Plain, "stream")
-    assert not post_save.has_listeners(Plain)
-
-
-def test_unknown_stream_name_lists_registered_ones() -> None:
-    with pytest.raises(UnknownStream, match="No stream is registered as 'chat:Nope'. Registered streams: .*chat:RoomStream"):
-        stream_registry.get_stream("chat:Nope")
-
-
-def test_unknown_model_label_is_refused() -> None:
-    with pytest.raises(UnknownStream, match="No ModelStream is registered for the model label 'auth.user'"):
-        stream_registry.get_model_stream("auth.user")
+                model = "testapp.Message"
 
 
 def test_signed_name_round_trips(db: None) -> None:
     room = RoomFactory()
-    assert names.unsign(room.stream.signed_stream_name) == ("chat:RoomStream", [room.pk], {})
+    assert names.unsign(room.stream.signed_stream_name) == ("testapp:RoomStream", [room.pk], {})
 
 
 def test_group_name_is_the_same_for_every_signature(db: None) -> None:
@@ -136,7 +95,7 @@ def test_explicit_action_outside_a_worker_sends_now(db: None) -> None:
     room.stream.append(text="now", id="messages")
     message = receive(layer, channel)
     assert message["type"] == "turbo.stream"
-    assert message["stream"] == "chat:RoomStream"
+    assert message["stream"] == "testapp:RoomStream"
     assert message["data"] == '<turbo-stream action="append" target="messages"><template>now</template></turbo-stream>'
 
 
@@ -189,3 +148,98 @@ def test_meta_app_name_still_wins() -> None:
             app_name = "news"
 
     assert NamedStream.stream_name == "news:NamedStream"
+
+
+@pytest.mark.django_db
+def test_later_defers_an_explicit_action_to_a_task(
+    group_sends: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        message = MessageFactory(room=room, text="later")
+    layer, channel = listen(room.stream)
+    with django_capture_on_commit_callbacks() as callbacks:
+        room.stream.later.append("testapp/message.html", {"message": message}, id="messages")
+    assert group_sends == []  # nothing before commit
+    for callback in callbacks:
+        callback()
+    assert '<p class="message-text">later</p>' in receive(layer, channel)["data"]
+
+
+# -- XSS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def turbo_django(settings: Any) -> types.ModuleType:
+    """turbo-django 0.4.4 (installed as ``turbo``) with its own ``turbo/stream.html``."""
+    import turbo
+
+    settings.TEMPLATES = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [str(Path(turbo.__file__).parent / "templates")],
+            "APP_DIRS": True,
+        }
+    ]
+    return turbo
+
+
+def room_stream(pk: int) -> RoomStream:
+    return RoomStream(pk)  # no row needed: RoomStream is built from its pk
+
+
+async def receive_within(layer: Any, channel: str, timeout: float = 5) -> dict[str, Any]:
+    message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
+    return message
+
+
+def frames_of(stream: Any, action: str, **kwargs: Any) -> str:
+    """The markup a stream action sends (collected, as inside a broadcast task)."""
+    with delivery.collect() as outgoing:
+        getattr(stream, action)(**kwargs)
+    return "".join(outgoing.frames[stream.broadcastable_stream_name])
+
+
+@pytest.mark.django_db
+def test_template_contexts_are_autoescaped_in_broadcast_frames(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Eager Celery and the in-memory layer: MessageStream renders testapp/message.html."""
+    room = RoomFactory()
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(room.stream.broadcastable_stream_name, channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        message = MessageFactory(room=room, text='<script>alert("x")</script><img src=x onerror=alert(1)>')
+    data = async_to_sync(receive_within)(layer, channel)["data"]
+    assert data.startswith('<turbo-stream action="append" target="messages"><template>')
+    assert f'id="message-{message.pk}"' in data
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in data
+    assert "<script" not in data and "<img" not in data
+
+
+@pytest.mark.parametrize("action", ["append", "prepend", "replace", "update", "before", "after"])
+def test_a_plain_text_string_is_escaped_exactly_as_turbo_django_does(
+    turbo_django: Any, action: str
+) -> None:
+    text = '<b onclick="x()">Hi</b> & <script>alert(1)</script>'
+    ours = frames_of(room_stream(1), action, text=text, id="messages")
+    theirs = getattr(turbo_django.TurboRender(text), action)(id="messages").rendered_template
+    assert ours == theirs
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in ours
+
+
+def test_text_marked_safe_is_inserted_as_given_exactly_as_turbo_django_does(turbo_django: Any) -> None:
+    text = mark_safe('<b class="new">Hi</b>')
+    ours = frames_of(room_stream(1), "append", text=text, id="messages")
+    assert ours == turbo_django.TurboRender(text).append(id="messages").rendered_template
+    assert ours == (
+        '<turbo-stream action="append" target="messages"><template><b class="new">Hi</b></template></turbo-stream>'
+    )
+
+
+def test_format_html_inserts_its_markup_and_escapes_its_arguments(turbo_django: Any) -> None:
+    text = format_html("<b>{}</b>", "<script>alert(1)</script>")
+    ours = frames_of(room_stream(1), "update", text=text, selector=".greeting")
+    assert ours == turbo_django.TurboRender(text).update(selector=".greeting").rendered_template
+    assert "<template><b>&lt;script&gt;alert(1)&lt;/script&gt;</b></template>" in ours

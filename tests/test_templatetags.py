@@ -8,8 +8,9 @@ import pytest
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import override_settings
 
-from demo.chat.broadcasts import RoomListStream
-from tests.factories import RoomFactory
+from tests.testapp.factories import RoomFactory
+from tests.testapp.models import Room
+from tests.testapp.streams import RoomListStream
 from turbo_async import names
 
 pytestmark = pytest.mark.django_db
@@ -26,30 +27,28 @@ def signed_names(html: str) -> list[str]:
 def test_subscribe_to_a_model_instance() -> None:
     room = RoomFactory()
     (signed,) = signed_names(render("{% turbo_subscribe room %}", room=room))
-    assert names.unsign(signed) == ("chat:RoomStream", [room.pk], {})
+    assert names.unsign(signed) == ("testapp:RoomStream", [room.pk], {})
 
 
 def test_subscribe_by_name() -> None:
-    (signed,) = signed_names(render("{% turbo_subscribe 'chat:RoomListStream' %}"))
-    assert names.unsign(signed) == ("chat:RoomListStream", [], {})
+    (signed,) = signed_names(render("{% turbo_subscribe 'testapp:RoomListStream' %}"))
+    assert names.unsign(signed) == ("testapp:RoomListStream", [], {})
 
 
 def test_subscribe_to_a_stream_object_and_several_at_once() -> None:
     room = RoomFactory()
-    html = render("{% turbo_subscribe room stream 'chat:RoomListStream' %}", room=room, stream=RoomListStream())
+    html = render("{% turbo_subscribe room stream 'testapp:RoomListStream' %}", room=room, stream=RoomListStream())
     assert [names.unsign(s)[0] for s in signed_names(html)] == [
-        "chat:RoomStream", "chat:RoomListStream", "chat:RoomListStream",
+        "testapp:RoomStream", "testapp:RoomListStream", "testapp:RoomListStream",
     ]
 
 
 def test_unknown_stream_name_is_a_template_error() -> None:
-    with pytest.raises(TemplateSyntaxError, match="No stream is registered as 'chat:Nope'"):
-        render("{% turbo_subscribe 'chat:Nope' %}")
+    with pytest.raises(TemplateSyntaxError, match="No stream is registered as 'testapp:Nope'"):
+        render("{% turbo_subscribe 'testapp:Nope' %}")
 
 
 def test_unsaved_instance_is_a_template_error() -> None:
-    from demo.chat.models import Room
-
     with pytest.raises(TemplateSyntaxError, match="Cannot subscribe to an unsaved Room"):
         render("{% turbo_subscribe room %}", room=Room(name="x"))
 

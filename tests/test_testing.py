@@ -14,11 +14,9 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.test import TestCase
 
-from demo.chat.broadcasts import RoomListStream
-from demo.chat.streams import MessageStream, RoomStream
-from tests.factories import MessageFactory, RoomFactory, TagFactory
+from tests.testapp.factories import MessageFactory, RoomFactory, TagFactory
 from tests.testapp.models import Plain
-from tests.testapp.streams import TagListStream
+from tests.testapp.streams import MessageStream, RoomListStream, RoomStream, TagListStream
 from turbo_async import recording
 from turbo_async.testing import (
     BroadcastRecorder,
@@ -37,9 +35,9 @@ REMOVE = '<turbo-stream action="remove" targets=".old"><template></template></tu
 
 
 def test_parse_frames_reads_action_target_and_html() -> None:
-    [frame] = parse_frames(APPEND, "chat:RoomStream", "group-1")
+    [frame] = parse_frames(APPEND, "testapp:RoomStream", "group-1")
     assert frame == Frame(
-        stream="chat:RoomStream", group="group-1", action="append", target="messages",
+        stream="testapp:RoomStream", group="group-1", action="append", target="messages",
         targets=None, html="<p>Hi</p>", markup=APPEND,
     )
 
@@ -223,17 +221,17 @@ def recorder_with(*markups: tuple[str, str, str]) -> BroadcastRecorder:
 
 
 def test_assert_broadcasts_reports_what_was_broadcast_when_the_count_differs() -> None:
-    recorder = recorder_with(("chat:RoomStream", "g1", APPEND))
+    recorder = recorder_with(("testapp:RoomStream", "g1", APPEND))
     with pytest.raises(AssertionError) as error:
-        recorder.assert_broadcasts("chat:RoomStream", count=2)
+        recorder.assert_broadcasts("testapp:RoomStream", count=2)
     assert str(error.value) == (
-        "Expected 2 frame(s) on 'chat:RoomStream', but 1 were broadcast. Broadcast:\n"
-        "  append target='messages' on chat:RoomStream (g1)"
+        "Expected 2 frame(s) on 'testapp:RoomStream', but 1 were broadcast. Broadcast:\n"
+        "  append target='messages' on testapp:RoomStream (g1)"
     )
 
 
 def test_assert_broadcasts_without_count_needs_at_least_one() -> None:
-    recorder = recorder_with(("chat:RoomStream", "g1", APPEND))
+    recorder = recorder_with(("testapp:RoomStream", "g1", APPEND))
     with pytest.raises(AssertionError, match=r"Expected frames on any stream with action='remove'"):
         recorder.assert_broadcasts(action="remove")
 

@@ -24,9 +24,7 @@ import pytest
 from django.conf import LazySettings
 from django.db import transaction
 
-from demo.chat.models import Message
 from tests.conftest import LOG_DIR
-from tests.factories import MessageFactory, ProbeFactory, RoomFactory
 from tests.services import (
     CeleryWorker,
     Process,
@@ -37,7 +35,8 @@ from tests.services import (
     subprocess_env,
     subscribed,
 )
-from tests.testapp.models import Probe
+from tests.testapp.factories import MessageFactory, ProbeFactory, RoomFactory
+from tests.testapp.models import Message, Probe
 from turbo_async import outbox, suppress
 
 pytestmark = pytest.mark.integration
@@ -200,7 +199,7 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
     message = MessageFactory(room=room)
     elapsed = time.monotonic() - started
     # The save only handed the change to the outbox; its thread meets the dead broker and waits.
-    wait_until(lambda: f"the broadcast of chat.message pk={message.pk} (save) waits" in caplog.text,
+    wait_until(lambda: f"the broadcast of testapp.message pk={message.pk} (save) waits" in caplog.text,
                what="the outbox's warning")
     assert not outbox.flush(timeout=0.5)
     live_stack.broker.start()
@@ -224,7 +223,7 @@ def test_save_returns_when_the_broker_hangs(
         started = time.monotonic()
         message = MessageFactory(room=room)
         elapsed = time.monotonic() - started
-        wait_until(lambda: f"chat.message pk={message.pk} (save) waits" in caplog.text, timeout=30,
+        wait_until(lambda: f"testapp.message pk={message.pk} (save) waits" in caplog.text, timeout=30,
                    what="the outbox's warning")
     finally:
         live_stack.broker.process.send_signal(signal.SIGCONT)
@@ -297,7 +296,7 @@ def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_retu
         listener.close()
     assert f'id="message-{message.pk}"' in received["data"]
     assert "waited for the layer" in received["data"]
-    assert f"chat.message pk={message.pk} (save)" in worker_log.text()
+    assert f"testapp.message pk={message.pk} (save)" in worker_log.text()
 
 
 def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
@@ -329,9 +328,9 @@ def test_task_gives_up_after_delivery_max_retries(live_stack: Stack) -> None:
         live_stack.layer.start()
     retries = WORKER_SETTINGS["DELIVERY_MAX_RETRIES"]
     for attempt in range(1, retries + 1):
-        assert f"chat.message pk={message.pk} (save) retry {attempt} of {retries}" in text
+        assert f"testapp.message pk={message.pk} (save) retry {attempt} of {retries}" in text
     assert f"retry {retries + 1} of" not in text
-    assert f"gave up on chat.message pk={message.pk} (save) after {retries} retries" in text
+    assert f"gave up on testapp.message pk={message.pk} (save) after {retries} retries" in text
 
 
 def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack) -> None:
@@ -360,7 +359,7 @@ def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
     worker_log = Log(live_stack.worker)
     room.delete()  # deletes both messages: two on_delete tasks whose message.room is gone
     for message in messages:
-        worker_log.wait_for(f"chat.message pk={message.pk} delete skipped")
+        worker_log.wait_for(f"testapp.message pk={message.pk} delete skipped")
     with subscribed(live_stack.web, other_room.stream.signed_stream_name) as client:
         MessageFactory(room=other_room, text="still working")
         assert "still working" in client.receive_frames()
@@ -381,7 +380,7 @@ def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack:
     assert frames == (
         f'<turbo-stream action="remove" target="message-{message_id}"><template></template></turbo-stream>'
     )
-    assert f"chat.message pk={message_id} is gone" in worker_log.text()
+    assert f"testapp.message pk={message_id} is gone" in worker_log.text()
     assert_no_errors(worker_log)
 
 
@@ -423,7 +422,7 @@ WEB_SCRIPT = """
 import os, signal, sys, django
 django.setup()
 from django.db import transaction
-from demo.chat.models import Message
+from tests.testapp.models import Message
 room, count, end = int(os.environ["ROOM"]), int(os.environ["COUNT"]), os.environ["END"]
 if os.environ.get("AUTOCOMMIT"):
     for i in range(count):
@@ -557,5 +556,5 @@ def test_exit_with_the_broker_down_waits_at_most_the_exit_timeout_and_logs_what_
     live_stack.broker.start()
     assert web.returncode == 0, web.stderr
     assert "exiting with 5 broadcast(s) not published after 2 s (OUTBOX_EXIT_TIMEOUT)" in web.stderr
-    assert "chat.message pk=" in web.stderr
+    assert "testapp.message pk=" in web.stderr
     assert elapsed < 15, f"the exit took {elapsed:.1f}s"

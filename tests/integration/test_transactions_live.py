@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from demo.chat.models import Message, Room
-from tests.factories import MessageFactory, RoomFactory
 from tests.services import StreamClient, Uvicorn, subscribed
+from tests.testapp.factories import MessageFactory, RoomFactory
+from tests.testapp.models import Message, Room
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases=["default", "other"])]

@@ -44,3 +44,31 @@ class Probe(models.Model):
 
 class ProbeRun(models.Model):
     probe = models.ForeignKey(Probe, on_delete=models.CASCADE, related_name="hook_runs")
+
+
+class Room(models.Model):
+    """A chat room: the library's tests broadcast to ``room.stream`` (chat-shaped, like the
+    demo's, without its views)."""
+
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Message(models.Model):
+    """A message of a room: ``MessageStream`` appends, replaces and removes it on its room's page."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.text

@@ -4,7 +4,7 @@ import time
 
 import turbo_async as turbo
 
-from .models import Document, Probe, ProbeRun, Tag
+from .models import Document, Message, Probe, ProbeRun, Room, Tag
 
 
 class DocumentStream(turbo.ModelStream):
@@ -57,3 +57,37 @@ class ProbeStream(turbo.ModelStream):
         if probe.fail:
             raise RuntimeError(f"probe {probe.pk} fails on purpose")
         self.update(text=probe.name, id=f"probe-{probe.pk}")
+
+
+class RoomStream(turbo.ModelStream):
+    """A room's page subscribes to it; it has no hooks (saving a room broadcasts nothing)."""
+
+    class Meta:
+        model = Room
+
+
+class MessageStream(turbo.ModelStream):
+    """Appends a created message to its room's ``#messages``, replaces an edited one and removes
+    a deleted one (turbo-django's chat example)."""
+
+    class Meta:
+        model = Message
+
+    def on_save(self, message, created, *args, **kwargs):
+        if created:
+            message.room.stream.append("testapp/message.html", {"message": message}, id="messages")
+        else:
+            message.room.stream.replace(
+                "testapp/message.html", {"message": message}, id=f"message-{message.id}"
+            )
+
+    def on_delete(self, message, *args, **kwargs):
+        message.room.stream.remove(id=f"message-{message.id}")
+
+
+class RoomListStream(turbo.Stream):
+    """The list of rooms: a plain stream, not tied to one row."""
+
+    def add(self, room):
+        """Append a new room to every open room list, after the transaction commits."""
+        self.later.append("testapp/room_item.html", {"room": room}, id="rooms")

@@ -1,0 +1,160 @@
+"""``turbo_async.publish``: queue the Celery task of one committed change or ``stream.later``
+action; never raise because the broker is down.
+
+The broadcast task's ``apply_async`` is the seam: the ``published`` fixture (tests/conftest.py)
+records what it would send, other tests make it fail as a broker that is down does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from tests.conftest import Published
+from tests.testapp.factories import MessageFactory
+from tests.testapp.models import Message
+from turbo_async import conf, publish, tasks, worker
+from turbo_async.changes import BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    def apply_async(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+
+
+@pytest.fixture
+def broadcasts_run_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The task bodies that ran in this process (the task itself is left as it is)."""
+    ran: list[tuple[Any, ...]] = []
+
+    def broadcast_change(*args: Any) -> dict[str, Any]:
+        ran.append(args)
+        return {"frames": 0, "streams": 0}
+
+    monkeypatch.setattr(worker, "broadcast_change", broadcast_change)
+    return ran
+
+
+def test_broker_failure_never_fails_the_save(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def apply_async(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    with caplog.at_level(logging.ERROR, logger="turbo_async"):
+        message = MessageFactory()
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert (
+        f"could not queue the broadcast of testapp.message pk={message.pk} (save): "
+        "ConnectionRefusedError: broker down"
+    ) in caplog.text
+
+
+def test_publish_never_raises_on_a_broker_error_and_logs_label_and_pk(
+    broker_down: None, broadcasts_run_here: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="turbo_async"):
+        publish.publish(Change("testapp.message", 42, "save", True))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "could not queue the broadcast of testapp.message pk=42 (save): "
+            "ConnectionRefusedError: broker down",
+        )
+    ]
+    assert broadcasts_run_here == []  # "log" (the default) only logs
+
+
+def test_on_publish_error_inline_runs_the_broadcast_in_this_process(
+    broker_down: None, broadcasts_run_here: list[Any]
+) -> None:
+    with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
+        publish.publish(Change("testapp.message", 42, "save", True))
+    assert broadcasts_run_here == [("testapp.message", 42, "save", True, "default", None)]
+
+
+def test_a_failing_inline_broadcast_is_logged_not_raised(
+    broker_down: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broadcast_change(*args: Any) -> dict[str, Any]:
+        raise LookupError("hook failed")
+
+    monkeypatch.setattr(worker, "broadcast_change", broadcast_change)
+    with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}), caplog.at_level(
+        logging.ERROR, logger="turbo_async"
+    ):
+        publish.publish(Change("testapp.message", 42, "save", True))
+    assert "inline broadcast of testapp.message pk=42 (save) failed" in caplog.text
+    assert "LookupError: hook failed" in caplog.text
+
+
+def test_default_queue_unless_configured(published: Published) -> None:
+    from django.test import override_settings
+
+    MessageFactory()
+    assert "queue" not in published[0]["options"]
+    with override_settings(TURBO_ASYNC={"QUEUE": "broadcasts"}):
+        MessageFactory()
+    assert published[1]["options"]["queue"] == "broadcasts"
+
+
+def test_the_task_carries_the_hooks_flower_name_and_argsrepr(published: Published) -> None:
+    publish.publish(Change("testapp.message", 42, "save", True, shadow="testapp.MessageStream.on_save"))
+    [call] = published
+    assert call["args"] == ["testapp.message", 42, "save", True]
+    assert call["options"]["shadow"] == "testapp.MessageStream.on_save"
+    assert call["options"]["argsrepr"] == "('testapp.message', 42, 'save', True)"
+
+
+def test_publishing_retries_as_the_settings_say() -> None:
+    settings = conf.load({"PUBLISH_MAX_RETRIES": 4, "PUBLISH_RETRY_INTERVAL": 0.5})
+    assert publish.options("", settings) == {
+        "retry": True,
+        "retry_policy": {"max_retries": 4, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+    }
+
+
+def test_a_change_on_the_default_database_carries_its_four_fields() -> None:
+    assert publish.message(Change("testapp.message", 5, "save", True), "default") == (
+        BROADCAST_TASK, ("testapp.message", 5, "save", True), {},
+    )
+
+
+def test_a_change_on_another_database_names_it() -> None:
+    assert publish.message(Change("testapp.message", 5, "save"), "other") == (
+        BROADCAST_TASK, ("testapp.message", 5, "save", False), {"using": "other"},
+    )
+
+
+def test_a_delete_carries_its_snapshot() -> None:
+    change = Change("testapp.message", 5, "delete", snapshot={"id": 5, "text": "t"})
+    assert publish.message(change, "default")[2] == {"snapshot": {"id": 5, "text": "t"}}
+
+
+def test_a_stream_action_goes_to_the_stream_action_task() -> None:
+    action = StreamAction("testapp:RoomListStream", [], {}, "append", {"id": "rooms", "text": "x"})
+    assert publish.message(action, "default") == (
+        STREAM_ACTION_TASK, ("testapp:RoomListStream", [], {}, "append", {"id": "rooms", "text": "x"}), {},
+    )
+
+
+def test_commits_publish_by_themselves_in_eager_mode() -> None:
+    assert publish.publishes_now()  # tests/settings.py: CELERY_TASK_ALWAYS_EAGER in this process
+
+
+def test_commits_hand_over_to_the_outbox_when_not_eager() -> None:
+    app = tasks.broadcast.app
+    app.conf.task_always_eager = False
+    try:
+        assert not publish.publishes_now()
+    finally:
+        app.conf.task_always_eager = True
