@@ -1,4 +1,4 @@
-"""System checks of turbo_async (``python manage.py check``).
+"""Layer 10: the system checks of turbo_async (``python manage.py check``).
 
 Each check points at a configuration under which broadcasts would silently never reach a browser,
 or would land back on the request path. ``docs/checks.rst`` explains every id and how to fix it.

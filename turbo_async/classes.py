@@ -1,5 +1,5 @@
-"""turbo-django's ``turbo.classes``, under our name: the stream classes, ``TurboRender``,
-``TurboResponse`` and the action and selector constants.
+"""Layer 4 (an alias module): turbo-django's ``turbo.classes``, under our name: the stream
+classes, ``TurboRender``, ``TurboResponse`` and the action and selector constants.
 
 >>> from turbo_async.classes import ModelStream, Stream, TurboRender, APPEND
 """

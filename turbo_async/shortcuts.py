@@ -1,5 +1,5 @@
-"""turbo-django's ``turbo.shortcuts``, under our name: ``render_frame``, ``render_frame_string``
-and ``remove_frame`` (defined in :mod:`turbo_async.frames`).
+"""Layer 4 (an alias module): turbo-django's ``turbo.shortcuts``, under our name:
+``render_frame``, ``render_frame_string`` and ``remove_frame`` (defined in :mod:`turbo_async.frames`).
 
 >>> from turbo_async.shortcuts import render_frame, remove_frame
 """

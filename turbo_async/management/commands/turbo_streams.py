@@ -1,4 +1,5 @@
-"""``python manage.py turbo_streams``: the registered streams, and ``--check`` of the services.
+"""Layer 10: ``python manage.py turbo_streams``, the registered streams, and ``--check`` of the
+services.
 
 Without options it lists every stream with its model, hooks and the Celery queue its broadcasts
 go to. ``--check`` connects to the Celery broker, asks the workers which queues they consume,
