@@ -3,7 +3,9 @@
 
 The test passes the database file and the Redis URL in the environment; the three sample
 directories go on ``sys.path``, as each sample's ``manage.py`` directory was, so that the apps keep
-their names (``chat``, ``reminders``, ``app``) and their imports (``from chat.models import ...``).
+their names (``chat``, ``reminders``, ``app``) and a shell imports ``from app.streams import ...``.
+Inside an app, the samples' ``from chat.models import Room`` is written ``from .models import Room``:
+the same module, and tests/test_packaging.py takes a top-level ``chat`` for a missing distribution.
 """
 
 from __future__ import annotations

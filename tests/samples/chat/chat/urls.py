@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import views
+from . import views
 
 urlpatterns = [
     path("", views.RoomList.as_view(), name="room_list"),

@@ -2,10 +2,11 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, reverse
 from django.views.generic import CreateView, DetailView, ListView
 
-from chat.forms import RoomForm
-from chat.models import Message, Room
-from chat.streams import RoomListStream
 from turbo_async.shortcuts import remove_frame, render_frame  # noqa: F401  (the sample imports both)
+
+from .forms import RoomForm
+from .models import Message, Room
+from .streams import RoomListStream
 
 
 class RoomList(ListView):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from app import views
+from . import views
 
 urlpatterns = [
     path("", views.components_demo_view, name="home"),

@@ -1,6 +1,6 @@
 from django import forms
 
-from reminders.models import Reminder
+from .models import Reminder
 
 
 class ReminderForm(forms.ModelForm):

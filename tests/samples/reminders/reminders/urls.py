@@ -1,6 +1,6 @@
 from django.urls import path
 
-from reminders import views
+from . import views
 
 urlpatterns = [
     path("", views.reminder_list, name="reminder_list"),
