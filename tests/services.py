@@ -186,12 +186,15 @@ class CeleryWorker(Process):
 
 
 class Uvicorn(Process):
-    def __init__(self, log_dir: Path, name: str = "web", port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, log_dir: Path, name: str = "web", port: int | None = None,
+        app: str = "tests.asgi:application", **env: str,
+    ) -> None:
         self.port = port or free_port()
         super().__init__(
             name,
             [
-                sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
+                sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-level", "warning", "--ws", "websockets",
             ],
             log_dir, subprocess_env(**env),
