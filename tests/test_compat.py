@@ -227,10 +227,14 @@ def test_turbo_render_render_is_turbo_djangos(templates: None, selector_type: st
 
 
 def test_turbo_render_stream_to_sends_its_frame_to_a_stream(templates: None) -> None:
+    """turbo-django 0.4.4's ``stream_to`` hands the rendered string to ``Stream.stream``, which
+    wants a TurboRender: it raises. Ours sends the frame turbo-django renders."""
     ours, theirs = OurAlerts(), TheirAlerts()
+    frame = turbo.shortcuts.render_frame_string("Hi").append(id="items")
+    with pytest.raises(AttributeError, match="rendered_template"):
+        frame.stream_to(theirs)
     turbo_async.shortcuts.render_frame_string("Hi").append(id="items").stream_to(ours)
-    turbo.shortcuts.render_frame_string("Hi").append(id="items").stream_to(theirs)
-    assert ours.sent == theirs.sent
+    assert ours.sent == [frame.rendered_template]
 
 
 def test_turbo_response_is_turbo_djangos(templates: None) -> None:

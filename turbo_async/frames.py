@@ -123,6 +123,11 @@ class TurboRender:
     def response(self) -> TurboResponse:
         return TurboResponse(self)
 
+    def stream_to(self, stream_instance: Any) -> None:
+        """Send this frame to the subscribers of ``stream_instance`` (turbo-django's spelling of
+        ``stream_instance.stream(frame)``)."""
+        stream_instance.stream(self.rendered_template)
+
     def __str__(self) -> str:
         return self.rendered_template
 

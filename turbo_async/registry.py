@@ -53,6 +53,19 @@ class StreamRegistry:
             self.model_streams[model._meta.label_lower] = stream_class
         self.streams[name] = stream_class
 
+    def add_stream(self, app_name: str, stream_name: str, stream: type[Stream]) -> None:
+        """turbo-django's way to record a stream: under ``"app_name:stream_name"``.
+
+        It only records (as in turbo-django); to attach a ModelStream to its model as well, use
+        ``turbo_async.register``.
+        """
+        if stream.stream_name != f"{app_name}:{stream_name}":
+            raise ImproperlyConfigured(
+                f"{dotted_path(stream)} is named {stream.stream_name!r}, not {app_name}:{stream_name}. "
+                "Give it Meta.app_name, or register it with turbo_async.register."
+            )
+        self.register(stream)
+
     def unregister(self, stream_class: type[Stream]) -> None:
         if self.streams.get(stream_class.stream_name) is stream_class:
             del self.streams[stream_class.stream_name]
