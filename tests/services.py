@@ -333,13 +333,15 @@ class PostgresServer:
 # -- RabbitMQ --------------------------------------------------------------------------------
 
 
-def rabbitmq_binaries() -> tuple[Path, Path]:
+DEBIAN_RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+def rabbitmq_binaries(server: Path = DEBIAN_RABBITMQ_SERVER) -> tuple[Path, Path]:
     """The ``rabbitmq-server`` script and the Erlang ``epmd`` of Debian's rabbitmq-server package.
 
     Debian's ``/usr/sbin/rabbitmq-server`` is a wrapper that switches to the ``rabbitmq`` user and
     its home; the script under ``/usr/lib/rabbitmq/bin`` runs the node as whoever starts it.
     """
-    server = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     if not server.exists():
         found = shutil.which("rabbitmq-server")
         server = Path(found) if found and not found.startswith("/usr/sbin/") else server

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import LOG_DIR
 from tests.factories import MessageFactory, RoomFactory
-from tests.services import Broker, CeleryWorker, Uvicorn, subscribed
+from tests.services import Broker, CeleryWorker, Uvicorn, rabbitmq_binaries, subscribed
 from turbo_async import suppress
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,15 @@ def broker_worker(broker: Broker, django_db_setup: None) -> Iterator[CeleryWorke
 @pytest.fixture
 def pipeline(publish_to: Broker, broker_worker: CeleryWorker, web: Uvicorn) -> Uvicorn:
     return web
+
+
+def test_a_missing_rabbitmq_server_fails_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fixture raises this (an error, not a skip) on a machine without rabbitmq-server.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"install Debian's rabbitmq-server \(apt-get install rabbitmq-server"):
+        rabbitmq_binaries(tmp_path / "rabbitmq-server")
 
 
 def test_the_worker_consumes_from_the_broker_under_test(broker: Broker, broker_worker: CeleryWorker) -> None:

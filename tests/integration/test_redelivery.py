@@ -30,7 +30,16 @@ import pytest
 
 from tests.conftest import LOG_DIR
 from tests.factories import ProbeFactory
-from tests.services import ROOT, Broker, CeleryWorker, Process, Uvicorn, subprocess_env, subscribed
+from tests.services import (
+    ROOT,
+    Broker,
+    CeleryWorker,
+    Process,
+    RedisServer,
+    Uvicorn,
+    subprocess_env,
+    subscribed,
+)
 from tests.testapp.models import Probe
 from turbo_async import suppress
 
@@ -102,7 +111,7 @@ def test_task_of_a_killed_worker_is_redelivered_within_the_documented_bound(
         [holder] = [worker for worker in two_workers if TASK in worker.log()]
         # The holder's hook already read sleep=60; the run after redelivery must not sleep.
         Probe.objects.filter(pk=probe.pk).update(sleep=0)
-        if broker.name == "redis":
+        if isinstance(broker.server, RedisServer):
             # kombu keeps a delivered, unacknowledged task in the "unacked" hash until acked.
             assert broker.server.client().hlen("unacked") == 1
         holder.kill()  # SIGKILL to its process group: the main process and the pool child
