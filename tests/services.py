@@ -322,6 +322,22 @@ class PostgresServer:
         )
         log.close()
         wait_for_port(self.port, process=self.process, timeout=30)
+        self.wait_accepting(timeout=30)
+
+    def wait_accepting(self, timeout: float) -> None:
+        """Until a connection succeeds: the port opens while the server still answers "the
+        database system is starting up", which failed test runs on a loaded machine."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                    raise
+                time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None:
