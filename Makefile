@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Debian packages the tests drive: Redis, Chromium, PostgreSQL, docker-compose (config check only).
-APT_PACKAGES := redis-server chromium postgresql docker-compose
+APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose
 
 .PHONY: demo test bench lint docs install system-deps clean screenshots
 

@@ -90,6 +90,18 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = REDIS_URL
+# Redis as broker: a task whose worker was killed mid-hook is handed out again once
+# visibility_timeout has passed, at kombu's next restore sweep (every 10 s x throttle 1 here; its
+# default throttle of 10 would add up to 100 s): within 310 s (docs/guarantees.rst). Keep the
+# timeout above the slowest hook plus DELIVERY_RETRY_BACKOFF_MAX. socket_timeout bounds a publish
+# to a broker that hangs.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "300")),
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
 CELERY_TASK_IGNORE_RESULT = True
 
 USE_TZ = True

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.services import CeleryWorker, PostgresServer, RedisServer, Uvicorn
+from tests.services import (
+    Broker,
+    CeleryWorker,
+    PostgresServer,
+    RabbitMQServer,
+    RedisServer,
+    Uvicorn,
+    free_port,
+    use_broker,
+)
 
 LOG_DIR = Path(os.environ["TURBO_TEST_TMP"]) / "logs"
 
@@ -100,6 +109,51 @@ def live_broker(redis_server: RedisServer) -> Iterator[RedisServer]:
 def live(live_broker: RedisServer, worker: CeleryWorker, web: Uvicorn, transactional_db: None) -> Uvicorn:
     """The whole pipeline for real: committed rows, Redis broker, worker process, uvicorn."""
     return web
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitMQServer]:
+    """A real RabbitMQ node (Debian's rabbitmq-server) on free loopback ports, with its own epmd.
+    Without rabbitmq-server installed this fails, naming the package: it never skips."""
+    server = RabbitMQServer(Path(os.environ["TURBO_TEST_TMP"]) / "rabbitmq", LOG_DIR)
+    server.start()
+    yield server
+    server.stop()
+
+
+BROKERS = ("redis", "rabbitmq")
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Each broker-path test module once per broker: a Redis broker of the module's own (the
+    session worker consumes from the session's Redis and must not take these tasks), or the
+    session's RabbitMQ node. The channel layer stays on the session's Redis."""
+    if request.param == "redis":
+        server = RedisServer(free_port(), tmp_path_factory.mktemp("broker"))
+        server.start()
+        try:
+            yield Broker("redis", server.url, server)
+        finally:
+            server.stop()
+    else:
+        rabbitmq: RabbitMQServer = request.getfixturevalue("rabbitmq_server")
+        yield Broker("rabbitmq", rabbitmq.url, rabbitmq)
+
+
+@pytest.fixture
+def publish_to(broker: Broker, transactional_db: None) -> Iterator[Broker]:
+    """Committed rows, published by this process to ``broker`` (Celery eager mode off)."""
+    from workers import app
+
+    previous = app.conf.broker_url
+    use_broker(broker.url)
+    app.conf.task_always_eager = False
+    try:
+        yield broker
+    finally:
+        app.conf.task_always_eager = True
+        use_broker(previous)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -325,9 +325,157 @@ class PostgresServer:
         )
         log.close()
         wait_for_port(self.port, process=self.process, timeout=30)
+        self.wait_accepting(timeout=30)
+
+    def wait_accepting(self, timeout: float) -> None:
+        """Until a connection succeeds: the port opens while the server still answers "the
+        database system is starting up", which failed test runs on a loaded machine."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                    raise
+                time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown
             self.process.wait(20)
             self.process = None
+
+
+# -- RabbitMQ --------------------------------------------------------------------------------
+
+
+DEBIAN_RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+def rabbitmq_binaries(server: Path = DEBIAN_RABBITMQ_SERVER) -> tuple[Path, Path]:
+    """The ``rabbitmq-server`` script and the Erlang ``epmd`` of Debian's rabbitmq-server package.
+
+    Debian's ``/usr/sbin/rabbitmq-server`` is a wrapper that switches to the ``rabbitmq`` user and
+    its home; the script under ``/usr/lib/rabbitmq/bin`` runs the node as whoever starts it.
+    """
+    if not server.exists():
+        found = shutil.which("rabbitmq-server")
+        server = Path(found) if found and not found.startswith("/usr/sbin/") else server
+    epmd = shutil.which("epmd") or next(iter(sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None)
+    if not server.exists() or epmd is None:
+        raise RuntimeError(
+            "The RabbitMQ broker tests need a RabbitMQ server: install Debian's rabbitmq-server "
+            "(apt-get install rabbitmq-server, or make system-deps)."
+        )
+    return server, Path(epmd)
+
+
+class RabbitMQServer:
+    """A private RabbitMQ node: its own epmd, AMQP and distribution ports, all on 127.0.0.1, and
+    its database, logs, config and Erlang cookie in ``workdir``. A system RabbitMQ (port 5672,
+    epmd 4369) is neither used nor disturbed."""
+
+    def __init__(self, workdir: Path, log_dir: Path) -> None:
+        self.workdir = workdir
+        self.server_script, self.epmd_binary = rabbitmq_binaries()
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.nodename = f"turbo-test-{os.getpid()}-{self.port}@localhost"
+        env = {
+            "HOME": str(workdir),  # the Erlang cookie is made there
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),  # absent: none
+            "RABBITMQ_CONF_ENV_FILE": str(workdir / "rabbitmq-env.conf"),  # not /etc/rabbitmq's
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
+            # The distribution listener on loopback too.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+        self.epmd = Process(
+            "rabbitmq-epmd", [str(self.epmd_binary), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            log_dir, {**os.environ, **env},
+        )
+        self.server = Process("rabbitmq", [str(self.server_script)], log_dir, {**os.environ, **env})
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "log.file.level = warning\n"
+            "log.console = false\n"
+        )
+        (self.workdir / "rabbitmq-env.conf").write_text("")
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        # Our own epmd first: a node that finds none starts a daemon nobody would stop.
+        self.epmd.start_in(self.workdir)
+        wait_for_port(self.epmd_port, process=self.epmd.process)
+        self.server.start_in(self.workdir)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until an AMQP handshake succeeds: the node opens its listener last, once booted."""
+        from kombu import Connection
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.server.process is not None and self.server.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited with {self.server.process.returncode}:\n{self.server.log()}")
+            try:
+                with Connection(self.url, connect_timeout=2) as connection:
+                    connection.connect()
+                return
+            except Exception as exc:  # refused while it boots
+                last = exc
+                time.sleep(0.25)
+        raise TimeoutError(f"RabbitMQ not ready after {timeout}s ({last!r}):\n{self.server.log()}")
+
+    def stop(self) -> None:
+        # SIGTERM: the script stops the node cleanly (rabbitmq-server traps it).
+        self.server.stop(timeout=30)
+        self.epmd.stop()
+
+
+# -- brokers ---------------------------------------------------------------------------------
+
+
+class Broker:
+    """A broker the broker-path tests run against: ``"redis"`` or ``"rabbitmq"``."""
+
+    def __init__(self, name: str, url: str, server: RedisServer | RabbitMQServer) -> None:
+        self.name = name
+        self.url = url
+        self.server = server
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment of a worker consuming from this broker. Celery reads CELERY_BROKER_URL from
+        the environment before the settings; the channel layer stays on the session's Redis."""
+        return {"CELERY_BROKER_URL": self.url}
+
+    def __repr__(self) -> str:
+        return f"Broker({self.name!r}, {self.url!r})"
+
+
+def use_broker(url: str) -> None:
+    """Point the test process's Celery app at another broker, with fresh connection pools."""
+    from workers import app
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None

@@ -23,9 +23,11 @@ from django.core.management import call_command
 from tests.services import ROOT, RedisServer, free_port, subprocess_env, wait_for_port
 from tests.test_command import make_project, run_in
 from turbo_async.checks import (
+    RECOMMENDED_TRANSPORT_OPTIONS,
     broker_url,
     check_celery,
     check_channel_layer,
+    check_redelivery,
     check_runserver,
     check_streams,
     fallback_celery_app,
@@ -40,7 +42,10 @@ REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
 def celery_conf() -> Iterator[Any]:
     from workers import app
 
-    saved = {key: app.conf[key] for key in ("task_always_eager", "broker_url")}
+    saved = {
+        key: app.conf[key]
+        for key in ("task_always_eager", "broker_url", "broker_transport", "broker_transport_options")
+    }
     yield app.conf
     app.conf.update(saved)
 
@@ -209,6 +214,87 @@ def test_broker_url_is_celerys_default_when_unset(celery_conf: Any) -> None:
     assert broker_url(app) == "amqp://guest@localhost//"
 
 
+# -- redelivery (W008) ----------------------------------------------------------------------
+
+
+def test_redis_broker_without_visibility_timeout_warns_with_what_to_set(celery_conf: Any) -> None:
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = "redis://:s3cret@redis:6379/0"
+    celery_conf.broker_transport_options = {"socket_timeout": 2}
+    [warning] = check_redelivery()
+    assert warning.id == "turbo_async.W008"
+    assert warning.msg == (
+        "Redis is the Celery broker (redis://redis:6379/0) and CELERY_BROKER_TRANSPORT_OPTIONS sets "
+        "no visibility_timeout: a broadcast whose worker dies mid-task (SIGKILL, out of memory, a "
+        "lost machine) is handed out again only after kombu's default of 3,600 s, plus up to 100 s "
+        "until its restore sweep runs."
+    )
+    assert warning.hint == (
+        "Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': 300, "
+        "'unacked_restore_interval': 10, 'unacked_restore_throttle': 1, 'socket_timeout': 2, "
+        "'socket_connect_timeout': 2}: a killed worker's task then returns within about 310 s. Keep "
+        "visibility_timeout above your slowest hook plus DELIVERY_RETRY_BACKOFF_MAX, or a task still "
+        "running is handed out a second time."
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rediss://redis:6380/0", "sentinel://s1:26379;sentinel://s2:26379", "redis+socket:///run/redis.sock"],
+)
+def test_every_redis_transport_url_without_visibility_timeout_warns(celery_conf: Any, url: str) -> None:
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = url
+    celery_conf.broker_transport_options = {}
+    assert ids(check_redelivery()) == ["turbo_async.W008"]
+
+
+def test_the_recommended_transport_options_are_kombu_redis_options() -> None:
+    from kombu.transport.redis import Channel
+
+    assert set(RECOMMENDED_TRANSPORT_OPTIONS) <= set(Channel.from_transport_options)
+
+
+@pytest.mark.parametrize(
+    "options", [{"visibility_timeout": 300}, RECOMMENDED_TRANSPORT_OPTIONS, {"visibility_timeout": 3600}]
+)
+def test_redis_broker_with_a_visibility_timeout_is_fine(celery_conf: Any, options: dict[str, Any]) -> None:
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = "redis://redis:6379/0"
+    celery_conf.broker_transport_options = options
+    assert check_redelivery() == []
+
+
+@pytest.mark.parametrize("url", ["amqp://turbo@rabbitmq:5672//", "pyamqp://rabbitmq//", None])
+def test_other_brokers_need_no_visibility_timeout(celery_conf: Any, url: str | None) -> None:
+    # RabbitMQ returns an unacknowledged task as soon as the worker's connection drops; None is
+    # Celery's default broker (amqp), which W003 reports.
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = url
+    celery_conf.broker_transport_options = {}
+    assert check_redelivery() == []
+
+
+def test_an_explicit_redis_transport_warns_whatever_the_url(celery_conf: Any) -> None:
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = "amqp://elsewhere//"
+    celery_conf.broker_transport = "redis"
+    celery_conf.broker_transport_options = {}
+    assert ids(check_redelivery()) == ["turbo_async.W008"]
+
+
+def test_eager_tasks_need_no_visibility_timeout(celery_conf: Any) -> None:
+    celery_conf.task_always_eager = True
+    celery_conf.broker_url = "redis://redis:6379/0"
+    celery_conf.broker_transport_options = {}
+    assert check_redelivery() == []
+
+
+def test_no_loaded_celery_app_leaves_the_broker_to_w003(settings: Any, no_celery_app: None) -> None:
+    settings.CELERY_BROKER_URL = "redis://redis:6379/0"
+    assert check_redelivery() == []
+
+
 @pytest.mark.integration
 def test_manage_py_check_warns_when_proj_init_does_not_load_the_app(
     tmp_path: Path, redis_server: RedisServer
@@ -228,7 +314,10 @@ def test_manage_py_check_warns_when_proj_init_does_not_load_the_app(
         loaded, make_project(loaded, broker_url=redis_server.url, redis_url=redis_server.url), "check"
     )
     assert with_app.returncode == 0, with_app.stderr
-    assert "System check identified no issues" in with_app.stdout, with_app.stdout + with_app.stderr
+    # The app is loaded; the one thing left is the Redis broker's visibility_timeout, unset here.
+    assert "turbo_async.W003" not in with_app.stderr, with_app.stderr
+    assert "System check identified 1 issue (0 silenced)" in with_app.stdout + with_app.stderr
+    assert "(turbo_async.W008) Redis is the Celery broker (redis://127.0.0.1:" in with_app.stderr
 
 
 def test_eager_tasks_outside_tests_warn(celery_conf: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -314,6 +314,60 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
     return messages
 
 
+# -- redelivery (Redis as broker) ------------------------------------------------------------
+
+# kombu's Redis transport: schemes, and the defaults it restores unacknowledged tasks with
+# (kombu.transport.redis.Channel: visibility_timeout, unacked_restore_interval and _throttle).
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+KOMBU_VISIBILITY_TIMEOUT = 3600
+KOMBU_RESTORE_SWEEP = 10 * 10  # unacked_restore_interval (10 s) x unacked_restore_throttle (10)
+# What README.md, the demo and docs/deployment.rst set: a killed worker's task returns within
+# visibility_timeout + unacked_restore_interval x unacked_restore_throttle = 310 s.
+RECOMMENDED_TRANSPORT_OPTIONS: dict[str, int] = {
+    "visibility_timeout": 300,
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+
+
+def broker_is_redis(app: Any) -> bool:
+    """Whether ``app`` publishes through kombu's Redis transport (the first URL of a failover list)."""
+    transport = app.conf.get("broker_transport")
+    scheme = str(transport) if transport else broker_url(app).split(";")[0].partition("://")[0]
+    scheme = scheme.lower()
+    return scheme in REDIS_SCHEMES or scheme.startswith("redis+")
+
+
+@checks.register(TAG)
+def check_redelivery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    app = _celery_app()
+    # Eager tasks never reach a broker (W004 says so outside tests); Celery's fallback app reads
+    # none of the settings (W003 says so): neither would be helped by this warning.
+    if app.conf.task_always_eager or fallback_celery_app(app) or not broker_is_redis(app):
+        return []
+    options = app.conf.broker_transport_options or {}
+    if "visibility_timeout" in options:
+        return []
+    return [
+        checks.Warning(
+            f"Redis is the Celery broker ({broker_url(app)}) and CELERY_BROKER_TRANSPORT_OPTIONS "
+            "sets no visibility_timeout: a broadcast whose worker dies mid-task (SIGKILL, out of "
+            f"memory, a lost machine) is handed out again only after kombu's default of "
+            f"{KOMBU_VISIBILITY_TIMEOUT:,} s, plus up to {KOMBU_RESTORE_SWEEP} s until its restore "
+            "sweep runs.",
+            hint=(
+                f"Set CELERY_BROKER_TRANSPORT_OPTIONS = {RECOMMENDED_TRANSPORT_OPTIONS!r}: a killed "
+                "worker's task then returns within about 310 s. Keep visibility_timeout above your "
+                "slowest hook plus DELIVERY_RETRY_BACKOFF_MAX, or a task still running is handed "
+                "out a second time."
+            ),
+            id="turbo_async.W008",
+        )
+    ]
+
+
 # -- runserver -------------------------------------------------------------------------------
 
 # Commands that serve WSGI only: a WebSocket request to them is an ordinary 404.
