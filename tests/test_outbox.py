@@ -40,16 +40,41 @@ def not_eager() -> Iterator[None]:
         app.conf.task_always_eager = True
 
 
+def unbatched(args: Any) -> list[Any]:
+    """The args of each change a message carries: itself, or each item of a batch."""
+    if len(args) == 1 and isinstance(args[0], list):  # turbo_async.batch([item, ...])
+        return [
+            (item["label"], item["pk"], item["event"], item["created"]) if "label" in item
+            else (item["stream"], item["args"], item["kwargs"], item["action"], item["options"])
+            for item in args[0]
+        ]
+    return [args]
+
+
+@pytest.fixture
+def messages(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Every task message sent: (task name, args, options)."""
+    sent: list[tuple[str, Any, dict[str, Any]]] = []
+    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
+        def apply_async(args: Any, kwargs: Any = None, producer: Any = None, *, _name: str = task.name, **options: Any) -> None:
+            json.dumps([args, kwargs])  # what Celery's JSON serializer would refuse
+            sent.append((_name, args, options | {"producer": producer}))
+
+        monkeypatch.setattr(task, "apply_async", apply_async)
+    return sent
+
+
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> list[tuple[Any, str, Any]]:
+    """One (args, thread, producer) per change, batched or not."""
     calls: list[tuple[Any, str, Any]] = []
 
     def apply_async(args: Any, kwargs: Any = None, producer: Any = None, **options: Any) -> None:
         json.dumps([args, kwargs])  # what Celery's JSON serializer would refuse
-        calls.append((args, threading.current_thread().name, producer))
+        calls.extend((one, threading.current_thread().name, producer) for one in unbatched(args))
 
-    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
-    monkeypatch.setattr(tasks.stream_action, "apply_async", apply_async)
+    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
+        monkeypatch.setattr(task, "apply_async", apply_async)
     return calls
 
 
@@ -135,7 +160,8 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
         used.append(connections["default"])
         return {"frames": 0, "streams": 0}
 
-    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    for task in (tasks.broadcast, tasks.broadcast_batch):
+        monkeypatch.setattr(task, "apply_async", apply_async)
     monkeypatch.setattr(worker, "broadcast_change", run)
     with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
         MessageFactory()
@@ -159,13 +185,14 @@ class FlakyBroker:
         if self.failures > 0:
             self.failures -= 1
             raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        self.sent.append(args)
+        self.sent.extend(unbatched(args))
 
 
 @pytest.fixture
 def flaky(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> FlakyBroker:
     broker = FlakyBroker(failures=3)
-    monkeypatch.setattr(tasks.broadcast, "apply_async", broker)
+    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
+        monkeypatch.setattr(task, "apply_async", broker)
     return broker
 
 
@@ -211,15 +238,20 @@ def test_flush_honours_its_timeout_when_the_queue_is_full() -> None:
     assert box.flush(timeout=0.1) is False
 
 
-def test_a_dead_outbox_thread_is_started_again(published: list[Any], caplog: pytest.LogCaptureFixture) -> None:
-    outbox.start()
-    dead = threading.Thread(target=lambda: None)
-    dead.start()
-    dead.join()
-    outbox._outbox._thread = dead  # as if the thread had died
+def test_a_dead_outbox_thread_is_started_again(
+    published: list[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = outbox.Outbox()
+    monkeypatch.setattr(outbox, "_outbox", box)
+    drain = outbox.Outbox._run
+    monkeypatch.setattr(outbox.Outbox, "_run", lambda self, commits: None)  # a thread that dies at once
+    box.start()
+    assert box._thread is not None
+    box._thread.join(5)
+    monkeypatch.setattr(outbox.Outbox, "_run", drain)
     message = MessageFactory()
     assert outbox.flush(timeout=5)
-    assert [args[1] for args, _, _ in published][-1] == message.pk
+    assert [args[1] for args, _, _ in published] == [message.pk]
     assert "the outbox thread had died; started a new one" in caplog.text
 
 
@@ -335,3 +367,66 @@ def test_stream_later_goes_through_the_outbox_on_the_alias_of_its_transaction(
     [(args, thread, _)] = [call for call in published if call[0][0] == "testapp:RoomStream"]
     assert args[3:] == ("update", {"selector": None, "id": "greeting", "template": None, "context": None, "text": "hi"})
     assert thread == "turbo-async-outbox"
+
+
+# -- adaptive batching: changes that queue up go in one message ---------------------------------
+
+
+def hold_first_send(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Keep the outbox thread on its first lone send until the returned event is set, so the
+    changes committed meanwhile queue up behind it."""
+    gate = threading.Event()
+    original = publish.send
+    calls = {"n": 0}
+
+    def held(item: Any, alias: str = "default", producer: Any = None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            gate.wait(5)
+        original(item, alias, producer)
+
+    monkeypatch.setattr(publish, "send", held)
+    return gate
+
+
+def test_changes_that_queue_up_go_in_one_batch_and_a_lone_change_stays_its_hook(
+    messages: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = hold_first_send(monkeypatch)
+    first = MessageFactory()
+    room = first.room
+    queued = [MessageFactory(room=room).pk for _ in range(3)]
+    gate.set()
+    assert outbox.flush(timeout=5)
+    (lone_task, lone_args, lone_options), (task, args, options) = messages[0], messages[-1]
+    assert (lone_task, lone_args[1], lone_options["shadow"]) == (
+        "turbo_async.broadcast", first.pk, "testapp.MessageStream.on_save",
+    )
+    assert task == "turbo_async.batch"
+    assert [item["pk"] for item in args[0]] == queued
+    assert options["shadow"] == "testapp.MessageStream.on_save x3"
+    assert options["argsrepr"] == "testapp.MessageStream.on_save: " + ", ".join(map(str, queued))
+
+
+def test_batch_max_size_bounds_a_batch(messages: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = hold_first_send(monkeypatch)
+    with override_settings(TURBO_ASYNC={"BATCH_MAX_SIZE": 2}):
+        room = MessageFactory().room
+        queued = [MessageFactory(room=room).pk for _ in range(3)]
+        gate.set()
+        assert outbox.flush(timeout=5)
+    assert [(task, [item["pk"] for item in args[0]] if task == "turbo_async.batch" else args[1])
+            for task, args, _ in messages[1:]] == [
+        ("turbo_async.batch", queued[:2]), ("turbo_async.broadcast", queued[2]),
+    ]
+
+
+def test_a_batch_the_broker_refuses_goes_item_by_item(
+    published: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = Change("testapp.message", object(), "save", True, shadow="testapp.MessageStream.on_save")  # not JSON
+    good = Change("testapp.message", 5, "save", True, shadow="testapp.MessageStream.on_save")
+    outbox._outbox.put([outbox.Entry(good, "default"), outbox.Entry(bad, "default"), outbox.Entry(good, "default")])
+    assert outbox.flush(timeout=5)
+    assert [args[1] for args, _, _ in published] == [5, 5]
+    assert "could not queue the broadcast of testapp.message pk=<object object" in caplog.text

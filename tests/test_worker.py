@@ -16,10 +16,10 @@ from channels.layers import get_channel_layer
 from django.test import override_settings
 
 import turbo_async as turbo
-from tests.testapp.factories import DocumentFactory, MessageFactory, RoomFactory, TagFactory
-from tests.testapp.models import Room
+from tests.testapp.factories import DocumentFactory, MessageFactory, ProbeFactory, RoomFactory, TagFactory
+from tests.testapp.models import Message, Room
 from tests.testapp.streams import MessageStream, TagListStream
-from turbo_async import delivery, worker
+from turbo_async import changes, delivery, worker
 from turbo_async.changes import snapshot
 from turbo_async.exceptions import DeliveryError, UnknownStream
 
@@ -306,3 +306,74 @@ def test_retry_gives_up_with_the_delivery_error_and_a_log(caplog: pytest.LogCapt
         worker.retry(task, error, "testapp.message pk=1 (save)")  # type: ignore[arg-type]
     assert raised.value is error and task.retried == []
     assert "gave up on testapp.message pk=1 (save) after 5 retries" in caplog.text
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def item(message: Any, event: str = "save", created: bool = True) -> dict[str, Any]:
+    change = changes.Change.delete(message) if event == "delete" else changes.Change.save(message, created)
+    return change.payload("default")
+
+
+def test_a_batch_sends_one_group_send_per_stream_in_commit_order(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        room, other = RoomFactory(), RoomFactory()
+        first, second = MessageFactory(room=room, text="one"), MessageFactory(room=room, text="two")
+        elsewhere = MessageFactory(room=other, text="three")
+        gone = MessageFactory(room=room)
+        gone_item = item(gone, "delete")
+        gone.delete()
+    result = worker.broadcast_batch([item(first), item(elsewhere), item(second), gone_item])
+    assert result == {"frames": 4, "streams": 2, "changes": 4}
+    by_group = {group: message["data"] for group, message in group_sends}
+    assert len(group_sends) == 2  # one per stream for the whole batch
+    markup = by_group[room.stream.broadcastable_stream_name]
+    assert markup.index("one") < markup.index("two") < markup.index(f'action="remove" target="message-{gone_item["pk"]}"')
+    assert "three" in by_group[other.stream.broadcastable_stream_name]
+
+
+def test_a_batch_loads_each_models_rows_with_one_query(group_sends: list[Any]) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with turbo.suppress():
+        room = RoomFactory()
+        messages_ = [MessageFactory(room=room) for _ in range(5)]
+    with CaptureQueriesContext(connection) as queries:
+        worker.broadcast_batch([item(m) for m in messages_])
+    table = Message._meta.db_table
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT") and f'FROM "{table}"' in q["sql"]]
+    assert len(reads) == 2, reads  # the load, and the re-check after sending
+
+
+def test_a_failing_hook_fails_the_batch_after_the_others_frames_went_out(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        message = MessageFactory(text="delivered")
+        probe = ProbeFactory(fail=True)
+    probe_item = changes.Change.save(probe, True).payload("default")
+    with pytest.raises(worker.BatchHookError, match=rf"1 of 2 broadcasts of this batch failed .*testapp.probe pk={probe.pk} \(save\): RuntimeError"):
+        worker.broadcast_batch([probe_item, item(message)])
+    assert [message_["data"] for _, message_ in group_sends] and "delivered" in group_sends[0][1]["data"]
+
+
+def test_a_failing_hook_shows_as_a_failed_batch_task_in_celery(group_sends: list[Any]) -> None:
+    """Eager Celery (tests/settings.py): the task's state is what Flower shows."""
+    from turbo_async import tasks
+
+    with turbo.suppress():
+        probe = ProbeFactory(fail=True)
+    result = tasks.broadcast_batch.apply(([changes.Change.save(probe, True).payload("default")],), throw=False)
+    assert result.state == "FAILURE" and isinstance(result.result, worker.BatchHookError)
+
+
+def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: list[Any]) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        gone = MessageFactory(room=room)
+        gone_item = item(gone)
+        gone.delete()
+    action = changes.StreamAction(room.stream.stream_name, [room.pk], {}, "update", {"text": "hi", "id": "greeting"})
+    result = worker.broadcast_batch([gone_item, action.payload("default")])
+    assert result == {"frames": 1, "streams": 1, "changes": 2}
+    assert group_sends[0][1]["data"] == '<turbo-stream action="update" target="greeting"><template>hi</template></turbo-stream>'

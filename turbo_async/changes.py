@@ -21,6 +21,8 @@ BROADCAST_TASK = "turbo_async.broadcast"
 """The Celery task of a :class:`Change` (declared in :mod:`turbo_async.tasks`)."""
 STREAM_ACTION_TASK = "turbo_async.stream_action"
 """The Celery task of a :class:`StreamAction`."""
+BATCH_TASK = "turbo_async.batch"
+"""The Celery task of a batch: several changes and actions that queued up, in commit order."""
 
 
 @dataclass
@@ -60,6 +62,15 @@ class Change:
         """``chat.message pk=5 (save)``, for log lines."""
         return f"{self.label} pk={self.pk!r} ({self.event})"
 
+    def payload(self, using: str) -> dict[str, Any]:
+        """This change as one item of a batch task's argument (JSON)."""
+        item: dict[str, Any] = {"label": self.label, "pk": self.pk, "event": self.event, "created": self.created}
+        if using != "default":
+            item["using"] = using
+        if self.snapshot is not None:
+            item["snapshot"] = self.snapshot
+        return item
+
 
 @dataclass
 class StreamAction:
@@ -74,6 +85,13 @@ class StreamAction:
 
     def describe(self) -> str:
         return f"{self.stream_name}.{self.action}"
+
+    def payload(self, using: str) -> dict[str, Any]:
+        """This action as one item of a batch task's argument (JSON)."""
+        return {
+            "stream": self.stream_name, "args": self.args, "kwargs": self.kwargs,
+            "action": self.action, "options": self.options,
+        }
 
 
 def json_pk(instance: models.Model) -> Any:

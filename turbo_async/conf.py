@@ -14,6 +14,7 @@ Every key is optional::
         "OUTBOX_EXIT_TIMEOUT": 5.0,     # seconds the outbox may take to drain at exit / SIGTERM
         "OUTBOX_SWEEP_INTERVAL": 30.0,  # "database": seconds between sweeps of rows left behind
         "OUTBOX_SWEEP_AFTER": 10.0,     # "database": rows older than this are a dead process's
+        "BATCH_MAX_SIZE": 100,          # changes one Celery message may carry when they queue up
         "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
         "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
         "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
@@ -69,6 +70,7 @@ class TurboAsyncSettings:
     OUTBOX_EXIT_TIMEOUT: float = 5.0
     OUTBOX_SWEEP_INTERVAL: float = 30.0
     OUTBOX_SWEEP_AFTER: float = 10.0
+    BATCH_MAX_SIZE: int = 100
     PUBLISH_MAX_RETRIES: int = 2
     PUBLISH_RETRY_INTERVAL: float = 0.2
     DELIVERY_MAX_RETRIES: int = 5

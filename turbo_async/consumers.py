@@ -139,7 +139,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await layer_call(self.channel_layer.group_discard, group, self.channel_name)
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
-        """A frame batch from the layer: sent once per signed name this socket subscribed with."""
+        """Frames from the layer: sent once per signed name this socket subscribed with."""
         for signed_name in self.subscriptions.get(event.get("group", ""), ()):
             await self.send(json.dumps({"signed_channel_name": signed_name, "data": event["data"]}))
 

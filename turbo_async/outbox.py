@@ -49,7 +49,7 @@ logger = logging.getLogger("turbo_async")
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError, TimeoutError)
 """What an unreachable broker raises from ``apply_async``: retried, never dropped at once."""
 
-SWEEP_BATCH = 500
+SWEEP_CHUNK = 500
 
 
 @dataclass
@@ -208,8 +208,9 @@ class Outbox:
                         )
                         backlog.popleft()
                         continue
+                    run = self._run_of(backlog, settings)
                     try:
-                        publish.send(head.item, head.alias, producer)
+                        self._send(run, producer)
                     except BROKER_ERRORS as exc:
                         if settings.ON_PUBLISH_ERROR != "inline":
                             waiting = sum(isinstance(entry, Entry) for entry in backlog)
@@ -219,17 +220,49 @@ class Outbox:
                                 f" and {waiting - 1} more" if waiting > 1 else "",
                             )
                             return False
-                        publish.failed(head.item, head.alias, exc)
-                    except Exception as exc:  # not the broker's fault: retrying would not help
-                        publish.failed(head.item, head.alias, exc)
-                    backlog.popleft()
-                    sent.setdefault(head.alias, []).extend(head.rows)
+                        for entry in run:
+                            publish.failed(entry.item, entry.alias, exc)
+                    for entry in run:
+                        backlog.popleft()
+                        sent.setdefault(entry.alias, []).extend(entry.rows)
         except BROKER_ERRORS as exc:  # the producer pool itself
             logger.warning("the broker is unreachable (%s: %s); retrying", type(exc).__name__, exc)
             return False
         finally:
             _delete_rows(sent)
         return True
+
+
+    @staticmethod
+    def _run_of(backlog: deque[Entry | threading.Event], settings: conf.TurboAsyncSettings) -> list[Entry]:
+        """The entries at the head of the backlog that go out together: one, or, when several
+        queued up, up to ``BATCH_MAX_SIZE`` of them (never past a flush marker)."""
+        run: list[Entry] = []
+        for entry in backlog:
+            if not isinstance(entry, Entry) or len(run) >= max(1, settings.BATCH_MAX_SIZE):
+                break
+            run.append(entry)
+        return run
+
+    @staticmethod
+    def _send(run: list[Entry], producer: Any) -> None:
+        """Send a run as one task (a lone change stays a task named after its hook); raises
+        the broker's errors. Anything else fails only the entry it concerns."""
+        if len(run) > 1:
+            try:
+                publish.send_batch([(entry.item, entry.alias) for entry in run], producer)
+                return
+            except BROKER_ERRORS:
+                raise
+            except Exception:  # one item the broker cannot take: send them one by one
+                logger.debug("a batch of %d could not be sent; sending its items one by one", len(run))
+        for entry in run:
+            try:
+                publish.send(entry.item, entry.alias, producer)
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # not the broker's fault: retrying would not help
+                publish.failed(entry.item, entry.alias, exc)
 
 
 def _kept(entry: Entry) -> str:
@@ -241,9 +274,9 @@ def _delete_rows(rows: dict[str, list[int]]) -> None:
         return
     model = apps.get_model("turbo_async", "OutboxEntry")
     for alias, ids in rows.items():
-        for start in range(0, len(ids), SWEEP_BATCH):
+        for start in range(0, len(ids), SWEEP_CHUNK):
             try:
-                model._base_manager.using(alias).filter(id__in=ids[start : start + SWEEP_BATCH]).delete()
+                model._base_manager.using(alias).filter(id__in=ids[start : start + SWEEP_CHUNK]).delete()
             except DatabaseError as exc:  # they are published again by the sweep: harmless
                 logger.warning("could not delete %d published outbox row(s) on %r: %s", len(ids), alias, exc)
 
@@ -262,9 +295,9 @@ def sweep(older_than: float | None = None) -> int:
     for alias in connections:
         try:
             while True:
-                count = _sweep_batch(model, alias, age)
+                count = _sweep_chunk(model, alias, age)
                 published += count
-                if count < SWEEP_BATCH:
+                if count < SWEEP_CHUNK:
                     break
         except DatabaseError as exc:  # e.g. migrations not applied on this database
             logger.debug("no outbox sweep on %r: %s", alias, exc)
@@ -273,13 +306,13 @@ def sweep(older_than: float | None = None) -> int:
     return published
 
 
-def _sweep_batch(model: Any, alias: str, age: float) -> int:
+def _sweep_chunk(model: Any, alias: str, age: float) -> int:
     cutoff = timezone.now() - timedelta(seconds=age)
     with transaction.atomic(using=alias):
         rows = model._base_manager.using(alias).filter(created_at__lte=cutoff).order_by("id")
         if connections[alias].features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True)  # two sweepers share the work
-        taken = list(rows[:SWEEP_BATCH])
+        taken = list(rows[:SWEEP_CHUNK])
         with conf.celery_app().producer_or_acquire() as producer:
             for row in taken:
                 publish.send_message(row.task, row.args, row.kwargs, row.shadow, producer)

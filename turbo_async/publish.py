@@ -17,7 +17,7 @@ from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, recording
-from .changes import BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
+from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 
 logger = logging.getLogger("turbo_async")
 
@@ -43,6 +43,31 @@ def send(item: Change | StreamAction, alias: str, producer: Any = None) -> None:
     """Send the task of ``item`` to the broker; raises what the broker raised."""
     name, args, kwargs = message(item, alias)
     send_message(name, args, kwargs, item.shadow, producer)
+
+
+def send_batch(items: Sequence[tuple[Change | StreamAction, str]], producer: Any = None) -> None:
+    """Send several committed items as one ``turbo_async.batch`` task; raises on failure.
+
+    Flower shows the hooks and pks it carries (``argsrepr``) and, when every item is of one hook,
+    that hook's name with the count (``chat.MessageStream.on_save x12``).
+    """
+    payload = [item.payload(alias) for item, alias in items]
+    shadows = {item.shadow for item, _ in items}
+    shadow = f"{next(iter(shadows))} x{len(items)}" if len(shadows) == 1 else BATCH_TASK
+    task = conf.celery_app().tasks[BATCH_TASK]
+    task.apply_async((payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()))
+
+
+def describe_batch(items: Sequence[tuple[Change | StreamAction, str]], limit: int = 1000) -> str:
+    """``chat.MessageStream.on_save: 1, 2, 3; chat.RoomStream.refresh``: what a batch carries."""
+    pks: dict[str, list[str]] = {}
+    for item, _ in items:
+        name = item.shadow or item.describe()
+        pks.setdefault(name, [])
+        if isinstance(item, Change):
+            pks[name].append(repr(item.pk))
+    text = "; ".join(f"{name}: {', '.join(keys)}" if keys else name for name, keys in pks.items())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def send_message(

@@ -15,7 +15,7 @@ from celery.signals import worker_ready
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, outbox, worker
-from .changes import BROADCAST_TASK, STREAM_ACTION_TASK
+from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK
 from .exceptions import DeliveryError
 
 # Both tasks: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
@@ -56,6 +56,16 @@ def stream_action(
         return worker.perform_action(stream_name, args, kwargs, action, options)
     except DeliveryError as exc:
         worker.retry(self, exc, f"{stream_name}.{action}")
+
+
+@shared_task(name=BATCH_TASK, **TASK_OPTIONS)
+def broadcast_batch(self: Task[Any, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several changes and actions that queued up in a web process's outbox, in commit order:
+    one query per model, one ``group_send`` per stream for the whole batch."""
+    try:
+        return worker.broadcast_batch(items)
+    except DeliveryError as exc:
+        worker.retry(self, exc, f"a batch of {len(items)}")
 
 
 @worker_ready.connect
