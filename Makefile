@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-# Debian packages the tests drive: Redis, Chromium, PostgreSQL, docker-compose (config check only).
+# Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only).
 APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose
 
 .PHONY: demo test bench lint docs install system-deps clean screenshots

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LOG_DIR
-from tests.factories import MessageFactory, RoomFactory
 from tests.services import Broker, CeleryWorker, Uvicorn, rabbitmq_binaries, subscribed
+from tests.testapp.factories import MessageFactory, RoomFactory
 from turbo_async import suppress
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import LOG_DIR
-from tests.factories import ProbeFactory
 from tests.services import (
     ROOT,
     Broker,
@@ -40,6 +39,7 @@ from tests.services import (
     subprocess_env,
     subscribed,
 )
+from tests.testapp.factories import ProbeFactory
 from tests.testapp.models import Probe
 from turbo_async import suppress
 
