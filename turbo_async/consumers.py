@@ -111,6 +111,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         try:
             await self.handle(text_data)
+        except OSError as exc:
+            # The client went away while we answered (uvicorn's ClientDisconnected): nothing to
+            # answer and nothing wrong; the disconnect that follows leaves the groups.
+            logger.debug("WebSocket from %s closed while it was answered: %r", peer(self.scope), exc)
         except Exception:
             # A safety net: whatever a client sends, the socket and the process stay up.
             self.refusals.exception("could not handle a WebSocket message")

@@ -106,7 +106,7 @@ async def mass(url: str, origin: str, names: list[str], pid: int) -> dict[str, A
     start = time.monotonic()
     for batch in range(0, SOCKETS, 100):
         opened += await asyncio.gather(
-            *(connect(url, origin=origin, open_timeout=120) for _ in range(batch, min(SOCKETS, batch + 100)))  # type: ignore[arg-type]
+            *(connect(url, origin=origin, open_timeout=120, ping_interval=None) for _ in range(batch, min(SOCKETS, batch + 100)))  # type: ignore[arg-type]
         )
 
     async def subscribe_all(ws: Any) -> None:
