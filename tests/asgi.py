@@ -11,16 +11,17 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 import turbo_async.routing  # noqa: E402
+from turbo_async.security import OriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Browser tests load turbo's JS and the demo's CSS: Django serves static files (DEBUG off).
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
+        # As README's wiring: the page's own scheme, host and port, and CSRF_TRUSTED_ORIGINS.
+        "websocket": OriginValidator(
             AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))
         ),
     }

@@ -10,6 +10,7 @@ real session cookies are in tests/integration/test_security_live.py.
 from __future__ import annotations
 
 import json
+import logging
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -618,3 +619,138 @@ async def test_bad_messages_get_an_error_and_the_socket_stays_open(raw: str, err
     signed, _ = room_list_names()
     assert (await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed}))["type"] == "subscribed"
     await communicator.disconnect()
+
+
+# -- budgets: rate, refusal log, a busy channel layer -------------------------------------------
+
+
+async def test_a_socket_over_its_burst_is_closed_with_1008_and_one_log_line(
+    settings: Any, caplog: pytest.LogCaptureFixture, layer: Any
+) -> None:
+    settings.TURBO_ASYNC = {"MESSAGE_BURST": 10, "MAX_MESSAGES_PER_SECOND": 1}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for _ in range(200):
+            await send(communicator, "junk")
+        replies = []
+        while True:
+            output = await communicator.receive_output(timeout=1)
+            if output["type"] == "websocket.close":
+                break
+            replies.append(output)
+    assert output["code"] == 1008
+    assert len(replies) == 10  # the burst was answered, nothing after it
+    closes = [r for r in caplog.records if "with code 1008" in r.getMessage()]
+    assert len(closes) == 1
+    assert len(caplog.records) == 1
+    await communicator.disconnect()
+
+
+async def test_a_page_subscribing_max_subscriptions_at_once_is_not_closed(settings: Any, layer: Any) -> None:
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    for pk in range(100):  # the default MAX_SUBSCRIPTIONS, sent as fast as a page sends them
+        await communicator.send_json_to({"type": "subscribe", "signed_channel_name": room_stream(pk).signed_stream_name})
+    for _ in range(100):
+        assert (await communicator.receive_json_from())["type"] == "subscribed"
+    await communicator.disconnect()
+
+
+async def test_refusal_warnings_are_capped_per_socket_and_summed_up_at_close(
+    settings: Any, caplog: pytest.LogCaptureFixture, layer: Any
+) -> None:
+    settings.TURBO_ASYNC = {"LOGGED_REFUSALS_PER_SOCKET": 3}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for _ in range(50):
+            reply = await request(communicator, "subscribe", "forged:signature")
+            assert reply["error"].startswith("invalid signed_channel_name")
+        await communicator.disconnect()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert lines[-1].startswith("47 more refusals on the WebSocket from")
+
+
+class FlakyLayer:
+    """A channel layer whose group calls fail the first ``failures`` times, as channels_redis
+    does when redis-py's pool is exhausted (``MaxConnectionsError``)."""
+
+    def __init__(self, failures: int, error: type[BaseException]) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls: list[tuple[str, str]] = []
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._call("add", group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._call("discard", group)
+
+    async def _call(self, kind: str, group: str) -> None:
+        self.calls.append((kind, group))
+        if self.failures:
+            self.failures -= 1
+            raise self.error("Too many connections")
+
+
+async def test_a_subscribe_waits_for_a_pooled_connection_instead_of_failing(layer: Any) -> None:
+    from redis.exceptions import MaxConnectionsError
+
+    flaky = FlakyLayer(failures=5, error=MaxConnectionsError)
+    consumer = TurboStreamsConsumer()
+    consumer.scope = {"type": "websocket", "client": ("10.0.0.1", 1)}
+    consumer.channel_layer = flaky  # type: ignore[assignment]
+    consumer.channel_name = "test!chan"
+    sent: list[str] = []
+
+    async def fake_send(text_data: str | None = None, **kwargs: Any) -> None:
+        sent.append(str(text_data))
+
+    consumer.send = fake_send  # type: ignore[method-assign]
+    consumer.subscriptions = {}
+    from turbo_async.security import RefusalLog, TokenBucket
+
+    consumer.budget = TokenBucket(20, 200)
+    consumer.refusals = RefusalLog("10.0.0.1:1", 5)
+    signed = room_stream(1).signed_stream_name
+    await consumer.receive(json.dumps({"type": "subscribe", "signed_channel_name": signed}))
+    assert json.loads(sent[-1]) == {"type": "subscribed", "signed_channel_name": signed}
+    assert len(flaky.calls) == 6
+
+
+async def test_leaving_groups_on_close_never_raises_and_logs_one_line(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.TURBO_ASYNC = {"LAYER_WAIT_TIMEOUT": 0.2}
+    flaky = FlakyLayer(failures=10**9, error=ConnectionError)
+    consumer = TurboStreamsConsumer()
+    consumer.scope = {"type": "websocket", "client": ("10.0.0.1", 1)}
+    consumer.channel_layer = flaky  # type: ignore[assignment]
+    consumer.channel_name = "test!chan"
+    consumer.subscriptions = {f"group{n}": {"x"} for n in range(100)}
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        await consumer.disconnect(1001)  # must not raise
+    assert {group for _, group in flaky.calls} == {f"group{n}" for n in range(100)}
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("could not leave 100 of 100 channel-layer groups of the closed WebSocket from 10.0.0.1:1")
+
+
+async def test_the_layer_calls_of_all_sockets_are_gated(settings: Any) -> None:
+    import asyncio
+
+    from turbo_async.consumers import pooled_call
+
+    settings.TURBO_ASYNC = {"LAYER_CONCURRENCY": 3}
+    running = peak = 0
+
+    async def call() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    await asyncio.gather(*(pooled_call(call) for _ in range(30)))
+    assert peak == 3

@@ -21,6 +21,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .registry import dotted_path as _dotted, stream_registry
+from .security import accepts_any_origin, origin_check_of
 from .streams import ModelStream
 
 HOOKS = tuple(ModelStream.hooks.values())
@@ -408,6 +409,51 @@ def check_runserver(app_configs: Sequence[AppConfig] | None = None, **kwargs: An
                 "uvicorn proj.asgi:application (with uvicorn[standard] for WebSockets)."
             ),
             id="turbo_async.W007",
+        )
+    ]
+
+
+# -- origins ---------------------------------------------------------------------------------
+
+
+@checks.register(TAG, checks.Tags.security)
+def check_origins(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """With ``ALLOWED_HOSTS = ["*"]``, is the WebSocket route of ``ASGI_APPLICATION`` guarded by
+    an origin check that does not read ALLOWED_HOSTS? Any other site could otherwise open a
+    socket with the visitor's cookies. The route is found by importing ``ASGI_APPLICATION``
+    and following its ``"websocket"`` entry through the middleware (:func:`origin_check_of`);
+    when that cannot be done the check says so, since it cannot prove the route safe."""
+    if "*" not in list(getattr(settings, "ALLOWED_HOSTS", [])):
+        return []
+    hint = (
+        "Wrap the WebSocket routes in turbo_async.security.OriginValidator (it accepts the "
+        "page's own scheme, host and port and CSRF_TRUSTED_ORIGINS, whatever ALLOWED_HOSTS "
+        "says), or list your hosts in ALLOWED_HOSTS."
+    )
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not path:
+        problem = (
+            "ASGI_APPLICATION is not set, so this check cannot see which origin check guards the "
+            "WebSocket route; Channels' AllowedHostsOriginValidator lets every origin in."
+        )
+    else:
+        try:
+            application = import_string(path)
+        except Exception as exc:  # an import error of the user's module: report it, do not crash
+            problem = f"ASGI_APPLICATION {path!r} could not be imported ({exc!r}) to see its origin check."
+        else:
+            if not accepts_any_origin(origin_check_of(application)):
+                return []
+            problem = (
+                f"The WebSocket route of {path} accepts every origin (no origin check, or "
+                "AllowedHostsOriginValidator, which lets everything in with '*')."
+            )
+    return [
+        checks.Warning(
+            "ALLOWED_HOSTS contains '*'. " + problem + " Another site can open a WebSocket with "
+            "your visitors' cookies and subscribe to what they may see.",
+            hint=hint,
+            id="turbo_async.W009",
         )
     ]
 

@@ -25,6 +25,12 @@ Every key is optional::
         "WS_PATH": "/ws/",              # path the browser connects to
         "MAX_MESSAGE_BYTES": 16384,     # larger WebSocket messages from a client are refused
         "MAX_SUBSCRIPTIONS": 100,       # subscriptions one socket may hold
+        # Abuse budgets of one WebSocket (docs/security.rst, "Limits per socket"):
+        "MAX_MESSAGES_PER_SECOND": 20.0,  # sustained client messages per socket (0: no limit)
+        "MESSAGE_BURST": 200,           # messages a socket may send at once; beyond: closed, 1008
+        "LOGGED_REFUSALS_PER_SOCKET": 5,  # refusal warnings logged per socket, then only counted
+        "LAYER_CONCURRENCY": 50,        # channel-layer calls the sockets of a process make at once
+        "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -81,6 +87,12 @@ class TurboAsyncSettings:
     WS_PATH: str = "/ws/"
     MAX_MESSAGE_BYTES: int = 16384
     MAX_SUBSCRIPTIONS: int = 100
+    # Abuse budgets of one WebSocket (turbo_async.security, docs/security.rst).
+    MAX_MESSAGES_PER_SECOND: float = 20.0
+    MESSAGE_BURST: int = 200
+    LOGGED_REFUSALS_PER_SOCKET: int = 5
+    LAYER_CONCURRENCY: int = 50
+    LAYER_WAIT_TIMEOUT: float = 30.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:

@@ -5,12 +5,23 @@ sends ``{"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-str
 frame of a subscribed stream, and acknowledges a subscription with
 ``{"type": "subscribed", "signed_channel_name": "..."}``. Bad input is answered with
 ``{"type": "error", "error": "..."}`` and the socket stays open; nothing a client sends can raise out of the consumer.
+
+Budgets (:mod:`turbo_async.security`): a socket that sends more than ``MESSAGE_BURST`` messages at
+once, or more than ``MAX_MESSAGES_PER_SECOND`` for long, is closed with code 1008 (policy
+violation) and one log line; the rate and the size are checked before anything is parsed. Group
+adds and discards of all sockets of a process go through one gate of ``LAYER_CONCURRENCY`` calls
+and wait (up to ``LAYER_WAIT_TIMEOUT``) for a pooled Redis connection instead of failing, and
+leaving the groups of a closed socket never raises.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -18,48 +29,122 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf
-from .delivery import layer_call
+from .delivery import LAYER_ERRORS, layer_call
 from .exceptions import InvalidSubscription, UnknownStream
 from .names import group_name, unsign
 from .registry import stream_registry
+from .security import RefusalLog, TokenBucket, peer
 
 logger = logging.getLogger("turbo_async")
 
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 
+POLICY_VIOLATION = 1008
+"""The WebSocket close code of a socket closed for exceeding its message budget (RFC 6455)."""
+
+# One gate per event loop (uvicorn runs one per worker process): asyncio primitives belong to a loop.
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(max(1, conf.get().LAYER_CONCURRENCY))
+    return gate
+
+
+async def pooled_call(
+    function: Callable[..., Awaitable[Any]], *args: Any, deadline: float | None = None
+) -> Any:
+    """A channel-layer call of a socket: through the process's gate, so that thousands of sockets
+    subscribing or closing at once queue here rather than exhaust channels_redis' connection pool
+    (redis-py's pool raises ``MaxConnectionsError`` beyond ``max_connections``, 100 by default),
+    and retried with backoff while the pool is busy or Redis is unreachable, for up to
+    ``LAYER_WAIT_TIMEOUT`` seconds (or until ``deadline``, a time of the running loop). The last
+    error is raised after that."""
+    loop = asyncio.get_running_loop()
+    if deadline is None:
+        deadline = loop.time() + conf.get().LAYER_WAIT_TIMEOUT
+    delay = 0.02
+    while True:
+        async with _gate():
+            try:
+                return await layer_call(function, *args)
+            except LAYER_ERRORS:
+                if loop.time() + delay > deadline:
+                    raise
+        # Jitter: sockets refused together must not come back together.
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 1.0)
+
 
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """Route it at ``ws/`` (see :mod:`turbo_async.routing`), inside ``AuthMiddlewareStack``."""
 
+    closing = False  # set when the socket is closed for abuse
+
     async def connect(self) -> None:
+        settings = conf.get()
         # group -> the signed names this socket subscribed with (a page may hold several
         # signatures of one stream, made at different times).
         self.subscriptions: dict[str, set[str]] = {}
+        self.budget = TokenBucket(settings.MAX_MESSAGES_PER_SECOND, settings.MESSAGE_BURST)
+        self.refusals = RefusalLog(peer(self.scope), settings.LOGGED_REFUSALS_PER_SOCKET)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for group in list(getattr(self, "subscriptions", {})):
-            await layer_call(self.channel_layer.group_discard, group, self.channel_name)
+        groups: list[str] = list(getattr(self, "subscriptions", {}))
         self.subscriptions = {}
+        refusals: RefusalLog | None = getattr(self, "refusals", None)
+        if refusals is not None:
+            refusals.summary()
+        await leave(self.channel_layer, groups, self.channel_name, peer(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return  # closed for abuse: what still arrives before the close handshake is dropped
+        # The rate first: it costs a clock read, and an abuser is cut off before anything is parsed.
+        if not self.budget.take():
+            await self.close_for_abuse()
+            return
         try:
             await self.handle(text_data)
+        except OSError as exc:
+            # The client went away while we answered (uvicorn's ClientDisconnected): nothing to
+            # answer and nothing wrong; the disconnect that follows leaves the groups.
+            logger.debug("WebSocket from %s closed while it was answered: %r", peer(self.scope), exc)
         except Exception:
             # A safety net: whatever a client sends, the socket and the process stay up.
-            logger.exception("could not handle a WebSocket message")
+            self.refusals.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
+
+    async def close_for_abuse(self) -> None:
+        settings = conf.get()
+        self.closing = True
+        # One line per abuser, however many messages it sends.
+        logger.warning(
+            "closed the WebSocket from %s with code %d: it sent more than %d messages at once or "
+            "%s per second for too long (TURBO_ASYNC['MESSAGE_BURST'], "
+            "TURBO_ASYNC['MAX_MESSAGES_PER_SECOND'])",
+            peer(self.scope), POLICY_VIOLATION, settings.MESSAGE_BURST, settings.MAX_MESSAGES_PER_SECOND,
+        )
+        await self.close(code=POLICY_VIOLATION)
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
         if text_data is None:
             await self.error("binary messages are not supported; send JSON text")
             return
-        # "surrogatepass": a lone surrogate must not raise here (browsers never send one).
-        size = len(text_data.encode("utf-8", "surrogatepass"))
-        if size > settings.MAX_MESSAGE_BYTES:
-            await self.error(f"message larger than {settings.MAX_MESSAGE_BYTES} bytes")
+        limit = settings.MAX_MESSAGE_BYTES
+        # A str has at least one UTF-8 byte per character and at most four: most sizes are known
+        # without encoding. "surrogatepass": a lone surrogate must not raise (browsers never send one).
+        length = len(text_data)
+        if length > limit or (
+            length * 4 > limit and len(text_data.encode("utf-8", "surrogatepass")) > limit
+        ):
+            await self.error(f"message larger than {limit} bytes")
             return
         try:
             content = json.loads(text_data)
@@ -84,7 +169,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
-            logger.warning("refused a subscription: %s", exc)
+            self.refusals.warning("refused a subscription: %s", exc)
             await self.error(f"invalid signed_channel_name: {exc}", signed_name)
             return
         group = group_name(stream_name, args, kwargs)
@@ -105,7 +190,15 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.error(reason, signed_name)
             return
         if group not in self.subscriptions:
-            await layer_call(self.channel_layer.group_add, group, self.channel_name)
+            try:
+                await pooled_call(self.channel_layer.group_add, group, self.channel_name)
+            except LAYER_ERRORS as exc:
+                self.refusals.warning("could not join the group of %r: %r", stream_name, exc)
+                await self.error(
+                    "the server cannot subscribe now (channel layer unavailable); subscribe again later",
+                    signed_name,
+                )
+                return
         self.subscriptions.setdefault(group, set()).add(signed_name)
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
 
@@ -118,15 +211,15 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if stream.user_passes_test(user):
                 return True, ""
         except UnknownStream:
-            logger.warning("subscription to unknown stream %r", stream_name)
+            self.refusals.warning("subscription to unknown stream %r", stream_name)
             return False, f"unknown stream {stream_name!r}"
         except ObjectDoesNotExist as exc:  # e.g. the user of a UserBroadcastComponent is gone
-            logger.warning("subscription to %r refused: %s", stream_name, exc)
+            self.refusals.warning("subscription to %r refused: %s", stream_name, exc)
             return False, "permission denied"
         except Exception:
-            logger.exception("could not check the subscription to %r", stream_name)
+            self.refusals.exception("could not check the subscription to %r", stream_name)
             return False, "subscription check failed"
-        logger.warning("user %s may not subscribe to %r", user, stream_name)
+        self.refusals.warning("user %s may not subscribe to %r", user, stream_name)
         return False, "permission denied"
 
     async def unsubscribe(self, group: str, signed_name: str) -> None:
@@ -136,7 +229,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names.discard(signed_name)
         if not names:
             del self.subscriptions[group]
-            await layer_call(self.channel_layer.group_discard, group, self.channel_name)
+            await leave(self.channel_layer, [group], self.channel_name, peer(self.scope))
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
         """Frames from the layer: sent once per signed name this socket subscribed with."""
@@ -148,6 +241,30 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
         await self.send(json.dumps(reply))
+
+
+async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:
+    """Discard ``channel_name`` from ``groups``; never raises (it runs as a socket closes, when
+    an exception would only reach the ASGI server's log). A group that cannot be left within
+    ``LAYER_WAIT_TIMEOUT`` is reported in one line for the socket; channels_redis drops the
+    member when the group expires (``group_expiry``)."""
+    failed: list[str] = []
+    error: BaseException | None = None
+    # One deadline for all the groups of the socket: with Redis down, 100 groups must not wait
+    # 100 times LAYER_WAIT_TIMEOUT.
+    deadline = asyncio.get_running_loop().time() + conf.get().LAYER_WAIT_TIMEOUT
+    for group in groups:
+        try:
+            await pooled_call(layer.group_discard, group, channel_name, deadline=deadline)
+        except Exception as exc:  # whatever the layer raises, the socket is closing
+            failed.append(group)
+            error = exc
+    if failed:
+        logger.error(
+            "could not leave %d of %d channel-layer groups of the closed WebSocket from %s (%r); "
+            "frames to them are still written for it until the groups expire",
+            len(failed), len(groups), who, error,
+        )
 
 
 def _short(value: Any, limit: int = 60) -> str:

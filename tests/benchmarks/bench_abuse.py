@@ -1,0 +1,210 @@
+"""Abuse benchmark: one flooding client, and thousands of sockets subscribing and closing at once.
+
+    python -m tests.benchmarks.bench_abuse
+
+Starts its own Redis and one uvicorn process (tests.asgi, the Redis channel layer, ``--ws-max-size``
+20000 as docs/deployment.rst advises) and prints a table; nothing is asserted (the promises are in
+tests/integration/test_abuse.py). Environment: ``BENCH_ABUSE_FLOOD_SECONDS`` (10),
+``BENCH_ABUSE_SOCKETS`` (2000), ``BENCH_ABUSE_SUBSCRIPTIONS`` (100).
+
+- victim: one client subscribes and unsubscribes (5 round trips a second) without and then during
+  a flood of 16 KB forged subscriptions from another process, which reconnects each time it is
+  closed (the worst an attacker without a proxy limit can do); p50 / p95 of the round trip;
+- log lines uvicorn wrote during the flood, and the messages and connections the flood made;
+- mass close: N sockets x M subscriptions, all closed; "internal error" replies, ASGI exceptions,
+  group members left in Redis 10 s later, uvicorn's RSS before, at the peak and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FLOOD_SECONDS = float(os.environ.get("BENCH_ABUSE_FLOOD_SECONDS", "10"))
+SOCKETS = int(os.environ.get("BENCH_ABUSE_SOCKETS", "2000"))
+SUBSCRIPTIONS = int(os.environ.get("BENCH_ABUSE_SUBSCRIPTIONS", "100"))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def flood(url: str, origin: str, seconds: float, result: Any) -> None:
+    """Another process: 16 KB forged subscriptions as fast as possible, reconnecting when closed."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    junk = json.dumps({"type": "subscribe", "signed_channel_name": "x" * 16000})
+    sent = connections = closed_1008 = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with connect(url, origin=origin, open_timeout=10) as ws:  # type: ignore[arg-type]
+                connections += 1
+                while time.monotonic() < deadline:
+                    ws.send(junk)
+                    sent += 1
+                    if sent % 20 == 0:  # read what came back, to notice a close and reconnect
+                        try:
+                            while True:
+                                ws.recv(timeout=0)
+                        except TimeoutError:
+                            pass
+        except ConnectionClosed as exc:
+            closed_1008 += exc.rcvd is not None and exc.rcvd.code == 1008
+        except (InvalidStatus, OSError, TimeoutError):
+            time.sleep(0.01)
+    result.put({"sent": sent, "connections": connections, "closed_1008": closed_1008})
+
+
+async def victim(url: str, origin: str, names: list[str], seconds: float) -> list[float]:
+    from websockets.asyncio.client import connect
+
+    times: list[float] = []
+    async with connect(url, origin=origin, open_timeout=30) as ws:  # type: ignore[arg-type]
+        deadline = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < deadline:
+            name = names[n % len(names)]
+            n += 1
+            start = time.perf_counter()
+            await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": name}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            times.append(time.perf_counter() - start)
+            assert reply.get("type") == "subscribed", reply
+            await ws.send(json.dumps({"type": "unsubscribe", "signed_channel_name": name}))
+            await asyncio.sleep(0.2)
+    return times
+
+
+async def mass(url: str, origin: str, names: list[str], pid: int) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    replies: dict[str, int] = {}
+    opened = []
+    start = time.monotonic()
+    for batch in range(0, SOCKETS, 100):
+        opened += await asyncio.gather(
+            *(connect(url, origin=origin, open_timeout=120, ping_interval=None) for _ in range(batch, min(SOCKETS, batch + 100)))  # type: ignore[arg-type]
+        )
+
+    async def subscribe_all(ws: Any) -> None:
+        for name in names:
+            await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": name}))
+        for _ in names:
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 600))
+            key = reply.get("type") if reply.get("type") == "subscribed" else reply.get("error", "?")
+            replies[key] = replies.get(key, 0) + 1
+
+    await asyncio.gather(*(subscribe_all(ws) for ws in opened))
+    subscribed_after = time.monotonic() - start
+    peak = rss_mb(pid)
+    await asyncio.gather(*(ws.close() for ws in opened))
+    return {"replies": replies, "subscribe_seconds": subscribed_after, "rss_peak": peak}
+
+
+def main() -> None:
+    tmp = tempfile.mkdtemp(prefix="bench_abuse_")
+    sys.path.insert(0, str(ROOT))
+    from tests.services import RedisServer, Uvicorn, free_port
+
+    os.environ["TURBO_TEST_REDIS_PORT"] = str(free_port())
+    os.environ["TURBO_TEST_TMP"] = tmp
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+    from tests.testapp.streams import RoomStream
+
+    redis = RedisServer(int(os.environ["TURBO_TEST_REDIS_PORT"]), Path(tmp) / "redis")
+    redis.start()
+    web = Uvicorn(Path(tmp) / "logs", name="web-bench-abuse")
+    web.args += ["--ws-max-size", "20000"]
+    web.start()
+    assert web.process is not None
+    pid = web.process.pid
+    rows: list[tuple[str, str]] = []
+    try:
+        names = [RoomStream(n).signed_stream_name for n in range(max(SUBSCRIPTIONS, 50))]
+        quiet = asyncio.run(victim(web.ws_url, web.origin, names, FLOOD_SECONDS))
+        lines_before = len(web.log().splitlines())
+        cpu_before = cpu_seconds(pid)
+        result: Any = multiprocessing.get_context("spawn").Queue()
+        attacker = multiprocessing.get_context("spawn").Process(
+            target=flood, args=(web.ws_url, web.origin, FLOOD_SECONDS, result)
+        )
+        attacker.start()
+        time.sleep(0.5)  # the flood is under way
+        loud = asyncio.run(victim(web.ws_url, web.origin, names, FLOOD_SECONDS - 1))
+        flooded = result.get(timeout=60)
+        attacker.join(10)
+        cpu_flood = cpu_seconds(pid) - cpu_before
+        time.sleep(0.5)
+        lines = len(web.log().splitlines()) - lines_before
+        p50q, p95q = percentile(quiet, 50) * 1000, percentile(quiet, 95) * 1000
+        p50l, p95l = percentile(loud, 50) * 1000, percentile(loud, 95) * 1000
+        rows += [
+            ("victim subscribe round trip, no flood: p50 / p95", f"{p50q:.1f} / {p95q:.1f} ms ({len(quiet)} round trips)"),
+            ("victim subscribe round trip, during flood: p50 / p95", f"{p50l:.1f} / {p95l:.1f} ms ({len(loud)} round trips)"),
+            ("ratio flood / no flood (p95)", f"{p95l / p95q:.1f}x"),
+            ("flood: 16 KB messages sent / connections / closed 1008",
+             f"{flooded['sent']} / {flooded['connections']} / {flooded['closed_1008']}"),
+            ("flood: uvicorn CPU / log lines written", f"{cpu_flood:.1f} s / {lines}"),
+        ]
+
+        redis.flushall()
+        rss_before = rss_mb(pid)
+        log_before = len(web.log())
+        start = time.monotonic()
+        outcome = asyncio.run(mass(web.ws_url, web.origin, names[:SUBSCRIPTIONS], pid))
+        closed_at = time.monotonic()
+        time.sleep(10)
+        client = redis.client()
+        left = sum(client.zcard(key) for key in client.scan_iter("asgi:group:*"))
+        time.sleep(5)
+        rss_after = rss_mb(pid)
+        log = web.log()[log_before:]
+        replies = outcome["replies"]
+        rows += [
+            (f"mass: {SOCKETS} sockets x {SUBSCRIPTIONS} subscriptions, subscribed in",
+             f"{outcome['subscribe_seconds']:.1f} s (all closed at {closed_at - start:.1f} s)"),
+            ("mass: replies", ", ".join(f"{k}: {v}" for k, v in sorted(replies.items()))),
+            ("mass: 'internal error' replies / 'Exception in ASGI application'",
+             f"{sum(v for k, v in replies.items() if 'internal error' in k)} / {log.count('Exception in ASGI application')}"),
+            ("mass: group members left in Redis 10 s after the close", str(left)),
+            ("mass: uvicorn RSS before / peak / 15 s after the close",
+             f"{rss_before:.0f} / {outcome['rss_peak']:.0f} / {rss_after:.0f} MB"),
+        ]
+    finally:
+        web.stop()
+        redis.stop()
+    width = max(len(label) for label, _ in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for label, value in rows:
+        print(f"{label.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Abuse against the real stack: uvicorn serving tests.asgi (turbo_async.security.OriginValidator
+around AuthMiddlewareStack) with Redis as channel layer, driven by real WebSocket clients.
+
+Sizes are small by default so the suite stays fast; the benchmark
+(tests/benchmarks/bench_abuse.py) runs the full 2,000 sockets x 100 subscriptions. Environment:
+``TURBO_TEST_ABUSE_SOCKETS`` (200), ``TURBO_TEST_ABUSE_SUBSCRIPTIONS`` (20),
+``TURBO_TEST_ABUSE_FLOOD`` (2000 messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import LOG_DIR
+from tests.services import RedisServer, StreamClient, Uvicorn, subscribed
+from tests.testapp.streams import RoomStream
+from turbo_async import conf
+
+pytestmark = pytest.mark.integration
+
+SOCKETS = int(os.environ.get("TURBO_TEST_ABUSE_SOCKETS", "200"))
+SUBSCRIPTIONS = int(os.environ.get("TURBO_TEST_ABUSE_SUBSCRIPTIONS", "20"))
+FLOOD = int(os.environ.get("TURBO_TEST_ABUSE_FLOOD", "2000"))
+WS_MAX_SIZE = 20000  # a little over MAX_MESSAGE_BYTES (16384), as the deployment docs advise
+RSS_MARGIN_MB = 40  # uvicorn's RSS after the mass close, over its RSS before it
+
+
+def junk(size: int = 16000) -> str:
+    """A valid JSON subscribe with a forged 16 KB signature: it passes the size check and reaches
+    the signature check, the most expensive refusal."""
+    return json.dumps({"type": "subscribe", "signed_channel_name": "x" * size})
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def group_members(redis: RedisServer) -> int:
+    """Members left in channels_redis' groups (one sorted set per group, ``asgi:group:<name>``)."""
+    client = redis.client()
+    return sum(client.zcard(key) for key in client.scan_iter("asgi:group:*"))
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: RedisServer, django_db_setup: None) -> Iterator[Uvicorn]:
+    """A uvicorn of its own (its RSS and log are this module's), with --ws-max-size as deployed."""
+    web = Uvicorn(LOG_DIR, name="web-abuse")
+    web.args += ["--ws-max-size", str(WS_MAX_SIZE)]
+    web.start()
+    yield web
+    web.stop()
+
+
+def log_lines(web: Uvicorn) -> int:
+    return len(web.log().splitlines())
+
+
+# -- the flood -------------------------------------------------------------------------------
+
+
+def test_a_flooding_socket_is_closed_with_1008_and_writes_a_bounded_log(server: Uvicorn) -> None:
+    before = log_lines(server)
+    message = junk()
+    attacker = StreamClient(server.ws_url, server.origin)
+    sent = 0
+    with pytest.raises(ConnectionClosed) as closed:
+        for _ in range(FLOOD):
+            attacker.send_raw(message)
+            sent += 1
+        while True:  # everything sent: read the error frames until the server closes
+            attacker.ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    # Another client is served while and after the flood.
+    with subscribed(server, RoomStream(1).signed_stream_name):
+        pass
+    time.sleep(0.5)
+    written = log_lines(server) - before
+    settings = conf.get()
+    # The first refusals, the 1008 line, the summary: not one line per message.
+    assert written <= settings.LOGGED_REFUSALS_PER_SOCKET + 2, server.log().splitlines()[before:]
+    assert sent > settings.MESSAGE_BURST or FLOOD <= settings.MESSAGE_BURST
+
+
+def test_a_flood_from_one_socket_does_not_refuse_another_socket(server: Uvicorn) -> None:
+    attacker = StreamClient(server.ws_url, server.origin)
+    with subscribed(server) as victim:
+        for n in range(conf.get().MESSAGE_BURST + 50):
+            try:
+                attacker.send_raw(junk())
+            except ConnectionClosed:
+                break
+            if n % 50 == 0:
+                name = RoomStream(n).signed_stream_name
+                victim.subscribe(name)
+                assert victim.receive() == {"type": "subscribed", "signed_channel_name": name}
+    attacker.close()
+
+
+# -- the mass close --------------------------------------------------------------------------
+
+
+async def _mass(url: str, origin: str, sockets: int, subscriptions: int) -> list[dict[str, Any]]:
+    from websockets.asyncio.client import connect as aconnect
+
+    names = [RoomStream(n).signed_stream_name for n in range(subscriptions)]
+    replies: list[dict[str, Any]] = []
+    opened = []
+    for batch in range(0, sockets, 100):  # connect in batches: the listen backlog is finite
+        opened += await asyncio.gather(
+            *(aconnect(url, origin=origin, open_timeout=60) for _ in range(batch, min(sockets, batch + 100)))  # type: ignore[arg-type]
+        )
+
+    async def subscribe_all(ws: Any) -> None:
+        for name in names:
+            await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": name}))
+        for _ in names:
+            replies.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+
+    await asyncio.gather(*(subscribe_all(ws) for ws in opened))
+    await asyncio.gather(*(ws.close() for ws in opened))
+    return replies
+
+
+def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_server: RedisServer) -> None:
+    assert server.process is not None
+    start_log = len(server.log())
+    rss_before = rss_mb(server.process.pid)
+    replies = asyncio.run(_mass(server.ws_url, server.origin, SOCKETS, SUBSCRIPTIONS))
+    assert len(replies) == SOCKETS * SUBSCRIPTIONS
+    errors = [r for r in replies if r.get("type") != "subscribed"]
+    assert errors == []
+    deadline = time.monotonic() + 10
+    while group_members(redis_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(redis_server) == 0
+    log = server.log()[start_log:]
+    assert "Exception in ASGI application" not in log
+    assert "internal error" not in log
+    rss_after = rss_mb(server.process.pid)
+    assert rss_after - rss_before < RSS_MARGIN_MB, (rss_before, rss_after)
+
+
+# -- origins ---------------------------------------------------------------------------------
+
+
+def test_the_pages_own_origin_is_accepted(server: Uvicorn) -> None:
+    with connect(server.ws_url, origin=server.origin, open_timeout=10) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({"type": "subscribe", "signed_channel_name": RoomStream(1).signed_stream_name}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://127.0.0.1:1", "https://127.0.0.1:{port}", "https://127.0.0.1", "http://localhost:{port}", "null", None],
+)
+def test_other_origins_are_refused_at_the_handshake(server: Uvicorn, origin: str | None) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            server.ws_url,
+            origin=origin.format(port=server.port) if origin else None,  # type: ignore[arg-type]
+            open_timeout=10,
+        )
+    assert refused.value.response.status_code == 403
+    assert "refused a WebSocket handshake" in server.log()
+
+
+# -- transport limits ------------------------------------------------------------------------
+
+
+def test_a_frame_over_ws_max_size_is_refused_by_the_server_before_it_is_read(server: Uvicorn) -> None:
+    assert server.process is not None
+    rss_before = rss_mb(server.process.pid)
+    for _ in range(10):
+        client = StreamClient(server.ws_url, server.origin)
+        with pytest.raises(ConnectionClosed) as closed:
+            client.send_raw("x" * (8 * 1024 * 1024))
+            client.ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    assert rss_mb(server.process.pid) - rss_before < 30
+
+
+def test_a_frame_between_max_message_bytes_and_ws_max_size_gets_an_error_frame(server: Uvicorn) -> None:
+    with subscribed(server) as client:
+        client.send_raw(junk(17000))
+        assert client.receive()["error"] == "message larger than 16384 bytes"
