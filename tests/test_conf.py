@@ -51,3 +51,14 @@ def test_settings_are_reread_when_changed() -> None:
 def test_flags_must_be_booleans() -> None:
     with pytest.raises(ImproperlyConfigured, match=r"TURBO_ASYNC\['PUBLISH_IN_BACKGROUND'\] must be True or False, not 'yes'."):
         conf.load({"PUBLISH_IN_BACKGROUND": "yes"})
+
+
+@pytest.mark.parametrize("name", ["OUTBOX_MAX_SIZE", "BATCH_MAX_SIZE", "MESSAGE_BURST", "LAYER_CONCURRENCY"])
+def test_counts_that_must_be_at_least_one(name: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=rf"TURBO_ASYNC\['{name}'\] must be at least 1, not 0\."):
+        conf.load({name: 0})
+
+
+def test_an_unknown_outbox_kind_is_refused() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"TURBO_ASYNC\['OUTBOX'\] must be one of \('memory', 'database'\), not 'disk'\."):
+        conf.load({"OUTBOX": "disk"})

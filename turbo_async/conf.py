@@ -62,6 +62,10 @@ from django.dispatch import receiver
 
 ON_PUBLISH_ERROR_CHOICES = ("log", "inline")
 OUTBOX_CHOICES = ("memory", "database")
+AT_LEAST_ONE = (
+    "OUTBOX_MAX_SIZE", "BATCH_MAX_SIZE", "MAX_MESSAGE_BYTES", "MESSAGE_BURST", "LAYER_CONCURRENCY",
+)
+"""Counts and sizes for which 0 would switch the feature off by accident (1 disables batching)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ def load(raw: Any) -> TurboAsyncSettings:
             _check(name, value, int, nullable=nullable)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must not be negative, not {value!r}.")
+        if name in AT_LEAST_ONE and value < 1:
+            raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be at least 1, not {value!r}.")
     choice = raw.get("ON_PUBLISH_ERROR", defaults.ON_PUBLISH_ERROR)
     if choice not in ON_PUBLISH_ERROR_CHOICES:
         raise ImproperlyConfigured(
