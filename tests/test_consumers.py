@@ -25,8 +25,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from tests.testapp.streams import NotificationComponent, PrivateStream, RoomListStream, RoomStream
-from turbo_async import names
-from turbo_async.consumers import TurboStreamsConsumer
+from turbo_async import consumers, names
+from turbo_async.consumers import TurboStreamsConsumer, frame_message
 from turbo_async.delivery import message as layer_message
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -754,3 +754,17 @@ async def test_the_layer_calls_of_all_sockets_are_gated(settings: Any) -> None:
 
     await asyncio.gather(*(pooled_call(call) for _ in range(30)))
     assert peak == 3
+
+
+@given(st.text(), st.text())
+def test_frame_messages_are_json_dumps_byte_for_byte(signed_name: str, data: str) -> None:
+    assert frame_message(signed_name, data) == json.dumps({"signed_channel_name": signed_name, "data": data})
+
+
+def test_frames_are_encoded_once_however_many_sockets_get_them() -> None:
+    data = '<turbo-stream action="append" target="m"><template>x</template></turbo-stream>' * 20
+    consumers._encoded.cache_clear()
+    for socket in range(200):
+        frame_message(f"signed-{socket}", data)
+    info = consumers._encoded.cache_info()
+    assert (info.misses, info.hits) == (1, 199)

@@ -22,6 +22,7 @@ import logging
 import random
 import weakref
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -234,13 +235,25 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def turbo_stream(self, event: dict[str, Any]) -> None:
         """Frames from the layer: sent once per signed name this socket subscribed with."""
         for signed_name in self.subscriptions.get(event.get("group", ""), ()):
-            await self.send(json.dumps({"signed_channel_name": signed_name, "data": event["data"]}))
+            await self.send(frame_message(signed_name, event["data"]))
 
     async def error(self, message: str, signed_name: Any = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
         await self.send(json.dumps(reply))
+
+
+@lru_cache(maxsize=256)
+def _encoded(data: str) -> str:
+    return json.dumps(data)
+
+
+def frame_message(signed_name: str, data: str) -> str:
+    """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
+    the frames JSON-encoded once per process however many sockets of the process receive them
+    (the cache's key is the frames' text: with the pub/sub layer, one shared string)."""
+    return f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}}}'
 
 
 async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:
