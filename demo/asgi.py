@@ -9,11 +9,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 import turbo_async.routing  # noqa: E402
+from turbo_async.security import OriginValidator  # noqa: E402
 
 # uvicorn serves no static files: Django does, in DEBUG or with DJANGO_SERVE_STATIC=1 (compose).
 http_app = django_asgi_app
@@ -23,7 +23,8 @@ if settings.DEBUG or os.environ.get("DJANGO_SERVE_STATIC") == "1":
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": AllowedHostsOriginValidator(
+        # Only the page's own scheme, host and port (and CSRF_TRUSTED_ORIGINS) may open a socket.
+        "websocket": OriginValidator(
             AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))
         ),
     }
