@@ -187,6 +187,8 @@ def main() -> None:
                                 BENCH_LOADS="0")
                 ]
         request = {name: median_of(results) for name, results in runs.items()}
+        # The raw figures so far, to look at or re-tabulate (json.loads, then table(...)).
+        (tmp / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
         redis.flushall()
         worker = run("tests.benchmarks.bench_worker", env("turbo_async", "worker"))
         redis.flushall()
@@ -194,7 +196,6 @@ def main() -> None:
     finally:
         postgres.stop()
         redis.stop()
-    # The raw figures, to look at or re-tabulate (json.loads, then table(...)).
     (tmp / "results.json").write_text(json.dumps({"runs": runs, "worker": worker, "latency": latency}, indent=1))
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
