@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,17 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def keep_only(directory: Path, name: str) -> None:
+    """Delete the run's databases and server directories (hundreds of MB of tmpfs), not ``name``."""
+    for path in directory.iterdir():
+        if path.name == name:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def create_database(port: int, name: str) -> None:
     import psycopg
 
@@ -196,6 +208,7 @@ def main() -> None:
     finally:
         postgres.stop()
         redis.stop()
+        keep_only(tmp, "results.json")
     (tmp / "results.json").write_text(json.dumps({"runs": runs, "worker": worker, "latency": latency}, indent=1))
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
