@@ -2,6 +2,11 @@
 and loading 10,000 rows. Run by run.py in its own process, one per variant.
 
     BENCH_VARIANT=turbo_async python -m tests.benchmarks.bench_request [--suppress]
+
+``BENCH_DATABASE`` and ``BENCH_OUTBOX`` choose the database and turbo_async's outbox (settings.py);
+``BENCH_LOADS=0`` skips the loading of rows. Nothing timed is asserted: the figures are printed.
+The only assertions check that the variant is the one meant (the database outbox wrote its rows in
+the saving transaction and deleted them once published; the memory outbox wrote none).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ CREATES = int(os.environ.get("BENCH_CREATES", "500"))
 WARMUP = 50
 TRANSACTIONS = 20
 ROWS = 10_000
-LOADS = 41
+LOADS = int(os.environ.get("BENCH_LOADS", "41"))
 
 
 def main() -> None:
@@ -67,7 +72,18 @@ def main() -> None:
         block = suppress()
 
     room = Room.objects.create(name="bench")
-    result: dict[str, Any] = {"variant": variant, "suppressed": suppressed}
+    result: dict[str, Any] = {
+        "variant": variant,
+        "suppressed": suppressed,
+        "database": settings.DATABASE,
+        "outbox": settings.OUTBOX if variant == "turbo_async" else None,
+    }
+
+    def outbox_rows() -> int:
+        if variant != "turbo_async":
+            return 0
+        return int(apps.get_model("turbo_async", "OutboxEntry")._base_manager.count())
+
     with block:
         # 1. one create() per autocommit transaction: save + commit + whatever the app adds
         for i in range(WARMUP):
@@ -119,9 +135,24 @@ def main() -> None:
                 for row in rows:
                     row.text = edit
                     row.save()
+            # Not timed. The database outbox writes one row per save, in this transaction.
+            result["outbox_rows_in_tx"] = outbox_rows()
         result["tasks_per_tx_with_edits"] = published() - before
+        result["outbox_rows_left"] = outbox_rows()  # published, so deleted by the relay
+
+    expected = 300 if result["outbox"] == "database" and not suppressed else 0
+    if result["outbox_rows_in_tx"] != expected or result["outbox_rows_left"] != 0:
+        raise RuntimeError(
+            f"this is not the variant meant (OUTBOX={result['outbox']!r}, suppress={suppressed}): "
+            f"{result['outbox_rows_in_tx']} outbox rows written by 300 saves (expected {expected}), "
+            f"{result['outbox_rows_left']} left after publishing (expected 0); check tests/benchmarks/settings.py"
+        )
 
     # 5. loading rows of the streamed model
+    if not LOADS:
+        result["load_ms"] = None
+        write_result(result)
+        return
     missing = ROWS - Message.objects.count()
     if missing > 0:  # bulk_create sends no post_save: nothing is broadcast
         Message.objects.bulk_create(

@@ -31,8 +31,8 @@ def main() -> None:
 
     from tests.services import CeleryWorker
     from turbo_async import suppress
-    from turbo_async.pending import Change
-    from turbo_async.tasks import publish
+    from turbo_async.changes import Change
+    from turbo_async.publish import send
 
     Room = apps.get_model("chat", "Room")
     Message = apps.get_model("chat", "Message")
@@ -47,7 +47,7 @@ def main() -> None:
     pks = list(Message.objects.filter(room=room).values_list("pk", flat=True))
     # Queued before the worker starts, so that the worker never waits for the producer.
     for pk in pks:
-        publish(Change("chat.message", pk, "save", True))
+        send(Change("chat.message", pk, "save", True), "default")  # raises if the broker fails
     assert broker.llen("celery") == TASKS, broker.llen("celery")
 
     events = os.environ.get("BENCH_EVENTS", "1") == "1"

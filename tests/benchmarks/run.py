@@ -1,15 +1,20 @@
 """``make bench``: every benchmark in one run, on this machine, printed as one table.
 
-Starts a Redis server, creates the turbo-django 0.4.4 venv (tests/benchmarks/.env) if needed,
-then runs each variant in its own process (see bench_*.py) and prints medians and ratios as a
-reST table (docs/benchmarks.rst shows one).
+Starts a Redis server and a throwaway PostgreSQL server (Debian's, as the tests do), creates the
+turbo-django 0.4.4 venv (tests/benchmarks/.env) if needed, then runs each variant in its own
+process (see bench_*.py) and prints medians and ratios as a reST table (docs/benchmarks.rst shows
+one). The request path is measured for both of turbo_async's outboxes (``OUTBOX`` "memory" and
+"database"), on SQLite and on PostgreSQL. Nothing timed is asserted: the figures are printed, and
+the goals' "Met" column only reports them.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,9 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks.common import read_result  # noqa: E402
-from tests.services import RedisServer, free_port, redis_server_binary  # noqa: E402
+from tests.services import (  # noqa: E402
+    PostgresServer,
+    RedisServer,
+    free_port,
+    postgres_binaries,
+    redis_server_binary,
+)
 
 TURBO_DJANGO_ENV = ROOT / "tests" / "benchmarks" / ".env"
+REQUEST_METRICS = ("create_ms", "paced_create_ms", "tx_ms", "commit_ms", "drained_ms", "load_ms")
+ROUNDS = 3
+"""Processes of each request variant compared within one database, alternating, whose medians
+are taken: one process's figures move by more than the outboxes differ on a loaded machine."""
 
 
 def turbo_django_python() -> Path:
@@ -34,8 +49,10 @@ def turbo_django_python() -> Path:
         "turbo-django==0.4.4",
         *(
             f"{name}=={importlib.metadata.version(name)}"
-            for name in ("Django", "channels", "channels-redis", "redis")
+            for name in ("Django", "channels", "channels-redis", "redis", "psycopg")
         ),
+        # its PostgreSQL driver, the project's own version (psycopg[binary] is a test dependency)
+        f"psycopg-binary=={importlib.metadata.version('psycopg-binary')}",
     ]
     python = TURBO_DJANGO_ENV / "bin" / "python"
     stamp = TURBO_DJANGO_ENV / "requirements.txt"
@@ -56,7 +73,8 @@ def run(module: str, env: dict[str, str], python: str | Path = sys.executable, *
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     result = read_result(done.stdout)
-    print(f"  {module} {env['BENCH_VARIANT']} {' '.join(args)}: {time.monotonic() - started:.0f}s", flush=True)
+    where = f"{env.get('BENCH_DATABASE', 'sqlite')} OUTBOX={env.get('BENCH_OUTBOX', 'memory')}"
+    print(f"  {module} {env['BENCH_VARIANT']} {where} {' '.join(args)}: {time.monotonic() - started:.0f}s", flush=True)
     return result
 
 
@@ -73,15 +91,47 @@ def machine() -> list[str]:
     redis_version = subprocess.run(
         [redis_server_binary(), "--version"], capture_output=True, text=True
     ).stdout.split()[2].removeprefix("v=")
+    postgres_version = subprocess.run(
+        [str(postgres_binaries() / "postgres"), "--version"], capture_output=True, text=True
+    ).stdout.split()[2]
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
         for name in ("Django", "celery", "kombu", "channels", "channels-redis", "redis", "uvicorn")
     )
     return [
         f"{os.cpu_count()} CPUs ({cpu}), {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.system()} {platform.release()}",
-        f"Python {platform.python_version()}, {versions}, Redis server {redis_version}, SQLite (WAL) on tmpfs",
+        f"Python {platform.python_version()}, {versions}, Redis server {redis_version}, SQLite (WAL) on tmpfs, "
+        f"PostgreSQL {postgres_version} on tmpfs over TCP loopback (fsync off, as tests/services.py starts it)",
         "load average before / after: {before} / {after}",
     ]
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first process's result with each timed figure replaced by the median over ``runs``."""
+    merged = dict(runs[0])
+    for key in REQUEST_METRICS:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        merged[key] = statistics.median(values) if values else None
+    merged["processes"] = len(runs)
+    return merged
+
+
+def keep_only(directory: Path, name: str) -> None:
+    """Delete the run's databases and server directories (hundreds of MB of tmpfs), not ``name``."""
+    for path in directory.iterdir():
+        if path.name == name:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def create_database(port: int, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
 
 
 def main() -> None:
@@ -91,49 +141,75 @@ def main() -> None:
     shm = Path("/dev/shm")
     tmp = Path(tempfile.mkdtemp(prefix="turbo_async_bench_", dir=shm if shm.is_dir() else None))
     redis = RedisServer(free_port(), tmp / "redis")
+    postgres = PostgresServer(free_port(), tmp / "postgres")
     redis.start()
     try:
+        postgres.start()
         base = dict(os.environ)
         base.update(
             DJANGO_SETTINGS_MODULE="tests.benchmarks.settings",
             BENCH_REDIS_URL=redis.url,
+            BENCH_PG_PORT=str(postgres.port),
             PYTHONPATH=str(ROOT),
             PYTHONUNBUFFERED="1",
         )
 
-        def env(variant: str, db: str) -> dict[str, str]:
-            return {**base, "BENCH_VARIANT": variant, "BENCH_DB": str(tmp / f"{db}.sqlite3")}
+        def env(variant: str, db: str, database: str = "sqlite", outbox: str = "memory") -> dict[str, str]:
+            """A fresh database named ``db`` (a SQLite file, or a PostgreSQL database)."""
+            settings = {"BENCH_VARIANT": variant, "BENCH_DATABASE": database, "BENCH_OUTBOX": outbox}
+            if database == "postgres":
+                create_database(postgres.port, db)
+                return {**base, **settings, "BENCH_PG_NAME": db}
+            return {**base, **settings, "BENCH_DB": str(tmp / f"{db}.sqlite3")}
 
-        print("Running the benchmarks (about 3 minutes)", flush=True)
-        request = {}
-        for name, variant, python, args in (
-            ("none", "none", sys.executable, ()),
-            ("turbo_async", "turbo_async", sys.executable, ()),
-            ("suppress", "turbo_async", sys.executable, ("--suppress",)),
-            ("turbo_django", "turbo_django", td_python, ()),
-        ):
+        def request_run(
+            variant: str, db: str, *args: str, database: str = "sqlite", outbox: str = "memory",
+            python: str | Path = sys.executable, **extra: str,
+        ) -> dict[str, Any]:
             redis.flushall()
-            request[name] = run("tests.benchmarks.bench_request", env(variant, name), python, *args)
-        # Loading rows differs by a few percent between processes whatever is installed: take
-        # the median over three processes of each, alternating.
-        for name in ("none", "turbo_async"):
-            request[name]["load_runs"] = [request[name]["load_ms"]]
-        for rep in range(2):
-            for name in ("none", "turbo_async"):
-                redis.flushall()
-                again = run(
-                    "tests.benchmarks.bench_request",
-                    {**env(name, f"{name}-load{rep}"), "BENCH_CREATES": "100"},
+            return run(
+                "tests.benchmarks.bench_request", {**env(variant, db, database, outbox), **extra}, python, *args
+            )
+
+        print("Running the benchmarks (about 6 minutes)", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        # SQLite: no streams, turbo_async with each outbox, ROUNDS processes each, alternating;
+        # loading rows is measured in the first two only (the outbox does not change it).
+        for rep in range(ROUNDS):
+            for name, outbox, loads in (
+                ("none", "memory", "41"), ("turbo_async", "memory", "41"), ("database", "database", "0"),
+            ):
+                variant = "none" if name == "none" else "turbo_async"
+                runs.setdefault(name, []).append(
+                    request_run(variant, f"{name}{rep}", outbox=outbox, BENCH_LOADS=loads)
                 )
-                request[name]["load_runs"].append(again["load_ms"])
-        for name in ("none", "turbo_async"):
-            request[name]["load_ms"] = statistics.median(request[name]["load_runs"])
+            if rep == 0:
+                runs["suppress"] = [request_run("turbo_async", "suppress", "--suppress")]
+                runs["turbo_django"] = [request_run("turbo_django", "turbo_django", python=td_python)]
+        # PostgreSQL: the same, without loading rows; turbo-django once, for its added cost.
+        for rep in range(ROUNDS):
+            for name, outbox in (("pg_none", "memory"), ("pg_turbo_async", "memory"), ("pg_database", "database")):
+                variant = "none" if name == "pg_none" else "turbo_async"
+                runs.setdefault(name, []).append(
+                    request_run(variant, f"{name}{rep}", database="postgres", outbox=outbox, BENCH_LOADS="0")
+                )
+            if rep == 0:
+                runs["pg_turbo_django"] = [
+                    request_run("turbo_django", "pg_turbo_django", database="postgres", python=td_python,
+                                BENCH_LOADS="0")
+                ]
+        request = {name: median_of(results) for name, results in runs.items()}
+        # The raw figures so far, to look at or re-tabulate (json.loads, then table(...)).
+        (tmp / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
         redis.flushall()
         worker = run("tests.benchmarks.bench_worker", env("turbo_async", "worker"))
         redis.flushall()
         latency = run("tests.benchmarks.bench_latency", env("turbo_async", "latency"))
     finally:
+        postgres.stop()
         redis.stop()
+        keep_only(tmp, "results.json")
+    (tmp / "results.json").write_text(json.dumps({"runs": runs, "worker": worker, "latency": latency}, indent=1))
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
     print()
@@ -141,14 +217,14 @@ def main() -> None:
     print()
     for line in info:
         print(line)
-    print(f"make bench took {time.monotonic() - began:.0f}s")
+    print(f"make bench took {time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
 
 
 def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: dict[str, Any]) -> str:
     none, ta, sup, td = (request[k] for k in ("none", "turbo_async", "suppress", "turbo_django"))
 
-    def added(key: str, row: dict[str, Any]) -> float:
-        return float(row[key] - none[key])
+    def added(key: str, row: dict[str, Any], baseline: dict[str, Any] = none) -> float:
+        return float(row[key] - baseline[key])
 
     create_ratio = added("create_ms", ta) / added("create_ms", td)
     paced_ratio = added("paced_create_ms", ta) / added("paced_create_ms", td)
@@ -157,6 +233,30 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
     load_ratio = ta["load_ms"] / none["load_ms"]
     rss_growth = worker["rss_10k_mb"] - worker["rss_1k_mb"]
     ok = lambda met: "yes" if met else "NO"  # noqa: E731
+
+    def outboxes(number: str, key: str, digits: int) -> list[tuple[str, ...]]:
+        """Rows of one request figure for the database outbox (SQLite) and both outboxes on
+        PostgreSQL: added cost against the same database's no-streams run, against turbo-django
+        there, and the database outbox against the memory outbox."""
+        rows = []
+        for label, database, memory, baseline, django in (
+            ("OUTBOX=database", "database", "turbo_async", "none", "turbo_django"),
+            ("PostgreSQL", "pg_turbo_async", None, "pg_none", "pg_turbo_django"),
+            ("PostgreSQL, OUTBOX=database", "pg_database", "pg_turbo_async", "pg_none", "pg_turbo_django"),
+        ):
+            row, base, other = request[database], request[baseline], request[django]
+            mine, theirs = added(key, row, base), added(key, other, base)
+            result = f"added {mine:.{digits}f} vs {theirs:.{digits}f} = {mine / theirs:.2f}x"
+            if memory is not None:
+                theirs_memory = added(key, request[memory], base)
+                times = f"{mine / theirs_memory:.2f}x" if theirs_memory > 0 else "n/a"
+                result += f"; {times} memory's ({mine - theirs_memory:+.{digits}f})"
+            rows.append((
+                f"{number}. … {label}", f"{base[key]:.{digits}f}", f"{row[key]:.{digits}f}", "",
+                f"{other[key]:.{digits}f}", result, "<= 0.2x", ok(mine / theirs <= 0.2),
+            ))
+        return rows
+
     rows = [
         ("Benchmark", "no streams", "turbo_async", "suppress()", "turbo-django", "Result", "Goal", "Met"),
         (
@@ -165,12 +265,14 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
             f"added {added('create_ms', ta):.3f} vs {added('create_ms', td):.3f} = {create_ratio:.2f}x",
             "<= 0.2x", ok(create_ratio <= 0.2),
         ),
+        *outboxes("1", "create_ms", 3),
         (
             "1b. create() at 100/s, ms", f"{none['paced_create_ms']:.3f}", f"{ta['paced_create_ms']:.3f}",
             f"{sup['paced_create_ms']:.3f}", f"{td['paced_create_ms']:.3f}",
             f"added {added('paced_create_ms', ta):.3f} vs {added('paced_create_ms', td):.3f} = {paced_ratio:.2f}x",
             "<= 0.2x", ok(paced_ratio <= 0.2),
         ),
+        *outboxes("1b", "paced_create_ms", 3),
         (
             "2. 100 creates in 1 tx, ms", f"{none['tx_ms']:.1f}", f"{ta['tx_ms']:.1f}",
             f"{sup['tx_ms']:.1f}", f"{td['tx_ms']:.1f}",
@@ -192,6 +294,7 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
             f"+2 edits each: {ta['tasks_per_tx_with_edits']} (td {td['tasks_per_tx_with_edits']})",
             "<= 1 per object", ok(ta["tasks_per_tx"] <= 100 and ta["tasks_per_tx_with_edits"] <= 100),
         ),
+        *outboxes("2", "tx_ms", 1),
         (
             "3. worker, broadcasts/s", "", f"{worker['worker_per_s']:.0f}", "", "",
             f"raw loop {worker['raw_per_s']:.0f}/s = {worker_ratio:.2f}x", ">= 0.5x",

@@ -9,6 +9,10 @@ One variant per process, chosen by ``BENCH_VARIANT``:
 
 Every process of one run shares the SQLite file ``BENCH_DB`` (WAL, so the worker reads while the
 web process writes) and the Redis server at ``BENCH_REDIS_URL``.
+
+``BENCH_DATABASE=postgres`` puts the process on the PostgreSQL server that run.py started on
+``BENCH_PG_PORT`` instead, in the database ``BENCH_PG_NAME``. ``BENCH_OUTBOX`` is turbo_async's
+``OUTBOX`` setting (``memory``, the default, or ``database``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ VARIANTS = ("none", "turbo_async", "turbo_django")
 if VARIANT not in VARIANTS:
     raise RuntimeError(f"BENCH_VARIANT must be one of {VARIANTS}, not {VARIANT!r}.")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
+if DATABASE not in ("sqlite", "postgres"):
+    raise RuntimeError(f"BENCH_DATABASE must be 'sqlite' or 'postgres', not {DATABASE!r}.")
+OUTBOX = os.environ.get("BENCH_OUTBOX", "memory")
 
 SECRET_KEY = "turbo-async-benchmarks"
 DEBUG = False  # so that Django's cached template loader is on, as in production
@@ -53,19 +61,31 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("BENCH_DB", "/tmp/turbo_async_bench.sqlite3"),
-        # Persistent connections, as a worker should run: Celery's Django fixup closes the
-        # connection after every task unless CONN_MAX_AGE keeps it (a new one per broadcast).
-        "CONN_MAX_AGE": 600,
-        "OPTIONS": {
-            "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
-        },
+# Persistent connections, as a worker should run: Celery's Django fixup closes the
+# connection after every task unless CONN_MAX_AGE keeps it (a new one per broadcast).
+if DATABASE == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("BENCH_PG_NAME", "bench"),
+            "USER": "postgres",
+            "HOST": "127.0.0.1",  # TCP on loopback, as an application server next to its database
+            "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
+            "CONN_MAX_AGE": 600,
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("BENCH_DB", "/tmp/turbo_async_bench.sqlite3"),
+            "CONN_MAX_AGE": 600,
+            "OPTIONS": {
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            },
+        }
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {
@@ -75,6 +95,8 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
     }
 }
+
+TURBO_ASYNC = {"OUTBOX": OUTBOX}
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = False
