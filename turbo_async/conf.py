@@ -24,6 +24,9 @@ Every key is optional::
         "WS_PATH": "/ws/",              # path the browser connects to
         "MAX_MESSAGE_BYTES": 16384,     # larger WebSocket messages from a client are refused
         "MAX_SUBSCRIPTIONS": 100,       # subscriptions one socket may hold
+        # Refreshes (turbo_async.refreshes): agreed between workers in the Celery broker's Redis.
+        "REFRESH_DEBOUNCE": 0.5,        # seconds: a stream's refreshes this close become one (0: off)
+        "REFRESH_MAX_WAIT": 5.0,        # seconds: changes that never pause still refresh this often
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -79,6 +82,9 @@ class TurboAsyncSettings:
     WS_PATH: str = "/ws/"
     MAX_MESSAGE_BYTES: int = 16384
     MAX_SUBSCRIPTIONS: int = 100
+    # Refreshes (turbo_async.refreshes)
+    REFRESH_DEBOUNCE: float = 0.5
+    REFRESH_MAX_WAIT: float = 5.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
@@ -134,6 +140,13 @@ def load(raw: Any) -> TurboAsyncSettings:
     if not (ws_path.startswith("/") and ws_path.endswith("/")):
         raise ImproperlyConfigured(
             f"TURBO_ASYNC['WS_PATH'] must start and end with '/', like '/ws/', not {ws_path!r}."
+        )
+    debounce = raw.get("REFRESH_DEBOUNCE", defaults.REFRESH_DEBOUNCE)
+    max_wait = raw.get("REFRESH_MAX_WAIT", defaults.REFRESH_MAX_WAIT)
+    if max_wait < debounce:
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['REFRESH_MAX_WAIT'] ({max_wait!r}) must not be shorter than "
+            f"TURBO_ASYNC['REFRESH_DEBOUNCE'] ({debounce!r})."
         )
     return TurboAsyncSettings(**raw)
 
