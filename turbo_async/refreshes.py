@@ -128,7 +128,7 @@ def schedule(group: str, stream_name: str, countdown: float) -> None:
     """Queue the delayed task that sends the refresh of ``group``, by name (as publishing does)."""
     options: dict[str, Any] = {
         "countdown": max(countdown, 0.0),
-        "shadow": f"{stream_name.replace(':', '.')}.refresh",
+        "shadow": f"{stream_name.replace(':', '.')}.refresh.debounced",
     }
     queue = conf.get().QUEUE
     if queue:
