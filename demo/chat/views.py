@@ -12,6 +12,7 @@ their next messages.
 
 from __future__ import annotations
 
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -50,7 +51,8 @@ def _see_other(url: str) -> HttpResponseRedirect:
 @csrf_protect
 @require_GET
 def room_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/room_list.html", {"rooms": Room.objects.all(), "form": RoomForm()})
+    rooms = Room.objects.annotate(message_count=Count("messages"))  # shown, and refreshed by morphing
+    return render(request, "chat/room_list.html", {"rooms": rooms, "form": RoomForm()})
 
 
 @csrf_protect
@@ -62,6 +64,7 @@ def room_create(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             room = form.save()
             RoomListStream().add(room)
+            RoomListStream().changed()  # the other lists re-sort by morphing; this page ignores it
             return _see_other(reverse("chat:room_create") if _in_frame(request) else room.get_absolute_url())
         return render(request, "chat/room_form.html", {"form": form}, status=422)
     return render(request, "chat/room_form.html", {"form": form})
@@ -89,6 +92,7 @@ def message_create(request: HttpRequest, pk: int) -> HttpResponse:
         if form.is_valid():
             author = form.cleaned_data["author"]
             Message.objects.create(room=room, author=author, text=form.cleaned_data["text"])
+            RoomListStream().changed()  # the room's message count
             if author == ANONYMOUS:
                 request.session.pop(AUTHOR_SESSION_KEY, None)
             else:
@@ -135,6 +139,7 @@ def message_delete(request: HttpRequest, pk: int) -> HttpResponse:
     message = get_object_or_404(Message, pk=pk)
     room = message.room
     message.delete()
+    RoomListStream().changed()  # the room's message count
     if _in_frame(request):
         # No content and no Content-Type: Turbo leaves the frame alone (and does not remember this
         # URL as the frame's src) until the stream's "remove" arrives.
