@@ -1,8 +1,7 @@
 """The room list: a plain Stream (not tied to one row), like turbo-django's RoomListStream.
 
-Each room in the list shows its message count. A new or deleted message, and a new room (the
-list is in name order, an append puts it last), ask the open room lists to refresh
-(:meth:`RoomListStream.changed`, called by the views): a worker sends one ``refresh`` per burst of changes
+Each room in the list shows its message count. A new or deleted message asks the open room lists
+to refresh (:meth:`RoomListStream.changed`, called by the views): a worker sends one ``refresh`` per burst of changes
 (debounced across workers), and the page morphs into its new version
 (``{% turbo_refreshes_with method="morph" scroll="preserve" %}`` in chat/room_list.html), so the
 counts change in place. The page whose own request made the change ignores that refresh (Turbo's
@@ -23,6 +22,6 @@ class RoomListStream(turbo.Stream):
         self.later.append("chat/room_item.html", {"room": room}, id="rooms")
 
     def changed(self) -> None:
-        """The list changed (a room, or a room's message count): after the commit, the open room
+        """A room's message count changed: after the commit, the open room
         lists refresh, one refresh per burst of changes, by morphing into the new list."""
         self.later.refresh()
