@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Template, TemplateSyntaxError
 from django.test import override_settings
 
 import turbo_async as turbo
@@ -165,3 +166,19 @@ def test_refresh_parent_must_name_a_foreign_key() -> None:
             class Meta:
                 model = ProbeRun
                 broadcasts_refreshes = "yes"
+
+
+# -- {% turbo_refreshes_with %} ----------------------------------------------------------------
+
+
+def test_turbo_refreshes_with_writes_the_meta_tags_and_refuses_other_values() -> None:
+    def render(arguments: str) -> str:
+        return Template("{% load turbo_streams %}{% turbo_refreshes_with " + arguments + " %}").render(Context())
+
+    assert render("") == (
+        '<meta name="turbo-refresh-method" content="replace"><meta name="turbo-refresh-scroll" content="reset">'
+    )
+    with pytest.raises(TemplateSyntaxError, match=r"method must be one of \('replace', 'morph'\), not '<script>'"):
+        render('method="<script>"')
+    with pytest.raises(TemplateSyntaxError, match="scroll must be one of"):
+        render('scroll="top"')
