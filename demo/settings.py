@@ -47,6 +47,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Turbo's X-Turbo-Request-Id: the page whose request caused a refresh ignores it.
+    "turbo_async.middleware.TurboRequestIdMiddleware",
 ]
 
 ROOT_URLCONF = "demo.urls"

@@ -49,6 +49,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Turbo's X-Turbo-Request-Id: the page whose request caused a refresh ignores it.
+    "turbo_async.middleware.TurboRequestIdMiddleware",
 ]
 ROOT_URLCONF = "tests.urls"
 TEMPLATES = [

@@ -21,6 +21,7 @@ from tests.testapp.factories import MessageFactory, RoomFactory
 from tests.testapp.models import Room
 from tests.testapp.streams import MessageStream, RoomListStream, RoomStream
 from turbo_async import delivery, names
+from turbo_async.changes import bound_request_id
 
 
 def listen(stream: turbo.Stream) -> tuple[Any, str]:
@@ -243,3 +244,105 @@ def test_format_html_inserts_its_markup_and_escapes_its_arguments(turbo_django: 
     ours = frames_of(room_stream(1), "update", text=text, selector=".greeting")
     assert ours == turbo_django.TurboRender(text).update(selector=".greeting").rendered_template
     assert "<template><b>&lt;script&gt;alert(1)&lt;/script&gt;</b></template>" in ours
+
+
+# -- Turbo 8: morph, custom actions, request ids (issue 14) -----------------------------------
+
+
+def later_frames(room: Room, callback: Any, django_capture_on_commit_callbacks: Any) -> str:
+    """What ``callback(room.stream.later)`` sends once committed and run (eagerly) by the task."""
+    layer, channel = listen(room.stream)
+    with django_capture_on_commit_callbacks() as callbacks:
+        callback(room.stream.later)
+    for committed in callbacks:
+        committed()
+    return str(receive(layer, channel)["data"])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["replace", "update"])
+def test_replace_and_update_morph_now_and_later(
+    action: str, group_sends: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    room = RoomFactory()
+    expected = (
+        f'<turbo-stream action="{action}" target="room-{room.pk}" method="morph">'
+        f'<template><li id="tag-s">L</li></template></turbo-stream>'
+    )
+    context = {"tag": {"slug": "s", "label": "L"}}
+    layer, channel = listen(room.stream)
+    getattr(room.stream, action)("testapp/tag.html", context, id=f"room-{room.pk}", method="morph")
+    assert receive(layer, channel)["data"] == expected
+    sent = later_frames(
+        room,
+        lambda later: getattr(later, action)("testapp/tag.html", context, id=f"room-{room.pk}", method="morph"),
+        django_capture_on_commit_callbacks,
+    )
+    assert sent == expected
+
+
+def test_morph_on_another_action_is_refused_before_anything_is_deferred(db: None) -> None:
+    room = RoomFactory()
+    with pytest.raises(ValueError, match="method='morph' applies to replace and update only"):
+        room.stream.later._send_action("append", text="x", id="y", method="morph")
+    with pytest.raises(TypeError):
+        room.stream.append(text="x", id="y", method="morph")  # type: ignore[call-arg]
+
+
+@pytest.mark.django_db
+def test_custom_action_now_and_later(django_capture_on_commit_callbacks: Any) -> None:
+    room = RoomFactory()
+    expected = (
+        '<turbo-stream action="notify" target="alerts" data-level="info">'
+        "<template>Saved &lt;b&gt;</template></turbo-stream>"
+    )
+    layer, channel = listen(room.stream)
+    room.stream.action("notify", text="Saved <b>", target="alerts", attributes={"data-level": "info"})
+    assert receive(layer, channel)["data"] == expected
+    sent = later_frames(
+        room,
+        lambda later: later.action("notify", text="Saved <b>", target="alerts", attributes={"data-level": "info"}),
+        django_capture_on_commit_callbacks,
+    )
+    assert sent == expected
+    assert receive(layer, channel)["data"] == expected  # this listener got the later one too
+    room.stream.action("log", "testapp/tag.html", {"tag": {"slug": "s", "label": "L"}}, targets=".log")
+    assert receive(layer, channel)["data"] == (
+        '<turbo-stream action="log" targets=".log"><template><li id="tag-s">L</li></template></turbo-stream>'
+    )
+
+
+def test_custom_action_injection_is_refused_before_anything_is_sent_or_deferred(
+    db: None, group_sends: list[Any]
+) -> None:
+    room = RoomFactory()
+    for stream in (room.stream, room.stream.later):
+        with pytest.raises(ValueError, match="is not a valid Turbo Stream action name"):
+            stream.action('x" onmouseover="alert(1)', text="t", target="a")
+        with pytest.raises(ValueError, match="looks like an event handler attribute"):
+            stream.action("notify", text="t", target="a", attributes={"onerror": "alert(1)"})
+        with pytest.raises(ValueError, match="is not a valid attribute name"):
+            stream.action("notify", text="t", target="a", attributes={'a="1" onclick': "x"})
+    assert group_sends == []
+
+
+def test_refresh_outside_a_worker_sends_now_with_the_current_request_id(db: None) -> None:
+    room = RoomFactory()
+    layer, channel = listen(room.stream)
+    with bound_request_id("4a1b-req"):
+        room.stream.refresh()
+    room.stream.refresh()
+    assert receive(layer, channel)["data"] == '<turbo-stream action="refresh" request-id="4a1b-req"></turbo-stream>'
+    assert receive(layer, channel)["data"] == '<turbo-stream action="refresh"></turbo-stream>'
+
+
+@pytest.mark.django_db
+def test_later_refresh_carries_the_request_id_to_the_task(django_capture_on_commit_callbacks: Any) -> None:
+    room = RoomFactory()
+
+    def refresh(later: turbo.Stream) -> None:
+        with bound_request_id("from-the-request"):
+            later.refresh()
+
+    sent = later_frames(room, refresh, django_capture_on_commit_callbacks)
+    assert sent == '<turbo-stream action="refresh" request-id="from-the-request"></turbo-stream>'

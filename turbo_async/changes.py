@@ -5,11 +5,19 @@ row's concrete field values (a deleted row cannot be reloaded); :func:`rebuild` 
 back into an unsaved instance in the worker. A :class:`StreamAction` is one explicit
 ``stream.later.<action>(...)`` call. Both also carry ``shadow``, the name Flower shows for the task;
 it travels as Celery's task option, not in the payload.
+
+A change made during a request that Turbo sent with ``X-Turbo-Request-Id``
+(:mod:`turbo_async.middleware`) also carries that id, so that the refresh it causes carries it
+too: :func:`bound_request_id` sets it for a block (the request, or the worker's task) and
+:func:`current_request_id` reads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.db import models
@@ -24,6 +32,23 @@ STREAM_ACTION_TASK = "turbo_async.stream_action"
 BATCH_TASK = "turbo_async.batch"
 """The Celery task of a batch: several changes and actions that queued up, in commit order."""
 
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("turbo_async_request_id", default="")
+
+
+def current_request_id() -> str:
+    """The Turbo request id of the request (or the task) running now; ``""`` when there is none."""
+    return _request_id.get()
+
+
+@contextmanager
+def bound_request_id(request_id: str | None) -> Iterator[None]:
+    """Make ``request_id`` the current one inside the block (``None`` or ``""``: none)."""
+    token = _request_id.set(request_id or "")
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
 
 @dataclass
 class Change:
@@ -35,15 +60,21 @@ class Change:
     created: bool = False
     snapshot: dict[str, Any] | None = None
     shadow: str = field(default="", compare=False)
+    request_id: str = field(default="", compare=False)
+    """Turbo's ``X-Turbo-Request-Id`` of the request that made the change (``""``: none)."""
 
     @classmethod
     def save(cls, instance: models.Model, created: bool, shadow: str = "") -> Change:
-        return cls(instance._meta.label_lower, json_pk(instance), SAVE, bool(created), shadow=shadow)
+        return cls(
+            instance._meta.label_lower, json_pk(instance), SAVE, bool(created), shadow=shadow,
+            request_id=current_request_id(),
+        )
 
     @classmethod
     def delete(cls, instance: models.Model, shadow: str = "") -> Change:
         return cls(
-            instance._meta.label_lower, json_pk(instance), DELETE, False, snapshot(instance), shadow=shadow
+            instance._meta.label_lower, json_pk(instance), DELETE, False, snapshot(instance), shadow=shadow,
+            request_id=current_request_id(),
         )
 
     @property
@@ -51,12 +82,17 @@ class Change:
         return (self.label, self.pk)
 
     def merge(self, later: Change) -> Change:
-        """This change followed by ``later`` on the same object, as one change."""
+        """This change followed by ``later`` on the same object, as one change (the request id
+        of the last change that had one wins)."""
+        request_id = later.request_id or self.request_id
         if later.event == DELETE:
-            return later
+            return later if later.request_id == request_id else replace(later, request_id=request_id)
         if self.event == DELETE:  # deleted, then saved again under the same pk
-            return Change(later.label, later.pk, SAVE, True, shadow=later.shadow)
-        return Change(later.label, later.pk, SAVE, self.created or later.created, shadow=later.shadow)
+            return Change(later.label, later.pk, SAVE, True, shadow=later.shadow, request_id=request_id)
+        return Change(
+            later.label, later.pk, SAVE, self.created or later.created, shadow=later.shadow,
+            request_id=request_id,
+        )
 
     def describe(self) -> str:
         """``chat.message pk=5 (save)``, for log lines."""
@@ -69,6 +105,8 @@ class Change:
             item["using"] = using
         if self.snapshot is not None:
             item["snapshot"] = self.snapshot
+        if self.request_id:
+            item["request_id"] = self.request_id
         return item
 
 

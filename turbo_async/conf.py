@@ -31,6 +31,9 @@ Every key is optional::
         "LOGGED_REFUSALS_PER_SOCKET": 5,  # refusal warnings logged per socket, then only counted
         "LAYER_CONCURRENCY": 50,        # channel-layer calls the sockets of a process make at once
         "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
+        # Refreshes (turbo_async.refreshes): agreed between workers in the Celery broker's Redis.
+        "REFRESH_DEBOUNCE": 0.5,        # seconds: a stream's refreshes this close become one (0: off)
+        "REFRESH_MAX_WAIT": 5.0,        # seconds: changes that never pause still refresh this often
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -97,6 +100,9 @@ class TurboAsyncSettings:
     LOGGED_REFUSALS_PER_SOCKET: int = 5
     LAYER_CONCURRENCY: int = 50
     LAYER_WAIT_TIMEOUT: float = 30.0
+    # Refreshes (turbo_async.refreshes)
+    REFRESH_DEBOUNCE: float = 0.5
+    REFRESH_MAX_WAIT: float = 5.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
@@ -154,6 +160,13 @@ def load(raw: Any) -> TurboAsyncSettings:
     if not (ws_path.startswith("/") and ws_path.endswith("/")):
         raise ImproperlyConfigured(
             f"TURBO_ASYNC['WS_PATH'] must start and end with '/', like '/ws/', not {ws_path!r}."
+        )
+    debounce = raw.get("REFRESH_DEBOUNCE", defaults.REFRESH_DEBOUNCE)
+    max_wait = raw.get("REFRESH_MAX_WAIT", defaults.REFRESH_MAX_WAIT)
+    if max_wait < debounce:
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['REFRESH_MAX_WAIT'] ({max_wait!r}) must not be shorter than "
+            f"TURBO_ASYNC['REFRESH_DEBOUNCE'] ({debounce!r})."
         )
     return TurboAsyncSettings(**raw)
 

@@ -106,6 +106,8 @@ def message(item: Change | StreamAction, alias: str) -> tuple[str, tuple[Any, ..
         kwargs["using"] = alias
     if item.snapshot is not None:
         kwargs["snapshot"] = item.snapshot
+    if item.request_id:  # Turbo's X-Turbo-Request-Id, for the refresh frame (issue 14)
+        kwargs["request_id"] = item.request_id
     return BROADCAST_TASK, (item.label, item.pk, item.event, item.created), kwargs
 
 

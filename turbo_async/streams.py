@@ -5,6 +5,11 @@ An action (``append``, ..., ``remove``, ``refresh``) renders its frame and hands
 stream seen through ``.later`` records the action in the current transaction instead
 (:mod:`~turbo_async.pending`), and a worker renders and sends it after the commit.
 
+Turbo 8 additions: ``method="morph"`` on ``replace``/``update``, custom actions
+(:meth:`Stream.action`), refreshes debounced across workers (:mod:`~turbo_async.refreshes`) and
+carrying the request id of the change that caused them, and ``Meta.broadcasts_refreshes`` /
+``Meta.refresh_parent`` on a ``ModelStream`` (run by the worker, no hook needed).
+
 >>> import turbo_async as turbo
 >>> class MessageStream(turbo.ModelStream):
 ...     class Meta:
@@ -28,8 +33,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils.functional import classproperty
 
-from . import codec, delivery, names, pending
-from .changes import DELETE, SAVE, StreamAction
+from . import codec, delivery, names, pending, refreshes
+from .changes import DELETE, SAVE, StreamAction, current_request_id
 from .frames import (
     AFTER,
     APPEND,
@@ -40,14 +45,16 @@ from .frames import (
     REPLACE,
     UPDATE,
     TurboRender,
-    frame_markup,
+    action_markup,
+    check_action_name,
+    check_attributes,
+    check_method,
 )
 
 RAW = "raw"
 """A deferred ``stream_raw(markup)``: the markup is sent as it is."""
-
-
-
+CUSTOM = "custom"
+"""The option that marks a deferred :meth:`Stream.action` (its action is the custom name)."""
 
 class StreamMeta(dict[str, Any]):
     """``_meta`` of a stream: the merged ``Meta`` attributes, readable as attributes."""
@@ -159,23 +166,50 @@ class Stream:
         text: str | None = None,
         selector: str | None = None,
         id: str | None = None,
+        *,
+        method: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        custom: bool = False,
     ) -> None:
-        """Where every action goes: render and send now, or, deferred, record it for a worker."""
-        if action != REFRESH:
-            self._check_target(selector, id)
-        if action not in (REFRESH, REMOVE) and not text and template is None:
-            raise ValueError("Pass a template name or text= to render a frame.")
+        """Where every action goes: render and send now, or, deferred, record it for a worker.
+
+        ``custom`` is :meth:`action`'s: any valid name, the target optional, ``attributes`` on
+        the frame. Names, methods and attributes are checked here, before anything is deferred.
+        """
+        if custom:
+            check_action_name(action)
+            check_attributes(attributes)
+            if selector is not None and id is not None:
+                raise ValueError("Pass target= or targets=, not both.")
+        else:
+            if action != REFRESH:
+                self._check_target(selector, id)
+            if action not in (REFRESH, REMOVE) and not text and template is None:
+                raise ValueError("Pass a template name or text= to render a frame.")
+            check_method(action, method)
         if self._deferred:
             options: dict[str, Any] = {"selector": selector, "id": id}
-            if action not in (REFRESH, REMOVE):
+            if custom or action not in (REFRESH, REMOVE):
                 options.update(template=template, context=context, text=text)
+            if method:
+                options["method"] = method
+            if custom:
+                options.update(custom=True, attributes=attributes or {})
+            if action == REFRESH and current_request_id():
+                options["request_id"] = current_request_id()
             self._defer(action, options)
+        elif custom:
+            html = self._get_frame(template, context, text).inner_html if (text or template) else ""
+            self.stream_raw(
+                action_markup(action, target=id, targets=selector, html=html, attributes=attributes)
+            )
         elif action == REFRESH:
-            self.stream_raw(frame_markup(REFRESH))
+            refreshes.refresh(self.broadcastable_stream_name, self.stream_name, current_request_id())
         elif action == REMOVE:
             self.stream(TurboRender().remove(selector, id))
         else:
-            self.stream(self._get_frame(template, context, text)._add_target(selector, id, action))
+            frame = self._get_frame(template, context, text)
+            self.stream(frame._add_target(selector, id, action, method))
 
     def _defer(self, action: str, options: dict[str, Any]) -> None:
         pending.defer(
@@ -199,12 +233,16 @@ class Stream:
         self._send_action(PREPEND, template, context, text, selector, id)
 
     def replace(self, template: str | None = None, context: dict[str, Any] | None = None,
-                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._send_action(REPLACE, template, context, text, selector, id)
+                text: str | None = None, selector: str | None = None, id: str | None = None,
+                method: str | None = None) -> None:
+        """Replace the element; ``method="morph"`` morphs it into the new one (Turbo 8)."""
+        self._send_action(REPLACE, template, context, text, selector, id, method=method)
 
     def update(self, template: str | None = None, context: dict[str, Any] | None = None,
-               text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._send_action(UPDATE, template, context, text, selector, id)
+               text: str | None = None, selector: str | None = None, id: str | None = None,
+               method: str | None = None) -> None:
+        """Update the element's content; ``method="morph"`` morphs it (Turbo 8)."""
+        self._send_action(UPDATE, template, context, text, selector, id, method=method)
 
     def before(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
@@ -219,8 +257,34 @@ class Stream:
         self._send_action(REMOVE, selector=selector, id=id)
 
     def refresh(self) -> None:
-        """Ask subscribed pages to refresh (Turbo 8 ``refresh`` action)."""
+        """Ask subscribed pages to refresh (Turbo 8 ``refresh`` action).
+
+        In a worker the refreshes of one stream are debounced across processes
+        (``REFRESH_DEBOUNCE``, ``REFRESH_MAX_WAIT``); the frame carries the ``request-id`` of the
+        request that caused it, which that request's page ignores.
+        """
         self._send_action(REFRESH)
+
+    def action(
+        self,
+        name: str,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        text: str | None = None,
+        target: str | None = None,
+        targets: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """A custom action, ``Turbo.StreamActions[name]`` on the page (as turbo-rails'
+        ``broadcast_action_to``)::
+
+            room.stream.action("notify", text="Saved", target="alerts",
+                               attributes={"data-level": "info"})
+
+        ``name`` and the attribute names are checked (a ``ValueError`` names a bad one); the
+        values and the content are escaped. The target is optional.
+        """
+        self._send_action(name, template, context, text, targets, target, attributes=attributes, custom=True)
 
     def stream(self, frame: TurboRender | str) -> None:
         """Send a rendered :class:`TurboRender` (or its markup) to the subscribers."""
@@ -270,6 +334,14 @@ class ModelStream(Stream, Generic[M]):
     Define ``on_save(self, instance, created, *args, **kwargs)`` and/or
     ``on_delete(self, instance, *args, **kwargs)``. Every instance of ``Meta.model`` gains a
     ``.stream`` attribute (a lazy descriptor: loading rows costs nothing).
+
+    Or declare refreshes, with no hook (as turbo-rails' ``broadcasts_refreshes``)::
+
+        class MessageStream(turbo.ModelStream):
+            class Meta:
+                model = Message
+                broadcasts_refreshes = True   # refresh the message's own stream on save/delete
+                refresh_parent = "room"       # and its room's stream (a foreign key's name)
     """
 
     class Meta:
@@ -306,6 +378,45 @@ class ModelStream(Stream, Generic[M]):
             raise ImproperlyConfigured(
                 f"{cls.__name__}.Meta.model must be a Django model class, not {model!r}."
             )
+        if not isinstance(cls._meta.get("broadcasts_refreshes", False), bool):
+            raise ImproperlyConfigured(
+                f"{cls.__name__}.Meta.broadcasts_refreshes must be True or False, "
+                f"not {cls._meta.broadcasts_refreshes!r}."
+            )
+        parent = cls._meta.get("refresh_parent")
+        if parent is not None:
+            field = next((f for f in model._meta.concrete_fields if f.name == parent), None)
+            if field is None or not (field.many_to_one or field.one_to_one):
+                raise ImproperlyConfigured(
+                    f"{cls.__name__}.Meta.refresh_parent must name a ForeignKey or OneToOneField of "
+                    f"{model.__name__}, not {parent!r}."
+                )
+
+    @classmethod
+    def refreshes_declared(cls) -> bool:
+        """Whether ``Meta`` asks for refreshes on save and delete (no hook needed)."""
+        return bool(cls._meta.get("broadcasts_refreshes") or cls._meta.get("refresh_parent"))
+
+    def refresh_declared(self, instance: M) -> None:
+        """The refreshes ``Meta`` declares for a saved or deleted ``instance``: its own stream's
+        (``broadcasts_refreshes``) and its parent's (``refresh_parent``), without loading the parent."""
+        if self._meta.get("broadcasts_refreshes"):
+            self.refresh()
+        parent = self._meta.get("refresh_parent")
+        if not parent:
+            return
+        field = instance._meta.get_field(parent)
+        parent_pk = getattr(instance, field.attname)  # type: ignore[union-attr]
+        if parent_pk is None:
+            return
+        parent_class = getattr(field.related_model, "stream", None)
+        if not (isinstance(parent_class, type) and issubclass(parent_class, ModelStream)):
+            raise ImproperlyConfigured(
+                f"{type(self).__name__}.Meta.refresh_parent = {parent!r}: "
+                f"{getattr(field.related_model, '__name__', field.related_model)} has no ModelStream "
+                "to refresh; define one (it needs no hook)."
+            )
+        parent_class.from_pk(parent_pk).refresh()
 
     @classmethod
     def from_pk(cls, pk: Any) -> ModelStream[M]:

@@ -15,8 +15,9 @@ from celery.signals import worker_ready
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, outbox, worker
-from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK
+from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, bound_request_id
 from .exceptions import DeliveryError
+from .refreshes import REFRESH_TASK
 
 # Both tasks: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
 # so running one twice is harmless), results only in the task events Flower reads.
@@ -34,10 +35,12 @@ def broadcast(
     created: bool = False,
     using: str = DEFAULT_DB_ALIAS,
     snapshot: dict[str, Any] | None = None,
+    request_id: str = "",
 ) -> dict[str, Any]:
     """Reload the row (or rebuild a deleted one), run its stream's hook, deliver the frames."""
     try:
-        return worker.broadcast_change(label, pk, event, created, using, snapshot)
+        with bound_request_id(request_id):  # the refreshes it causes carry it
+            return worker.broadcast_change(label, pk, event, created, using, snapshot)
     except DeliveryError as exc:
         worker.retry(self, exc, f"{label} pk={pk!r} ({event})")
 
@@ -66,6 +69,17 @@ def broadcast_batch(self: Task[Any, Any], items: list[dict[str, Any]]) -> dict[s
         return worker.broadcast_batch(items)
     except DeliveryError as exc:
         worker.retry(self, exc, f"a batch of {len(items)}")
+
+
+@shared_task(name=REFRESH_TASK, **TASK_OPTIONS)
+def refresh(
+    self: Task[Any, Any], group: str, stream_name: str, decided: str | None = None
+) -> dict[str, Any]:
+    """Send a debounced refresh when it is due (scheduled by :mod:`turbo_async.refreshes`)."""
+    try:
+        return worker.send_refresh(group, stream_name, decided)
+    except worker.RefreshNotDelivered as exc:
+        worker.retry(self, exc, f"{stream_name}.refresh", kwargs={"decided": exc.request_id})
 
 
 @worker_ready.connect

@@ -3,7 +3,9 @@
 At start-up (``AppConfig.ready``) :func:`autodiscover` imports each installed app's ``streams``
 module and registers every stream it defines. Registering a ``ModelStream`` gives every instance
 of its model a lazy ``.stream`` (:class:`StreamDescriptor`) and connects the ``post_save`` /
-``post_delete`` receivers for the hooks it defines, with each hook's Flower name bound in.
+``post_delete`` receivers for the hooks it defines, with each hook's Flower name bound in (for
+both events when its ``Meta`` declares refreshes: the worker then refreshes without a hook, under
+the Flower name ``<app>.<Stream>.refresh``).
 """
 
 from __future__ import annotations
@@ -66,12 +68,13 @@ def _attach(stream_class: type[ModelStream[Any]]) -> None:
     model.stream = StreamDescriptor(stream_class)  # type: ignore[attr-defined]
     model._meta.stream_model = stream_class  # type: ignore[attr-defined]  # as turbo-django
     prefix = f"{model._meta.app_label}.{stream_class.__name__}"
+    refreshes = stream_class.refreshes_declared()
     signals.connect(
         model,
         {
-            event: f"{prefix}.{hook}"
+            event: f"{prefix}.{hook if stream_class.hook(event) is not None else 'refresh'}"
             for event, hook in stream_class.hooks.items()
-            if stream_class.hook(event) is not None
+            if stream_class.hook(event) is not None or refreshes
         },
     )
 

@@ -4,6 +4,11 @@
 its stream's hook, and delivers the frames the hook made: one ``group_send`` per stream.
 :func:`perform_action` does the same for a ``stream.later`` action. Both return the small result
 Flower shows (``{"frames": 2, "streams": 1}``). Callable without Celery.
+
+Both run with the request id of the change bound (:func:`~turbo_async.changes.bound_request_id`),
+so that a refresh carries it; a ``ModelStream`` whose ``Meta`` declares refreshes gets them after
+its hook (or without one). :func:`send_refresh` is the body of the delayed task of a debounced
+refresh (:mod:`turbo_async.refreshes`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from celery import Task
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from . import codec, conf, delivery
-from .changes import DELETE, SAVE, rebuild
+from . import codec, conf, delivery, refreshes
+from .changes import DELETE, SAVE, bound_request_id, rebuild
 from .delivery import LAYER_ERRORS
 from .exceptions import DeliveryError
 from .frames import ACTIONS, REFRESH
 from .registry import stream_registry
-from .streams import RAW, ModelStream
+from .streams import CUSTOM, RAW, ModelStream
 
 logger = logging.getLogger("turbo_async")
 
@@ -38,14 +43,25 @@ def broadcast_change(
     created: bool = False,
     using: str = DEFAULT_DB_ALIAS,
     snapshot: dict[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Broadcast one committed change of the row ``label``/``pk``.
+    """Broadcast one committed change of the row ``label``/``pk`` (made by the Turbo request
+    ``request_id``; ``None``: the one bound now, see :func:`~turbo_async.changes.bound_request_id`).
 
     Tasks of one row may run at the same time on several worker processes, so a save broadcast
     checks the row again after sending: if it was deleted meanwhile, the delete's ``remove`` may
     have gone out before this task's ``append``, so the ``on_delete`` frames are sent again; if it
     changed, the hook runs again on the new values (``RECHECKS`` times at most).
     """
+    if request_id is None:
+        return _broadcast_change(label, pk, event, created, using, snapshot)
+    with bound_request_id(request_id):
+        return _broadcast_change(label, pk, event, created, using, snapshot)
+
+
+def _broadcast_change(
+    label: str, pk: Any, event: str, created: bool, using: str, snapshot: dict[str, Any] | None
+) -> dict[str, Any]:
     stream_class = stream_registry.get_model_stream(label)  # unknown labels are refused
     model: type[models.Model] = stream_class._meta.model
     try:
@@ -110,22 +126,8 @@ def broadcast_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
                 if "stream" in item:
                     _act(item)
                     continue
-                stream_class = stream_registry.get_model_stream(item["label"])
-                model = stream_class._meta.model
-                using = item.get("using", DEFAULT_DB_ALIAS)
-                if item["event"] == DELETE:
-                    if not isinstance(item.get("snapshot"), dict):
-                        raise ValueError(f"{what}: a delete needs the row's snapshot")
-                    _hook(stream_class, rebuild(model, item["snapshot"], using), DELETE, sender=model, using=using)
-                    continue
-                if item["event"] != SAVE:
-                    raise ValueError(f"Unknown broadcast event {item['event']!r}; expected 'save' or 'delete'.")
-                instance = loaded.get((item["label"], using), {}).get(_python_pk(model, item["pk"]))
-                if instance is None:
-                    logger.debug("%s is gone; nothing to broadcast", what)
-                    continue
-                _hook(stream_class, instance, SAVE, created=bool(item.get("created")), sender=model, using=using)
-                saved.append((stream_class, instance, using))
+                with bound_request_id(item.get("request_id")):  # the refreshes it causes carry it
+                    _broadcast_item(item, what, loaded, saved)
             except ObjectDoesNotExist as exc:  # as for one change: a later task brings the page there
                 if "stream" in item:
                     logger.info("%s skipped: %s", what, exc)
@@ -143,6 +145,31 @@ def broadcast_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
             f"{result['frames']} frames were delivered): " + "; ".join(failures)
         )
     return result
+
+
+def _broadcast_item(
+    item: dict[str, Any],
+    what: str,
+    loaded: dict[tuple[str, str], dict[Any, models.Model]],
+    saved: list[tuple[type[ModelStream[Any]], models.Model, str]],
+) -> None:
+    """One change of a batch: its hook runs with the batch's frames being collected."""
+    stream_class = stream_registry.get_model_stream(item["label"])
+    model = stream_class._meta.model
+    using = item.get("using", DEFAULT_DB_ALIAS)
+    if item["event"] == DELETE:
+        if not isinstance(item.get("snapshot"), dict):
+            raise ValueError(f"{what}: a delete needs the row's snapshot")
+        _hook(stream_class, rebuild(model, item["snapshot"], using), DELETE, sender=model, using=using)
+        return
+    if item["event"] != SAVE:
+        raise ValueError(f"Unknown broadcast event {item['event']!r}; expected 'save' or 'delete'.")
+    instance = loaded.get((item["label"], using), {}).get(_python_pk(model, item["pk"]))
+    if instance is None:
+        logger.debug("%s is gone; nothing to broadcast", what)
+        return
+    _hook(stream_class, instance, SAVE, created=bool(item.get("created")), sender=model, using=using)
+    saved.append((stream_class, instance, using))
 
 
 def _describe(item: dict[str, Any]) -> str:
@@ -176,7 +203,12 @@ def _load_rows(items: list[dict[str, Any]]) -> dict[tuple[str, str], dict[Any, m
 
 
 def _hook(stream_class: type[ModelStream[Any]], instance: models.Model, event: str, **kwargs: Any) -> None:
-    getattr(stream_class.from_instance(instance), stream_class.hooks[event])(instance, **kwargs)
+    """The hook of ``event``, if the stream has one, then the refreshes its ``Meta`` declares."""
+    stream = stream_class.from_instance(instance)
+    if stream_class.hook(event) is not None:
+        getattr(stream, stream_class.hooks[event])(instance, **kwargs)
+    if stream_class.refreshes_declared():
+        stream.refresh_declared(instance)
 
 
 def _recheck(saved: list[tuple[type[ModelStream[Any]], models.Model, str]]) -> dict[str, Any]:
@@ -206,28 +238,42 @@ def _recheck(saved: list[tuple[type[ModelStream[Any]], models.Model, str]]) -> d
 
 
 def _act(item: dict[str, Any]) -> None:
-    action = item.get("action")
-    if action not in (*ACTIONS, REFRESH, RAW):
+    """Run one ``stream.later`` action here (with the request id it was made under)."""
+    action = str(item.get("action"))
+    options = item.get("options") or {}
+    custom = bool(options.get(CUSTOM))
+    if not custom and action not in (*ACTIONS, REFRESH, RAW):
         raise ValueError(f"Unknown stream action {action!r}.")
     stream = stream_registry.get_stream(item["stream"])(*item.get("args", []), **item.get("kwargs", {}))
-    options = item.get("options") or {}
-    if action == RAW:
-        stream.stream_raw(codec.decode(options.get("text")))
-        return
-    stream._send_action(
-        action, options.get("template"), codec.decode(options.get("context")), codec.decode(options.get("text")),
-        options.get("selector"), options.get("id"),
-    )
+    with bound_request_id(options.get("request_id")):
+        if action == RAW and not custom:
+            stream.stream_raw(codec.decode(options.get("text")))
+            return
+        stream._send_action(
+            action,
+            options.get("template"),
+            codec.decode(options.get("context")),
+            codec.decode(options.get("text")),
+            options.get("selector"),
+            options.get("id"),
+            method=options.get("method"),
+            attributes=options.get("attributes"),
+            custom=custom,
+        )
 
 
 def _run_hook(
     stream_class: type[ModelStream[Any]], instance: models.Model, event: str, **kwargs: Any
 ) -> dict[str, Any]:
-    """Run the hook of ``event``, collecting its frames, then deliver them."""
-    hook = stream_class.hooks[event]
+    """Run the hook of ``event`` and the refreshes ``Meta`` declares, collecting their frames,
+    then deliver them."""
     with delivery.collect() as outgoing:
         try:
-            getattr(stream_class.from_instance(instance), hook)(instance, **kwargs)
+            stream = stream_class.from_instance(instance)
+            if stream_class.hook(event) is not None:
+                getattr(stream, stream_class.hooks[event])(instance, **kwargs)
+            if stream_class.refreshes_declared():
+                stream.refresh_declared(instance)
         except ObjectDoesNotExist as exc:
             # A related row went away (a cascade delete): a later task brings the page there.
             logger.info("%s pk=%r %s skipped: %s", instance._meta.label_lower, instance.pk, event, exc)
@@ -242,6 +288,27 @@ def perform_action(
     with delivery.collect() as outgoing:
         _act({"stream": stream_name, "args": args, "kwargs": kwargs, "action": action, "options": options})
     return _deliver(outgoing)
+
+
+class RefreshNotDelivered(DeliveryError):
+    """The channel layer failed while sending a debounced refresh that was already decided:
+    the retry sends it with ``request_id`` (the window in Redis is closed by then)."""
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def send_refresh(group: str, stream_name: str, decided: str | None = None) -> dict[str, Any]:
+    """The delayed task of a debounced refresh: send it if it is due (or ``decided``: a retry)."""
+    request_id = decided if decided is not None else refreshes.fire(group, stream_name)
+    if request_id is None:
+        return {"frames": 0, "streams": 0, "skipped": "not due yet, or already sent"}
+    try:
+        refreshes.send(group, stream_name, request_id)
+    except LAYER_ERRORS as exc:
+        raise RefreshNotDelivered(str(exc), request_id) from exc
+    return {"frames": 1, "streams": 1}
 
 
 def _deliver(outgoing: delivery.Outgoing) -> dict[str, Any]:
@@ -276,9 +343,12 @@ def _values(instance: models.Model) -> tuple[Any, ...]:
     return tuple(f.value_from_object(instance) for f in instance._meta.concrete_fields)
 
 
-def retry(task: Task[Any, Any], exc: DeliveryError, what: str) -> NoReturn:
+def retry(
+    task: Task[Any, Any], exc: DeliveryError, what: str, kwargs: dict[str, Any] | None = None
+) -> NoReturn:
     """Retry ``task`` with exponential backoff (raises Celery's ``Retry``), or, after
-    ``DELIVERY_MAX_RETRIES`` retries, log and raise ``exc``. ``what`` names the broadcast."""
+    ``DELIVERY_MAX_RETRIES`` retries, log and raise ``exc``. ``what`` names the broadcast;
+    ``kwargs``, if given, replace the task's keyword arguments for the retry."""
     settings = conf.get()
     attempt = task.request.retries
     if attempt >= settings.DELIVERY_MAX_RETRIES:
@@ -292,4 +362,6 @@ def retry(task: Task[Any, Any], exc: DeliveryError, what: str) -> NoReturn:
         "channel layer unreachable (%s); %s retry %d of %d in %.1fs",
         exc.__cause__ or exc, what, attempt + 1, settings.DELIVERY_MAX_RETRIES, countdown,
     )
-    raise task.retry(exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES)
+    raise task.retry(
+        exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES, kwargs=kwargs
+    )

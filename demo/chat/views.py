@@ -12,6 +12,7 @@ their next messages.
 
 from __future__ import annotations
 
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -50,7 +51,8 @@ def _see_other(url: str) -> HttpResponseRedirect:
 @csrf_protect
 @require_GET
 def room_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/room_list.html", {"rooms": Room.objects.all(), "form": RoomForm()})
+    rooms = Room.objects.annotate(message_count=Count("messages"))  # shown, and refreshed by morphing
+    return render(request, "chat/room_list.html", {"rooms": rooms, "form": RoomForm()})
 
 
 @csrf_protect
@@ -89,6 +91,7 @@ def message_create(request: HttpRequest, pk: int) -> HttpResponse:
         if form.is_valid():
             author = form.cleaned_data["author"]
             Message.objects.create(room=room, author=author, text=form.cleaned_data["text"])
+            RoomListStream().changed()  # the room's message count
             if author == ANONYMOUS:
                 request.session.pop(AUTHOR_SESSION_KEY, None)
             else:
@@ -135,6 +138,7 @@ def message_delete(request: HttpRequest, pk: int) -> HttpResponse:
     message = get_object_or_404(Message, pk=pk)
     room = message.room
     message.delete()
+    RoomListStream().changed()  # the room's message count
     if _in_frame(request):
         # No content and no Content-Type: Turbo leaves the frame alone (and does not remember this
         # URL as the frame's src) until the stream's "remove" arrives.

@@ -1,4 +1,5 @@
-"""Layer 9: ``{% load turbo_streams %}``, ``{% turbo_subscribe %}`` and ``{% turbo_component %}``."""
+"""Layer 9: ``{% load turbo_streams %}``, ``{% turbo_subscribe %}``, ``{% turbo_component %}`` and
+``{% turbo_refreshes_with %}``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 from django import template
 from django.db.models import Model
 from django.template import TemplateSyntaxError
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from .. import conf
 from ..components import BaseComponent
@@ -15,6 +18,9 @@ from ..registry import stream_registry
 from ..streams import Stream
 
 register = template.Library()
+
+REFRESH_METHODS = ("replace", "morph")
+REFRESH_SCROLLS = ("reset", "preserve")
 
 
 def _stream(item: Any) -> Stream:
@@ -66,3 +72,24 @@ def turbo_component(context: template.Context, component: Any, *args: Any, **kwa
 def turbo_ws_path() -> str:
     """The WebSocket path the browser connects to (``TURBO_ASYNC["WS_PATH"]``)."""
     return conf.get().WS_PATH
+
+
+@register.simple_tag
+def turbo_refreshes_with(method: str = "replace", scroll: str = "reset") -> SafeString:
+    """How the page refreshes (Turbo 8), in its ``<head>``:
+    ``{% turbo_refreshes_with method="morph" scroll="preserve" %}`` writes
+    ``<meta name="turbo-refresh-method" content="morph"><meta name="turbo-refresh-scroll"
+    content="preserve">``. ``method`` is ``"replace"`` or ``"morph"``, ``scroll`` ``"reset"`` or
+    ``"preserve"``."""
+    if method not in REFRESH_METHODS:
+        raise TemplateSyntaxError(
+            f"turbo_refreshes_with: method must be one of {REFRESH_METHODS}, not {method!r}."
+        )
+    if scroll not in REFRESH_SCROLLS:
+        raise TemplateSyntaxError(
+            f"turbo_refreshes_with: scroll must be one of {REFRESH_SCROLLS}, not {scroll!r}."
+        )
+    return format_html(
+        '<meta name="turbo-refresh-method" content="{}"><meta name="turbo-refresh-scroll" content="{}">',
+        method, scroll,
+    )

@@ -1,0 +1,184 @@
+"""``turbo_async.refreshes`` against a real Redis server, and declarative refreshes
+(``Meta.broadcasts_refreshes`` / ``refresh_parent``) run in this process.
+
+The debounce's agreement is all in Redis: here one process plays every worker (the scheduled
+task is recorded instead of queued, and :func:`refreshes.fire` is called as the task would);
+tests/integration/test_refreshes.py runs it with two real worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Template, TemplateSyntaxError
+from django.test import override_settings
+
+import turbo_async as turbo
+from tests.services import RedisServer
+from tests.testapp.models import Probe, ProbeRun
+from tests.testapp.streams import ProbeStream
+from turbo_async import conf, publish, refreshes, wiring
+from turbo_async.changes import Change, bound_request_id
+from turbo_async.testing import capture_broadcasts
+
+GROUP = "turbo_async.test.refreshes"
+
+
+@pytest.fixture
+def debounced(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, float]]]:
+    """Refreshes debounced through the real Redis as in a worker; scheduled tasks are recorded."""
+    scheduled: list[tuple[str, str, float]] = []
+    monkeypatch.setattr(refreshes, "debouncing", lambda: True)
+    monkeypatch.setattr(refreshes, "redis_url", lambda: redis_server.url)
+    monkeypatch.setattr(refreshes, "schedule", lambda group, name, countdown: scheduled.append((group, name, countdown)))
+    redis_server.client().delete(refreshes.key(GROUP))
+    with override_settings(TURBO_ASYNC={"REFRESH_DEBOUNCE": 0.3, "REFRESH_MAX_WAIT": 1.0}):
+        yield scheduled
+    redis_server.client().delete(refreshes.key(GROUP))
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    frames: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(refreshes.delivery, "send", lambda group, name, markup: frames.append((group, name, markup)))
+    return frames
+
+
+def test_a_burst_opens_one_window_and_the_last_request_id_wins(
+    debounced: list[Any], sent: list[Any]
+) -> None:
+    for request_id in ("first", "", "second", "last"):
+        refreshes.refresh(GROUP, "app:S", request_id)
+    assert debounced == [(GROUP, "app:S", 0.3)]  # one delayed task for the whole burst
+    assert sent == []
+    assert refreshes.fire(GROUP, "app:S") is None  # not quiet yet: the task waits again
+    assert len(debounced) == 2 and 0 < debounced[1][2] <= 0.3
+    time.sleep(0.35)
+    assert refreshes.fire(GROUP, "app:S") == "last"
+    assert refreshes.fire(GROUP, "app:S") is None  # sent: the window is closed
+    assert len(debounced) == 2
+    refreshes.refresh(GROUP, "app:S", "")  # a new change opens a new window
+    assert len(debounced) == 3
+
+
+def test_continuous_refreshes_are_sent_after_the_max_wait(debounced: list[Any], sent: list[Any]) -> None:
+    refreshes.refresh(GROUP, "app:S", "r0")
+    started = time.monotonic()
+    index = 0
+    while time.monotonic() - started < 1.1:  # never quiet for 0.3 s, for longer than the max wait
+        index += 1
+        refreshes.refresh(GROUP, "app:S", f"r{index}")
+        time.sleep(0.05)
+    assert len(debounced) == 1
+    assert refreshes.fire(GROUP, "app:S") == f"r{index}"
+
+
+def test_without_debouncing_a_refresh_is_sent_now_with_its_request_id(sent: list[Any]) -> None:
+    assert not refreshes.debouncing()  # the test process: eager Celery, no task running
+    refreshes.refresh(GROUP, "app:S", "abc")
+    assert sent == [(GROUP, "app:S", '<turbo-stream action="refresh" request-id="abc"></turbo-stream>')]
+
+
+def test_a_broker_that_is_not_redis_means_no_debounce(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conf.celery_app().conf, "broker_url", "amqp://guest@localhost//")
+    assert refreshes.redis_url() is None
+    monkeypatch.setattr(conf.celery_app().conf, "broker_url", "redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
+    assert refreshes.redis_url() == "redis://127.0.0.1:1/0"
+
+
+def test_max_wait_shorter_than_debounce_is_refused() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"REFRESH_MAX_WAIT'\] \(0.1\) must not be shorter"):
+        conf.load({"REFRESH_DEBOUNCE": 0.5, "REFRESH_MAX_WAIT": 0.1})
+
+
+# -- request ids on changes ------------------------------------------------------------------
+
+
+def test_a_change_carries_the_request_id_to_the_task_and_the_last_one_wins() -> None:
+    with bound_request_id("req-1"):
+        first = Change("testapp.probe", 1, "save", True, request_id="req-1")
+    assert publish.message(first, "default")[2] == {"request_id": "req-1"}
+    assert publish.message(Change("testapp.probe", 1, "save"), "default")[2] == {}  # unchanged
+    later = Change("testapp.probe", 1, "save", request_id="req-2")
+    assert first.merge(later).request_id == "req-2"
+    assert first.merge(Change("testapp.probe", 1, "save")).request_id == "req-1"
+    assert first.merge(Change("testapp.probe", 1, "delete", snapshot={"id": 1})).request_id == "req-1"
+    json.dumps(publish.message(first, "default"))  # all a broker carries
+
+
+# -- declarative refreshes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_stream() -> Iterator[type[turbo.ModelStream[Any]]]:
+    """A stream of ProbeRun that declares refreshes and has no hook (defined here, so that the
+    system checks do not see it as an unregistered module-level stream)."""
+
+    class ProbeRunStream(turbo.ModelStream[ProbeRun]):
+        class Meta:
+            model = ProbeRun
+            broadcasts_refreshes = True
+            refresh_parent = "probe"
+
+    wiring.register(ProbeRunStream)
+    yield ProbeRunStream
+    wiring.unregister(ProbeRunStream)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broadcasts_refreshes_refreshes_the_row_and_its_parent_on_save_and_delete(
+    run_stream: type[turbo.ModelStream[Any]],
+) -> None:
+    with turbo.suppress():
+        probe = Probe.objects.create(name="p")
+    with capture_broadcasts() as recorder, bound_request_id("req-9"):
+        run = ProbeRun.objects.create(probe=probe)
+    refresh = '<turbo-stream action="refresh" request-id="req-9"></turbo-stream>'
+    assert [(f.stream, f.group, f.markup) for f in recorder.frames] == [
+        (run_stream.stream_name, run_stream.from_pk(run.pk).broadcastable_stream_name, refresh),
+        (ProbeStream.stream_name, ProbeStream.from_pk(probe.pk).broadcastable_stream_name, refresh),
+    ]
+    run_pk = run.pk
+    with capture_broadcasts() as recorder:
+        run.delete()
+    assert [(f.group, f.markup) for f in recorder.frames] == [
+        (run_stream.from_pk(run_pk).broadcastable_stream_name, '<turbo-stream action="refresh"></turbo-stream>'),
+        (ProbeStream.from_pk(probe.pk).broadcastable_stream_name, '<turbo-stream action="refresh"></turbo-stream>'),
+    ]
+
+
+def test_refresh_parent_must_name_a_foreign_key() -> None:
+    with pytest.raises(ImproperlyConfigured, match="refresh_parent must name a ForeignKey or OneToOneField of ProbeRun, not 'nope'"):
+
+        class BadStream(turbo.ModelStream[ProbeRun]):
+            class Meta:
+                model = ProbeRun
+                refresh_parent = "nope"
+
+    with pytest.raises(ImproperlyConfigured, match="broadcasts_refreshes must be True or False"):
+
+        class OtherStream(turbo.ModelStream[ProbeRun]):
+            class Meta:
+                model = ProbeRun
+                broadcasts_refreshes = "yes"
+
+
+# -- {% turbo_refreshes_with %} ----------------------------------------------------------------
+
+
+def test_turbo_refreshes_with_writes_the_meta_tags_and_refuses_other_values() -> None:
+    def render(arguments: str) -> str:
+        return Template("{% load turbo_streams %}{% turbo_refreshes_with " + arguments + " %}").render(Context())
+
+    assert render("") == (
+        '<meta name="turbo-refresh-method" content="replace"><meta name="turbo-refresh-scroll" content="reset">'
+    )
+    with pytest.raises(TemplateSyntaxError, match=r"method must be one of \('replace', 'morph'\), not '<script>'"):
+        render('method="<script>"')
+    with pytest.raises(TemplateSyntaxError, match="scroll must be one of"):
+        render('scroll="top"')
