@@ -50,6 +50,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError
 """What an unreachable broker raises from ``apply_async``: retried, never dropped at once."""
 
 SWEEP_CHUNK = 500
+IDLE_CLOSE_AFTER = 1.0
+"""Seconds without a commit after which the thread closes its database connections."""
 
 
 @dataclass
@@ -136,15 +138,22 @@ class Outbox:
         backlog = self._backlog
         failures, failing_since, last_sweep = 0, 0.0, float("-inf")
         while True:
-            reached: list[threading.Event] = []  # flushes answered once connections are closed
+            reached: list[threading.Event] = []  # flushes answered after this round
             try:
                 if not backlog:
                     settings = conf.get()
                     database = settings.OUTBOX == "database"
                     try:
-                        self._take(commits.get(timeout=settings.OUTBOX_SWEEP_INTERVAL if database else None))
+                        self._take(commits.get(timeout=IDLE_CLOSE_AFTER))
                     except queue.Empty:
-                        pass
+                        # Idle: ON_PUBLISH_ERROR="inline" and the database outbox opened this
+                        # thread's database connections; do not keep them while nothing comes
+                        # (closing after every commit instead costs a reconnection each time).
+                        _close_connections()
+                        try:
+                            self._take(commits.get(timeout=settings.OUTBOX_SWEEP_INTERVAL if database else None))
+                        except queue.Empty:
+                            pass
                 settings = conf.get()
                 database = settings.OUTBOX == "database"
                 while len(backlog) < settings.OUTBOX_MAX_SIZE:
@@ -170,12 +179,9 @@ class Outbox:
                 self._wake.wait(min(settings.OUTBOX_RETRY_BACKOFF_MAX, 0.1 * 2**failures))
             except Exception:  # never let the thread die on one bad round; start() restarts it anyway
                 logger.exception("the outbox thread failed; retrying in 1 s")
+                _close_connections()  # one may be broken
                 time.sleep(1)
             finally:
-                # ON_PUBLISH_ERROR="inline" and the database outbox use this thread's database
-                # connections: do not keep them open (they would outlive every request).
-                for connection in connections.all(initialized_only=True):
-                    connection.close()
                 for event in reached:
                     event.set()
 
@@ -263,6 +269,11 @@ class Outbox:
                 raise
             except Exception as exc:  # not the broker's fault: retrying would not help
                 publish.failed(entry.item, entry.alias, exc)
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
 
 
 def _kept(entry: Entry) -> str:

@@ -271,7 +271,9 @@ def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> N
         live_stack.broker.start()
         # Same test process, same worker, same uvicorn: nothing was restarted but Redis.
         MessageFactory(room=room, text="after the restart")
-        frames = client.receive_frames(timeout=30) + client.receive_frames(timeout=30)
+        frames = client.receive_frames(timeout=30)
+        if "after the restart" not in frames:  # one batch, or two messages
+            frames += client.receive_frames(timeout=30)
     assert frames.index("saved while down") < frames.index("after the restart")  # commit order
     assert "Connection to broker lost" in worker_log.text()
 
