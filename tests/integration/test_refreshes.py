@@ -49,13 +49,15 @@ def refresh_workers(
 def publishing(
     live_broker: RedisServer, refresh_workers: list[CeleryWorker], web: Uvicorn, transactional_db: None
 ) -> Iterator[Uvicorn]:
-    with override_settings(TURBO_ASYNC={"QUEUE": QUEUE}):
+    # BATCH_MAX_SIZE 1: the outbox must not carry a burst to one worker in a single batch; the
+    # debounce has to agree across processes.
+    with override_settings(TURBO_ASYNC={"QUEUE": QUEUE, "BATCH_MAX_SIZE": 1}):
         yield web
 
 
 def refresh_later(room: Any, request_id: str) -> None:
     with bound_request_id(request_id):
-        room.stream.later.refresh()  # one task each, run by either worker
+        room.stream.later.refresh()  # one task each (BATCH_MAX_SIZE 1, above), run by either worker
 
 
 def frames_until_silent(client: StreamClient, silence: float) -> list[dict[str, Any]]:
