@@ -165,8 +165,8 @@ def _broadcast_item(
     if item["event"] != SAVE:
         raise ValueError(f"Unknown broadcast event {item['event']!r}; expected 'save' or 'delete'.")
     instance = loaded.get((item["label"], using), {}).get(_python_pk(model, item["pk"]))
-    if instance is None:
-        logger.debug("%s is gone; nothing to broadcast", what)
+    if instance is None:  # worded as for one change
+        logger.debug("%s pk=%r is gone; nothing to broadcast", item["label"], item["pk"])
         return
     _hook(stream_class, instance, SAVE, created=bool(item.get("created")), sender=model, using=using)
     saved.append((stream_class, instance, using))
