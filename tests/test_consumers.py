@@ -768,3 +768,63 @@ def test_frames_are_encoded_once_however_many_sockets_get_them() -> None:
         frame_message(f"signed-{socket}", data)
     info = consumers._encoded.cache_info()
     assert (info.misses, info.hits) == (1, 199)
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+
+async def test_the_server_pings_every_interval_and_renews_the_groups(settings: Any, layer: Any) -> None:
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.05}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    stream = room_stream(41)
+    group = stream.broadcastable_stream_name
+    # The first message is the server's answer: no ping at connect (turbo-django clients).
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    # A lost membership (a flushed Redis) comes back on the next beat.
+    layer.groups.clear()
+    ping = await communicator.receive_json_from(timeout=2)
+    assert ping["type"] == "ping" and ping["interval"] == 0.05 and isinstance(ping["t"], float)
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<after-flush/>"))
+    while (message := await communicator.receive_json_from(timeout=2)).get("type") == "ping":
+        pass
+    assert message["data"] == "<after-flush/>"
+    await communicator.disconnect()
+
+
+async def test_heartbeat_zero_sends_no_ping(settings: Any, layer: Any) -> None:
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_a_failing_layer_read_does_not_end_the_consumer(
+    layer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Channels awaits ``receive`` bare: a Redis restart used to end the consumer with
+    "Exception in ASGI application". Now it is retried, and logged once."""
+    original = type(layer).receive
+    failures = {"left": 3}
+
+    async def receive(self: Any, channel: str) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("Redis went away")
+        return await original(self, channel)
+
+    monkeypatch.setattr(type(layer), "receive", receive)
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    with caplog.at_level(logging.INFO, logger="turbo_async"):
+        await communicator.connect()
+        stream = room_stream(42)
+        assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+        group = stream.broadcastable_stream_name
+        await layer.group_send(group, layer_message(group, stream.stream_name, "<still-here/>"))
+        assert (await communicator.receive_json_from(timeout=3))["data"] == "<still-here/>"
+    assert failures["left"] == 0
+    warnings = [r for r in caplog.records if "could not read from the channel layer" in r.getMessage()]
+    assert len(warnings) == 1
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    await communicator.disconnect()

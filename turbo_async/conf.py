@@ -31,6 +31,8 @@ Every key is optional::
         "LOGGED_REFUSALS_PER_SOCKET": 5,  # refusal warnings logged per socket, then only counted
         "LAYER_CONCURRENCY": 50,        # channel-layer calls the sockets of a process make at once
         "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
+        # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):
+        "HEARTBEAT_INTERVAL": 10.0,     # seconds between pings (and group renewals) per socket; 0: off
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -97,6 +99,8 @@ class TurboAsyncSettings:
     LOGGED_REFUSALS_PER_SOCKET: int = 5
     LAYER_CONCURRENCY: int = 50
     LAYER_WAIT_TIMEOUT: float = 30.0
+    # Delivery to the page (turbo_async.consumers, turbo_async.history, docs/guarantees.rst).
+    HEARTBEAT_INTERVAL: float = 10.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:

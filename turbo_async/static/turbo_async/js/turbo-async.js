@@ -13,6 +13,8 @@
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
  *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
+ *                     {"type": "ping", "t": <unix time>, "interval": <seconds>} (heartbeat; with
+ *                     no message for 2.5 intervals the client drops the socket and reconnects)
  *                     {"type": "error", "error": "...", "signed_channel_name": "..."} (refusal;
  *                     the name is absent when the error is not about one subscription)
  *
@@ -23,6 +25,7 @@
  *   turbo-async:refused       on each element of the refused name, bubbling (on document when
  *                             none is left), detail {signedChannelName, reason}
  *   turbo-async:error         on document, detail {signedChannelName (or null), reason}
+ *   turbo-async:ping          on document, detail {t, interval} (each server heartbeat)
  * and <html data-turbo-async-connected="true|false">.
  *
  * Plain ES2017, no build step, no dependencies.
@@ -54,6 +57,10 @@
   const BACKOFF_INITIAL_MS = 500;
   const BACKOFF_FACTOR = 2;
   const BACKOFF_MAX_MS = 10000;
+  // The server pings every `interval` seconds (its HEARTBEAT_INTERVAL, sent in each ping); a
+  // socket that brought nothing for this many intervals is taken for dead (half-open TCP, a
+  // stalled proxy) and replaced. Armed by the first ping: a server that never pings is trusted.
+  const STALE_INTERVALS = 2.5;
 
   // --- Module-level singleton state (one socket per page) -----------------
 
@@ -71,6 +78,9 @@
   let reconnectTimer = null;
   let reconnectAttempt = 0;
   let connected = false;
+  let lastMessageAt = 0;
+  let heartbeatMs = 0; // the server's ping interval, once a ping told it (0: unknown)
+  let watchdog = null;
 
   const emit = (target, type, detail, bubbles = false) => {
     target.dispatchEvent(new CustomEvent(type, { detail, bubbles }));
@@ -129,6 +139,39 @@
     }, delay);
   };
 
+  const stopWatchdog = () => {
+    if (watchdog !== null) {
+      clearInterval(watchdog);
+      watchdog = null;
+    }
+  };
+
+  // Closes a socket that went quiet for longer than STALE_INTERVALS pings. close() on a
+  // half-open TCP connection fires "close" only after the browser's own timeout (minutes), so
+  // the socket is dropped here at once and a new one opened through the usual backoff.
+  const checkAlive = () => {
+    if (socket === null || heartbeatMs === 0) return;
+    if (Date.now() - lastMessageAt <= heartbeatMs * STALE_INTERVALS) return;
+    const ws = socket;
+    console.warn(`turbo-async: no message for ${Math.round((Date.now() - lastMessageAt) / 1000)} s; reconnecting`);
+    dropSocket(ws, { code: 4000, reason: "heartbeat timeout", wasClean: false });
+    try {
+      ws.close(4000, "heartbeat timeout");
+    } catch (error) {
+      // Already closing: nothing to do.
+    }
+  };
+
+  const dropSocket = (ws, detail) => {
+    if (socket !== ws) return;
+    socket = null;
+    subscribed.clear();
+    heartbeatMs = 0;
+    stopWatchdog();
+    setConnected(false, detail);
+    scheduleReconnect();
+  };
+
   const connect = () => {
     if (reconnectTimer !== null) {
       clearTimeout(reconnectTimer);
@@ -152,6 +195,7 @@
     ws.addEventListener("open", () => {
       if (socket !== ws) return;
       reconnectAttempt = 0;
+      lastMessageAt = Date.now();
       subscribed.clear();
       registry.forEach((elements, name) => subscribe(name));
       setConnected(true, { url });
@@ -159,16 +203,13 @@
 
     ws.addEventListener("message", (event) => {
       if (socket !== ws) return;
+      lastMessageAt = Date.now();
       handleMessage(event.data);
     });
 
     // "error" is always followed by "close"; all recovery happens there.
     ws.addEventListener("close", (event) => {
-      if (socket !== ws) return;
-      socket = null;
-      subscribed.clear();
-      setConnected(false, { code: event.code, reason: event.reason, wasClean: event.wasClean });
-      scheduleReconnect();
+      dropSocket(ws, { code: event.code, reason: event.reason, wasClean: event.wasClean });
     });
   };
 
@@ -211,6 +252,15 @@
       return;
     }
     const name = typeof message.signed_channel_name === "string" ? message.signed_channel_name : null;
+    if (message.type === "ping") {
+      const interval = Number(message.interval);
+      if (interval > 0) {
+        heartbeatMs = interval * 1000;
+        if (watchdog === null) watchdog = setInterval(checkAlive, Math.min(1000, heartbeatMs / 2));
+      }
+      emit(document, "turbo-async:ping", { t: message.t, interval });
+      return;
+    }
     if (message.type === "subscribed") {
       // The server's acknowledgement of a subscription; tests and devtools read it.
       emit(document, "turbo-async:subscribed", message.signed_channel_name);

@@ -1,0 +1,123 @@
+"""Pages that repair themselves (docs/guarantees.rst, "Delivery to the page"), in Debian's Chromium
+against real processes of their own (tests/integration/test_page_recovery.py's stack): after each
+fault the page's DOM shows what the database holds, within the stated bound."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.urls import reverse
+from playwright.sync_api import expect
+
+from demo.chat.models import Message
+from tests.e2e.conftest import OpenPage, wait_subscribed
+from tests.factories import MessageFactory, RoomFactory
+from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack, use_broker
+from turbo_async import suppress
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+BOUND_MS = int(RECOVERY_BOUND * 1000)
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
+    from workers import app
+
+    services = RecoveryStack(tmp_path_factory.mktemp("page-recovery"), "page-recovery")
+    services.start()
+    previous = app.conf.broker_url
+    use_broker(services.broker.url)
+    try:
+        yield services
+    finally:
+        use_broker(previous)
+        services.stop()
+
+
+@pytest.fixture
+def live_stack(stack: RecoveryStack, transactional_db: None) -> Iterator[RecoveryStack]:
+    from workers import app
+
+    app.conf.task_always_eager = False
+    try:
+        yield stack
+    finally:
+        app.conf.task_always_eager = True
+        if stack.layer.process is None:
+            stack.layer.start()
+        web = stack.web.process
+        if web is not None and web.poll() is None:
+            os.killpg(web.pid, signal.SIGCONT)
+
+
+def room_url(stack: RecoveryStack, room: Any) -> str:
+    return stack.web.origin + reverse("chat:room", args=[room.pk])
+
+
+def texts(page: Any) -> Any:
+    return page.locator("#messages .message-text")
+
+
+def database_texts(room: Any) -> list[str]:
+    return list(Message.objects.filter(room=room).order_by("pk").values_list("text", flat=True))
+
+
+def test_a_page_keeps_updating_after_the_layer_redis_restarts(live_stack: RecoveryStack, open_page: OpenPage) -> None:
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    MessageFactory(room=room, text="before")
+    expect(texts(page)).to_have_text(["before"])
+
+    live_stack.restart_layer()
+    start = time.monotonic()
+    # Membership comes back on the next heartbeat; until then a save's frame may be lost, so keep
+    # saving until one arrives (the page then shows every message saved after it, at least).
+    n = 0
+    while time.monotonic() - start < RECOVERY_BOUND:
+        n += 1
+        MessageFactory(room=room, text=f"after restart {n}")
+        try:
+            page.wait_for_function(f"document.body.textContent.includes('after restart {n}')", timeout=300)
+            break
+        except Exception:  # Playwright's TimeoutError: not yet
+            continue
+    else:
+        raise AssertionError(f"the page got nothing within {RECOVERY_BOUND}s of the restart")
+    print(f"\nRedis restart: the page updates again after {time.monotonic() - start:.2f} s")
+    MessageFactory(room=room, text="last")
+    expect(texts(page).last).to_have_text("last", timeout=BOUND_MS)
+
+
+def test_a_page_whose_server_goes_silent_reconnects_on_its_own(live_stack: RecoveryStack, open_page: OpenPage) -> None:
+    """A stalled server (SIGSTOP: the TCP connection stays open, nothing arrives) looks like a
+    half-open socket to the page; after 2.5 heartbeats without a message it opens a new one."""
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    page.wait_for_function("window.__turbo.connected >= 1")
+    page.evaluate("""() => {
+        window.__stale = [];
+        document.addEventListener("turbo-async:disconnected", (e) => window.__stale.push(e.detail.reason));
+        window.__pinged = 0;
+        document.addEventListener("turbo-async:ping", () => window.__pinged++);
+    }""")
+    page.wait_for_function("window.__pinged >= 1", timeout=int(3 * HEARTBEAT * 1000) + 2000)
+    web = live_stack.web.process
+    assert web is not None
+    os.killpg(web.pid, signal.SIGSTOP)
+    try:
+        page.wait_for_function(
+            "window.__stale.includes('heartbeat timeout')", timeout=int(4 * HEARTBEAT * 1000) + 2000
+        )
+    finally:
+        os.killpg(web.pid, signal.SIGCONT)
+    wait_subscribed(page, 2, timeout=BOUND_MS)
+    MessageFactory(room=room, text="after the stall")
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
