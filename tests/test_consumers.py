@@ -201,6 +201,14 @@ async def test_an_expired_signature_is_refused(
     expired = signed_in_the_past(stream, 120)
     reply = await assert_refused(client, layer, expired, stream.broadcastable_stream_name)
     assert reply["error"].startswith("invalid signed_channel_name: signature expired")
+    # The bundled client refreshes the page on this code, to render fresh signatures.
+    assert reply["code"] == "signature_expired"
+
+
+async def test_a_bad_signature_has_no_expired_code(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(1)
+    reply = await assert_refused(client, layer, stream.signed_stream_name + "x", stream.broadcastable_stream_name)
+    assert "code" not in reply
 
 
 async def test_a_signature_younger_than_the_max_age_is_accepted(

@@ -53,6 +53,8 @@ logger = logging.getLogger("turbo_async")
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 PING = "ping"
+SIGNATURE_EXPIRED = "signature_expired"
+"""The ``code`` of the error frame refusing a signature older than ``SIGNATURE_MAX_AGE``."""
 
 RECEIVE_BACKOFF_MAX = 2.0
 """Cap, in seconds, of the wait between attempts to read from an unreachable channel layer."""
@@ -265,7 +267,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
             self.refusals.warning("refused a subscription: %s", exc)
-            await self.error(f"invalid signed_channel_name: {exc}", signed_name)
+            # The client refreshes the page on this code: only a new render signs anew.
+            code = SIGNATURE_EXPIRED if str(exc).startswith("signature expired") else None
+            await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
         group = group_name(stream_name, args, kwargs)
         if message_type == UNSUBSCRIBE:
@@ -331,10 +335,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         for signed_name in self.subscriptions.get(event.get("group", ""), ()):
             await self.send(frame_message(signed_name, event["data"]))
 
-    async def error(self, message: str, signed_name: Any = None) -> None:
+    async def error(self, message: str, signed_name: Any = None, code: str | None = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
+        if code is not None:
+            reply["code"] = code
         await self.send(json.dumps(reply))
 
 

@@ -121,3 +121,51 @@ def test_a_page_whose_server_goes_silent_reconnects_on_its_own(live_stack: Recov
     wait_subscribed(page, 2, timeout=BOUND_MS)
     MessageFactory(room=room, text="after the stall")
     expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+
+
+MAX_AGE = 3
+
+@pytest.fixture(scope="module")
+def expiring_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
+    from workers import app
+
+    services = RecoveryStack(tmp_path_factory.mktemp("expiring"), "expiring", SIGNATURE_MAX_AGE=MAX_AGE)
+    services.start()
+    previous = app.conf.broker_url
+    use_broker(services.broker.url)
+    app.conf.task_always_eager = False
+    try:
+        yield services
+    finally:
+        app.conf.task_always_eager = True
+        use_broker(previous)
+        services.stop()
+
+
+def test_a_page_whose_signature_expired_refreshes_itself_and_updates_again(
+    expiring_stack: RecoveryStack, transactional_db: None, open_page: OpenPage
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(expiring_stack, room))
+    source = page.locator("turbo-channels-stream-source")
+    old_name = source.get_attribute("signed-channel-name")
+    page.evaluate("""() => {
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+    time.sleep(MAX_AGE + 1)
+    # A reconnect (here after a stalled server) resubscribes with the page's old signature.
+    web = expiring_stack.web.process
+    assert web is not None
+    os.killpg(web.pid, signal.SIGSTOP)
+    try:
+        page.wait_for_function("document.documentElement.dataset.turboAsyncConnected === 'false'",
+                               timeout=int(4 * HEARTBEAT * 1000) + 2000)
+    finally:
+        os.killpg(web.pid, signal.SIGCONT)
+    page.wait_for_function("window.__refreshes && window.__refreshes.includes('signature_expired')", timeout=BOUND_MS)
+    expect(source).not_to_have_attribute("signed-channel-name", old_name or "", timeout=BOUND_MS)
+    wait_subscribed(page, 2, timeout=BOUND_MS)
+    MessageFactory(room=room, text="after the refresh")
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)

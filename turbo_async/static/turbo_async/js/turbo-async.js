@@ -26,6 +26,8 @@
  *                             none is left), detail {signedChannelName, reason}
  *   turbo-async:error         on document, detail {signedChannelName (or null), reason}
  *   turbo-async:ping          on document, detail {t, interval} (each server heartbeat)
+ *   turbo-async:refresh       on document, detail {reason, signedChannelName}, just before the
+ *                             client refreshes the page (reason "signature_expired", "gap")
  * and <html data-turbo-async-connected="true|false">.
  *
  * Plain ES2017, no build step, no dependencies.
@@ -267,6 +269,13 @@
       return;
     }
     if (message.type === "error") {
+      if (message.code === "signature_expired" && name !== null && registry.has(name)) {
+        // The page was rendered longer ago than SIGNATURE_MAX_AGE: only a new render signs its
+        // subscriptions anew, so fetch one rather than stay deaf.
+        emit(document, "turbo-async:refresh", { reason: "signature_expired", signedChannelName: name });
+        refreshPage("signature_expired");
+        return;
+      }
       handleError(String(message.error), name);
       return;
     }
@@ -282,6 +291,23 @@
     Array.from(elements).forEach((element) => {
       element.dispatchEvent(new MessageEvent("message", { data: message.data }));
     });
+  };
+
+  let refreshing = false;
+  // Brings the page back to what the server renders now: a Turbo visit replacing this page (a
+  // morph refresh when the page asks for one with <meta name="turbo-refresh-method"
+  // content="morph">), or a plain reload without Turbo Drive. Once per page load.
+  const refreshPage = (reason) => {
+    if (refreshing) return;
+    refreshing = true;
+    console.warn(`turbo-async: refreshing the page (${reason})`);
+    const Turbo = window.Turbo;
+    if (Turbo && Turbo.session && Turbo.session.drive !== false && typeof Turbo.visit === "function") {
+      document.addEventListener("turbo:load", () => { refreshing = false; }, { once: true });
+      Turbo.visit(window.location.href, { action: "replace" });
+    } else {
+      window.location.reload();
+    }
   };
 
   const register = (element, name) => {
