@@ -836,3 +836,41 @@ async def test_a_failing_layer_read_does_not_end_the_consumer(
     assert len(warnings) == 1
     assert any("answers again" in r.getMessage() for r in caplog.records)
     await communicator.disconnect()
+
+
+# -- offsets ---------------------------------------------------------------------------------------
+
+
+def test_a_frame_message_carries_its_position_after_turbo_djangos_fields() -> None:
+    assert json.loads(frame_message("n", "<f/>", "ab12", 7)) == {
+        "signed_channel_name": "n", "data": "<f/>", "epoch": "ab12", "offset": 7,
+    }
+    assert frame_message("n", "<f/>", None, None) == json.dumps({"signed_channel_name": "n", "data": "<f/>"})
+
+
+async def test_live_frames_carry_their_batch_position(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(43)
+    signed = stream.signed_stream_name
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+    group = stream.broadcastable_stream_name
+    for offset in (1, 2):
+        await layer.group_send(group, {**layer_message(group, stream.stream_name, f"<{offset}/>"), "epoch": "e1", "offset": offset})
+    assert [(await client.receive_json_from())["offset"] for _ in range(2)] == [1, 2]
+    assert await client.receive_nothing()
+
+
+async def test_a_position_is_checked_even_without_a_history(client: WebsocketCommunicator, layer: Any) -> None:
+    """The in-memory layer keeps no history: a good position subscribes as before, a forged one
+    is refused with a clear error frame."""
+    stream = room_stream(44)
+    signed = stream.signed_stream_name
+    reply = await request_with(client, {"type": "subscribe", "signed_channel_name": signed, "epoch": "e1", "offset": 3})
+    assert reply == {"type": "subscribed", "signed_channel_name": signed}
+    bad = await request_with(client, {"type": "subscribe", "signed_channel_name": signed, "epoch": "e1", "offset": -3})
+    assert bad["type"] == "error" and bad["code"] == "bad_offset" and "offset must be an integer" in bad["error"]
+
+
+async def request_with(communicator: WebsocketCommunicator, content: dict[str, Any]) -> dict[str, Any]:
+    await communicator.send_json_to(content)
+    reply: dict[str, Any] = await communicator.receive_json_from()
+    return reply

@@ -33,6 +33,9 @@ Every key is optional::
         "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
         # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):
         "HEARTBEAT_INTERVAL": 10.0,     # seconds between pings (and group renewals) per socket; 0: off
+        "OFFSETS": True,                # give each frame batch its stream's (epoch, offset)
+        "HISTORY_SIZE": 100,            # frame batches per stream kept in Redis for catch-up (0: none)
+        "HISTORY_MAX_AGE": 300.0,       # seconds a batch stays replayable
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -101,6 +104,9 @@ class TurboAsyncSettings:
     LAYER_WAIT_TIMEOUT: float = 30.0
     # Delivery to the page (turbo_async.consumers, turbo_async.history, docs/guarantees.rst).
     HEARTBEAT_INTERVAL: float = 10.0
+    OFFSETS: bool = True
+    HISTORY_SIZE: int = 100
+    HISTORY_MAX_AGE: float = 300.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:

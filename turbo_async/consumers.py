@@ -41,7 +41,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.core.exceptions import ObjectDoesNotExist
 
-from . import conf
+from . import conf, history
 from .delivery import LAYER_ERRORS, layer_call
 from .exceptions import InvalidSubscription, UnknownStream
 from .names import group_name, unsign
@@ -53,6 +53,8 @@ logger = logging.getLogger("turbo_async")
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 PING = "ping"
+RESET = "reset"
+BAD_OFFSET = "bad_offset"
 SIGNATURE_EXPIRED = "signature_expired"
 """The ``code`` of the error frame refusing a signature older than ``SIGNATURE_MAX_AGE``."""
 
@@ -159,6 +161,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # group -> the signed names this socket subscribed with (a page may hold several
         # signatures of one stream, made at different times).
         self.subscriptions: dict[str, set[str]] = {}
+        # group -> the last offset a replay sent: live copies up to it are dropped.
+        self.replayed: dict[str, int] = {}
         self.budget = TokenBucket(settings.MAX_MESSAGES_PER_SECOND, settings.MESSAGE_BURST)
         self.refusals = RefusalLog(peer(self.scope), settings.LOGGED_REFUSALS_PER_SOCKET)
         await self.accept()
@@ -284,6 +288,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 signed_name,
             )
             return
+        try:
+            seen = history.parse(content.get("epoch"), content.get("offset"))
+        except history.BadOffset as exc:
+            await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
+            return
         allowed, reason = await self.allowed(stream_name, args, kwargs)
         if not allowed:
             await self.error(reason, signed_name)
@@ -300,6 +309,28 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 return
         self.subscriptions.setdefault(group, set()).add(signed_name)
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
+        if seen is not None and history.enabled(self.channel_layer):
+            await self.replay(group, signed_name, seen)
+
+    async def replay(self, group: str, signed_name: str, seen: history.Position) -> None:
+        """Send what the client missed after ``seen``, in order, before any live frame (live
+        frames wait in the channel until this handler returns); or tell it to refresh."""
+        try:
+            missed = await layer_call(history.since, self.channel_layer, group, seen)
+        except history.BadOffset as exc:
+            await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
+            return
+        except LAYER_ERRORS as exc:
+            self.layer_failed("could not read the stream's history", exc)
+            missed = history.Replay(None, [], reset="the history cannot be read now")
+        if missed.reset is not None:
+            await self.send(json.dumps({"type": RESET, "signed_channel_name": signed_name, "reason": missed.reset}))
+            return
+        for offset, data in missed.frames:
+            await self.send(frame_message(signed_name, data, seen.epoch, offset))
+        if missed.frames:
+            # Live frames already queued for this socket carry these offsets again.
+            self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
 
     @database_sync_to_async
     def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
@@ -332,8 +363,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
         """Frames from the layer: sent once per signed name this socket subscribed with."""
-        for signed_name in self.subscriptions.get(event.get("group", ""), ()):
-            await self.send(frame_message(signed_name, event["data"]))
+        group = event.get("group", "")
+        offset = event.get("offset")
+        if isinstance(offset, int) and offset <= self.replayed.get(group, 0):
+            return  # already sent by a replay
+        for signed_name in self.subscriptions.get(group, ()):
+            await self.send(frame_message(signed_name, event["data"], event.get("epoch"), offset))
 
     async def error(self, message: str, signed_name: Any = None, code: str | None = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
@@ -349,11 +384,16 @@ def _encoded(data: str) -> str:
     return json.dumps(data)
 
 
-def frame_message(signed_name: str, data: str) -> str:
+def frame_message(signed_name: str, data: str, epoch: Any = None, offset: Any = None) -> str:
     """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
     the frames JSON-encoded once per process however many sockets of the process receive them
-    (the cache's key is the frames' text: with the pub/sub layer, one shared string)."""
-    return f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}}}'
+    (the cache's key is the frames' text: with the pub/sub layer, one shared string); with the
+    batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
+    ignores extra fields)."""
+    head = f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}'
+    if isinstance(epoch, str) and isinstance(offset, int):
+        return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}}}'
+    return head + "}"
 
 
 async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:

@@ -26,7 +26,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf, recording
+from . import conf, history, recording
 
 try:  # channels_redis's connection errors, when it is installed
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
@@ -117,7 +117,17 @@ def group_send(group: str, msg: dict[str, Any]) -> None:
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
         async_to_sync(layer.group_send)(group, msg)
         return
-    _loop.run(layer_call(layer.group_send, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+    _loop.run(send_numbered(layer, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+
+
+async def send_numbered(layer: BaseChannelLayer, group: str, msg: dict[str, Any]) -> None:
+    """``group_send``, with the batch first given its stream's ``(epoch, offset)`` and kept in
+    the stream's history (:mod:`turbo_async.history`) when the layer is Redis. A retried task
+    numbers its batch again: the client applies both copies in order, and frames converge."""
+    if msg.get("type") == MESSAGE_TYPE and history.enabled(layer):
+        position = await layer_call(history.append, layer, group, msg["data"])
+        msg = {**msg, "epoch": position.epoch, "offset": position.offset}
+    await layer_call(layer.group_send, group, msg)
 
 
 async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:

@@ -27,16 +27,12 @@ BOUND_MS = int(RECOVERY_BOUND * 1000)
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
-    from workers import app
 
     services = RecoveryStack(tmp_path_factory.mktemp("page-recovery"), "page-recovery")
     services.start()
-    previous = app.conf.broker_url
-    use_broker(services.broker.url)
     try:
         yield services
     finally:
-        use_broker(previous)
         services.stop()
 
 
@@ -44,11 +40,14 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
 def live_stack(stack: RecoveryStack, transactional_db: None) -> Iterator[RecoveryStack]:
     from workers import app
 
+    previous = app.conf.broker_url
+    use_broker(stack.broker.url)  # another module-scoped stack may have pointed it elsewhere
     app.conf.task_always_eager = False
     try:
         yield stack
     finally:
         app.conf.task_always_eager = True
+        use_broker(previous)
         if stack.layer.process is None:
             stack.layer.start()
         web = stack.web.process
@@ -127,24 +126,31 @@ MAX_AGE = 3
 
 @pytest.fixture(scope="module")
 def expiring_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
-    from workers import app
 
     services = RecoveryStack(tmp_path_factory.mktemp("expiring"), "expiring", SIGNATURE_MAX_AGE=MAX_AGE)
     services.start()
-    previous = app.conf.broker_url
-    use_broker(services.broker.url)
-    app.conf.task_always_eager = False
     try:
         yield services
     finally:
-        app.conf.task_always_eager = True
-        use_broker(previous)
         services.stop()
 
 
 def test_a_page_whose_signature_expired_refreshes_itself_and_updates_again(
     expiring_stack: RecoveryStack, transactional_db: None, open_page: OpenPage
 ) -> None:
+    from workers import app
+
+    previous = app.conf.broker_url
+    use_broker(expiring_stack.broker.url)
+    app.conf.task_always_eager = False
+    try:
+        _expired_signature_refreshes(expiring_stack, open_page)
+    finally:
+        app.conf.task_always_eager = True
+        use_broker(previous)
+
+
+def _expired_signature_refreshes(expiring_stack: RecoveryStack, open_page: OpenPage) -> None:
     with suppress():
         room = RoomFactory()
     page = open_page(room_url(expiring_stack, room))
@@ -168,4 +174,67 @@ def test_a_page_whose_signature_expired_refreshes_itself_and_updates_again(
     expect(source).not_to_have_attribute("signed-channel-name", old_name or "", timeout=BOUND_MS)
     wait_subscribed(page, 2, timeout=BOUND_MS)
     MessageFactory(room=room, text="after the refresh")
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+
+
+def offline_while(stack: RecoveryStack, room: Any, texts_: list[str]) -> None:
+    """Stop the web process (the page's socket closes), save messages meanwhile (the worker
+    numbers them and keeps them in the history), and start it again on the same port."""
+    from tests.integration.test_page_recovery import wait_offset
+
+    stack.web.stop()
+    before = _offset(stack, room)
+    for text in texts_:
+        MessageFactory(room=room, text=text)
+    wait_offset(stack, room, before + len(texts_))
+    stack.web.start()
+
+
+def _offset(stack: RecoveryStack, room: Any) -> int:
+    from tests.integration.test_page_recovery import stream_offset
+
+    return stream_offset(stack, room)
+
+
+def test_a_page_offline_while_messages_were_created_catches_up_without_a_refresh(
+    live_stack: RecoveryStack, open_page: OpenPage
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    page.evaluate("""() => {
+        window.__notRefreshed = true;
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    offline_while(live_stack, room, ["missed 1", "missed 2", "missed 3"])
+    start = time.monotonic()
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+    print(f"\nweb restart, 3 missed: the page shows the database again after {time.monotonic() - start:.2f} s")
+    # Replayed from the history, not refreshed.
+    assert page.evaluate("window.__refreshes") == []
+    MessageFactory(room=room, text="live again")
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+
+
+def test_a_page_that_missed_more_than_the_history_refreshes_and_shows_the_database(
+    live_stack: RecoveryStack, open_page: OpenPage
+) -> None:
+    from tests.integration.test_page_recovery import HISTORY_SIZE
+
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    page.evaluate("""() => {
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    offline_while(live_stack, room, [f"missed {n}" for n in range(HISTORY_SIZE + 2)])
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+    assert page.evaluate("window.__refreshes") == ["gap"]
+    MessageFactory(room=room, text="live again")
     expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)

@@ -26,6 +26,7 @@ from turbo_async import suppress
 pytestmark = pytest.mark.integration
 
 HEARTBEAT = float(os.environ.get("TURBO_TEST_HEARTBEAT", "1.0"))
+HISTORY_SIZE = int(os.environ.get("TURBO_TEST_HISTORY_SIZE", "5"))
 # Renewal happens on the heartbeat after the fault: one interval, plus a reconnect of the pooled
 # connections and the time a worker needs for a task.
 RECOVERY_BOUND = 3 * HEARTBEAT + 5
@@ -37,7 +38,10 @@ class RecoveryStack:
     def __init__(self, root: Path, name: str, **settings: Any) -> None:
         self.broker = RedisServer(free_port(), root / "broker")
         self.layer = RedisServer(free_port(), root / "layer")
-        turbo = {"DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1, "HEARTBEAT_INTERVAL": HEARTBEAT}
+        turbo = {
+            "DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1, "HEARTBEAT_INTERVAL": HEARTBEAT,
+            "HISTORY_SIZE": HISTORY_SIZE,
+        }
         self.env = {
             "TURBO_TEST_REDIS_PORT": str(self.broker.port),
             "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
@@ -193,7 +197,9 @@ def test_the_server_pings_every_interval_and_frames_keep_turbo_djangos_fields(li
         assert {"type", "t", "interval"} <= set(page.pings[0]) and page.pings[0]["interval"] == HEARTBEAT
         MessageFactory(room=room, text="hello")
         page.wait_frame("hello", 10)
-        assert page.frames[0]["signed_channel_name"] == name
+        # turbo-django's fields, and the batch's position after them.
+        assert set(page.frames[0]) == {"signed_channel_name", "data", "epoch", "offset"}
+        assert page.frames[0]["signed_channel_name"] == name and page.frames[0]["offset"] >= 1
     finally:
         page.close()
 
@@ -224,3 +230,137 @@ def test_frames_flow_again_on_the_open_socket_after_the_layer_loses_its_groups(
             assert page.pump(3 * HEARTBEAT) is not None, "the socket went quiet"
     finally:
         page.close()
+
+
+# -- offsets and catch-up ----------------------------------------------------------------------
+
+
+def stream_offset(stack: RecoveryStack, room: Any) -> int:
+    from turbo_async import history
+
+    raw = stack.layer.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
+    return int(raw or 0)
+
+
+def wait_offset(stack: RecoveryStack, room: Any, offset: int, timeout: float = 20) -> None:
+    """Until the worker has numbered the stream's batches up to ``offset``."""
+    deadline = time.monotonic() + timeout
+    while stream_offset(stack, room) < offset:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream's offset is {stream_offset(stack, room)}, not {offset}")
+        time.sleep(0.05)
+
+
+def away_and_back(stack: RecoveryStack, missed: int) -> tuple[Page, dict[str, Any], str, Any]:
+    """A page that saw one frame, closed its socket, and missed ``missed`` messages meanwhile;
+    back on a new socket, resubscribed with its last position. Returns the page, the reply to the
+    resubscription, the name and the room."""
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(stack.web)
+    page.subscribe(name)
+    MessageFactory(room=room, text="seen")
+    page.wait_frame("seen", 10)
+    last = page.frames[-1]
+    page.close()
+    for n in range(missed):
+        MessageFactory(room=room, text=f"missed {n}")
+    wait_offset(stack, room, last["offset"] + missed)
+    back = Page(stack.web)
+    reply = back.subscribe(name, epoch=last["epoch"], offset=last["offset"])
+    return back, reply, name, room
+
+
+def test_a_resubscription_with_its_offset_gets_exactly_the_missed_frames_in_order_then_live_ones(
+    live_recovery: RecoveryStack,
+) -> None:
+    page, reply, name, room = away_and_back(live_recovery, 3)
+    try:
+        assert reply == {"type": "subscribed", "signed_channel_name": name}
+        while len(page.frames) < 3:
+            assert page.pump(5) is not None, page.frames
+        assert ["missed 0" in f["data"] for f in page.frames] == [True, False, False]
+        assert ["missed 2" in f["data"] for f in page.frames] == [False, False, True]
+        offsets = [f["offset"] for f in page.frames]
+        assert offsets == list(range(offsets[0], offsets[0] + 3))
+        MessageFactory(room=room, text="live")
+        page.wait_frame("live", 10)
+        assert [f["offset"] for f in page.frames] == [*offsets, offsets[-1] + 1]  # no duplicate
+    finally:
+        page.close()
+
+
+def test_a_resubscription_beyond_the_history_is_told_to_reset(live_recovery: RecoveryStack) -> None:
+    page, reply, name, _room = away_and_back(live_recovery, HISTORY_SIZE + 2)
+    try:
+        assert reply["type"] == "subscribed"
+        reset = page.next_reply()
+        assert reset["type"] == "reset" and reset["signed_channel_name"] == name, reset
+        assert "history" in reset["reason"]
+        assert page.frames == []
+    finally:
+        page.close()
+
+
+def test_a_resubscription_after_a_flush_is_told_to_reset(live_recovery: RecoveryStack) -> None:
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(live_recovery.web)
+    try:
+        page.subscribe(name)
+        MessageFactory(room=room, text="seen")
+        page.wait_frame("seen", 10)
+        seen = page.frames[-1]
+        live_recovery.layer.flushall()
+        again = Page(live_recovery.web)
+        try:
+            assert again.subscribe(name, epoch=seen["epoch"], offset=seen["offset"])["type"] == "subscribed"
+            assert again.next_reply()["type"] == "reset"
+        finally:
+            again.close()
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize(
+    ("epoch", "offset", "says"),
+    [("abc", -1, "offset must be an integer"), ("not an epoch!", 1, "epoch must be"), ("abc", "1", "offset must be")],
+)
+def test_garbage_positions_get_a_clear_error_frame(
+    live_recovery: RecoveryStack, epoch: Any, offset: Any, says: str
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(live_recovery.web)
+    try:
+        reply = page.subscribe(name, epoch=epoch, offset=offset)
+        assert reply["type"] == "error" and reply["code"] == "bad_offset" and says in reply["error"], reply
+        # The socket stays usable.
+        assert page.subscribe(name)["type"] == "subscribed"
+    finally:
+        page.close()
+
+
+def test_an_offset_beyond_the_streams_last_gets_an_error_frame(live_recovery: RecoveryStack) -> None:
+    page, _reply, name, room = away_and_back(live_recovery, 0)
+    page.close()
+    seen_epoch = None
+    probe = Page(live_recovery.web)
+    try:
+        probe.subscribe(name)
+        MessageFactory(room=room, text="probe")
+        probe.wait_frame("probe", 10)
+        seen_epoch = probe.frames[-1]["epoch"]
+        forged = Page(live_recovery.web)
+        try:
+            assert forged.subscribe(name, epoch=seen_epoch, offset=10**6)["type"] == "subscribed"
+            error = forged.next_reply()
+            assert error["type"] == "error" and error["code"] == "bad_offset", error
+            assert "beyond the stream's last offset" in error["error"]
+        finally:
+            forged.close()
+    finally:
+        probe.close()

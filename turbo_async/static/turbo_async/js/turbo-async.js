@@ -8,10 +8,14 @@
  *   <script src=".../turbo-async.js" defer data-ws-path="/ws/"></script>
  *   <turbo-channels-stream-source signed-channel-name="..."></turbo-channels-stream-source>
  *
- * Wire protocol (JSON text frames, the same as turbo-django's):
- *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."}
+ * Wire protocol (JSON text frames, turbo-django's, with additions):
+ *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."[, "epoch": "...", "offset": n]}
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
- *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}
+ *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>",
+ *                      "epoch": "...", "offset": n} (epoch/offset: the batch's position in its
+ *                     stream; applied once, in order; a gap refreshes the page)
+ *                     {"type": "reset", "signed_channel_name": "...", "reason": "..."} (what the
+ *                     page missed is beyond the history: the client refreshes the page)
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
  *                     {"type": "ping", "t": <unix time>, "interval": <seconds>} (heartbeat; with
  *                     no message for 2.5 intervals the client drops the socket and reconnects)
@@ -75,6 +79,12 @@
    * @type {Set<string>}
    */
   const subscribed = new Set();
+  /**
+   * The last (epoch, offset) applied per signed channel name: sent with every resubscribe so the
+   * server replays what the page missed; frames at or below it are duplicates and dropped.
+   * @type {Map<string, {epoch: string, offset: number}>}
+   */
+  const positions = new Map();
   /** @type {WebSocket|null} */
   let socket = null;
   let reconnectTimer = null;
@@ -115,7 +125,11 @@
 
   const subscribe = (name) => {
     if (subscribed.has(name)) return;
-    if (send({ type: "subscribe", signed_channel_name: name })) {
+    const position = positions.get(name);
+    const message = position
+      ? { type: "subscribe", signed_channel_name: name, epoch: position.epoch, offset: position.offset }
+      : { type: "subscribe", signed_channel_name: name };
+    if (send(message)) {
       subscribed.add(name);
     }
   };
@@ -170,6 +184,9 @@
     subscribed.clear();
     heartbeatMs = 0;
     stopWatchdog();
+    // Frames held back for a missing offset: the resubscription's replay brings them in order.
+    ahead.forEach((held) => clearTimeout(held.timer));
+    ahead.clear();
     setConnected(false, detail);
     scheduleReconnect();
   };
@@ -269,6 +286,13 @@
       return;
     }
     if (message.type === "error") {
+      if (message.code === "bad_offset" && name !== null && registry.has(name)) {
+        // The server does not know our position (never happens with its own offsets): start over.
+        positions.delete(name);
+        emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+        refreshPage("gap");
+        return;
+      }
       if (message.code === "signature_expired" && name !== null && registry.has(name)) {
         // The page was rendered longer ago than SIGNATURE_MAX_AGE: only a new render signs its
         // subscriptions anew, so fetch one rather than stay deaf.
@@ -279,6 +303,16 @@
       handleError(String(message.error), name);
       return;
     }
+    if (message.type === "reset") {
+      // The frames this page missed are beyond the server's history (trimmed, too old, Redis
+      // flushed): only the database can bring the page back.
+      if (name !== null && registry.has(name)) {
+        positions.delete(name);
+        emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+        refreshPage("gap");
+      }
+      return;
+    }
     if (name === null || typeof message.data !== "string") {
       console.warn("turbo-async: ignoring message", message);
       return;
@@ -286,10 +320,71 @@
     const elements = registry.get(name);
     // A frame can still arrive for a name just unsubscribed; drop it quietly.
     if (!elements) return;
+    if (typeof message.epoch === "string" && Number.isInteger(message.offset)) {
+      receiveNumbered(name, message);
+      return;
+    }
+    render(name, message.data);
+  };
+
+  // Frames that came ahead of a missing offset, per name: two workers may number batches 5 and 6
+  // and send 6 first, so a jump waits GAP_WAIT_MS for the missing ones before it counts as lost.
+  const GAP_WAIT_MS = 2000;
+  /** @type {Map<string, {frames: Map<number, string>, timer: number}>} */
+  const ahead = new Map();
+
+  const gap = (name) => {
+    const held = ahead.get(name);
+    if (held) clearTimeout(held.timer);
+    ahead.delete(name);
+    positions.delete(name);
+    emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+    refreshPage("gap");
+  };
+
+  const receiveNumbered = (name, message) => {
+    const last = positions.get(name);
+    if (last && last.epoch !== message.epoch) {
+      gap(name); // the stream's offsets were reset (Redis flushed): frames may be lost
+      return;
+    }
+    if (last && message.offset <= last.offset) return; // applied already (a replay, a retry)
+    if (!last || message.offset === last.offset + 1) {
+      positions.set(name, { epoch: message.epoch, offset: message.offset });
+      render(name, message.data);
+      // Frames held back behind this one can go now, in order.
+      const held = ahead.get(name);
+      if (held) {
+        let next = message.offset + 1;
+        while (held.frames.has(next)) {
+          const data = held.frames.get(next);
+          held.frames.delete(next);
+          positions.set(name, { epoch: message.epoch, offset: next });
+          render(name, data);
+          next += 1;
+        }
+        if (held.frames.size === 0) {
+          clearTimeout(held.timer);
+          ahead.delete(name);
+        }
+      }
+      return;
+    }
+    let held = ahead.get(name);
+    if (!held) {
+      held = { frames: new Map(), timer: setTimeout(() => gap(name), GAP_WAIT_MS) };
+      ahead.set(name, held);
+    }
+    held.frames.set(message.offset, message.data);
+  };
+
+  const render = (name, data) => {
+    const elements = registry.get(name);
+    if (!elements) return;
     // Copy first: rendering the stream may remove (and so unregister) an
     // element while we are iterating.
     Array.from(elements).forEach((element) => {
-      element.dispatchEvent(new MessageEvent("message", { data: message.data }));
+      element.dispatchEvent(new MessageEvent("message", { data }));
     });
   };
 
@@ -332,7 +427,10 @@
     // the same DOM operation, so this avoids an unsubscribe/subscribe round
     // trip and the gap in delivery it would cause.
     Promise.resolve().then(() => {
-      if (!registry.has(name)) unsubscribe(name);
+      if (!registry.has(name)) {
+        unsubscribe(name);
+        positions.delete(name);
+      }
     });
   };
 
