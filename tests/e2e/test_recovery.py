@@ -238,3 +238,39 @@ def test_a_page_that_missed_more_than_the_history_refreshes_and_shows_the_databa
     assert page.evaluate("window.__refreshes") == ["gap"]
     MessageFactory(room=room, text="live again")
     expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+
+
+def test_a_frame_lost_on_the_way_makes_the_page_refresh_and_show_the_database(
+    live_stack: RecoveryStack, open_page: OpenPage
+) -> None:
+    """A batch numbered but never delivered (what a capacity drop or a Redis fault does): the
+    next live frame's offset jumps, the client waits for the missing one, then refreshes."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from channels_redis.core import RedisChannelLayer
+
+    from turbo_async import history
+
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    page.evaluate("""() => {
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    with suppress():
+        MessageFactory(room=room, text="its frame was lost")
+    async def number_a_batch_nobody_gets() -> None:
+        layer = RedisChannelLayer(hosts=[{"address": live_stack.layer.url, "socket_timeout": None}])
+        await history.append(layer, room.stream.broadcastable_stream_name, "<lost/>")
+        await layer.close_pools()
+
+    # On a thread of its own: Playwright's loop runs in this one.
+    with ThreadPoolExecutor(1) as helper:
+        helper.submit(asyncio.run, number_a_batch_nobody_gets()).result()
+    MessageFactory(room=room, text="next")
+    expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
+    assert page.evaluate("window.__refreshes") == ["gap"]
