@@ -102,3 +102,18 @@ def test_garbage_positions_are_refused(epoch: Any, offset: Any) -> None:
 def test_no_position_is_none() -> None:
     assert history.parse(None, None) is None
     assert history.parse("ab12", 0) == Position("ab12", 0)
+
+
+def test_the_pubsub_layer_keeps_offsets_on_its_shard(redis_server: RedisServer) -> None:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    async def scenario() -> tuple[Position, Any]:
+        layer = RedisPubSubChannelLayer(hosts=[{"address": redis_server.url}])
+        name = group()
+        assert history.enabled(layer)
+        first = await history.append(layer, name, "<one/>")
+        await history.append(layer, name, "<two/>")
+        return first, await history.since(layer, name, first)
+
+    first, replay = asyncio.run(scenario())
+    assert first.offset == 1 and replay.frames == [(2, "<two/>")]
