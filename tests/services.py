@@ -221,6 +221,7 @@ class StreamClient:
 
         self._connection = connect(url, origin=origin, additional_headers=headers or {}, open_timeout=10)  # type: ignore[arg-type]
         self.ws = self._connection.__enter__()
+        self.pings = 0
 
     def subscribe(self, signed_name: str) -> None:
         self.ws.send(json.dumps({"type": "subscribe", "signed_channel_name": signed_name}))
@@ -229,7 +230,13 @@ class StreamClient:
         self.ws.send(text)
 
     def receive(self, timeout: float = 10) -> dict[str, Any]:
-        return json.loads(self.ws.recv(timeout=timeout))
+        """The next message other than the server's heartbeat pings (counted in ``pings``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message: dict[str, Any] = json.loads(self.ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if message.get("type") != "ping":
+                return message
+            self.pings += 1
 
     def receive_frames(self, timeout: float = 10) -> str:
         """The ``data`` of the next non-error message."""
@@ -241,7 +248,7 @@ class StreamClient:
 
     def assert_silent(self, seconds: float) -> None:
         try:
-            message = self.ws.recv(timeout=seconds)
+            message = self.receive(timeout=seconds)
         except TimeoutError:
             return
         raise AssertionError(f"expected nothing, received {message}")

@@ -201,6 +201,14 @@ async def test_an_expired_signature_is_refused(
     expired = signed_in_the_past(stream, 120)
     reply = await assert_refused(client, layer, expired, stream.broadcastable_stream_name)
     assert reply["error"].startswith("invalid signed_channel_name: signature expired")
+    # The bundled client refreshes the page on this code, to render fresh signatures.
+    assert reply["code"] == "signature_expired"
+
+
+async def test_a_bad_signature_has_no_expired_code(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(1)
+    reply = await assert_refused(client, layer, stream.signed_stream_name + "x", stream.broadcastable_stream_name)
+    assert "code" not in reply
 
 
 async def test_a_signature_younger_than_the_max_age_is_accepted(
@@ -768,3 +776,101 @@ def test_frames_are_encoded_once_however_many_sockets_get_them() -> None:
         frame_message(f"signed-{socket}", data)
     info = consumers._encoded.cache_info()
     assert (info.misses, info.hits) == (1, 199)
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+
+async def test_the_server_pings_every_interval_and_renews_the_groups(settings: Any, layer: Any) -> None:
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.05}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    stream = room_stream(41)
+    group = stream.broadcastable_stream_name
+    # The first message is the server's answer: no ping at connect (turbo-django clients).
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    # A lost membership (a flushed Redis) comes back on the next beat.
+    layer.groups.clear()
+    ping = await communicator.receive_json_from(timeout=2)
+    assert ping["type"] == "ping" and ping["interval"] == 0.05 and isinstance(ping["t"], float)
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<after-flush/>"))
+    while (message := await communicator.receive_json_from(timeout=2)).get("type") == "ping":
+        pass
+    assert message["data"] == "<after-flush/>"
+    await communicator.disconnect()
+
+
+async def test_heartbeat_zero_sends_no_ping(settings: Any, layer: Any) -> None:
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    await communicator.connect()
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_a_failing_layer_read_does_not_end_the_consumer(
+    layer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Channels awaits ``receive`` bare: a Redis restart used to end the consumer with
+    "Exception in ASGI application". Now it is retried, and logged once."""
+    original = type(layer).receive
+    failures = {"left": 3}
+
+    async def receive(self: Any, channel: str) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("Redis went away")
+        return await original(self, channel)
+
+    monkeypatch.setattr(type(layer), "receive", receive)
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    with caplog.at_level(logging.INFO, logger="turbo_async"):
+        await communicator.connect()
+        stream = room_stream(42)
+        assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+        group = stream.broadcastable_stream_name
+        await layer.group_send(group, layer_message(group, stream.stream_name, "<still-here/>"))
+        assert (await communicator.receive_json_from(timeout=3))["data"] == "<still-here/>"
+    assert failures["left"] == 0
+    warnings = [r for r in caplog.records if "could not read from the channel layer" in r.getMessage()]
+    assert len(warnings) == 1
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    await communicator.disconnect()
+
+
+# -- offsets ---------------------------------------------------------------------------------------
+
+
+def test_a_frame_message_carries_its_position_after_turbo_djangos_fields() -> None:
+    assert json.loads(frame_message("n", "<f/>", "ab12", 7)) == {
+        "signed_channel_name": "n", "data": "<f/>", "epoch": "ab12", "offset": 7,
+    }
+    assert frame_message("n", "<f/>", None, None) == json.dumps({"signed_channel_name": "n", "data": "<f/>"})
+
+
+async def test_live_frames_carry_their_batch_position(client: WebsocketCommunicator, layer: Any) -> None:
+    stream = room_stream(43)
+    signed = stream.signed_stream_name
+    assert (await subscribe(client, signed))["type"] == "subscribed"
+    group = stream.broadcastable_stream_name
+    for offset in (1, 2):
+        await layer.group_send(group, {**layer_message(group, stream.stream_name, f"<{offset}/>"), "epoch": "e1", "offset": offset})
+    assert [(await client.receive_json_from())["offset"] for _ in range(2)] == [1, 2]
+    assert await client.receive_nothing()
+
+
+async def test_a_position_is_checked_even_without_a_history(client: WebsocketCommunicator, layer: Any) -> None:
+    """The in-memory layer keeps no history: a good position subscribes as before, a forged one
+    is refused with a clear error frame."""
+    stream = room_stream(44)
+    signed = stream.signed_stream_name
+    reply = await request_with(client, {"type": "subscribe", "signed_channel_name": signed, "epoch": "e1", "offset": 3})
+    assert reply == {"type": "subscribed", "signed_channel_name": signed}
+    bad = await request_with(client, {"type": "subscribe", "signed_channel_name": signed, "epoch": "e1", "offset": -3})
+    assert bad["type"] == "error" and bad["code"] == "bad_offset" and "offset must be an integer" in bad["error"]
+
+
+async def request_with(communicator: WebsocketCommunicator, content: dict[str, Any]) -> dict[str, Any]:
+    await communicator.send_json_to(content)
+    reply: dict[str, Any] = await communicator.receive_json_from()
+    return reply

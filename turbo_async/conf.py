@@ -34,6 +34,11 @@ Every key is optional::
         # Refreshes (turbo_async.refreshes): agreed between workers in the Celery broker's Redis.
         "REFRESH_DEBOUNCE": 0.5,        # seconds: a stream's refreshes this close become one (0: off)
         "REFRESH_MAX_WAIT": 5.0,        # seconds: changes that never pause still refresh this often
+        # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):
+        "HEARTBEAT_INTERVAL": 10.0,     # seconds between pings (and group renewals) per socket; 0: off
+        "OFFSETS": True,                # give each frame batch its stream's (epoch, offset)
+        "HISTORY_SIZE": 100,            # frame batches per stream kept in Redis for catch-up (0: none)
+        "HISTORY_MAX_AGE": 300.0,       # seconds a batch stays replayable
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -103,6 +108,11 @@ class TurboAsyncSettings:
     # Refreshes (turbo_async.refreshes)
     REFRESH_DEBOUNCE: float = 0.5
     REFRESH_MAX_WAIT: float = 5.0
+    # Delivery to the page (turbo_async.consumers, turbo_async.history, docs/guarantees.rst).
+    HEARTBEAT_INTERVAL: float = 10.0
+    OFFSETS: bool = True
+    HISTORY_SIZE: int = 100
+    HISTORY_MAX_AGE: float = 300.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:

@@ -12,6 +12,14 @@ violation) and one log line; the rate and the size are checked before anything i
 adds and discards of all sockets of a process go through one gate of ``LAYER_CONCURRENCY`` calls
 and wait (up to ``LAYER_WAIT_TIMEOUT``) for a pooled Redis connection instead of failing, and
 leaving the groups of a closed socket never raises.
+
+Liveness (docs/guarantees.rst, "Delivery to the page"): every ``HEARTBEAT_INTERVAL`` seconds
+the server sends ``{"type": "ping", "t": <unix time>, "interval": <seconds>}``;
+the client reconnects when nothing arrived for 2.5 intervals. On each heartbeat the socket joins
+its groups again: channels_redis keeps group membership only in Redis, so a Redis restart or a
+FLUSHALL empties it, and it expires after ``group_expiry``; the renewal brings it back within one
+interval. A channel-layer error never ends the consumer: reading from the layer is retried with
+backoff, and the outage is logged once per socket.
 """
 
 from __future__ import annotations
@@ -20,16 +28,20 @@ import asyncio
 import json
 import logging
 import random
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.core.exceptions import ObjectDoesNotExist
 
-from . import conf
+from . import conf, history
 from .delivery import LAYER_ERRORS, layer_call
 from .exceptions import InvalidSubscription, UnknownStream
 from .names import group_name, unsign
@@ -40,6 +52,14 @@ logger = logging.getLogger("turbo_async")
 
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
+PING = "ping"
+RESET = "reset"
+BAD_OFFSET = "bad_offset"
+SIGNATURE_EXPIRED = "signature_expired"
+"""The ``code`` of the error frame refusing a signature older than ``SIGNATURE_MAX_AGE``."""
+
+RECEIVE_BACKOFF_MAX = 2.0
+"""Cap, in seconds, of the wait between attempts to read from an unreachable channel layer."""
 
 POLICY_VIOLATION = 1008
 """The WebSocket close code of a socket closed for exceeding its message budget (RFC 6455)."""
@@ -85,17 +105,97 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """Route it at ``ws/`` (see :mod:`turbo_async.routing`), inside ``AuthMiddlewareStack``."""
 
     closing = False  # set when the socket is closed for abuse
+    layer_down = False  # set while the channel layer fails, so that an outage is logged once
+    heartbeat: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__``, with the layer read through :meth:`layer_receive`:
+        Channels awaits ``channel_layer.receive`` bare, so a Redis restart ends the consumer with
+        "Exception in ASGI application" and leaves the page with a dead socket."""
+        layer = get_channel_layer(self.channel_layer_alias)
+        if layer is None:
+            await super().__call__(scope, receive, send)
+            return
+        self.scope = scope
+        self.channel_layer = layer
+        self.channel_name = await layer.new_channel()  # a random name: no Redis round trip
+        # Channels' stubs type channel_receive as an ASGI receive; it returns layer messages.
+        self.channel_receive = self.layer_receive  # type: ignore[assignment]
+        self.base_send = send
+        sources: list[Any] = [receive, self.layer_receive]
+        try:
+            await await_many_dispatch(sources, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def layer_receive(self) -> dict[str, Any]:
+        """The next message of this socket's channel; waits out an unreachable layer."""
+        delay = 0.05
+        while True:
+            try:
+                message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+            except LAYER_ERRORS as exc:
+                self.layer_failed("could not read from the channel layer", exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, RECEIVE_BACKOFF_MAX)
+                continue
+            self.layer_recovered()
+            return message
+
+    def layer_failed(self, what: str, exc: BaseException) -> None:
+        if not self.layer_down:
+            self.layer_down = True
+            logger.warning(
+                "%s for the WebSocket from %s (%r); retrying, and rejoining its groups every "
+                "TURBO_ASYNC['HEARTBEAT_INTERVAL'] seconds",
+                what, peer(self.scope), exc,
+            )
+
+    def layer_recovered(self) -> None:
+        if self.layer_down:
+            self.layer_down = False
+            logger.info("the channel layer answers again for the WebSocket from %s", peer(self.scope))
 
     async def connect(self) -> None:
         settings = conf.get()
         # group -> the signed names this socket subscribed with (a page may hold several
         # signatures of one stream, made at different times).
         self.subscriptions: dict[str, set[str]] = {}
+        # group -> the last offset a replay sent: live copies up to it are dropped.
+        self.replayed: dict[str, int] = {}
         self.budget = TokenBucket(settings.MAX_MESSAGES_PER_SECOND, settings.MESSAGE_BURST)
         self.refusals = RefusalLog(peer(self.scope), settings.LOGGED_REFUSALS_PER_SOCKET)
         await self.accept()
+        if settings.HEARTBEAT_INTERVAL > 0:
+            self.heartbeat = asyncio.create_task(self.beat(settings.HEARTBEAT_INTERVAL))
+
+    async def beat(self, interval: float) -> None:
+        """Every ``interval`` seconds, ping the client and join the groups again. (Not at
+        connect: a turbo-django client's first message must stay the server's answer.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.send(json.dumps({"type": PING, "t": round(time.time(), 3), "interval": interval}))
+            except OSError:  # the client is gone; disconnect() follows
+                return
+            deadline = loop.time() + interval  # a renewal never outlasts the next beat
+            for group in list(self.subscriptions):
+                try:
+                    await pooled_call(self.channel_layer.group_add, group, self.channel_name, deadline=deadline)
+                except LAYER_ERRORS as exc:
+                    self.layer_failed("could not renew the channel-layer groups", exc)
+                    break
+                except Exception:  # a safety net: the heartbeat must outlive any layer bug
+                    logger.exception("renewing the groups of the WebSocket from %s failed", peer(self.scope))
+                    break
+                else:
+                    self.layer_recovered()
 
     async def disconnect(self, code: int) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            self.heartbeat = None
         groups: list[str] = list(getattr(self, "subscriptions", {}))
         self.subscriptions = {}
         refusals: RefusalLog | None = getattr(self, "refusals", None)
@@ -171,7 +271,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
             self.refusals.warning("refused a subscription: %s", exc)
-            await self.error(f"invalid signed_channel_name: {exc}", signed_name)
+            # The client refreshes the page on this code: only a new render signs anew.
+            code = SIGNATURE_EXPIRED if str(exc).startswith("signature expired") else None
+            await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
         group = group_name(stream_name, args, kwargs)
         if message_type == UNSUBSCRIBE:
@@ -185,6 +287,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 "see TURBO_ASYNC['MAX_SUBSCRIPTIONS'])",
                 signed_name,
             )
+            return
+        try:
+            seen = history.parse(content.get("epoch"), content.get("offset"))
+        except history.BadOffset as exc:
+            await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
         allowed, reason = await self.allowed(stream_name, args, kwargs)
         if not allowed:
@@ -202,6 +309,28 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 return
         self.subscriptions.setdefault(group, set()).add(signed_name)
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
+        if seen is not None and history.enabled(self.channel_layer):
+            await self.replay(group, signed_name, seen)
+
+    async def replay(self, group: str, signed_name: str, seen: history.Position) -> None:
+        """Send what the client missed after ``seen``, in order, before any live frame (live
+        frames wait in the channel until this handler returns); or tell it to refresh."""
+        try:
+            missed = await layer_call(history.since, self.channel_layer, group, seen)
+        except history.BadOffset as exc:
+            await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
+            return
+        except LAYER_ERRORS as exc:
+            self.layer_failed("could not read the stream's history", exc)
+            missed = history.Replay(None, [], reset="the history cannot be read now")
+        if missed.reset is not None:
+            await self.send(json.dumps({"type": RESET, "signed_channel_name": signed_name, "reason": missed.reset}))
+            return
+        for offset, data in missed.frames:
+            await self.send(frame_message(signed_name, data, seen.epoch, offset))
+        if missed.frames:
+            # Live frames already queued for this socket carry these offsets again.
+            self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
 
     @database_sync_to_async
     def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
@@ -234,13 +363,19 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
         """Frames from the layer: sent once per signed name this socket subscribed with."""
-        for signed_name in self.subscriptions.get(event.get("group", ""), ()):
-            await self.send(frame_message(signed_name, event["data"]))
+        group = event.get("group", "")
+        offset = event.get("offset")
+        if isinstance(offset, int) and offset <= self.replayed.get(group, 0):
+            return  # already sent by a replay
+        for signed_name in self.subscriptions.get(group, ()):
+            await self.send(frame_message(signed_name, event["data"], event.get("epoch"), offset))
 
-    async def error(self, message: str, signed_name: Any = None) -> None:
+    async def error(self, message: str, signed_name: Any = None, code: str | None = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
+        if code is not None:
+            reply["code"] = code
         await self.send(json.dumps(reply))
 
 
@@ -249,11 +384,16 @@ def _encoded(data: str) -> str:
     return json.dumps(data)
 
 
-def frame_message(signed_name: str, data: str) -> str:
+def frame_message(signed_name: str, data: str, epoch: Any = None, offset: Any = None) -> str:
     """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
     the frames JSON-encoded once per process however many sockets of the process receive them
-    (the cache's key is the frames' text: with the pub/sub layer, one shared string)."""
-    return f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}}}'
+    (the cache's key is the frames' text: with the pub/sub layer, one shared string); with the
+    batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
+    ignores extra fields)."""
+    head = f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}'
+    if isinstance(epoch, str) and isinstance(offset, int):
+        return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}}}'
+    return head + "}"
 
 
 async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:

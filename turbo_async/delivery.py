@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -26,7 +27,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf, recording
+from . import conf, history, recording
 
 try:  # channels_redis's connection errors, when it is installed
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
@@ -40,6 +41,8 @@ LAYER_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncio.TimeoutError, *_REDIS_ERRORS,
 )
 """Errors of an unreachable channel layer: retried, never a hook's fault."""
+
+logger = logging.getLogger("turbo_async")
 
 MESSAGE_TYPE = "turbo.stream"
 """The ``type`` of the layer messages; ``TurboStreamsConsumer.turbo_stream`` handles them."""
@@ -94,10 +97,10 @@ def send(group: str, stream_name: str, markup: str) -> None:
     group_send(group, message(group, stream_name, markup))
 
 
-def deliver(outgoing: Outgoing) -> None:
-    """Send collected frames: one ``group_send`` per stream."""
-    for group, msg in outgoing.messages():
-        group_send(group, msg)
+def deliver(outgoing: Outgoing) -> int:
+    """Send collected frames: one ``group_send`` per stream. Returns how many deliveries the
+    layer dropped because a receiving web process's channel was full (see :func:`group_send`)."""
+    return sum(group_send(group, msg) or 0 for group, msg in outgoing.messages())
 
 
 def channel_layer() -> BaseChannelLayer:
@@ -109,15 +112,88 @@ def channel_layer() -> BaseChannelLayer:
     return layer
 
 
-def group_send(group: str, msg: dict[str, Any]) -> None:
+def group_send(group: str, msg: dict[str, Any]) -> int:
+    """Send ``msg`` to ``group``; the number of web processes it was dropped for (0 mostly).
+
+    channels_redis drops a message for a web process whose channel already holds ``capacity``
+    messages (100 by default: **per web process**, shared by all its sockets, since they all read
+    one channel key of the process) and only logs it at INFO. The drop is found here by watching
+    that log record while the send runs (:class:`DropCounter`), logged at WARNING with the stream
+    and the count, and returned so the task result shows it (Flower)."""
     if not recording.record(group, msg):
-        return
+        return 0
     layer = channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
         async_to_sync(layer.group_send)(group, msg)
-        return
-    _loop.run(layer_call(layer.group_send, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+        return 0
+    dropped: int = _loop.run(send_numbered(layer, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+    if dropped:
+        logger.warning(
+            "the channel layer dropped the frames of %s (%d frame batch, offset %s) for %d web "
+            "process(es): their channel was full (CHANNEL_LAYERS capacity, per web process); "
+            "their pages catch up or refresh",
+            msg.get("stream", group), 1, msg.get("offset", "-"), dropped,
+        )
+    return dropped
+
+
+async def send_numbered(layer: BaseChannelLayer, group: str, msg: dict[str, Any]) -> int:
+    """``group_send``, with the batch first given its stream's ``(epoch, offset)`` and kept in
+    the stream's history (:mod:`turbo_async.history`) when the layer is Redis. A retried task
+    numbers its batch again: the client applies both copies in order, and frames converge.
+    Returns how many web processes the layer dropped it for."""
+    if msg.get("type") == MESSAGE_TYPE and history.enabled(layer):
+        position = await layer_call(history.append, layer, group, msg["data"])
+        msg = {**msg, "epoch": position.epoch, "offset": position.offset}
+    DropCounter.install()
+    token = _drops.set([])
+    try:
+        await layer_call(layer.group_send, group, msg)
+        return sum(_drops.get() or ())
+    finally:
+        _drops.reset(token)
+
+
+_drops: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("turbo_async_drops", default=None)
+
+CHANNELS_REDIS_LOGGER = "channels_redis.core"
+OVER_CAPACITY = "%s of %s channels over capacity in group %s"
+"""channels_redis 4's log message for a ``group_send`` that found full channels."""
+
+
+class DropCounter(logging.Filter):
+    """Counts channels_redis' "over capacity" records of the send running in this context.
+
+    channels_redis reports a drop only as an INFO record; to see it when INFO is not logged, the
+    logger is set to INFO and this filter hides again what its handlers would not have shown
+    (records below the level the logger had)."""
+
+    def __init__(self, shown_from: int) -> None:
+        super().__init__()
+        self.shown_from = shown_from
+
+    @classmethod
+    def install(cls) -> DropCounter:
+        log = logging.getLogger(CHANNELS_REDIS_LOGGER)
+        for existing in log.filters:
+            if isinstance(existing, DropCounter) and log.isEnabledFor(logging.INFO):
+                return existing
+        counter = cls(log.getEffectiveLevel())
+        for existing in [f for f in log.filters if isinstance(f, DropCounter)]:
+            log.removeFilter(existing)  # logging was reconfigured since: start over
+        log.addFilter(counter)
+        if not log.isEnabledFor(logging.INFO):
+            log.setLevel(logging.INFO)
+        return counter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        drops = _drops.get()
+        if drops is not None and record.msg == OVER_CAPACITY and isinstance(record.args, tuple) and record.args:
+            count: Any = record.args[0]
+            if isinstance(count, int):
+                drops.append(count)
+        return record.levelno >= self.shown_from
 
 
 async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:

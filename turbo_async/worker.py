@@ -313,15 +313,21 @@ def send_refresh(group: str, stream_name: str, decided: str | None = None) -> di
 
 def _deliver(outgoing: delivery.Outgoing) -> dict[str, Any]:
     try:
-        delivery.deliver(outgoing)
+        dropped = delivery.deliver(outgoing)
     except LAYER_ERRORS as exc:
         raise DeliveryError(str(exc)) from exc
-    return {"frames": outgoing.frame_count, "streams": len(outgoing.frames)}
+    result: dict[str, Any] = {"frames": outgoing.frame_count, "streams": len(outgoing.frames)}
+    if dropped:
+        # Flower shows it: batches the layer dropped for full web processes (logged at WARNING).
+        result["dropped"] = dropped
+    return result
 
 
 def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
     total["frames"] += more["frames"]
     total["streams"] = max(total["streams"], more["streams"])
+    if more.get("dropped"):
+        total["dropped"] = total.get("dropped", 0) + more["dropped"]
     if "skipped" in more:
         total["skipped"] = more["skipped"]
 

@@ -74,3 +74,41 @@ def test_a_send_from_inside_a_running_event_loop_uses_the_same_loop(redis_layer:
     assert delivery._loop.run(layer.receive(channel), timeout=5)["data"] == "from async code"
     assert delivery._loop.get() is loop
     assert list(layer._layers) == [loop]
+
+
+@pytest.fixture
+def tiny_capacity_layer(redis_server: RedisServer) -> Iterator[None]:
+    config = {"hosts": [{"address": redis_server.url, "socket_timeout": None}], "capacity": 1}
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
+    ):
+        yield
+
+
+def test_frames_the_layer_drops_for_capacity_are_logged_and_in_the_task_result(
+    tiny_capacity_layer: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """channels_redis drops a message for a web process whose channel is full and logs it at
+    INFO only; here it is a WARNING naming the stream and the count, and the task result has it."""
+    import logging
+
+    from turbo_async import worker
+
+    layer = get_channel_layer()
+    channel = delivery._loop.run(layer.new_channel())  # a web process that does not read
+    delivery._loop.run(layer.group_add("turbo_async.test-drops", channel))
+    with caplog.at_level(logging.WARNING):
+        with delivery.collect() as first:
+            delivery.send("turbo_async.test-drops", "test:Drops", "<fills the channel/>")
+        assert worker._deliver(first) == {"frames": 1, "streams": 1}
+        results = []
+        for n in range(2):
+            with delivery.collect() as outgoing:
+                delivery.send("turbo_async.test-drops", "test:Drops", f"<dropped {n}/>")
+            results.append(worker._deliver(outgoing))
+    assert results == [{"frames": 1, "streams": 1, "dropped": 1}] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "turbo_async"]
+    assert len(warnings) == 2 and all("test:Drops" in w and "1 web process" in w for w in warnings), warnings
+    # channels_redis' own INFO line stays as visible as it was (not shown at WARNING).
+    assert not [r for r in caplog.records if r.name == "channels_redis.core"]
+    assert delivery._loop.run(layer.receive(channel), timeout=5)["data"] == "<fills the channel/>"

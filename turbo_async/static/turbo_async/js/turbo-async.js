@@ -8,11 +8,17 @@
  *   <script src=".../turbo-async.js" defer data-ws-path="/ws/"></script>
  *   <turbo-channels-stream-source signed-channel-name="..."></turbo-channels-stream-source>
  *
- * Wire protocol (JSON text frames, the same as turbo-django's):
- *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."}
+ * Wire protocol (JSON text frames, turbo-django's, with additions):
+ *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."[, "epoch": "...", "offset": n]}
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
- *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>"}
+ *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>",
+ *                      "epoch": "...", "offset": n} (epoch/offset: the batch's position in its
+ *                     stream; applied once, in order; a gap refreshes the page)
+ *                     {"type": "reset", "signed_channel_name": "...", "reason": "..."} (what the
+ *                     page missed is beyond the history: the client refreshes the page)
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
+ *                     {"type": "ping", "t": <unix time>, "interval": <seconds>} (heartbeat; with
+ *                     no message for 2.5 intervals the client drops the socket and reconnects)
  *                     {"type": "error", "error": "...", "signed_channel_name": "..."} (refusal;
  *                     the name is absent when the error is not about one subscription)
  *
@@ -23,6 +29,9 @@
  *   turbo-async:refused       on each element of the refused name, bubbling (on document when
  *                             none is left), detail {signedChannelName, reason}
  *   turbo-async:error         on document, detail {signedChannelName (or null), reason}
+ *   turbo-async:ping          on document, detail {t, interval} (each server heartbeat)
+ *   turbo-async:refresh       on document, detail {reason, signedChannelName}, just before the
+ *                             client refreshes the page (reason "signature_expired", "gap")
  * and <html data-turbo-async-connected="true|false">.
  *
  * Plain ES2017, no build step, no dependencies.
@@ -54,6 +63,10 @@
   const BACKOFF_INITIAL_MS = 500;
   const BACKOFF_FACTOR = 2;
   const BACKOFF_MAX_MS = 10000;
+  // The server pings every `interval` seconds (its HEARTBEAT_INTERVAL, sent in each ping); a
+  // socket that brought nothing for this many intervals is taken for dead (half-open TCP, a
+  // stalled proxy) and replaced. Armed by the first ping: a server that never pings is trusted.
+  const STALE_INTERVALS = 2.5;
 
   // --- Module-level singleton state (one socket per page) -----------------
 
@@ -66,11 +79,20 @@
    * @type {Set<string>}
    */
   const subscribed = new Set();
+  /**
+   * The last (epoch, offset) applied per signed channel name: sent with every resubscribe so the
+   * server replays what the page missed; frames at or below it are duplicates and dropped.
+   * @type {Map<string, {epoch: string, offset: number}>}
+   */
+  const positions = new Map();
   /** @type {WebSocket|null} */
   let socket = null;
   let reconnectTimer = null;
   let reconnectAttempt = 0;
   let connected = false;
+  let lastMessageAt = 0;
+  let heartbeatMs = 0; // the server's ping interval, once a ping told it (0: unknown)
+  let watchdog = null;
 
   const emit = (target, type, detail, bubbles = false) => {
     target.dispatchEvent(new CustomEvent(type, { detail, bubbles }));
@@ -103,7 +125,11 @@
 
   const subscribe = (name) => {
     if (subscribed.has(name)) return;
-    if (send({ type: "subscribe", signed_channel_name: name })) {
+    const position = positions.get(name);
+    const message = position
+      ? { type: "subscribe", signed_channel_name: name, epoch: position.epoch, offset: position.offset }
+      : { type: "subscribe", signed_channel_name: name };
+    if (send(message)) {
       subscribed.add(name);
     }
   };
@@ -129,6 +155,42 @@
     }, delay);
   };
 
+  const stopWatchdog = () => {
+    if (watchdog !== null) {
+      clearInterval(watchdog);
+      watchdog = null;
+    }
+  };
+
+  // Closes a socket that went quiet for longer than STALE_INTERVALS pings. close() on a
+  // half-open TCP connection fires "close" only after the browser's own timeout (minutes), so
+  // the socket is dropped here at once and a new one opened through the usual backoff.
+  const checkAlive = () => {
+    if (socket === null || heartbeatMs === 0) return;
+    if (Date.now() - lastMessageAt <= heartbeatMs * STALE_INTERVALS) return;
+    const ws = socket;
+    console.warn(`turbo-async: no message for ${Math.round((Date.now() - lastMessageAt) / 1000)} s; reconnecting`);
+    dropSocket(ws, { code: 4000, reason: "heartbeat timeout", wasClean: false });
+    try {
+      ws.close(4000, "heartbeat timeout");
+    } catch (error) {
+      // Already closing: nothing to do.
+    }
+  };
+
+  const dropSocket = (ws, detail) => {
+    if (socket !== ws) return;
+    socket = null;
+    subscribed.clear();
+    heartbeatMs = 0;
+    stopWatchdog();
+    // Frames held back for a missing offset: the resubscription's replay brings them in order.
+    ahead.forEach((held) => clearTimeout(held.timer));
+    ahead.clear();
+    setConnected(false, detail);
+    scheduleReconnect();
+  };
+
   const connect = () => {
     if (reconnectTimer !== null) {
       clearTimeout(reconnectTimer);
@@ -152,6 +214,7 @@
     ws.addEventListener("open", () => {
       if (socket !== ws) return;
       reconnectAttempt = 0;
+      lastMessageAt = Date.now();
       subscribed.clear();
       registry.forEach((elements, name) => subscribe(name));
       setConnected(true, { url });
@@ -159,16 +222,13 @@
 
     ws.addEventListener("message", (event) => {
       if (socket !== ws) return;
+      lastMessageAt = Date.now();
       handleMessage(event.data);
     });
 
     // "error" is always followed by "close"; all recovery happens there.
     ws.addEventListener("close", (event) => {
-      if (socket !== ws) return;
-      socket = null;
-      subscribed.clear();
-      setConnected(false, { code: event.code, reason: event.reason, wasClean: event.wasClean });
-      scheduleReconnect();
+      dropSocket(ws, { code: event.code, reason: event.reason, wasClean: event.wasClean });
     });
   };
 
@@ -211,13 +271,46 @@
       return;
     }
     const name = typeof message.signed_channel_name === "string" ? message.signed_channel_name : null;
+    if (message.type === "ping") {
+      const interval = Number(message.interval);
+      if (interval > 0) {
+        heartbeatMs = interval * 1000;
+        if (watchdog === null) watchdog = setInterval(checkAlive, Math.min(1000, heartbeatMs / 2));
+      }
+      emit(document, "turbo-async:ping", { t: message.t, interval });
+      return;
+    }
     if (message.type === "subscribed") {
       // The server's acknowledgement of a subscription; tests and devtools read it.
       emit(document, "turbo-async:subscribed", message.signed_channel_name);
       return;
     }
     if (message.type === "error") {
+      if (message.code === "bad_offset" && name !== null && registry.has(name)) {
+        // The server does not know our position (never happens with its own offsets): start over.
+        positions.delete(name);
+        emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+        refreshPage("gap");
+        return;
+      }
+      if (message.code === "signature_expired" && name !== null && registry.has(name)) {
+        // The page was rendered longer ago than SIGNATURE_MAX_AGE: only a new render signs its
+        // subscriptions anew, so fetch one rather than stay deaf.
+        emit(document, "turbo-async:refresh", { reason: "signature_expired", signedChannelName: name });
+        refreshPage("signature_expired");
+        return;
+      }
       handleError(String(message.error), name);
+      return;
+    }
+    if (message.type === "reset") {
+      // The frames this page missed are beyond the server's history (trimmed, too old, Redis
+      // flushed): only the database can bring the page back.
+      if (name !== null && registry.has(name)) {
+        positions.delete(name);
+        emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+        refreshPage("gap");
+      }
       return;
     }
     if (name === null || typeof message.data !== "string") {
@@ -227,11 +320,89 @@
     const elements = registry.get(name);
     // A frame can still arrive for a name just unsubscribed; drop it quietly.
     if (!elements) return;
+    if (typeof message.epoch === "string" && Number.isInteger(message.offset)) {
+      receiveNumbered(name, message);
+      return;
+    }
+    render(name, message.data);
+  };
+
+  // Frames that came ahead of a missing offset, per name: two workers may number batches 5 and 6
+  // and send 6 first, so a jump waits GAP_WAIT_MS for the missing ones before it counts as lost.
+  const GAP_WAIT_MS = 2000;
+  /** @type {Map<string, {frames: Map<number, string>, timer: number}>} */
+  const ahead = new Map();
+
+  const gap = (name) => {
+    const held = ahead.get(name);
+    if (held) clearTimeout(held.timer);
+    ahead.delete(name);
+    positions.delete(name);
+    emit(document, "turbo-async:refresh", { reason: "gap", signedChannelName: name });
+    refreshPage("gap");
+  };
+
+  const receiveNumbered = (name, message) => {
+    const last = positions.get(name);
+    if (last && last.epoch !== message.epoch) {
+      gap(name); // the stream's offsets were reset (Redis flushed): frames may be lost
+      return;
+    }
+    if (last && message.offset <= last.offset) return; // applied already (a replay, a retry)
+    if (!last || message.offset === last.offset + 1) {
+      positions.set(name, { epoch: message.epoch, offset: message.offset });
+      render(name, message.data);
+      // Frames held back behind this one can go now, in order.
+      const held = ahead.get(name);
+      if (held) {
+        let next = message.offset + 1;
+        while (held.frames.has(next)) {
+          const data = held.frames.get(next);
+          held.frames.delete(next);
+          positions.set(name, { epoch: message.epoch, offset: next });
+          render(name, data);
+          next += 1;
+        }
+        if (held.frames.size === 0) {
+          clearTimeout(held.timer);
+          ahead.delete(name);
+        }
+      }
+      return;
+    }
+    let held = ahead.get(name);
+    if (!held) {
+      held = { frames: new Map(), timer: setTimeout(() => gap(name), GAP_WAIT_MS) };
+      ahead.set(name, held);
+    }
+    held.frames.set(message.offset, message.data);
+  };
+
+  const render = (name, data) => {
+    const elements = registry.get(name);
+    if (!elements) return;
     // Copy first: rendering the stream may remove (and so unregister) an
     // element while we are iterating.
     Array.from(elements).forEach((element) => {
-      element.dispatchEvent(new MessageEvent("message", { data: message.data }));
+      element.dispatchEvent(new MessageEvent("message", { data }));
     });
+  };
+
+  let refreshing = false;
+  // Brings the page back to what the server renders now: a Turbo visit replacing this page (a
+  // morph refresh when the page asks for one with <meta name="turbo-refresh-method"
+  // content="morph">), or a plain reload without Turbo Drive. Once per page load.
+  const refreshPage = (reason) => {
+    if (refreshing) return;
+    refreshing = true;
+    console.warn(`turbo-async: refreshing the page (${reason})`);
+    const Turbo = window.Turbo;
+    if (Turbo && Turbo.session && Turbo.session.drive !== false && typeof Turbo.visit === "function") {
+      document.addEventListener("turbo:load", () => { refreshing = false; }, { once: true });
+      Turbo.visit(window.location.href, { action: "replace" });
+    } else {
+      window.location.reload();
+    }
   };
 
   const register = (element, name) => {
@@ -256,7 +427,10 @@
     // the same DOM operation, so this avoids an unsubscribe/subscribe round
     // trip and the gap in delivery it would cause.
     Promise.resolve().then(() => {
-      if (!registry.has(name)) unsubscribe(name);
+      if (!registry.has(name)) {
+        unsubscribe(name);
+        positions.delete(name);
+      }
     });
   };
 

@@ -1,0 +1,366 @@
+"""Delivery to the page through faults (docs/guarantees.rst, "Delivery to the page"), with real
+processes: a broker Redis, a channel-layer Redis (no append-only file: a restart loses every
+group membership, as a cache-like production Redis would), a Celery worker and a uvicorn.
+
+The heartbeat interval is short here (``TURBO_TEST_HEARTBEAT``, default 1 s) so each test takes a
+few seconds; every bound below is stated in heartbeat intervals. Recovery times are measured and
+printed (``-s`` shows them); the waits end at the stated bound and fail past it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LOG_DIR
+from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvicorn, free_port
+from tests.testapp.factories import MessageFactory, RoomFactory
+from turbo_async import suppress
+
+pytestmark = pytest.mark.integration
+
+HEARTBEAT = float(os.environ.get("TURBO_TEST_HEARTBEAT", "1.0"))
+HISTORY_SIZE = int(os.environ.get("TURBO_TEST_HISTORY_SIZE", "5"))
+# Renewal happens on the heartbeat after the fault: one interval, plus a reconnect of the pooled
+# connections and the time a worker needs for a task.
+RECOVERY_BOUND = 3 * HEARTBEAT + 5
+
+
+class RecoveryStack:
+    """Redis for the broker, Redis for the channel layer, a worker and a uvicorn of their own."""
+
+    def __init__(self, root: Path, name: str, **settings: Any) -> None:
+        self.broker = RedisServer(free_port(), root / "broker")
+        self.layer = RedisServer(free_port(), root / "layer")
+        turbo = {
+            "DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1, "HEARTBEAT_INTERVAL": HEARTBEAT,
+            "HISTORY_SIZE": HISTORY_SIZE,
+        }
+        self.env = {
+            "TURBO_TEST_REDIS_PORT": str(self.broker.port),
+            "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
+            "TURBO_TEST_TURBO_ASYNC": json.dumps(turbo | settings),
+            # The browser fixture sets it in this process; the server must keep Django's checks.
+            "DJANGO_ALLOW_ASYNC_UNSAFE": "",
+        }
+        self.worker = CeleryWorker(LOG_DIR, name=f"{name}-worker", **self.env)
+        self.web = Uvicorn(LOG_DIR, name=f"{name}-web", **self.env)
+
+    def start(self) -> None:
+        self.broker.start()
+        self.layer.start()
+        self.worker.start()
+        self.web.start()
+
+    def stop(self) -> None:
+        self.web.stop()
+        self.worker.stop()
+        self.layer.stop()
+        self.broker.stop()
+
+    def restart_layer(self) -> None:
+        self.layer.stop()
+        self.layer.start()
+
+
+class Log:
+    """What a process wrote to its log since this object was made."""
+
+    def __init__(self, process: Process) -> None:
+        self.path = process.log_path
+        self.start = self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self) -> str:
+        with self.path.open("rb") as log:
+            log.seek(self.start)
+            return log.read().decode(errors="replace")
+
+
+def use_broker(url: str) -> None:
+    """Point the test process's Celery app at another broker, with fresh connection pools."""
+    from workers import app
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture(scope="module")
+def recovery(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
+    from workers import app
+
+    stack = RecoveryStack(tmp_path_factory.mktemp("recovery"), "recovery")
+    stack.start()
+    previous = app.conf.broker_url
+    use_broker(stack.broker.url)
+    try:
+        yield stack
+    finally:
+        use_broker(previous)
+        stack.stop()
+
+
+@pytest.fixture
+def live_recovery(recovery: RecoveryStack, transactional_db: None) -> Iterator[RecoveryStack]:
+    """Committed rows, published to the stack's broker (Celery eager mode off)."""
+    from workers import app
+
+    app.conf.task_always_eager = False
+    try:
+        yield recovery
+    finally:
+        app.conf.task_always_eager = True
+        if recovery.layer.process is None:  # a failed test must not leave it down
+            recovery.layer.start()
+
+
+class Page:
+    """A WebSocket client that keeps what it receives, sorted: pings, acks, errors, frames."""
+
+    def __init__(self, server: Uvicorn) -> None:
+        self.client = StreamClient(server.ws_url, server.origin)
+        self.pings: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []
+        self.other: list[dict[str, Any]] = []
+
+    def subscribe(self, signed_name: str, **extra: Any) -> dict[str, Any]:
+        self.client.send_raw(json.dumps({"type": "subscribe", "signed_channel_name": signed_name, **extra}))
+        return self.next_reply()
+
+    def pump(self, timeout: float) -> dict[str, Any] | None:
+        """Receive one message (sorted into the lists); ``None`` if none came within ``timeout``."""
+        try:
+            message = self.client.receive(timeout=timeout)
+        except TimeoutError:
+            return None
+        if message.get("type") == "ping":
+            self.pings.append(message)
+        elif "data" in message:
+            self.frames.append(message)
+        else:
+            self.other.append(message)
+        return message
+
+    def next_reply(self, timeout: float = 10) -> dict[str, Any]:
+        """The next message that is neither a ping nor a frame."""
+        deadline = time.monotonic() + timeout
+        seen = len(self.other)
+        while len(self.other) == seen:
+            if time.monotonic() > deadline or self.pump(max(0.01, deadline - time.monotonic())) is None:
+                raise AssertionError(f"no reply within {timeout}s; frames {self.frames}")
+        return self.other[-1]
+
+    def wait_frame(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in frame["data"] for frame in self.frames):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no frame with {text!r} within {timeout}s; got {self.frames}")
+            self.pump(0.05)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def recovery_time(page: Page, room: Any, what: str) -> float:
+    """Save a message every 0.2 s until the page receives one; the seconds that took."""
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < RECOVERY_BOUND:
+        n += 1
+        MessageFactory(room=room, text=f"{what} {n}")
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            page.pump(0.05)
+            if any(what in frame["data"] for frame in page.frames):
+                return time.monotonic() - start
+    raise AssertionError(f"no frame within {RECOVERY_BOUND}s of the {what}; got {page.frames}")
+
+
+# -- liveness ----------------------------------------------------------------------------------
+
+
+def test_the_server_pings_every_interval_and_frames_keep_turbo_djangos_fields(live_recovery: RecoveryStack) -> None:
+    with suppress():
+        room = RoomFactory()
+    page = Page(live_recovery.web)
+    try:
+        name = room.stream.signed_stream_name  # signed anew (with a new timestamp) on each access
+        assert page.subscribe(name)["type"] == "subscribed"
+        while len(page.pings) < 2:
+            assert page.pump(3 * HEARTBEAT) is not None, "no ping within 3 intervals"
+        assert {"type", "t", "interval"} <= set(page.pings[0]) and page.pings[0]["interval"] == HEARTBEAT
+        MessageFactory(room=room, text="hello")
+        page.wait_frame("hello", 10)
+        # turbo-django's fields, and the batch's position after them.
+        assert set(page.frames[0]) == {"signed_channel_name", "data", "epoch", "offset"}
+        assert page.frames[0]["signed_channel_name"] == name and page.frames[0]["offset"] >= 1
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("fault", ["flushall", "restart"])
+def test_frames_flow_again_on_the_open_socket_after_the_layer_loses_its_groups(
+    live_recovery: RecoveryStack, fault: str
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    web_log = Log(live_recovery.web)
+    page = Page(live_recovery.web)
+    try:
+        assert page.subscribe(room.stream.signed_stream_name)["type"] == "subscribed"
+        MessageFactory(room=room, text="before")
+        page.wait_frame("before", 10)
+        if fault == "flushall":
+            live_recovery.layer.flushall()
+        else:
+            live_recovery.restart_layer()
+        seconds = recovery_time(page, room, f"after {fault}")
+        print(f"\n{fault}: frames again on the open socket after {seconds:.2f} s (heartbeat {HEARTBEAT} s)")
+        text = web_log.text()
+        assert "Exception in ASGI application" not in text and "Traceback" not in text, text
+        # The same socket: still open, still pinged.
+        pings = len(page.pings)
+        while len(page.pings) == pings:
+            assert page.pump(3 * HEARTBEAT) is not None, "the socket went quiet"
+    finally:
+        page.close()
+
+
+# -- offsets and catch-up ----------------------------------------------------------------------
+
+
+def stream_offset(stack: RecoveryStack, room: Any) -> int:
+    from turbo_async import history
+
+    raw = stack.layer.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
+    return int(raw or 0)
+
+
+def wait_offset(stack: RecoveryStack, room: Any, offset: int, timeout: float = 20) -> None:
+    """Until the worker has numbered the stream's batches up to ``offset``."""
+    deadline = time.monotonic() + timeout
+    while stream_offset(stack, room) < offset:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream's offset is {stream_offset(stack, room)}, not {offset}")
+        time.sleep(0.05)
+
+
+def away_and_back(stack: RecoveryStack, missed: int) -> tuple[Page, dict[str, Any], str, Any]:
+    """A page that saw one frame, closed its socket, and missed ``missed`` messages meanwhile;
+    back on a new socket, resubscribed with its last position. Returns the page, the reply to the
+    resubscription, the name and the room."""
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(stack.web)
+    page.subscribe(name)
+    MessageFactory(room=room, text="seen")
+    page.wait_frame("seen", 10)
+    last = page.frames[-1]
+    page.close()
+    for n in range(missed):
+        MessageFactory(room=room, text=f"missed {n}")
+    wait_offset(stack, room, last["offset"] + missed)
+    back = Page(stack.web)
+    reply = back.subscribe(name, epoch=last["epoch"], offset=last["offset"])
+    return back, reply, name, room
+
+
+def test_a_resubscription_with_its_offset_gets_exactly_the_missed_frames_in_order_then_live_ones(
+    live_recovery: RecoveryStack,
+) -> None:
+    page, reply, name, room = away_and_back(live_recovery, 3)
+    try:
+        assert reply == {"type": "subscribed", "signed_channel_name": name}
+        while len(page.frames) < 3:
+            assert page.pump(5) is not None, page.frames
+        assert ["missed 0" in f["data"] for f in page.frames] == [True, False, False]
+        assert ["missed 2" in f["data"] for f in page.frames] == [False, False, True]
+        offsets = [f["offset"] for f in page.frames]
+        assert offsets == list(range(offsets[0], offsets[0] + 3))
+        MessageFactory(room=room, text="live")
+        page.wait_frame("live", 10)
+        assert [f["offset"] for f in page.frames] == [*offsets, offsets[-1] + 1]  # no duplicate
+    finally:
+        page.close()
+
+
+def test_a_resubscription_beyond_the_history_is_told_to_reset(live_recovery: RecoveryStack) -> None:
+    page, reply, name, _room = away_and_back(live_recovery, HISTORY_SIZE + 2)
+    try:
+        assert reply["type"] == "subscribed"
+        reset = page.next_reply()
+        assert reset["type"] == "reset" and reset["signed_channel_name"] == name, reset
+        assert "history" in reset["reason"]
+        assert page.frames == []
+    finally:
+        page.close()
+
+
+def test_a_resubscription_after_a_flush_is_told_to_reset(live_recovery: RecoveryStack) -> None:
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(live_recovery.web)
+    try:
+        page.subscribe(name)
+        MessageFactory(room=room, text="seen")
+        page.wait_frame("seen", 10)
+        seen = page.frames[-1]
+        live_recovery.layer.flushall()
+        again = Page(live_recovery.web)
+        try:
+            assert again.subscribe(name, epoch=seen["epoch"], offset=seen["offset"])["type"] == "subscribed"
+            assert again.next_reply()["type"] == "reset"
+        finally:
+            again.close()
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize(
+    ("epoch", "offset", "says"),
+    [("abc", -1, "offset must be an integer"), ("not an epoch!", 1, "epoch must be"), ("abc", "1", "offset must be")],
+)
+def test_garbage_positions_get_a_clear_error_frame(
+    live_recovery: RecoveryStack, epoch: Any, offset: Any, says: str
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    page = Page(live_recovery.web)
+    try:
+        reply = page.subscribe(name, epoch=epoch, offset=offset)
+        assert reply["type"] == "error" and reply["code"] == "bad_offset" and says in reply["error"], reply
+        # The socket stays usable.
+        assert page.subscribe(name)["type"] == "subscribed"
+    finally:
+        page.close()
+
+
+def test_an_offset_beyond_the_streams_last_gets_an_error_frame(live_recovery: RecoveryStack) -> None:
+    page, _reply, name, room = away_and_back(live_recovery, 0)
+    page.close()
+    seen_epoch = None
+    probe = Page(live_recovery.web)
+    try:
+        probe.subscribe(name)
+        MessageFactory(room=room, text="probe")
+        probe.wait_frame("probe", 10)
+        seen_epoch = probe.frames[-1]["epoch"]
+        forged = Page(live_recovery.web)
+        try:
+            assert forged.subscribe(name, epoch=seen_epoch, offset=10**6)["type"] == "subscribed"
+            error = forged.next_reply()
+            assert error["type"] == "error" and error["code"] == "bad_offset", error
+            assert "beyond the stream's last offset" in error["error"]
+        finally:
+            forged.close()
+    finally:
+        probe.close()

@@ -1,0 +1,186 @@
+"""Layer 1 (beside :mod:`turbo_async.recording`): offsets and a bounded history per stream, kept in
+the channel layer's Redis, so that a page can resume where it was.
+
+Each frame batch sent to a stream's group gets that stream's ``(epoch, offset)``: ``offset`` counts
+the stream's batches (1, 2, 3...), ``epoch`` names the counter (a random string, new whenever the
+counter is lost: a Redis flush or restart without persistence, or a stream idle for
+``EPOCH_TTL``). One Lua script assigns the offset and appends the batch to the stream's history in
+one step, so two workers never interleave them. The history is a Redis Stream whose entry ids
+are the offsets (``<offset>-0``), trimmed to ``HISTORY_SIZE`` entries; entries older than
+``HISTORY_MAX_AGE`` seconds are not replayed.
+
+Keys, on the shard of the channel layer that holds the stream's group (the layer's own
+connection pool with ``RedisChannelLayer``; a pool of this module on the same host with
+``RedisPubSubChannelLayer``)::
+
+    turbo_async:pos:<group>    hash {epoch, offset}     expires EPOCH_TTL after the last batch
+    turbo_async:hist:<group>   stream <offset>-0 {d: frames, t: unix time}
+                               expires HISTORY_MAX_AGE after the last batch
+
+It reads settings only; :mod:`turbo_async.delivery` (worker side) and
+:mod:`turbo_async.consumers` (replay) call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import weakref
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from . import conf
+
+EPOCH_TTL = 7 * 24 * 3600
+"""Seconds a stream's counter outlives its last batch. A page that saw no frame of its stream for
+longer than that refreshes on the next one (the epoch changed): a week, as long as a tab stays open."""
+
+MAX_OFFSET = 2**53 - 1
+"""The largest offset a client may send: JavaScript's largest exact integer."""
+
+MAX_EPOCH_LENGTH = 64
+
+APPEND = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2], 't', ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {epoch, offset}
+"""
+
+
+@dataclass(frozen=True)
+class Position:
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a resubscribing client missed: the frames after its offset, in order, or
+    ``reset`` with why they cannot be given (the page must refresh)."""
+
+    current: Position | None
+    frames: list[tuple[int, str]]
+    reset: str | None = None
+
+
+class BadOffset(ValueError):
+    """An epoch or offset a client sent that is malformed or beyond the stream's last offset."""
+
+
+def enabled(layer: Any) -> bool:
+    """Whether offsets are kept for this layer: ``OFFSETS`` on and a channels_redis layer (the
+    in-memory layer of tests and ``runserver`` has no Redis to keep them in)."""
+    return conf.get().OFFSETS and _host_of(layer, "") is not None
+
+
+def _host_of(layer: Any, group: str) -> Any:
+    """The Redis client (or the host dict to make one from) of the shard holding ``group``."""
+    if hasattr(layer, "connection") and hasattr(layer, "consistent_hash"):
+        return ("layer", layer)
+    shards = getattr(layer, "_shards", None)  # RedisPubSubChannelLayer
+    if shards:
+        return ("host", shards[zlib.crc32(group.encode()) % len(shards)].host)
+    return None
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def client(layer: Any, group: str) -> Any:
+    """A redis-py asyncio client of the Redis that holds ``group``, for the running loop."""
+    kind, value = _host_of(layer, group)
+    if kind == "layer":
+        return value.connection(value.consistent_hash(group))
+    from channels_redis.utils import create_pool  # type: ignore[import-untyped]
+    from redis import asyncio as aioredis
+
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.setdefault(loop, {})
+    key = repr(sorted(value.items()))
+    if key not in per_loop:
+        per_loop[key] = aioredis.Redis(connection_pool=create_pool(value))
+    return per_loop[key]
+
+
+def position_key(group: str) -> str:
+    return f"turbo_async:pos:{group}"
+
+
+def history_key(group: str) -> str:
+    return f"turbo_async:hist:{group}"
+
+
+async def append(layer: Any, group: str, data: str) -> Position:
+    """Give ``data`` the next offset of ``group`` and keep it in the history, atomically."""
+    settings = conf.get()
+    redis = client(layer, group)
+    epoch, offset = await redis.eval(
+        APPEND, 2, position_key(group), history_key(group),
+        secrets.token_hex(8), data, settings.HISTORY_SIZE, f"{time.time():.3f}",
+        max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL,
+    )
+    return Position(epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))
+
+
+def parse(epoch: Any, offset: Any) -> Position | None:
+    """The position a client sent with a subscribe: ``None`` when it sent none, else checked.
+    Raises :class:`BadOffset` with what is wrong."""
+    if epoch is None and offset is None:
+        return None
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH or not epoch.isalnum():
+        raise BadOffset("epoch must be the string the server sent with a frame (letters and digits)")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise BadOffset(f"offset must be an integer from 0 to {MAX_OFFSET}, as the server sent it")
+    return Position(epoch, offset)
+
+
+async def current(layer: Any, group: str) -> Position | None:
+    raw = await client(layer, group).hmget(position_key(group), "epoch", "offset")
+    if raw[0] is None:
+        return None
+    return Position(raw[0].decode(), int(raw[1] or 0))
+
+
+async def since(layer: Any, group: str, seen: Position) -> Replay:
+    """The frames of ``group`` after ``seen``, in order; or a reset when they are gone.
+
+    Raises :class:`BadOffset` when ``seen`` is beyond the stream's last offset in the same epoch
+    (no server sent it)."""
+    settings = conf.get()
+    now = await current(layer, group)
+    if now is None:
+        return Replay(None, [], reset="the stream's offsets are gone (Redis flushed or restarted)")
+    if now.epoch != seen.epoch:
+        return Replay(now, [], reset="the stream's epoch changed (its offsets were reset)")
+    if seen.offset > now.offset:
+        raise BadOffset(f"offset {seen.offset} is beyond the stream's last offset {now.offset}")
+    if seen.offset == now.offset:
+        return Replay(now, [])
+    if seen.offset + settings.HISTORY_SIZE < now.offset:
+        missed = now.offset - seen.offset
+        return Replay(now, [], reset=f"{missed} batches missed; the history keeps {settings.HISTORY_SIZE}")
+    entries = await client(layer, group).xrange(history_key(group), f"{seen.offset + 1}-0", f"{now.offset}-0")
+    oldest = time.time() - settings.HISTORY_MAX_AGE
+    frames: list[tuple[int, str]] = []
+    expected = seen.offset + 1
+    for entry_id, fields in entries:
+        offset = int(entry_id.split(b"-")[0])
+        if offset != expected or float(fields[b"t"]) < oldest:
+            break
+        frames.append((offset, fields[b"d"].decode()))
+        expected += 1
+    if expected != now.offset + 1:
+        return Replay(now, [], reset="the missed frames are no longer in the history (trimmed or too old)")
+    return Replay(now, frames)
