@@ -31,7 +31,6 @@ SOCKETS = int(os.environ.get("TURBO_TEST_ABUSE_SOCKETS", "200"))
 SUBSCRIPTIONS = int(os.environ.get("TURBO_TEST_ABUSE_SUBSCRIPTIONS", "20"))
 FLOOD = int(os.environ.get("TURBO_TEST_ABUSE_FLOOD", "2000"))
 WS_MAX_SIZE = 20000  # a little over MAX_MESSAGE_BYTES (16384), as the deployment docs advise
-RSS_MARGIN_MB = 40  # uvicorn's RSS after the mass close, over its RSS before it
 
 
 def junk(size: int = 16000) -> str:
@@ -137,7 +136,6 @@ async def _mass(url: str, origin: str, sockets: int, subscriptions: int) -> list
 def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_server: RedisServer) -> None:
     assert server.process is not None
     start_log = len(server.log())
-    rss_before = rss_mb(server.process.pid)
     replies = asyncio.run(_mass(server.ws_url, server.origin, SOCKETS, SUBSCRIPTIONS))
     assert len(replies) == SOCKETS * SUBSCRIPTIONS
     errors = [r for r in replies if r.get("type") != "subscribed"]
@@ -149,8 +147,8 @@ def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_s
     log = server.log()[start_log:]
     assert "Exception in ASGI application" not in log
     assert "internal error" not in log
-    rss_after = rss_mb(server.process.pid)
-    assert rss_after - rss_before < RSS_MARGIN_MB, (rss_before, rss_after)
+    # Memory is a benchmark's figure, not an assert (tests/benchmarks/bench_abuse.py reports
+    # uvicorn's RSS before, at the peak and after the close; docs/security.rst).
 
 
 # -- origins ---------------------------------------------------------------------------------
