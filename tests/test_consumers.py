@@ -874,3 +874,24 @@ async def request_with(communicator: WebsocketCommunicator, content: dict[str, A
     await communicator.send_json_to(content)
     reply: dict[str, Any] = await communicator.receive_json_from()
     return reply
+
+
+def test_a_stream_open_to_everyone_is_answered_without_the_database_thread() -> None:
+    """Subscribing needs the database thread only when the stream may refuse someone: its own
+    ``user_passes_test`` or constructor (a component that loads its user)."""
+    assert consumers.open_to_everyone(RoomListStream) and consumers.open_to_everyone(RoomStream)
+    assert not consumers.open_to_everyone(PrivateStream)  # its own user_passes_test
+    assert not consumers.open_to_everyone(NotificationComponent)  # loads its user
+
+
+async def test_an_open_stream_subscribes_without_asking_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(self: Any, *args: Any) -> tuple[bool, str]:
+        raise AssertionError("an open stream needs no check in the database thread")
+
+    monkeypatch.setattr(TurboStreamsConsumer, "check", check)
+    communicator = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/")
+    assert (await communicator.connect())[0]
+    signed = RoomListStream().signed_stream_name
+    await communicator.send_to(text_data=json.dumps({"type": "subscribe", "signed_channel_name": signed}))
+    assert json.loads(await communicator.receive_from(timeout=2)) == {"type": "subscribed", "signed_channel_name": signed}
+    await communicator.disconnect()

@@ -47,6 +47,7 @@ from .exceptions import InvalidSubscription, UnknownStream
 from .names import group_name, unsign
 from .registry import stream_registry
 from .security import RefusalLog, TokenBucket, peer
+from .streams import ModelStream, Stream
 
 logger = logging.getLogger("turbo_async")
 
@@ -332,8 +333,21 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             # Live frames already queued for this socket carry these offsets again.
             self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
 
+    async def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+        """Whether the scope's user may subscribe. A stream open to everyone (``Stream``'s own
+        ``user_passes_test`` and a constructor of ours) is answered here; any other is rebuilt
+        and asked in Django's database thread, one subscribe at a time."""
+        try:
+            stream_class = stream_registry.get_stream(stream_name)
+        except UnknownStream:
+            self.refusals.warning("subscription to unknown stream %r", stream_name)
+            return False, f"unknown stream {stream_name!r}"
+        if open_to_everyone(stream_class):
+            return True, ""
+        return await self.check(stream_name, args, kwargs)
+
     @database_sync_to_async
-    def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+    def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
         """Rebuild the stream and ask its ``user_passes_test`` with the scope's user."""
         user = self.scope.get("user")
         try:
@@ -377,6 +391,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if code is not None:
             reply["code"] = code
         await self.send(json.dumps(reply))
+
+
+def open_to_everyone(stream_class: type[Stream]) -> bool:
+    """Whether subscribing to ``stream_class`` needs no question to the database: it keeps
+    ``Stream.user_passes_test`` (everyone may) and builds without code of the project's own."""
+    return stream_class.user_passes_test is Stream.user_passes_test and stream_class.__init__ in (
+        object.__init__, ModelStream.__init__,
+    )
 
 
 @lru_cache(maxsize=256)
