@@ -895,3 +895,30 @@ async def test_an_open_stream_subscribes_without_asking_the_check(monkeypatch: p
     await communicator.send_to(text_data=json.dumps({"type": "subscribe", "signed_channel_name": signed}))
     assert json.loads(await communicator.receive_from(timeout=2)) == {"type": "subscribed", "signed_channel_name": signed}
     await communicator.disconnect()
+
+
+async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame touches no database: no thread hop to close_old_connections() per frame and socket
+    (client messages, which may check user_passes_test, still get it)."""
+    import channels.consumer
+
+    calls: list[str] = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        calls.append("close_old_connections")
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    communicator = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/")
+    assert (await communicator.connect())[0]
+    stream = RoomListStream()
+    signed, group = stream.signed_stream_name, stream.broadcastable_stream_name
+    await communicator.send_to(text_data=json.dumps({"type": "subscribe", "signed_channel_name": signed}))
+    await communicator.receive_from(timeout=2)
+    before = len(calls)
+    for n in range(5):
+        await get_channel_layer().group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+        assert json.loads(await communicator.receive_from(timeout=2))["data"] == f"<p>{n}</p>"
+    assert len(calls) == before
+    await communicator.disconnect()
