@@ -26,7 +26,7 @@ from pathlib import Path
 from tests.benchmarks.common import ROOT, percentile, setup_django, write_result
 
 RATE = int(os.environ.get("BENCH_RATE", "50"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROOMS = int(os.environ.get("BENCH_ROOMS", "10"))
 PER_ROOM = int(os.environ.get("BENCH_SUBSCRIBERS", "20"))
 WEBS = 2
