@@ -4,7 +4,10 @@ Starts a Redis server and a throwaway PostgreSQL server (Debian's, as the tests 
 turbo-django 0.4.4 venv (tests/benchmarks/.env) if needed, then runs each variant in its own
 process (see bench_*.py) and prints medians and ratios as a reST table (docs/benchmarks.rst shows
 one). The request path is measured for both of turbo_async's outboxes (``OUTBOX`` "memory" and
-"database"), on SQLite and on PostgreSQL. Nothing timed is asserted: the figures are printed, and
+"database"), on SQLite and on PostgreSQL. The worker drains 10,000 changes batched (as the outbox
+sends them under load) and one task per change, against a raw loop. The fan-out latency runs each
+case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS``, for turbo_async
+and for turbo-django (in its venv). Nothing timed is asserted: the figures are printed, and
 the goals' "Met" column only reports them.
 """
 
