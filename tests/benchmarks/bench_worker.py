@@ -1,6 +1,9 @@
 """Worker throughput and memory: one Celery worker process (solo pool, task events on) drains
-10,000 queued broadcasts of the chat stream; a raw loop does the same reload + render +
-group_send without Celery. Run by run.py (variant turbo_async).
+10,000 queued broadcasts of the chat stream, first as the outbox publishes them under load
+(``turbo_async.batch`` tasks of ``BATCH_MAX_SIZE`` changes, sent with
+``turbo_async.publish.send_batch``), then as one task per change (a fresh worker); a raw loop
+does the same reload + render + group_send per change without Celery. Rates are per change.
+Run by run.py (variant turbo_async).
 """
 
 from __future__ import annotations
@@ -25,30 +28,55 @@ RAW = 3_000
 
 def main() -> None:
     setup_django()
-    import redis
     from django.apps import apps
-    from django.conf import settings
 
-    from tests.services import CeleryWorker
-    from turbo_async import suppress
-    from turbo_async.changes import Change
-    from turbo_async.publish import send
+    from turbo_async import conf, suppress
 
     Room = apps.get_model("chat", "Room")
     Message = apps.get_model("chat", "Message")
-    broker = redis.Redis.from_url(settings.REDIS_URL)
-    broker.delete("celery", "bench:marks")
-
     with suppress():
         room = Room.objects.create(name="throughput")
     Message.objects.bulk_create(
         [Message(room=room, text=f"message {i}") for i in range(TASKS)], batch_size=1000
     )
     pks = list(Message.objects.filter(room=room).values_list("pk", flat=True))
+    batch = conf.get().BATCH_MAX_SIZE
+    result: dict[str, Any] = {"batch_size": batch}
+    # Each drained by a fresh worker: the outbox's batches (as it publishes under load), then
+    # one task per change (as it publishes a lone change).
+    for mode, size in (("batched", batch), ("single", 1)):
+        rates, rss = drain(pks, size)
+        result[f"{mode}_per_s"] = statistics.median(rates)
+        result[f"{mode}_rates"] = rates
+        result[f"{mode}_rss_1k_mb"] = rss[min(1000, TASKS)] / 1024
+        result[f"{mode}_rss_10k_mb"] = rss[TASKS] / 1024
+    result["raw_per_s"] = raw_loop(Message, pks[:RAW])
+    write_result(result)
+
+
+def drain(pks: list[int], size: int) -> tuple[list[float], dict[int, int]]:
+    """Queue a broadcast of each of ``pks`` in Celery messages of ``size`` changes, then let one
+    worker process drain them: the rates over 500-change chunks after the first 1,000, and the
+    pool process's RSS in kB after each chunk."""
+    import redis
+    from django.conf import settings
+
+    from tests.services import CeleryWorker
+    from turbo_async.changes import Change
+    from turbo_async.publish import send, send_batch
+
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery", "bench:marks")
+    changes = [Change("chat.message", pk, "save", True) for pk in pks]
     # Queued before the worker starts, so that the worker never waits for the producer.
-    for pk in pks:
-        send(Change("chat.message", pk, "save", True), "default")  # raises if the broker fails
-    assert broker.llen("celery") == TASKS, broker.llen("celery")
+    if size == 1:
+        for change in changes:
+            send(change, "default")  # raises if the broker fails
+    else:
+        for start in range(0, len(changes), size):
+            send_batch([(change, "default") for change in changes[start : start + size]])
+    messages = -(-len(pks) // size)
+    assert broker.llen("celery") == messages, broker.llen("celery")
 
     events = os.environ.get("BENCH_EVENTS", "1") == "1"
     logs = Path(tempfile.mkdtemp(prefix="bench_worker_"))
@@ -61,9 +89,9 @@ def main() -> None:
     try:
         marks: list[list[float]] = []
         deadline = time.monotonic() + 240
-        while len(marks) < TASKS // MARK_EVERY:
+        while not marks or marks[-1][0] < len(pks):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the worker did {len(marks) * MARK_EVERY} tasks:\n{worker.log()}")
+                raise TimeoutError(f"the worker did {marks[-1:]} changes:\n{worker.log()}")
             item = broker.blpop("bench:marks", timeout=1)
             if item is not None:
                 marks.append(json.loads(item[1]))
@@ -73,16 +101,10 @@ def main() -> None:
     if "Traceback" in log:
         raise RuntimeError(f"the worker logged an error:\n{log[-3000:]}")
 
-    # The first 1,000 tasks warm up (imports, template cache, connections).
-    rates = [MARK_EVERY / (later[1] - earlier[1]) for earlier, later in pairwise(marks[1:])]
-    rss = {int(done): kb for done, _, kb in marks}
-    result: dict[str, Any] = {
-        "worker_per_s": statistics.median(rates),
-        "rss_1k_mb": rss[min(1000, TASKS)] / 1024,
-        "rss_10k_mb": rss[TASKS] / 1024,
-    }
-    result["raw_per_s"] = raw_loop(Message, pks[:RAW])
-    write_result(result)
+    # The first 1,000 changes warm up (imports, template cache, connections).
+    warm = [mark for mark in marks if mark[0] >= min(1000, len(pks) // 2)]
+    rates = [(later[0] - earlier[0]) / (later[1] - earlier[1]) for earlier, later in pairwise(warm)]
+    return rates, {int(done): kb for done, _, kb in marks}
 
 
 def raw_loop(Message: Any, pks: list[int]) -> float:

@@ -12,7 +12,11 @@ web process writes) and the Redis server at ``BENCH_REDIS_URL``.
 
 ``BENCH_DATABASE=postgres`` puts the process on the PostgreSQL server that run.py started on
 ``BENCH_PG_PORT`` instead, in the database ``BENCH_PG_NAME``. ``BENCH_OUTBOX`` is turbo_async's
-``OUTBOX`` setting (``memory``, the default, or ``database``).
+``OUTBOX`` setting (``memory``, the default, or ``database``). ``BENCH_LAYER`` chooses the channel
+layer: ``core`` (``channels_redis.core.RedisChannelLayer``, the default: one Redis list per
+subscribed channel, so a group message is written once per subscriber) or ``pubsub``
+(``channels_redis.pubsub.RedisPubSubChannelLayer``: one Redis PUBLISH per group, received once
+per web process).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
 if DATABASE not in ("sqlite", "postgres"):
     raise RuntimeError(f"BENCH_DATABASE must be 'sqlite' or 'postgres', not {DATABASE!r}.")
 OUTBOX = os.environ.get("BENCH_OUTBOX", "memory")
+LAYERS = {
+    "core": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+LAYER = os.environ.get("BENCH_LAYER", "core")
+if LAYER not in LAYERS:
+    raise RuntimeError(f"BENCH_LAYER must be one of {tuple(LAYERS)}, not {LAYER!r}.")
 
 SECRET_KEY = "turbo-async-benchmarks"
 DEBUG = False  # so that Django's cached template loader is on, as in production
@@ -90,7 +101,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": LAYERS[LAYER],
         # socket_timeout None: redis-py's default (5 s) drops idle readers (channels_redis #422).
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
     }

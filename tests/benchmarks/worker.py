@@ -1,7 +1,8 @@
 """The worker service's Celery app (workers/celery.py) plus a progress mark every
-``BENCH_MARK_EVERY`` tasks: ``(tasks done, perf_counter, RSS in kB)`` pushed to the Redis list
-``bench:marks`` by the pool process that ran the task. One push per mark, so the cost per task is
-a counter increment.
+``BENCH_MARK_EVERY`` changes: ``(changes done, perf_counter, RSS in kB)`` pushed to the Redis list
+``bench:marks`` by the pool process that ran the task. A ``turbo_async.batch`` task counts the
+changes it carried, any other task one. One push per mark, so the cost per task is a counter
+increment.
 
     celery -A tests.benchmarks.worker worker --concurrency 1
 """
@@ -16,6 +17,7 @@ from typing import Any
 from celery.signals import task_postrun
 
 from tests.benchmarks.common import rss_kb
+from turbo_async.changes import BATCH_TASK
 from workers.celery import app
 
 __all__ = ["app"]
@@ -28,10 +30,11 @@ _redis: Any = None
 
 
 @task_postrun.connect
-def mark(**kwargs: Any) -> None:
+def mark(sender: Any = None, args: Any = None, **kwargs: Any) -> None:
     global _done, _redis
-    _done += 1
-    if _done % MARK_EVERY:
+    before = _done
+    _done += len(args[0]) if sender is not None and sender.name == BATCH_TASK and args else 1
+    if _done // MARK_EVERY == before // MARK_EVERY:
         return
     if _redis is None:
         import redis
