@@ -229,12 +229,13 @@ class StreamClient:
     def send_raw(self, text: str) -> None:
         self.ws.send(text)
 
-    def receive(self, timeout: float = 10) -> dict[str, Any]:
-        """The next message other than the server's heartbeat pings (counted in ``pings``)."""
+    def receive(self, timeout: float = 10, *, pings: bool = False) -> dict[str, Any]:
+        """The next message; the server's heartbeat pings are skipped (and counted in ``pings``)
+        unless ``pings`` asks for them."""
         deadline = time.monotonic() + timeout
         while True:
             message: dict[str, Any] = json.loads(self.ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-            if message.get("type") != "ping":
+            if pings or message.get("type") != "ping":
                 return message
             self.pings += 1
 

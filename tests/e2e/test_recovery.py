@@ -180,14 +180,22 @@ def _expired_signature_refreshes(expiring_stack: RecoveryStack, open_page: OpenP
 def offline_while(stack: RecoveryStack, room: Any, texts_: list[str]) -> None:
     """Stop the web process (the page's socket closes), save messages meanwhile (the worker
     numbers them and keeps them in the history), and start it again on the same port."""
+    from django.conf import settings
+    from django.test import override_settings
+
     from tests.integration.test_page_recovery import wait_offset
 
     stack.web.stop()
-    before = _offset(stack, room)
-    for text in texts_:
-        MessageFactory(room=room, text=text)
-    wait_offset(stack, room, before + len(texts_))
-    stack.web.start()
+    try:
+        before = _offset(stack, room)
+        # One task, so one offset, per save: the outbox would otherwise batch saves that queue
+        # up, and the count of missed offsets is what these tests are about.
+        with override_settings(TURBO_ASYNC={**getattr(settings, "TURBO_ASYNC", {}), "BATCH_MAX_SIZE": 1}):
+            for text in texts_:
+                MessageFactory(room=room, text=text)
+            wait_offset(stack, room, before + len(texts_))
+    finally:
+        stack.web.start()  # a failure here must not leave the next test without a server
 
 
 def _offset(stack: RecoveryStack, room: Any) -> int:

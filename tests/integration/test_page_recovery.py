@@ -136,7 +136,7 @@ class Page:
     def pump(self, timeout: float) -> dict[str, Any] | None:
         """Receive one message (sorted into the lists); ``None`` if none came within ``timeout``."""
         try:
-            message = self.client.receive(timeout=timeout)
+            message = self.client.receive(timeout=timeout, pings=True)
         except TimeoutError:
             return None
         if message.get("type") == "ping":
