@@ -108,12 +108,17 @@ def recovery(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture
 def live_recovery(recovery: RecoveryStack, transactional_db: None) -> Iterator[RecoveryStack]:
-    """Committed rows, published to the stack's broker (Celery eager mode off)."""
+    """Committed rows, published to the stack's broker (Celery eager mode off), one task per save
+    (BATCH_MAX_SIZE 1): these tests count offsets, and the outbox would batch saves that queue up."""
+    from django.conf import settings
+    from django.test import override_settings
+
     from workers import app
 
     app.conf.task_always_eager = False
     try:
-        yield recovery
+        with override_settings(TURBO_ASYNC={**getattr(settings, "TURBO_ASYNC", {}), "BATCH_MAX_SIZE": 1}):
+            yield recovery
     finally:
         app.conf.task_always_eager = True
         if recovery.layer.process is None:  # a failed test must not leave it down
