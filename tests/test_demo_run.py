@@ -207,7 +207,8 @@ def test_make_demo_prints_its_start_up_time_since_the_command_started(demo: Demo
     assert demo.up_line is not None and demo.up_seen_after is not None, demo.log()
     match = UP_LINE.match(demo.output[demo.up_line].rstrip())
     assert match is not None
-    assert 0 < float(match[1]) <= demo.up_seen_after + 0.05  # printed rounded to 0.1 s
+    # Printed rounded to 0.1 s, and read by this test a moment after the demo measured it.
+    assert 0 < float(match[1]) <= demo.up_seen_after + 0.2
 
 
 def test_make_demo_prints_no_deprecation_or_flower_inspect_warnings(demo: Demo) -> None:

@@ -71,6 +71,8 @@ def test_a_message_shows_the_name_its_sender_typed_once(live: Uvicorn, open_page
     sender.locator("#new-message input[name=author]").fill("Ada")
     send(sender, "First")
     expect(reader.locator("#messages .message-author")).to_have_text(["Ada"])
+    # The POST's answer replaces the form (text emptied): typing before it lands would be lost.
+    expect(sender.locator("#new-message input[name=text]")).to_have_value("")
     # The frame came back with the name filled in: the session remembers it.
     expect(sender.locator("#new-message input[name=author]")).to_have_value("Ada")
     send(sender, "Second")
