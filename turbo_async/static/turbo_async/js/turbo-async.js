@@ -516,8 +516,11 @@
 
     attributeChangedCallback() {
       // Also called for the initial attribute value before connectedCallback;
-      // _sync() ignores it until the element is in the document.
-      this._sync();
+      // _sync() ignores it until the element is in the document. A microtask later: a morph
+      // (Turbo 8 refresh) sets the attributes one by one, and the new name must be registered
+      // with the new render's data-epoch/data-offset, not the old page's (which would replay
+      // frames the new render already shows).
+      Promise.resolve().then(() => this._sync());
     }
 
     _sync() {
