@@ -18,13 +18,16 @@ connection pool with ``RedisChannelLayer``; a pool of this module on the same ho
                                expires HISTORY_MAX_AGE after the last batch
 
 It reads settings only; :mod:`turbo_async.delivery` (worker side) and
-:mod:`turbo_async.consumers` (replay) call it.
+:mod:`turbo_async.consumers` (replay) call it, and ``{% turbo_subscribe %}`` reads the position a
+page is rendered at (:func:`at_render`) so that its first subscription replays what came after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import threading
 import time
 import weakref
 import zlib
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import conf
+
+logger = logging.getLogger("turbo_async")
 
 EPOCH_TTL = 7 * 24 * 3600
 """Seconds a stream's counter outlives its last batch. A page that saw no frame of its stream for
@@ -57,6 +62,29 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {epoch, offset}
 """
+
+
+MARK = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return {epoch, 0}
+end
+return {epoch, redis.call('HGET', KEYS[1], 'offset') or 0}
+"""
+"""The stream's position, made (offset 0 of a new epoch) when the stream has none yet: a page
+rendered before a stream's first batch must still be able to ask for that batch."""
+
+RENDER_TIMEOUT = 0.5
+"""Seconds a page render may wait for Redis per stream (connect and answer) before it renders
+without the position."""
+
+RENDER_RETRY_AFTER = 5.0
+"""Seconds renders skip Redis after a failed read, so that a black-holed Redis costs one page
+``RENDER_TIMEOUT``, not every page."""
 
 
 @dataclass(frozen=True)
@@ -184,3 +212,97 @@ async def since(layer: Any, group: str, seen: Position) -> Replay:
     if expected != now.offset + 1:
         return Replay(now, [], reset="the missed frames are no longer in the history (trimmed or too old)")
     return Replay(now, frames)
+
+
+# -- The position a page is rendered at (synchronous: templates render outside any event loop) ---
+
+_render_clients: dict[str, Any] = {}
+_render_lock = threading.Lock()
+_render_down_until = 0.0
+_render_warned = False
+
+
+def _render_host(layer: Any, group: str) -> dict[str, Any] | None:
+    """The channels_redis host dict of the shard holding ``group``, as :func:`client` picks it;
+    ``None`` for any other layer. Never touches the layer's per-loop state: there is no loop here."""
+    try:
+        from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
+        from channels_redis.pubsub import RedisPubSubChannelLayer  # type: ignore[import-untyped]
+        from channels_redis.utils import decode_hosts
+    except ImportError:
+        return None
+    if isinstance(layer, RedisChannelLayer):
+        host: dict[str, Any] = layer.hosts[layer.consistent_hash(group)]
+        return host
+    if isinstance(layer, RedisPubSubChannelLayer):
+        # The proxy builds its per-loop layer (and _shards) from these, in this order.
+        hosts = decode_hosts(layer._kwargs.get("hosts", layer._args[0] if layer._args else None))
+        shard: dict[str, Any] = hosts[zlib.crc32(group.encode()) % len(hosts)]
+        return shard
+    return None
+
+
+def _render_client(host: dict[str, Any]) -> Any:
+    """A synchronous redis-py client of ``host`` with short timeouts, one per host and process."""
+    key = repr(sorted(host.items()))
+    with _render_lock:
+        found = _render_clients.get(key)
+        if found is not None:
+            return found
+        import redis
+
+        options = dict(host)
+        # The layer's own timeouts suit a socket that waits for frames (often None); a page
+        # render must not wait on Redis.
+        options.update(socket_timeout=RENDER_TIMEOUT, socket_connect_timeout=RENDER_TIMEOUT)
+        options.pop("retry_on_timeout", None)
+        if "address" in options:
+            pool = redis.ConnectionPool.from_url(options.pop("address"), **options)
+        elif "master_name" in options:
+            from redis.sentinel import Sentinel, SentinelConnectionPool
+
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                options.pop("sentinels"), sentinel_kwargs=options.pop("sentinel_kwargs", None)
+            )
+            pool = SentinelConnectionPool(options.pop("master_name"), sentinel, **options)  # type: ignore[no-untyped-call]
+        else:
+            pool = redis.ConnectionPool(**options)
+        found = _render_clients[key] = redis.Redis(connection_pool=pool)
+        return found
+
+
+def at_render(layer: Any, group: str) -> Position | None:
+    """The position of ``group`` now, for a page being rendered: its first subscribe sends it,
+    and the server replays the batches sent after it (or asks for a refresh when they are gone).
+
+    One Redis call. ``None`` (the page renders without a position, as before) when offsets or
+    the history are off, the layer is not channels_redis, or Redis cannot be reached within
+    ``RENDER_TIMEOUT``: that is logged at WARNING once per outage, then at DEBUG."""
+    global _render_down_until, _render_warned
+    settings = conf.get()
+    if not settings.OFFSETS or settings.HISTORY_SIZE == 0:
+        return None  # nothing to replay from: a position would only ever ask for a refresh
+    host = _render_host(layer, group)
+    if host is None:
+        return None
+    if time.monotonic() < _render_down_until:
+        return None
+    import redis
+
+    try:
+        epoch, offset = _render_client(host).eval(
+            MARK, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+        )
+    except (redis.RedisError, OSError) as exc:
+        _render_down_until = time.monotonic() + RENDER_RETRY_AFTER
+        level = logging.DEBUG if _render_warned else logging.WARNING
+        _render_warned = True
+        logger.log(
+            level,
+            "rendered %s without its stream position (Redis unreachable: %r); a frame sent before "
+            "its page subscribes is not replayed. Renders skip Redis for %.0f s.",
+            group, exc, RENDER_RETRY_AFTER,
+        )
+        return None
+    _render_warned = False
+    return Position(epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))

@@ -7,7 +7,8 @@ one). The request path is measured for both of turbo_async's outboxes (``OUTBOX`
 "database"), on SQLite and on PostgreSQL. The worker drains 10,000 changes batched (as the outbox
 sends them under load) and one task per change, against a raw loop. The fan-out latency runs each
 case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS``, for turbo_async
-and for turbo-django (in its venv). Nothing timed is asserted: the figures are printed, and
+and for turbo-django (in its venv). Offsets and history (bench_history.py): worker broadcasts/s
+with history writes on and off, and the catch-up time of 100 missed frames. Nothing timed is asserted: the figures are printed, and
 the goals' "Met" column only reports them.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.benchmarks import bench_history  # noqa: E402
 from tests.benchmarks.common import read_result  # noqa: E402
 from tests.services import (  # noqa: E402
     PostgresServer,
@@ -219,6 +221,8 @@ def main() -> None:
         (tmp / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
         redis.flushall()
         worker = run("tests.benchmarks.bench_worker", env("turbo_async", "worker"))
+        redis.flushall()
+        history = run("tests.benchmarks.bench_history", env("turbo_async", "history"))
         latency: dict[str, dict[str, Any]] = {}
         for case in LATENCY_CASES.split(","):
             rooms, rest = case.split("x")
@@ -245,11 +249,13 @@ def main() -> None:
         postgres.stop()
         redis.stop()
         keep_only(tmp, "results.json")
-    (tmp / "results.json").write_text(json.dumps({"runs": runs, "worker": worker, "latency": latency}, indent=1))
+    (tmp / "results.json").write_text(
+        json.dumps({"runs": runs, "worker": worker, "latency": latency, "history": history}, indent=1)
+    )
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
     print()
-    print(table(request, worker, latency))
+    print(table(request, worker, latency, history))
     print()
     for line in info:
         print(line)
@@ -292,7 +298,10 @@ def fanout_rows(latency: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: dict[str, Any]) -> str:
+def table(
+    request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: dict[str, Any],
+    history: dict[str, Any] | None = None,
+) -> str:
     none, ta, sup, td = (request[k] for k in ("none", "turbo_async", "suppress", "turbo_django"))
 
     def added(key: str, row: dict[str, Any], baseline: dict[str, Any] = none) -> float:
@@ -385,6 +394,11 @@ def table(request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: d
         (
             "6. worker RSS, MB", "", f"{worker['single_rss_1k_mb']:.1f} -> {worker['single_rss_10k_mb']:.1f}", "", "",
             f"+{rss_growth:.2f} MB after 9,000 more", "no growth", ok(rss_growth < 2),
+        ),
+        # Issue 12's figures: no goal, each against its baseline of the same run.
+        *(
+            (name, "", figure, "", "", result, "", "")
+            for name, figure, result in (bench_history.rows(history) if history else [])
         ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

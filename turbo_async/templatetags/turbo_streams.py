@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django import template
 from django.db.models import Model
 from django.template import TemplateSyntaxError
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from .. import conf
+from .. import conf, history
 from ..components import BaseComponent
 from ..exceptions import UnknownStream
 from ..registry import stream_registry
@@ -47,11 +48,25 @@ def _stream(item: Any) -> Stream:
     )
 
 
+def _source(stream: Stream) -> dict[str, Any]:
+    """What one ``<turbo-channels-stream-source>`` carries: the signed name (turbo-django's
+    attribute) and the stream's position now, so that the page's first subscription gets the
+    frames sent between this render and that subscribe (the page shows the database as of now)."""
+    layer = get_channel_layer()
+    position = None if layer is None else history.at_render(layer, stream.broadcastable_stream_name)
+    return {"stream": stream, "signed_name": stream.signed_stream_name, "position": position}
+
+
 @register.inclusion_tag("turbo/turbo_stream_source.html")
 def turbo_subscribe(*stream_items: Any) -> dict[str, Any]:
     """Subscribe the page: ``{% turbo_subscribe room %}``, ``{% turbo_subscribe 'chat:RoomListStream' %}``,
-    or several at once: ``{% turbo_subscribe room request.user.notifications %}``."""
-    return {"streams": [_stream(item) for item in stream_items]}
+    or several at once: ``{% turbo_subscribe room request.user.notifications %}``.
+
+    Put it above the content it keeps up to date: the position it embeds (``data-epoch``,
+    ``data-offset``) is read when it renders, and the first subscribe replays what was sent
+    after that."""
+    streams = [_stream(item) for item in stream_items]
+    return {"streams": streams, "sources": [_source(stream) for stream in streams]}
 
 
 @register.inclusion_tag("turbo/components/broadcast_component.html", takes_context=True)

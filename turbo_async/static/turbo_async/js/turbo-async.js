@@ -6,7 +6,11 @@
  *
  *   <script src=".../turbo.es2017-umd.js" defer></script>
  *   <script src=".../turbo-async.js" defer data-ws-path="/ws/"></script>
- *   <turbo-channels-stream-source signed-channel-name="..."></turbo-channels-stream-source>
+ *   <turbo-channels-stream-source signed-channel-name="..." data-epoch="..." data-offset="n">
+ *   </turbo-channels-stream-source>
+ *
+ * data-epoch / data-offset (optional): the stream's position when the page was rendered; the first
+ * subscribe sends it, so the server replays the frames sent between the render and the subscribe.
  *
  * Wire protocol (JSON text frames, turbo-django's, with additions):
  *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."[, "epoch": "...", "offset": n]}
@@ -405,7 +409,49 @@
     }
   };
 
+  // The stream's position when the server rendered the element ({% turbo_subscribe %} writes
+  // data-epoch and data-offset; absent without Redis history). The page shows the database as of
+  // that render, so the first subscribe asks for what was sent after it: a save made between the
+  // render and the socket's subscribe is replayed instead of lost.
+  const renderedPosition = (element) => {
+    const epoch = element.getAttribute("data-epoch");
+    const offset = Number(element.getAttribute("data-offset"));
+    if (!epoch || element.getAttribute("data-offset") === null || !Number.isInteger(offset) || offset < 0) {
+      return null;
+    }
+    return { epoch, offset };
+  };
+
+  // Called before the element joins the registry. Only the first element of a name on a page
+  // (a page load, or the new <body> of a Turbo Drive visit) sets the position: a second element
+  // of the same render keeps the first's, the earlier one, so nothing between them is skipped.
+  // A Turbo preview (a cached snapshot) is skipped: its DOM is newer than its attributes, and the
+  // real page replaces it.
+  const adoptRenderedPosition = (element, name) => {
+    const rendered = renderedPosition(element);
+    if (rendered === null || document.documentElement.hasAttribute("data-turbo-preview")) return;
+    const others = registry.get(name);
+    if (others && others.size > 0) return;
+    const known = positions.get(name);
+    if (known && known.epoch === rendered.epoch && known.offset === rendered.offset) return;
+    positions.set(name, rendered);
+    // Frames held for a gap belong to the replaced DOM: the (re)subscription's replay brings
+    // whatever the new render lacks, in order.
+    const held = ahead.get(name);
+    if (held) {
+      clearTimeout(held.timer);
+      ahead.delete(name);
+    }
+    if (known && subscribed.has(name)) {
+      // Still subscribed from the previous page, at another position: the new DOM is as of its
+      // render, so ask the server again from there (it replays; duplicates are dropped by offset).
+      subscribed.delete(name);
+      subscribe(name);
+    }
+  };
+
   const register = (element, name) => {
+    adoptRenderedPosition(element, name);
     let elements = registry.get(name);
     if (!elements) {
       elements = new Set();
@@ -470,8 +516,11 @@
 
     attributeChangedCallback() {
       // Also called for the initial attribute value before connectedCallback;
-      // _sync() ignores it until the element is in the document.
-      this._sync();
+      // _sync() ignores it until the element is in the document. A microtask later: a morph
+      // (Turbo 8 refresh) sets the attributes one by one, and the new name must be registered
+      // with the new render's data-epoch/data-offset, not the old page's (which would replay
+      // frames the new render already shows).
+      Promise.resolve().then(() => this._sync());
     }
 
     _sync() {
