@@ -235,11 +235,12 @@ class PubSubOutageLog(logging.Filter):
         hidden = self.hidden.pop(what, 0)
         self.last[what] = now
         record.msg = (
-            "channels_redis pub/sub lost Redis (%s: %r)%s; it reconnects and subscribes again to "
+            "channels_redis pub/sub lost Redis (%s: %s)%s; it reconnects and subscribes again to "
             "this process's groups by itself; frames published meanwhile do not reach this "
             "process, and its pages catch up by offset or refresh"
         )
-        record.args = (what, error, f", {hidden} more since the last line" if hidden else "")
+        more = f", {hidden} more since the last line" if hidden else ""
+        record.args = (what, f"{type(error).__name__}: {error}", more)
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True
