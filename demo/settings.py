@@ -85,7 +85,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Pub/sub: the layer that did better under every fault and in fan-out (docs/guarantees.rst).
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         # socket_timeout None: redis-py 8 would otherwise drop idle WebSockets after ~5 s.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
     }
