@@ -87,7 +87,8 @@ CHANNEL_LAYERS = {
     "default": {
         # Pub/sub: the layer that did better under every fault and in fan-out (docs/guarantees.rst).
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        # socket_timeout None: redis-py 8 would otherwise drop idle WebSockets after ~5 s.
+        # socket_timeout None: the core layer needs it with redis-py 8 (idle WebSockets dropped
+        # after ~5 s otherwise); harmless with pub/sub.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
     }
 }
