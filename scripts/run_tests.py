@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""``make test``: the whole suite on SQLite, then the integration tests on PostgreSQL, and one
-summary of both at the end.
+"""``make test``: the whole suite on SQLite with the pub/sub channel layer, then the integration
+tests on PostgreSQL with the core channel layer, and one summary of both at the end.
 
 Usage (from the repository root):
 
     python scripts/run_tests.py [PYTEST ARGS...]
 
 Each phase is a pytest run of its own (tests/settings.py picks the database from
-``TURBO_TEST_DATABASE`` when it is imported). Its counts come from the JUnit XML report that
+``TURBO_TEST_DATABASE`` and the channels_redis layer of the worker and web processes from
+``TURBO_TEST_LAYER`` when it is imported): so every fault test runs under both layers, and the
+suite still runs once. Its counts come from the JUnit XML report that
 pytest writes (``--junitxml``), not from its terminal output. Arguments are passed to both runs,
 e.g. ``python scripts/run_tests.py tests/test_demo_views.py -x``.
 
@@ -41,12 +43,13 @@ NO_TESTS_COLLECTED = 5
 class Phase:
     title: str
     database: str
+    layer: str
     pytest_args: tuple[str, ...]
 
 
 PHASES = (
-    Phase("SQLite: all tests", "sqlite", ()),
-    Phase("PostgreSQL: integration tests", "postgres", ("-m", "integration")),
+    Phase("SQLite, pubsub layer: all tests", "sqlite", "pubsub", ()),
+    Phase("PostgreSQL, core layer: integration tests", "postgres", "core", ("-m", "integration")),
 )
 
 
@@ -109,7 +112,7 @@ def run_phase(phase: Phase, pytest_args: list[str], report_dir: Path) -> Result:
     command = [
         sys.executable, "-m", "pytest", *phase.pytest_args, f"--junitxml={report}", *pytest_args,
     ]
-    env = {**os.environ, "TURBO_TEST_DATABASE": phase.database}
+    env = {**os.environ, "TURBO_TEST_DATABASE": phase.database, "TURBO_TEST_LAYER": phase.layer}
     exit_code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
     if not report.exists():
         # pytest stopped before writing a report (usage error, crash): counted as one failure so

@@ -23,6 +23,38 @@ from tests.services import (
 LOG_DIR = Path(os.environ["TURBO_TEST_TMP"]) / "logs"
 
 
+# -- channel layers ---------------------------------------------------------------------------
+
+LAYERS = ("pubsub", "core")
+"""The channels_redis layers the worker and web processes can run (tests/settings.py)."""
+
+
+def current_layer() -> str:
+    """The layer of this run (``TURBO_TEST_LAYER``, pubsub by default; make test runs both)."""
+    from django.conf import settings
+
+    return str(settings.LAYER)
+
+
+def layer_backend(layer: str) -> str:
+    """The ``BACKEND`` dotted path of ``layer``."""
+    from django.conf import settings
+
+    return str(settings.LAYERS[layer])
+
+
+def layer_env(layer: str) -> dict[str, str]:
+    """Environment of a worker or web process that must run ``layer`` whatever this run's is:
+    for tests about one layer's behaviour (core's capacity and group expiry)."""
+    return {"TURBO_TEST_LAYER": layer}
+
+
+@pytest.fixture(params=LAYERS)
+def each_layer(request: pytest.FixtureRequest) -> str:
+    """A test that starts its own processes once per layer, in every run."""
+    return str(request.param)
+
+
 class Published(list[dict[str, Any]]):
     """The broadcast tasks queued so far: ``{"args", "kwargs", "options"}`` as a broker carries them."""
 

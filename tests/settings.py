@@ -99,17 +99,26 @@ else:
 DATABASE_ROUTERS: list[str] = []
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# TURBO_TEST_LAYER picks the channels_redis layer of the processes the fixtures start: "pubsub"
+# (RedisPubSubChannelLayer, the default the docs recommend) or "core" (RedisChannelLayer).
+# scripts/run_tests.py runs its SQLite phase on one and its PostgreSQL phase on the other, so
+# every fault test runs under both; tests that need one layer force it in their processes' env.
+LAYERS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+LAYER = os.environ.get("TURBO_TEST_LAYER", "pubsub")
+if LAYER not in LAYERS:
+    raise ValueError(f"TURBO_TEST_LAYER must be one of {sorted(LAYERS)}, not {LAYER!r}.")
+
 if SUBPROCESS:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # As the docs recommend; turbo_async itself retries the first command on a
-                # pooled connection that a Redis restart broke (tests/integration/test_failures.py).
-                "hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": None}]
-            },
-        }
-    }
+    # As the docs recommend; turbo_async itself retries the first command on a pooled
+    # connection that a Redis restart broke (tests/integration/test_failures.py).
+    _layer_config: dict[str, object] = {"hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": None}]}
+    if LAYER == "core" and "TURBO_TEST_GROUP_EXPIRY" in os.environ:
+        # A short expiry shows a killed web process's members going (tests/integration/test_failures.py).
+        _layer_config["group_expiry"] = int(os.environ["TURBO_TEST_GROUP_EXPIRY"])
+    CHANNEL_LAYERS = {"default": {"BACKEND": LAYERS[LAYER], "CONFIG": _layer_config}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

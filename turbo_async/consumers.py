@@ -62,6 +62,10 @@ SIGNATURE_EXPIRED = "signature_expired"
 RECEIVE_BACKOFF_MAX = 2.0
 """Cap, in seconds, of the wait between attempts to read from an unreachable channel layer."""
 
+NEW_CHANNEL_WAIT = 5.0
+"""Seconds a new socket waits for the channel layer to open its channel before the handshake is
+refused (the client reconnects with backoff; a page should not hang on a dead Redis)."""
+
 POLICY_VIOLATION = 1008
 """The WebSocket close code of a socket closed for exceeding its message budget (RFC 6455)."""
 
@@ -119,7 +123,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         self.scope = scope
         self.channel_layer = layer
-        self.channel_name = await layer.new_channel()  # a random name: no Redis round trip
+        channel_name = await open_channel(layer, scope, send)
+        if channel_name is None:
+            return
+        self.channel_name = channel_name
         # Channels' stubs type channel_receive as an ASGI receive; it returns layer messages.
         self.channel_receive = self.layer_receive  # type: ignore[assignment]
         self.base_send = send
@@ -400,6 +407,25 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if code is not None:
             reply["code"] = code
         await self.send(json.dumps(reply))
+
+
+async def open_channel(layer: Any, scope: Any, send: Any) -> str | None:
+    """The socket's channel name, or ``None`` after refusing the handshake. With
+    ``RedisChannelLayer`` a random name (no Redis round trip); ``RedisPubSubChannelLayer``
+    subscribes to it in Redis, which fails while Redis is unreachable: that is retried for up to
+    ``NEW_CHANNEL_WAIT`` seconds (a Redis restart takes less), then the handshake is refused
+    (HTTP 403) and the client reconnects with backoff, instead of "Exception in ASGI application"."""
+    deadline = asyncio.get_running_loop().time() + min(NEW_CHANNEL_WAIT, conf.get().LAYER_WAIT_TIMEOUT)
+    try:
+        name: str = await pooled_call(layer.new_channel, deadline=deadline)
+    except LAYER_ERRORS as exc:
+        logger.warning(
+            "refused a WebSocket from %s: the channel layer could not open a channel for it (%r); "
+            "the page reconnects", peer(scope), exc,
+        )
+        await send({"type": "websocket.close", "code": 1011})
+        return None
+    return name
 
 
 def open_to_everyone(stream_class: type[Stream]) -> bool:

@@ -17,6 +17,7 @@ import contextvars
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -194,6 +195,58 @@ class DropCounter(logging.Filter):
             if isinstance(count, int):
                 drops.append(count)
         return record.levelno >= self.shown_from
+
+
+PUBSUB_LOGGER = "channels_redis.pubsub"
+PUBSUB_LOG_INTERVAL = 30.0
+"""Seconds between two log lines of one kind about a pub/sub layer's lost Redis connection."""
+
+
+class PubSubOutageLog(logging.Filter):
+    """Turns channels_redis pub/sub's tracebacks for a lost Redis connection into one WARNING line
+    per ``PUBSUB_LOG_INTERVAL``.
+
+    While Redis is unreachable, ``RedisPubSubChannelLayer``'s receive task logs "Unexpected
+    exception in receive task" with a traceback about every second, and so does every socket
+    that closes meanwhile; redis-py then reconnects and subscribes again to this process's
+    channels and groups by itself. The outage is worth one line that says so, not a traceback
+    per second; any other error keeps its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, float] = {}
+        self.hidden: dict[str, int] = {}
+
+    @classmethod
+    def install(cls) -> None:
+        log = logging.getLogger(PUBSUB_LOGGER)
+        if not any(isinstance(existing, cls) for existing in log.filters):
+            log.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, LAYER_ERRORS):
+            return True
+        what = record.getMessage().rstrip(":")
+        now = time.monotonic()
+        if now - self.last.get(what, -PUBSUB_LOG_INTERVAL) < PUBSUB_LOG_INTERVAL:
+            self.hidden[what] = self.hidden.get(what, 0) + 1
+            return False
+        hidden = self.hidden.pop(what, 0)
+        self.last[what] = now
+        record.msg = (
+            "channels_redis pub/sub lost Redis (%s: %s)%s; it reconnects and subscribes again to "
+            "this process's groups by itself; frames published meanwhile do not reach this "
+            "process, and its pages catch up by offset or refresh"
+        )
+        more = f", {hidden} more since the last line" if hidden else ""
+        record.args = (what, f"{type(error).__name__}: {error}", more)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+PubSubOutageLog.install()
 
 
 async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:

@@ -9,6 +9,7 @@ import pytest
 from channels.layers import get_channel_layer
 from django.test import override_settings
 
+from tests.conftest import layer_backend
 from tests.services import RedisServer
 from turbo_async import delivery
 
@@ -16,11 +17,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def redis_layer(redis_server: RedisServer) -> Iterator[None]:
+def redis_layer(redis_server: RedisServer, each_layer: str) -> Iterator[None]:
+    """Each channels_redis layer in turn: both keep their connections per event loop."""
     config = {"hosts": [{"address": redis_server.url, "socket_timeout": None}]}
-    with override_settings(
-        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
-    ):
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": layer_backend(each_layer), "CONFIG": config}}):
         yield
 
 
@@ -78,6 +78,8 @@ def test_a_send_from_inside_a_running_event_loop_uses_the_same_loop(redis_layer:
 
 @pytest.fixture
 def tiny_capacity_layer(redis_server: RedisServer) -> Iterator[None]:
+    """The core layer, whatever TURBO_TEST_LAYER says: ``capacity`` is a core-layer thing (the
+    pub/sub layer queues without bound in the web process and drops nothing)."""
     config = {"hosts": [{"address": redis_server.url, "socket_timeout": None}], "capacity": 1}
     with override_settings(
         CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}

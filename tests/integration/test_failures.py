@@ -24,7 +24,7 @@ import pytest
 from django.conf import LazySettings
 from django.db import transaction
 
-from tests.conftest import LOG_DIR
+from tests.conftest import LOG_DIR, current_layer, layer_backend, layer_env
 from tests.services import (
     CeleryWorker,
     Process,
@@ -112,16 +112,20 @@ def layer_host(url: str) -> dict[str, Any]:
 
 
 class LayerListener:
-    """One channel of the real channel layer, member of one stream's group.
+    """One channel of the real channel layer (this run's: ``TURBO_TEST_LAYER``), member of one
+    stream's group.
 
-    It keeps its own event loop: channels_redis keeps a connection pool per loop.
+    It keeps its own event loop: channels_redis keeps a connection pool per loop (and the pub/sub
+    layer reads, and reconnects, only while that loop runs).
     """
 
-    def __init__(self, url: str, group: str) -> None:
-        from channels_redis.core import RedisChannelLayer
+    def __init__(self, url: str, group: str, layer: str | None = None) -> None:
+        from django.utils.module_loading import import_string
 
+        self.group = group
         self.loop = asyncio.new_event_loop()
-        self.layer = RedisChannelLayer(hosts=[layer_host(url)])
+        backend = import_string(layer_backend(layer or current_layer()))
+        self.layer = backend(hosts=[layer_host(url)])
         self.channel = self.loop.run_until_complete(self.layer.new_channel())
         self.loop.run_until_complete(self.layer.group_add(group, self.channel))
 
@@ -133,8 +137,24 @@ class LayerListener:
             asyncio.wait_for(layer_call(self.layer.receive, self.channel), timeout)
         )
 
+    def wait_subscribed(self, redis: Any, timeout: float = 20) -> None:
+        """Pub/sub: until Redis counts this listener's connection among the group's subscribers
+        again (redis-py resubscribes by itself once the layer's loop runs)."""
+        group_channel = f"asgi__group__{self.group}"
+
+        async def poll() -> None:
+            while dict(redis.pubsub_numsub(group_channel)).get(group_channel.encode(), 0) < 1:
+                await asyncio.sleep(0.05)
+
+        self.loop.run_until_complete(asyncio.wait_for(poll(), timeout))
+
     def close(self) -> None:
-        self.loop.run_until_complete(self.layer.close_pools())
+        from channels_redis.core import RedisChannelLayer
+
+        if isinstance(self.layer, RedisChannelLayer):
+            self.loop.run_until_complete(self.layer.close_pools())
+        else:
+            self.loop.run_until_complete(self.layer.flush())
         self.loop.close()
 
 
@@ -239,7 +259,7 @@ def test_inline_policy_runs_the_hook_in_the_saving_process_when_the_broker_is_do
     settings.TURBO_ASYNC = {"ON_PUBLISH_ERROR": "inline"}
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": layer_backend(current_layer()),  # the stack's web process reads this one
             "CONFIG": {"hosts": [layer_host(live_stack.layer.url)]},
         }
     }
@@ -288,16 +308,32 @@ def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_retu
         room = RoomFactory()
     listener = LayerListener(live_stack.layer.url, room.stream.broadcastable_stream_name)
     worker_log = Log(live_stack.worker)
+    group = room.stream.broadcastable_stream_name
     try:
         live_stack.layer.stop()
         message = MessageFactory(room=room, text="waited for the layer")
         worker_log.wait_for("channel layer unreachable")
         live_stack.layer.start()
-        received = listener.receive()
+        if current_layer() == "core":
+            # The group's member list is in Redis (append-only file): the retry reaches it.
+            received = listener.receive()["data"]
+        else:
+            # Pub/sub stores nothing: a retry that publishes before the listener's connection
+            # is back reaches nobody. Delivered means published once Redis is back, and kept in
+            # the stream's history, which a page resubscribing with its offset gets replayed.
+            worker_log.wait_for(" succeeded in ")
+            from turbo_async import history
+
+            [(_, fields)] = live_stack.layer.client().xrevrange(history.history_key(group), count=1)
+            received = fields[b"d"].decode()
+            # And the listener's subscription comes back by itself: live frames flow again.
+            listener.wait_subscribed(live_stack.layer.client())
+            MessageFactory(room=room, text="live again")
+            assert "live again" in listener.receive()["data"]
     finally:
         listener.close()
-    assert f'id="message-{message.pk}"' in received["data"]
-    assert "waited for the layer" in received["data"]
+    assert f'id="message-{message.pk}"' in received
+    assert "waited for the layer" in received
     assert f"testapp.message pk={message.pk} (save)" in worker_log.text()
 
 
@@ -384,6 +420,92 @@ def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack:
     )
     assert f"testapp.message pk={message_id} is gone" in worker_log.text()
     assert_no_errors(worker_log)
+
+
+# -- web process killed -------------------------------------------------------------------------
+
+GROUP_EXPIRY = int(os.environ.get("TURBO_TEST_GROUP_EXPIRY", "4"))
+KILLED_SOCKETS = 20
+
+
+def group_members(redis: Any, layer: str, group: str) -> int:
+    """How many subscribers the layer's Redis writes a frame of ``group`` for: pub/sub, the
+    connections subscribed to the group's channel (one per web process); core, the group's
+    members whose last renewal is younger than ``group_expiry`` (one per socket)."""
+    if layer == "pubsub":
+        channel = f"asgi__group__{group}"
+        return int(dict(redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+    return int(redis.zcount(f"asgi:group:{group}", time.time() - GROUP_EXPIRY, "+inf"))
+
+
+def test_a_killed_web_process_stops_receiving_writes_in_bounded_time(
+    stack: Stack, each_layer: str, transactional_db: None
+) -> None:
+    """Two web processes with sockets on one stream; one is SIGKILLed (no group_discard runs).
+    Pub/sub: Redis drops the dead connection's subscriptions at once. Core: its members stay
+    until ``group_expiry`` (GROUP_EXPIRY s here; the docs advise 60 s with the 10 s heartbeat),
+    while the live process's sockets renew theirs every heartbeat and stay."""
+    with suppress():
+        room = RoomFactory()
+    group = room.stream.broadcastable_stream_name
+    env = stack.env | layer_env(each_layer) | {
+        "TURBO_TEST_GROUP_EXPIRY": str(GROUP_EXPIRY),
+        "TURBO_TEST_TURBO_ASYNC": json.dumps(WORKER_SETTINGS | {"HEARTBEAT_INTERVAL": 1}),
+    }
+    alive = Uvicorn(LOG_DIR, name=f"kill-alive-{each_layer}", **env)
+    doomed = Uvicorn(LOG_DIR, name=f"kill-doomed-{each_layer}", **env)
+    redis = stack.layer.client()
+    clients: list[StreamClient] = []
+    try:
+        alive.start()
+        doomed.start()
+        name = room.stream.signed_stream_name
+        for server, count in ((alive, 2), (doomed, KILLED_SOCKETS)):
+            for _ in range(count):
+                client = StreamClient(server.ws_url, server.origin)
+                clients.append(client)
+                client.subscribe(name)
+                assert client.receive()["type"] == "subscribed"
+        before = group_members(redis, each_layer, group)
+        assert before == (2 if each_layer == "pubsub" else 2 + KILLED_SOCKETS), before
+        doomed.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+        bound = 5 if each_layer == "pubsub" else GROUP_EXPIRY + 3  # 3: a heartbeat and slack
+        live = 1 if each_layer == "pubsub" else 2
+        wait_until(lambda: group_members(redis, each_layer, group) == live, timeout=bound,
+                   what=f"{live} subscriber(s) left")
+        print(f"\n{each_layer}: the killed process's subscriptions were gone after "
+              f"{time.monotonic() - killed_at:.2f} s ({before} -> {live})")
+        # The live sockets stay in past the expiry (renewed), and receive frames.
+        time.sleep(GROUP_EXPIRY / 2)
+        assert group_members(redis, each_layer, group) == live
+        _send_to_group(stack.layer.url, each_layer, group, "<still here/>")
+        for client in clients[:2]:
+            assert client.receive_frames() == "<still here/>"
+    finally:
+        for client in clients[:2]:
+            client.close()
+        doomed.stop()
+        alive.stop()
+
+
+def _send_to_group(url: str, layer: str, group: str, markup: str) -> None:
+    """A group_send from this process, as a worker makes it, on a layer of its own."""
+    from django.utils.module_loading import import_string
+
+    from turbo_async.delivery import message
+
+    async def send() -> None:
+        channel_layer = import_string(layer_backend(layer))(hosts=[layer_host(url)])
+        await channel_layer.group_send(group, message(group, "testapp:Room", markup))
+        from channels_redis.core import RedisChannelLayer
+
+        if isinstance(channel_layer, RedisChannelLayer):
+            await channel_layer.close_pools()
+        else:
+            await channel_layer.flush()
+
+    asyncio.run(send())
 
 
 # -- worker killed ------------------------------------------------------------------------------
