@@ -73,6 +73,7 @@ class Demo:
     ready: threading.Event = field(default_factory=threading.Event)
     up_line: int | None = None  # index in output of "turbo_async demo is up (N.Ns)"
     up_seen_after: float | None = None  # seconds from launch until this test read that line
+    tree: set[tuple[int, str]] = field(default_factory=set)  # (pid, start time) under it, once up
     reader: threading.Thread | None = None
 
     def read(self) -> None:
@@ -137,6 +138,8 @@ def stop(demo: Demo) -> int:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     running = start(demo_env(tmp_path_factory.mktemp("demo") / "demo.sqlite3"))
+    # What runs under it, recorded while it runs: the Ctrl-C tests below check that it is all gone.
+    running.tree = process_tree(running.process.pid)
     yield running
     stop(running)
 
@@ -278,12 +281,11 @@ class Stopped:
 
 
 @pytest.fixture(scope="module")
-def stopped(tmp_path_factory: pytest.TempPathFactory) -> Stopped:
-    """A demo started, then stopped with Ctrl-C; what ran under it was recorded while it ran."""
-    db_path = tmp_path_factory.mktemp("stopped") / "demo.sqlite3"
-    demo = start(demo_env(db_path))
-    tree = process_tree(demo.process.pid)
-    return Stopped(demo, tree, stop(demo), db_path)
+def stopped(demo: Demo) -> Stopped:
+    """The module's demo, stopped with Ctrl-C (by the last test on the running demo, or here);
+    what ran under it was recorded while it ran. One demo less to start: each start is several
+    seconds of Redis, worker, Flower and uvicorn."""
+    return Stopped(demo, demo.tree, stop(demo), Path(demo.env["DJANGO_DB_PATH"]))
 
 
 def test_ctrl_c_stops_every_process_it_started(stopped: Stopped) -> None:

@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name
 
 import turbo_async
 from tests.services import ROOT
+from tests.wheel import built_distributions
 
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT: dict[str, Any] = PYPROJECT["project"]
@@ -138,15 +139,10 @@ def test_license_is_mit() -> None:
     assert text.startswith("MIT License\n\nCopyright (c) 2026 turbo_async contributors\n")
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out
+@pytest.fixture
+def dist() -> Path:
+    """The run's one build (tests/wheel.py): tests/e2e/test_clean_install.py installs the same wheel."""
+    return built_distributions()
 
 
 def only(directory: Path, pattern: str) -> Path:
@@ -218,13 +214,15 @@ print("installed", turbo_async.__version__, turbo_async.__file__)
 @pytest.mark.integration
 def test_wheel_installs_into_a_clean_virtualenv(dist: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
+    # Without pip (nor, on 3.11, setuptools): seeding them takes seconds and the wheel must not need
+    # them. This process's pip installs into it (--python), from pip's cache as a user's would.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
     # Not this process's PYTHONPATH: with the checkout on it, pip would find the checkout's
     # turbo_async.egg-info (left by the build) and install nothing.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(only(dist, "*.whl"))],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", str(only(dist, "*.whl"))],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr

@@ -28,6 +28,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.conftest import OpenPage
 from tests.services import ROOT, Process, RedisServer, free_port, wait_for_port
+from tests.wheel import built_distributions
 
 INSTALL_TIMEOUT = float(os.environ.get("TURBO_TEST_INSTALL_TIMEOUT", "180"))
 STEP_TIMEOUT = float(os.environ.get("TURBO_TEST_STEP_TIMEOUT", "30"))
@@ -146,14 +147,10 @@ class CleanVirtualenv:
         return Process(name, [self.executable(command[0]), *command[1:]], cwd / "logs", self.env)
 
 
-def build_wheel(out: Path) -> Path:
-    """The wheel of this checkout, built as a release is (sdist, then the wheel from it)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [wheel] = out.glob("turbo_async-*-py3-none-any.whl")
+def build_wheel() -> Path:
+    """The wheel of this checkout, built as a release is (sdist, then the wheel from it); once per
+    run, shared with tests/test_packaging.py (tests/wheel.py)."""
+    [wheel] = built_distributions().glob("turbo_async-*-py3-none-any.whl")
     return wheel
 
 
@@ -179,7 +176,7 @@ def wait_ready(worker: Process) -> None:
 
 @pytest.mark.timeout(2 * INSTALL_TIMEOUT + 10 * STEP_TIMEOUT)
 def test_readme_on_a_clean_virtualenv_updates_the_page(tmp_path: Path, open_page: OpenPage) -> None:
-    wheel = build_wheel(tmp_path / "dist")
+    wheel = build_wheel()
     venv = CleanVirtualenv(tmp_path / "venv")
     project = tmp_path / "project"
     project.mkdir()

@@ -26,7 +26,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import LOG_DIR
 from tests.e2e.conftest import INSTRUMENT, TIMEOUT_MS, Chromium, wait_subscribed
-from tests.services import ROOT, CeleryWorker, RedisServer, Uvicorn, subprocess_env
+from tests.services import ROOT, CeleryWorker, Process, RedisServer, Uvicorn, subprocess_env
 
 pytestmark = [pytest.mark.browser]
 
@@ -70,19 +70,19 @@ def shell(env: dict[str, str], code: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def samples_worker(samples_env: dict[str, str]) -> Iterator[CeleryWorker]:
+def samples_web(samples_env: dict[str, str]) -> Iterator[Uvicorn]:
+    """uvicorn, and the worker behind it: both boot at once (each takes seconds), and both are
+    ready before any test runs."""
     worker = CeleryWorker(LOG_DIR, name="samples-worker", app="tests.samples", **samples_env)
-    worker.start()
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def samples_web(samples_env: dict[str, str], samples_worker: CeleryWorker) -> Iterator[Uvicorn]:
     web = Uvicorn(LOG_DIR, name="samples-web", app="tests.samples.asgi:application", **samples_env)
-    web.start()
-    yield web
-    web.stop()
+    try:
+        Process.start(worker)
+        web.start()  # returns once its port is open
+        worker.wait_ready()
+        yield web
+    finally:
+        web.stop()
+        worker.stop()
 
 
 # -- browser visitors ------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The test app's chat streams end to end: real Redis, real worker process, real uvicorn, real
-WebSocket client. Rows are committed (transactional_db) so the worker can reload them."""
+WebSocket client. Rows are committed (transactional_db) so the worker can reload them.
+
+The tests marked ``database`` (a worker process reloading committed rows: created, edited, gone
+but for the delete's snapshot, a UUID key) run again on PostgreSQL; the idle socket and the two
+web processes are about Redis and uvicorn only."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from turbo_async import suppress
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.database
 def test_create_appends_the_message(live: Uvicorn) -> None:
     room = RoomFactory()
     with subscribed(live, room.stream.signed_stream_name) as client:
@@ -33,6 +38,7 @@ def test_create_appends_the_message(live: Uvicorn) -> None:
     )
 
 
+@pytest.mark.database
 def test_edit_replaces_the_message(live: Uvicorn) -> None:
     with suppress():  # set-up rows broadcast nothing, so only the edit reaches the client
         room = RoomFactory()
@@ -45,6 +51,7 @@ def test_edit_replaces_the_message(live: Uvicorn) -> None:
     assert '<p class="message-text">after</p>' in frames
 
 
+@pytest.mark.database
 def test_delete_removes_the_message_using_its_room(live: Uvicorn) -> None:
     with suppress():
         room = RoomFactory()
@@ -59,6 +66,7 @@ def test_delete_removes_the_message_using_its_room(live: Uvicorn) -> None:
     )
 
 
+@pytest.mark.database
 def test_uuid_primary_key(live: Uvicorn) -> None:
     with suppress():
         document = DocumentFactory(title="First")

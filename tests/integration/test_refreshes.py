@@ -17,7 +17,7 @@ import pytest
 from django.test import override_settings
 
 from tests.conftest import LOG_DIR
-from tests.services import CeleryWorker, RedisServer, StreamClient, Uvicorn, subscribed
+from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvicorn, subscribed
 from tests.testapp.factories import RoomFactory
 from turbo_async import outbox
 from turbo_async.changes import bound_request_id
@@ -37,12 +37,16 @@ def refresh_workers(
     workers = [
         CeleryWorker(LOG_DIR, name=f"refresh-{n}", TURBO_TEST_TURBO_ASYNC=json.dumps(SETTINGS)) for n in "ab"
     ]
-    for process in workers:
-        process.args += ["-Q", QUEUE, "--prefetch-multiplier", "1"]
-        process.start()
-    yield workers
-    for process in workers:
-        process.stop()
+    try:
+        for process in workers:  # both boot at once (a worker takes seconds to start), then both must be ready
+            process.args += ["-Q", QUEUE, "--prefetch-multiplier", "1"]
+            Process.start(process)
+        for process in workers:
+            process.wait_ready()
+        yield workers
+    finally:
+        for process in workers:
+            process.stop()
 
 
 @pytest.fixture

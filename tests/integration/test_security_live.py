@@ -57,6 +57,7 @@ def broadcast_private(text: str) -> None:
         PrivateStream().later.append(text=text, id="private")
 
 
+@pytest.mark.database  # uvicorn reads the session and user rows this process committed
 def test_a_staff_session_is_subscribed_and_receives_frames(live: Uvicorn) -> None:
     signed = PrivateStream().signed_stream_name
     with socket(live, UserFactory(is_staff=True)) as staff:
@@ -67,6 +68,7 @@ def test_a_staff_session_is_subscribed_and_receives_frames(live: Uvicorn) -> Non
         )
 
 
+@pytest.mark.database  # uvicorn reads the session and user rows this process committed
 def test_anonymous_and_unprivileged_sessions_are_refused_and_receive_nothing(live: Uvicorn) -> None:
     signed = PrivateStream().signed_stream_name
     with socket(live) as anonymous, socket(live, UserFactory()) as member, socket(
@@ -82,6 +84,7 @@ def test_anonymous_and_unprivileged_sessions_are_refused_and_receive_nothing(liv
         member.assert_silent(0.5)
 
 
+@pytest.mark.database  # uvicorn reads the session and user rows this process committed
 def test_a_user_component_reaches_only_its_own_user(live: Uvicorn) -> None:
     alice, bob = UserFactory(), UserFactory()
     alices, bobs = NotificationComponent(alice).signed_stream_name, NotificationComponent(bob).signed_stream_name

@@ -16,7 +16,11 @@ from tests.testapp.factories import MessageFactory, RoomFactory
 from tests.testapp.models import Message, Room
 from turbo_async import suppress
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, databases=["default", "other"])]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.database,
+    pytest.mark.django_db(transaction=True, databases=["default", "other"]),
+]
 
 
 class Rollback(Exception):
