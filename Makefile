@@ -26,7 +26,8 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Everything on SQLite, then the integration tests again on a real PostgreSQL server, each phase
+# Everything on SQLite (pub/sub layer), then the database and channel-layer tests again on a real
+# PostgreSQL server with the core layer (docs/testing.rst), each phase
 # named as it starts; the last line sums both up ("N passed, N failed[, N skipped]") for CI.
 # Extra pytest arguments for both phases: make test PYTEST_ARGS="-x tests/test_demo_views.py".
 test: system-deps install

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""``make test``: the whole suite on SQLite with the pub/sub channel layer, then the integration
-tests on PostgreSQL with the core channel layer, and one summary of both at the end.
+"""``make test``: the whole suite on SQLite with the pub/sub channel layer, then the tests marked
+``database`` or ``layer`` on PostgreSQL with the core channel layer, and one summary of both at the end.
 
 Usage (from the repository root):
 
@@ -49,7 +49,7 @@ class Phase:
 
 PHASES = (
     Phase("SQLite, pubsub layer: all tests", "sqlite", "pubsub", ()),
-    Phase("PostgreSQL, core layer: integration tests", "postgres", "core", ("-m", "integration")),
+    Phase("PostgreSQL, core layer: database and layer tests", "postgres", "core", ("-m", "database or layer")),
 )
 
 

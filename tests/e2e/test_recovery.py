@@ -20,7 +20,7 @@ from tests.factories import MessageFactory, RoomFactory
 from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack, use_broker
 from turbo_async import suppress
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
 
 BOUND_MS = int(RECOVERY_BOUND * 1000)
 

@@ -25,7 +25,7 @@ from tests.services import RedisServer, StreamClient, Uvicorn, subscribed
 from tests.testapp.streams import RoomStream
 from turbo_async import conf
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
 SOCKETS = int(os.environ.get("TURBO_TEST_ABUSE_SOCKETS", "200"))
 SUBSCRIPTIONS = int(os.environ.get("TURBO_TEST_ABUSE_SUBSCRIPTIONS", "20"))

@@ -13,7 +13,7 @@ from tests.conftest import layer_backend
 from tests.services import RedisServer
 from turbo_async import delivery
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from tests.testapp.factories import MessageFactory, ProbeFactory, RoomFactory
 from tests.testapp.models import Message, Probe
 from turbo_async import outbox, suppress
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
 # The stack's worker retries quickly so the tests stay short: backoffs of 0.5 to 1 s, 3 retries.
 WORKER_SETTINGS = {"DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1}
@@ -387,6 +387,7 @@ def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack
 # -- rows that are gone -------------------------------------------------------------------------
 
 
+@pytest.mark.database
 def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
     live_stack: Stack,
 ) -> None:
@@ -404,6 +405,7 @@ def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
     assert_no_errors(worker_log)
 
 
+@pytest.mark.database
 def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack: Stack) -> None:
     with suppress():
         room = RoomFactory()
@@ -537,7 +539,7 @@ def test_task_of_a_killed_worker_is_redelivered_and_broadcast(live_stack: Stack)
 
 # -- the outbox: nothing committed is lost between the commit and the worker ---------------------
 
-BROKER_DOWN_SECONDS = float(os.environ.get("TURBO_TEST_BROKER_DOWN_SECONDS", "20"))
+BROKER_DOWN_SECONDS = float(os.environ.get("TURBO_TEST_BROKER_DOWN_SECONDS", "8"))
 MESSAGE_ID = re.compile(r'id="message-(\d+)"')
 
 # A web process in miniature: it saves COUNT messages in ROOM (in one transaction unless
@@ -588,7 +590,7 @@ def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_r
     live_stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Default settings: the outbox thread holds the changes and retries until the broker is
-    back (BROKER_DOWN_SECONDS, 20 s by default)."""
+    back (BROKER_DOWN_SECONDS, 8 s by default: longer than the outbox's 5 s cap on its retry wait)."""
     with suppress():
         room = RoomFactory()
     with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
@@ -603,6 +605,7 @@ def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_r
     assert outbox.flush(timeout=5)
 
 
+@pytest.mark.database
 def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_outbox(
     live_stack: Stack,
 ) -> None:
@@ -633,6 +636,7 @@ def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_o
         sweeper.stop()
 
 
+@pytest.mark.database
 def test_an_application_on_commit_callback_that_raises_does_not_lose_our_broadcasts(
     live_stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:

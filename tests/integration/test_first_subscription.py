@@ -23,7 +23,7 @@ from tests.factories import MessageFactory, RoomFactory
 from tests.services import RedisServer, StreamClient, Uvicorn
 from turbo_async import history, names, suppress
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
 ELEMENT = re.compile(
     r'<turbo-channels-stream-source signed-channel-name="([^"]+)" data-epoch="([0-9a-f]+)" data-offset="(\d+)">'

@@ -23,7 +23,7 @@ from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvi
 from tests.testapp.factories import MessageFactory, RoomFactory
 from turbo_async import suppress
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
 HEARTBEAT = float(os.environ.get("TURBO_TEST_HEARTBEAT", "1.0"))
 HISTORY_SIZE = int(os.environ.get("TURBO_TEST_HISTORY_SIZE", "5"))
