@@ -28,4 +28,4 @@ ENV PYTHONPATH=/app \
     DJANGO_DB_PATH=/data/db.sqlite3
 
 EXPOSE 8000 5555
-CMD ["uvicorn", "demo.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "demo.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "20000", "--ws-per-message-deflate", "false"]

@@ -373,7 +373,7 @@ def main() -> int:
                 # websockets-sansio: uvicorn deprecated its older "websockets" implementation.
                 sys.executable, "-m", "uvicorn", "demo.asgi:application", "--host", HOST,
                 "--port", str(web_port), "--ws", "websockets-sansio",
-                "--timeout-graceful-shutdown", "3",
+                "--timeout-graceful-shutdown", "3", "--ws-per-message-deflate", "false",
             ],
             env,
         )

@@ -196,6 +196,8 @@ class Uvicorn(Process):
             [
                 sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-level", "warning", "--ws", "websockets",
+                # As README's wiring: no per-socket zlib compressor (docs/deployment.rst, "Limits").
+                "--ws-per-message-deflate", "false",
             ],
             log_dir, subprocess_env(**env),
         )

@@ -135,6 +135,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
+        finally:
+            await forget(layer, self.channel_name)
 
     async def layer_receive(self) -> dict[str, Any]:
         """The next message of this socket's channel; waits out an unreachable layer."""
@@ -475,6 +477,44 @@ async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> N
             "frames to them are still written for it until the groups expire",
             len(failed), len(groups), who, error,
         )
+
+
+FORGET_AGAIN_AFTER = 5.0
+"""Seconds after a socket closed when channels_redis' ``core`` layer's buffer for its channel is
+dropped a second time (frames sent to its groups before it left them may still be on their way)."""
+
+
+async def forget(layer: Any, channel_name: str) -> None:
+    """Drop what a channels_redis layer keeps in this process for the channel of a closed socket.
+
+    Channels has no call for "this channel is gone": a layer cleans up when the consumer's pending
+    ``receive()`` is cancelled, and misses it when the cancel comes before that call started or
+    after a message was put aside for it (measured: about half of closed sockets, with frames
+    flowing). What each layer then keeps for ever, per closed socket:
+
+    - ``RedisPubSubChannelLayer``: the channel's queue and its Redis ``SUBSCRIBE`` (the connection
+      stays subscribed, and redis-py subscribes it again after every reconnection);
+    - ``RedisChannelLayer``: the channel's entry in ``receive_buffer``, with the messages put
+      aside for it.
+
+    Both are internals of channels_redis 4 (docs/architecture.rst, "Pitfalls"); any other layer
+    is left alone. Never raises: it runs as the socket closes."""
+    try:
+        loop_layer: Any = layer._get_layer() if hasattr(layer, "_get_layer") else None  # pubsub: one per loop
+        channels = getattr(loop_layer, "channels", None)
+        if isinstance(channels, dict):
+            if channels.pop(channel_name, None) is not None:
+                await asyncio.wait_for(
+                    loop_layer._get_shard(channel_name).unsubscribe(channel_name),
+                    conf.get().LAYER_WAIT_TIMEOUT,
+                )
+            return
+        buffers = getattr(layer, "receive_buffer", None)
+        if isinstance(buffers, dict):
+            buffers.pop(channel_name, None)
+            asyncio.get_running_loop().call_later(FORGET_AGAIN_AFTER, buffers.pop, channel_name, None)
+    except Exception as exc:  # Redis down: the subscription goes with the connection
+        logger.debug("could not drop the layer's state of the closed channel %s (%r)", channel_name, exc)
 
 
 def _short(value: Any, limit: int = 60) -> str:

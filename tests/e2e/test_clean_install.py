@@ -93,7 +93,7 @@ def test_readme_installs_with_the_uvicorn_extra_then_migrates_and_runs_both_serv
         ["python", "manage.py", "startapp", "chat"],
         ["python", "manage.py", "makemigrations", "chat"],
         ["python", "manage.py", "migrate"],
-        ["uvicorn", "proj.asgi:application", "--ws-max-size", "20000"],
+        ["uvicorn", "proj.asgi:application", "--ws-max-size", "20000", "--ws-per-message-deflate", "false"],
         ["celery", "-A", "proj", "worker", "-l", "INFO"],
     ]
 

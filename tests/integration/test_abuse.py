@@ -17,13 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.utils.module_loading import import_string
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.conftest import LOG_DIR
+from tests.conftest import LOG_DIR, current_layer, layer_backend
 from tests.services import RedisServer, StreamClient, Uvicorn, subscribed
 from tests.testapp.streams import RoomStream
 from turbo_async import conf
+from turbo_async.consumers import forget
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
@@ -48,9 +50,20 @@ def rss_mb(pid: int) -> float:
 
 
 def group_members(redis: RedisServer) -> int:
-    """Members left in channels_redis' groups (one sorted set per group, ``asgi:group:<name>``)."""
+    """Members left in channels_redis core's groups (one sorted set per group, ``asgi:group:<name>``)."""
     client = redis.client()
     return sum(client.zcard(key) for key in client.scan_iter("asgi:group:*"))
+
+
+def subscriptions(redis: RedisServer) -> int:
+    """Redis pub/sub channels with a subscriber: the pub/sub layer's groups, and one channel per
+    open socket."""
+    return len(redis.client().pubsub_channels())
+
+
+def a_layer(redis: RedisServer) -> Any:
+    """A channels_redis layer of this run's kind, in this process, on ``redis``."""
+    return import_string(layer_backend(current_layer()))(hosts=[{"address": redis.url}])
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +124,12 @@ def test_a_flood_from_one_socket_does_not_refuse_another_socket(server: Uvicorn)
 # -- the mass close --------------------------------------------------------------------------
 
 
-async def _mass(url: str, origin: str, sockets: int, subscriptions: int) -> list[dict[str, Any]]:
+async def _mass(url: str, origin: str, sockets: int, count: int, layer: Any) -> list[dict[str, Any]]:
+    """``sockets`` sockets subscribe to ``count`` rooms each and all close, while frames are sent
+    to those rooms 20 times a second (so that sockets close with frames on their way to them)."""
     from websockets.asyncio.client import connect as aconnect
 
-    names = [RoomStream(n).signed_stream_name for n in range(subscriptions)]
+    rooms = [RoomStream(n) for n in range(count)]
     replies: list[dict[str, Any]] = []
     opened = []
     for batch in range(0, sockets, 100):  # connect in batches: the listen backlog is finite
@@ -123,32 +138,74 @@ async def _mass(url: str, origin: str, sockets: int, subscriptions: int) -> list
         )
 
     async def subscribe_all(ws: Any) -> None:
-        for name in names:
-            await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": name}))
-        for _ in names:
-            replies.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+        for room in rooms:
+            await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": room.signed_stream_name}))
+        answered = 0
+        while answered < len(rooms):
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            if reply.get("type") in ("subscribed", "error"):  # not the heartbeat's pings, nor frames
+                replies.append(reply)
+                answered += 1
 
+    async def frames(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for room in rooms:
+                await layer.group_send(
+                    room.broadcastable_stream_name,
+                    {"type": "turbo.stream", "signed_channel_name": room.signed_stream_name, "data": "<p></p>"},
+                )
+            await asyncio.sleep(0.05)
+
+    stop = asyncio.Event()
+    sender = asyncio.create_task(frames(stop))
     await asyncio.gather(*(subscribe_all(ws) for ws in opened))
     await asyncio.gather(*(ws.close() for ws in opened))
+    stop.set()
+    await sender
     return replies
 
 
 def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_server: RedisServer) -> None:
     assert server.process is not None
     start_log = len(server.log())
-    replies = asyncio.run(_mass(server.ws_url, server.origin, SOCKETS, SUBSCRIPTIONS))
+    replies = asyncio.run(_mass(server.ws_url, server.origin, SOCKETS, SUBSCRIPTIONS, a_layer(redis_server)))
     assert len(replies) == SOCKETS * SUBSCRIPTIONS
     errors = [r for r in replies if r.get("type") != "subscribed"]
     assert errors == []
+    # Nothing of the closed sockets stays in Redis: no group member (core), no subscription of
+    # theirs (pub/sub: channels_redis leaves about half of them subscribed when a socket closes
+    # with frames on their way; turbo_async.consumers.forget drops them).
     deadline = time.monotonic() + 10
-    while group_members(redis_server) and time.monotonic() < deadline:
+    while (group_members(redis_server) or subscriptions(redis_server)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert group_members(redis_server) == 0
+    assert (group_members(redis_server), subscriptions(redis_server)) == (0, 0)
     log = server.log()[start_log:]
     assert "Exception in ASGI application" not in log
     assert "internal error" not in log
     # Memory is a benchmark's figure, not an assert (tests/benchmarks/bench_abuse.py reports
     # uvicorn's RSS before, at the peak and after the close; docs/security.rst).
+
+
+def test_the_core_layers_buffer_of_a_closed_socket_is_dropped(redis_server: RedisServer) -> None:
+    """channels_redis' core layer sets aside, in the web process, the messages that reach a
+    channel nobody reads any more (a socket that closed while frames were on their way), and keeps
+    them for ever: turbo_async.consumers.forget drops them. In this process, with a real Redis."""
+    from channels_redis.core import RedisChannelLayer
+
+    async def scenario() -> tuple[bool, bool]:
+        layer = RedisChannelLayer(hosts=[{"address": redis_server.url}])
+        closed, live = await layer.new_channel(), await layer.new_channel()
+        await layer.send(closed, {"type": "turbo.stream", "data": "too late"})
+        await layer.send(live, {"type": "turbo.stream", "data": "read"})
+        # The live socket's read takes the process's messages in order and sets the first aside.
+        assert (await layer.receive(live))["data"] == "read"
+        set_aside = closed in layer.receive_buffer
+        await forget(layer, closed)
+        kept = closed in layer.receive_buffer
+        await layer.flush()
+        return set_aside, kept
+
+    assert asyncio.run(scenario()) == (True, False)
 
 
 # -- origins ---------------------------------------------------------------------------------
