@@ -218,10 +218,25 @@ class Uvicorn(Process):
 class StreamClient:
     """A real WebSocket client speaking the turbo_async wire protocol (``websockets``, sync)."""
 
-    def __init__(self, url: str, origin: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, origin: str, headers: dict[str, str] | None = None, receive_buffer: int | None = None
+    ) -> None:
+        """``receive_buffer``: the socket's kernel receive buffer, in bytes (a slow reader's buffers
+        fill sooner; the kernel's default grows to tens of MB)."""
+        import socket
+        from urllib.parse import urlsplit
+
         from websockets.sync.client import connect
 
-        self._connection = connect(url, origin=origin, additional_headers=headers or {}, open_timeout=10)  # type: ignore[arg-type]
+        sock = None
+        if receive_buffer is not None:
+            parts = urlsplit(url)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect
+            sock.connect((parts.hostname, parts.port))
+        self._connection = connect(  # type: ignore[call-overload]
+            url, origin=origin, additional_headers=headers or {}, open_timeout=10, sock=sock
+        )
         self.ws = self._connection.__enter__()
         self.pings = 0
 

@@ -128,8 +128,8 @@ def live_recovery(recovery: RecoveryStack, transactional_db: None) -> Iterator[R
 class Page:
     """A WebSocket client that keeps what it receives, sorted: pings, acks, errors, frames."""
 
-    def __init__(self, server: Uvicorn) -> None:
-        self.client = StreamClient(server.ws_url, server.origin)
+    def __init__(self, server: Uvicorn, receive_buffer: int | None = None) -> None:
+        self.client = StreamClient(server.ws_url, server.origin, receive_buffer=receive_buffer)
         self.pings: list[dict[str, Any]] = []
         self.frames: list[dict[str, Any]] = []
         self.other: list[dict[str, Any]] = []
@@ -433,3 +433,61 @@ def test_a_web_process_stalled_during_a_burst_loses_nothing_unseen(live_recovery
             assert set(offsets) <= set(range(first + 1, first + BURST + 1))
     finally:
         page.close()
+
+
+SLOW_FRAMES = int(os.environ.get("TURBO_TEST_SLOW_FRAMES", "500"))
+SLOW_FRAME_BYTES = 16_000
+
+
+def read_until_quiet(page: Page, count: int, quiet: float = 3.0) -> None:
+    """Read until ``count`` frames came, or none for ``quiet`` seconds."""
+    last = time.monotonic()
+    while len(page.frames) < count and time.monotonic() - last < quiet:
+        message = page.pump(0.1)
+        if message is not None and "data" in message:
+            last = time.monotonic()
+
+
+def test_a_slow_reader_loses_nothing_unseen_and_does_not_hold_up_the_others(live_recovery: RecoveryStack) -> None:
+    """One socket (a 64 KB receive buffer) stops reading while SLOW_FRAMES frames of 16 KB (8 MB,
+    twice what the kernel buffers on the server's side) are broadcast to its stream, so the web
+    process cannot write them all to it; another socket of the same
+    stream reads throughout. Pub/sub: the slow socket's queue in the web process holds what could
+    not be written, and every frame arrives, in order. Core: the web process keeps ``capacity``
+    (100) messages per channel and drops the oldest; the frames that do arrive are in order and
+    end with the stream's last offset, so the jump is seen and the client catches up or refreshes
+    (tests/e2e/test_recovery.py). Nothing is lost unseen, and the reader keeps up meanwhile."""
+    from tests.conftest import current_layer
+
+    with suppress():
+        room = RoomFactory()
+    name = room.stream.signed_stream_name
+    slow, brisk = Page(live_recovery.web, receive_buffer=65536), Page(live_recovery.web)
+    try:
+        for page in (slow, brisk):
+            assert page.subscribe(name)["type"] == "subscribed"
+        MessageFactory(room=room, text="before")
+        for page in (slow, brisk):
+            page.wait_frame("before", 10)
+        first = slow.frames[-1]["offset"]
+        padding = "x" * SLOW_FRAME_BYTES
+        for n in range(SLOW_FRAMES):
+            MessageFactory(room=room, text=f"slow {n} {padding}")
+        read_until_quiet(brisk, SLOW_FRAMES + 1, quiet=20)  # the slow socket is not read meanwhile
+        wait_offset(live_recovery, room, first + SLOW_FRAMES, timeout=60)
+        read_until_quiet(slow, SLOW_FRAMES + 1)
+        expected = list(range(first + 1, first + SLOW_FRAMES + 1))
+        brisk_offsets = [frame["offset"] for frame in brisk.frames[1:]]
+        slow_offsets = [frame["offset"] for frame in slow.frames[1:]]
+        print(f"\n{current_layer()}: slow reader got {len(slow_offsets)} of {SLOW_FRAMES} frames of 16 KB, "
+              f"the reader beside it {len(brisk_offsets)}")
+        assert brisk_offsets == expected
+        assert slow_offsets == sorted(set(slow_offsets)), "frames out of order or duplicated"
+        if current_layer() == "pubsub":
+            assert slow_offsets == expected
+        else:
+            assert slow_offsets[-1] == expected[-1]  # the last frame arrives: a gap before it shows
+            assert set(slow_offsets) <= set(expected)
+    finally:
+        slow.close()
+        brisk.close()
