@@ -173,6 +173,13 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.subscriptions: dict[str, set[str]] = {}
         # group -> the last offset a replay sent: live copies up to it are dropped.
         self.replayed: dict[str, int] = {}
+        # group -> the last position this socket was sent, and where the stream stood at the last
+        # heartbeat that found the socket behind (see audit()).
+        self.sent: dict[str, history.Position] = {}
+        self.behind: dict[str, history.Position] = {}
+        # When this socket last began writing a frame, and whether it is writing one now.
+        self.last_frame = 0.0
+        self.writing = False
         self.budget = TokenBucket(settings.MAX_MESSAGES_PER_SECOND, settings.MESSAGE_BURST)
         self.refusals = RefusalLog(peer(self.scope), settings.LOGGED_REFUSALS_PER_SOCKET)
         await self.accept()
@@ -201,6 +208,52 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                     break
                 else:
                     self.layer_recovered()
+            await self.audit(interval)
+
+    async def audit(self, interval: float) -> None:
+        """Once per heartbeat, compare each stream's position with what this socket was sent. A
+        socket still behind where its stream stood one heartbeat earlier missed frames on the way
+        (published while the layer resubscribed after a Redis restart, dropped for ``capacity`` or
+        a slow reader): it is sent what it missed from the history, in order, or told to reset
+        (the client refreshes the page). Without this, a page that missed the last frames before
+        its stream went quiet would wait for the next save to notice. One Redis read per stream
+        and web process per half heartbeat (:func:`stream_position`)."""
+        if not history.enabled(self.channel_layer):
+            return
+        if self.writing or asyncio.get_running_loop().time() - self.last_frame < interval:
+            # Frames are flowing (or a slow reader's are queued for it): a gap shows in their
+            # offsets, which the client acts on. The audit is for streams that went quiet.
+            self.behind.clear()
+            return
+        for group, names in list(self.subscriptions.items()):
+            try:
+                now = await stream_position(self.channel_layer, group, interval / 2)
+            except LAYER_ERRORS as exc:
+                self.layer_failed("could not read the streams' positions", exc)
+                return
+            sent = self.sent.get(group)
+            if now is None or sent is None:
+                # Nothing numbered since Redis lost the offsets (the next frame's new epoch tells
+                # the client), or nothing sent yet: what the socket has now is the baseline.
+                if now is not None:
+                    self.sent[group] = now
+                self.behind.pop(group, None)
+                continue
+            if now.epoch == sent.epoch and now.offset <= sent.offset:
+                self.behind.pop(group, None)
+                continue
+            mark = self.behind.get(group)
+            if mark is None or (sent.epoch == mark.epoch and sent.offset >= mark.offset):
+                self.behind[group] = now  # frames may still be on their way: look again next beat
+                continue
+            del self.behind[group]
+            logger.info(
+                "the WebSocket from %s missed frames of %s (sent %s/%d, the stream is at %s/%d); "
+                "replaying them", peer(self.scope), group, sent.epoch, sent.offset, now.epoch, now.offset,
+            )
+            for signed_name in list(names):
+                await self.replay(group, signed_name, sent)
+            self.sent[group] = now
 
     async def disconnect(self, code: int) -> None:
         if self.heartbeat is not None:
@@ -320,6 +373,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.subscriptions.setdefault(group, set()).add(signed_name)
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
         if seen is not None and history.enabled(self.channel_layer):
+            self.sent.setdefault(group, seen)
             await self.replay(group, signed_name, seen)
 
     async def replay(self, group: str, signed_name: str, seen: history.Position) -> None:
@@ -341,6 +395,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if missed.frames:
             # Live frames already queued for this socket carry these offsets again.
             self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
+            last = history.Position(seen.epoch, missed.frames[-1][0])
+            if _after(last, self.sent.get(group)):
+                self.sent[group] = last
 
     async def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
         """Whether the scope's user may subscribe. A stream open to everyone (``Stream``'s own
@@ -399,8 +456,16 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         offset = event.get("offset")
         if isinstance(offset, int) and offset <= self.replayed.get(group, 0):
             return  # already sent by a replay
-        for signed_name in self.subscriptions.get(group, ()):
-            await self.send(frame_message(signed_name, event["data"], event.get("epoch"), offset))
+        epoch = event.get("epoch")
+        self.last_frame = asyncio.get_running_loop().time()
+        self.writing = True
+        try:
+            for signed_name in self.subscriptions.get(group, ()):
+                await self.send(frame_message(signed_name, event["data"], epoch, offset))
+        finally:
+            self.writing = False
+        if isinstance(offset, int) and isinstance(epoch, str):
+            self.sent[group] = history.Position(epoch, offset)
 
     async def error(self, message: str, signed_name: Any = None, code: str | None = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
@@ -477,6 +542,29 @@ async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> N
             "frames to them are still written for it until the groups expire",
             len(failed), len(groups), who, error,
         )
+
+
+_positions: dict[str, tuple[float, history.Position | None]] = {}
+"""group -> (loop time read, position): the streams' positions, shared by the sockets of a process."""
+
+
+async def stream_position(layer: Any, group: str, max_age: float) -> history.Position | None:
+    """Where ``group``'s stream stands, read from Redis at most once per ``max_age`` seconds per
+    process (every socket of a stream audits it on each heartbeat)."""
+    now = asyncio.get_running_loop().time()
+    cached = _positions.get(group)
+    if cached is not None and now - cached[0] < max_age:
+        return cached[1]
+    position: history.Position | None = await layer_call(history.current, layer, group)
+    if len(_positions) > 10_000:  # streams come and go: keep the cache from growing for ever
+        _positions.clear()
+    _positions[group] = (now, position)
+    return position
+
+
+def _after(position: history.Position, other: history.Position | None) -> bool:
+    """Whether ``position`` is past ``other`` (a position of another epoch counts as past)."""
+    return other is None or position.epoch != other.epoch or position.offset > other.offset
 
 
 FORGET_AGAIN_AFTER = 5.0

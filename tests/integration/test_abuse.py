@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -94,7 +95,11 @@ def test_a_flooding_socket_is_closed_with_1008_and_writes_a_bounded_log(server: 
             sent += 1
         while True:  # everything sent: read the error frames until the server closes
             attacker.ws.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    # The close frame says 1008, unless the client was still sending when the server closed: the
+    # kernel then resets the connection and the frame is lost (uncompressed 16 KB messages, as
+    # deployed with --ws-per-message-deflate false). The server's log says which code it sent.
+    assert closed.value.rcvd is None or closed.value.rcvd.code == 1008, closed.value
+    assert "with code 1008" in "\n".join(server.log().splitlines()[before:])
     # Another client is served while and after the flood.
     with subscribed(server, RoomStream(1).signed_stream_name):
         pass
@@ -238,12 +243,21 @@ def test_other_origins_are_refused_at_the_handshake(server: Uvicorn, origin: str
 def test_a_frame_over_ws_max_size_is_refused_by_the_server_before_it_is_read(server: Uvicorn) -> None:
     assert server.process is not None
     rss_before = rss_mb(server.process.pid)
-    for _ in range(10):
+
+    def oversized(_: int) -> ConnectionClosed:
         client = StreamClient(server.ws_url, server.origin)
         with pytest.raises(ConnectionClosed) as closed:
             client.send_raw("x" * (8 * 1024 * 1024))
-            client.ws.recv(timeout=10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+            client.ws.recv(timeout=20)
+        return closed.value
+
+    # Ten at once: each waits out the server's close handshake (10 s) while its send is blocked.
+    with ThreadPoolExecutor(10) as pool:
+        for closed in pool.map(oversized, range(10)):
+            # 1009 (message too big); or no close frame at all when the server closed while the
+            # client was still sending the 8 MiB (the kernel resets the connection): either way
+            # the server stopped reading, which the RSS below shows.
+            assert closed.rcvd is None or closed.rcvd.code == 1009, closed
     assert rss_mb(server.process.pid) - rss_before < 30
 
 

@@ -237,6 +237,38 @@ def test_frames_flow_again_on_the_open_socket_after_the_layer_loses_its_groups(
         page.close()
 
 
+def test_a_socket_that_missed_the_last_frames_before_its_stream_went_quiet_is_sent_them(
+    live_recovery: RecoveryStack,
+) -> None:
+    """The channel-layer Redis restarts and 3 messages are saved at once, before the layer has
+    the socket's subscription back; then nothing more is saved. Each heartbeat the server compares
+    the stream's position with what the socket was sent: within two heartbeats (plus the restart)
+    the socket gets what it missed, or a ``reset`` when Redis lost the stream's history with the
+    restart (the client then refreshes the page). It does not wait for the next save."""
+    with suppress():
+        room = RoomFactory()
+    page = Page(live_recovery.web)
+    name = room.stream.signed_stream_name
+    try:
+        assert page.subscribe(name)["type"] == "subscribed"
+        MessageFactory(room=room, text="before")
+        page.wait_frame("before", 10)
+        live_recovery.restart_layer()
+        restarted = time.monotonic()
+        for n in range(3):
+            MessageFactory(room=room, text=f"quiet {n}")
+        deadline = restarted + RECOVERY_BOUND
+        told = lambda: any(m.get("type") == "reset" for m in page.other)  # noqa: E731
+        while not told() and not all(any(f"quiet {n}" in f["data"] for f in page.frames) for n in range(3)):
+            assert time.monotonic() < deadline, f"nothing within {RECOVERY_BOUND}s: {page.frames[1:]}, {page.other}"
+            page.pump(0.1)
+        print(f"\nmissed frames: {'reset' if told() else 'replayed'} {time.monotonic() - restarted:.2f} s after the restart")
+        if told():
+            assert [m["signed_channel_name"] for m in page.other if m.get("type") == "reset"] == [name]
+    finally:
+        page.close()
+
+
 # -- offsets and catch-up ----------------------------------------------------------------------
 
 
