@@ -19,7 +19,9 @@ the client reconnects when nothing arrived for 2.5 intervals. On each heartbeat 
 its groups again: channels_redis keeps group membership only in Redis, so a Redis restart or a
 FLUSHALL empties it, and it expires after ``group_expiry``; the renewal brings it back within one
 interval. A channel-layer error never ends the consumer: reading from the layer is retried with
-backoff, and the outage is logged once per socket.
+backoff, and the outage is logged once per socket. On each heartbeat the socket is also audited
+(:meth:`TurboStreamsConsumer.audit`): a socket still behind where its stream stood one heartbeat
+earlier, with no frame in flight, is sent what it missed from the history or told to reset.
 """
 
 from __future__ import annotations

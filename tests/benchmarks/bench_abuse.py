@@ -113,8 +113,12 @@ async def mass(url: str, origin: str, names: list[str], pid: int) -> dict[str, A
     async def subscribe_all(ws: Any) -> None:
         for name in names:
             await ws.send(json.dumps({"type": "subscribe", "signed_channel_name": name}))
-        for _ in names:
+        answered = 0
+        while answered < len(names):
             reply = json.loads(await asyncio.wait_for(ws.recv(), 600))
+            if reply.get("type") == "ping":  # the server's heartbeat, not an answer
+                continue
+            answered += 1
             key = reply.get("type") if reply.get("type") == "subscribed" else reply.get("error", "?")
             replies[key] = replies.get(key, 0) + 1
 
@@ -187,6 +191,9 @@ def main() -> None:
             time.sleep(10)
             left = sum(client.zcard(key) for key in client.scan_iter("asgi:group:*"))
             subscribed = len(client.pubsub_channels())  # pubsub: the web process's own SUBSCRIBEs
+            while (client.pubsub_channels() or any(client.scan_iter("asgi:group:*"))) and time.monotonic() - closed_at < 120:
+                time.sleep(0.5)
+            emptied = time.monotonic() - closed_at
             time.sleep(5)
             rss_after = rss_mb(pid)
             log = web.log()[log_before:]
@@ -198,7 +205,7 @@ def main() -> None:
                 (f"mass #{round_}: 'internal error' replies / 'Exception in ASGI application'",
                  f"{sum(v for k, v in replies.items() if 'internal error' in k)} / {log.count('Exception in ASGI application')}"),
                 (f"mass #{round_}: group members / pub/sub channels left in Redis 10 s after the close",
-                 f"{left} / {subscribed}"),
+                 f"{left} / {subscribed} (none left {emptied:.1f} s after the close)"),
                 (f"mass #{round_}: uvicorn RSS before / peak / 15 s after the close",
                  f"{rss_before:.0f} / {outcome['rss_peak']:.0f} / {rss_after:.0f} MB"),
             ]
