@@ -582,6 +582,10 @@ async def test_unsubscribe_stops_frames() -> None:
     communicator = await connect()
     await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed})
     await communicator.send_to(text_data=json.dumps({"type": "unsubscribe", "signed_channel_name": signed}))
+    # The unsubscribe has no answer: give the consumer time to handle it. (A frame sent while it is
+    # still on its way reaches the page, as it would over a network; the process's fan-out writes
+    # frames beside the handling of client messages, not after it.)
+    assert await communicator.receive_nothing(timeout=0.1)
     await get_channel_layer().group_send(group, layer_message(group, "testapp:RoomListStream", "x"))
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
