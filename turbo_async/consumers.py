@@ -178,16 +178,31 @@ class FanOut:
         """Stop handing ``groups`` to ``consumer``; the process leaves the groups no socket of it
         holds any more. Never raises (see :func:`leave`)."""
         empty = [group for group in groups if self._drop(group, consumer)]
-        if not empty or self.channel is None:
+        channel = self.channel
+        if not empty or channel is None:
             return
-        await leave(self.layer, empty, self.channel, who)
+        await leave(self.layer, empty, channel, who)
         for group in empty:
-            if self.members.get(group):  # a socket joined while we left: join again for it
+            if self.members.get(group) and self.channel == channel:  # a socket joined meanwhile
                 try:
-                    await pooled_call(self.layer.group_add, group, self.channel)
+                    await pooled_call(self.layer.group_add, group, channel)
                 except Exception as exc:
                     logger.warning("could not join %s again for this process's sockets (%r); "
                                    "their heartbeat retries", group, exc)
+        if not self.members:
+            await self.close(channel)
+
+    async def close(self, channel: str) -> None:
+        """Close the process's channel once no socket holds a group: a process whose sockets all
+        closed keeps nothing in Redis (no subscription, no channel). The next join opens another."""
+        async with self.opening:
+            if self.members or self.channel != channel:
+                return
+            self.channel = None  # joins from now on wait for the lock and open a new one
+            if self.reader is not None:
+                self.reader.cancel()
+                self.reader = None
+            await forget(self.layer, channel)
 
     def _drop(self, group: str, consumer: TurboStreamsConsumer) -> bool:
         """Remove ``consumer`` from ``group``; whether no socket of the process holds it now."""
