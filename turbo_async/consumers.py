@@ -199,9 +199,13 @@ class FanOut:
             if self.members or self.channel != channel:
                 return
             self.channel = None  # joins from now on wait for the lock and open a new one
-            if self.reader is not None:
-                self.reader.cancel()
-                self.reader = None
+            reader, self.reader = self.reader, None
+            if reader is not None:
+                # Wait for the read to unwind before forgetting the channel: channels_redis'
+                # core layer cleans its buffer of the channel on cancel, and raises (leaving its
+                # process-wide receive lock taken, so every later read hangs) if it is gone.
+                reader.cancel()
+                await asyncio.wait([reader])
             await forget(self.layer, channel)
 
     def _drop(self, group: str, consumer: TurboStreamsConsumer) -> bool:
