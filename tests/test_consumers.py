@@ -582,6 +582,10 @@ async def test_unsubscribe_stops_frames() -> None:
     communicator = await connect()
     await send_json(communicator, {"type": "subscribe", "signed_channel_name": signed})
     await communicator.send_to(text_data=json.dumps({"type": "unsubscribe", "signed_channel_name": signed}))
+    # The unsubscribe has no answer: give the consumer time to handle it. (A frame sent while it is
+    # still on its way reaches the page, as it would over a network; the process's fan-out writes
+    # frames beside the handling of client messages, not after it.)
+    assert await communicator.receive_nothing(timeout=0.1)
     await get_channel_layer().group_send(group, layer_message(group, "testapp:RoomListStream", "x"))
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
@@ -922,3 +926,127 @@ async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.Mo
         assert json.loads(await communicator.receive_from(timeout=2))["data"] == f"<p>{n}</p>"
     assert len(calls) == before
     await communicator.disconnect()
+
+
+# -- the process's fan-out -------------------------------------------------------------------
+
+
+async def test_a_process_reads_each_frame_once_for_all_its_sockets(layer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One channel of the process joins the group, however many of its sockets subscribed; every
+    socket still gets every frame, in order."""
+    stream = room_stream(60)
+    group = stream.broadcastable_stream_name
+    reads: list[str] = []
+    original = type(layer).receive
+
+    async def counted(self: Any, channel: str) -> Any:
+        message = await original(self, channel)
+        reads.append(channel)
+        return message
+
+    monkeypatch.setattr(type(layer), "receive", counted)
+    sockets = [WebsocketCommunicator(as_user(AnonymousUser()), "/ws/") for _ in range(5)]
+    for socket in sockets:
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    assert len(members(layer, group)) == 1
+    for n in range(3):
+        await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+    for socket in sockets:
+        assert [(await socket.receive_json_from(timeout=2))["data"] for _ in range(3)] == ["<p>0</p>", "<p>1</p>", "<p>2</p>"]
+    assert len(reads) == 3  # one read per frame, not one per frame and socket
+    for socket in sockets:
+        await socket.disconnect()
+    assert members(layer, group) == set()  # the last socket out takes the process out
+
+
+def blocking_sends(app: ASGIApp, after: int, released: Any) -> ASGIApp:
+    """``app`` whose ``websocket.send`` blocks (a client that stopped reading) after ``after``
+    messages, until ``released`` is set; closes go through."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def stalling_send(message: dict[str, Any]) -> None:
+            nonlocal sent
+            if message["type"] == "websocket.send":
+                sent += 1
+                if sent > after:
+                    await released.wait()
+            await send(message)
+
+        await app(scope, receive, stalling_send)
+
+    return wrapped
+
+
+async def test_a_stalled_socket_does_not_hold_back_the_others_and_is_closed_when_too_far_behind(
+    layer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    monkeypatch.setattr(consumers, "SOCKET_BACKLOG", 5)
+    released = asyncio.Event()
+    stream = room_stream(61)
+    group = stream.broadcastable_stream_name
+    stalled = WebsocketCommunicator(blocking_sends(as_user(AnonymousUser()), 1, released), "/ws/")
+    healthy = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    for socket in (stalled, healthy):
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for n in range(10):
+            await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+            assert (await healthy.receive_json_from(timeout=2))["data"] == f"<p>{n}</p>"
+        closed = await stalled.receive_output(timeout=2)
+    assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
+    assert any("frames were waiting to be written" in r.getMessage() for r in caplog.records)
+    released.set()
+    await healthy.disconnect()
+
+
+async def test_frames_that_arrive_while_a_subscribe_is_handled_follow_its_answer(layer: Any) -> None:
+    """A live frame of the group that reaches the process while the socket is still being
+    subscribed waits until the subscribe is answered (and any replay sent)."""
+    import asyncio
+
+    stream = room_stream(62)
+    group = stream.broadcastable_stream_name
+    other = room_stream(63)
+    socket = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await socket.connect())[0]
+    assert (await subscribe(socket, other.signed_stream_name))["type"] == "subscribed"
+    original = consumers.TurboStreamsConsumer.allowed
+
+    async def slow_allowed(self: Any, *args: Any) -> tuple[bool, str]:
+        # the socket is already a member of the other group: a frame of it arrives meanwhile
+        await layer.group_send(other.broadcastable_stream_name, layer_message(other.broadcastable_stream_name, other.stream_name, "<during/>"))
+        await asyncio.sleep(0.05)
+        return await original(self, *args)
+
+    consumers.TurboStreamsConsumer.allowed = slow_allowed  # type: ignore[method-assign]
+    try:
+        await socket.send_json_to({"type": "subscribe", "signed_channel_name": stream.signed_stream_name})
+        first = await socket.receive_json_from(timeout=2)
+        second = await socket.receive_json_from(timeout=2)
+    finally:
+        consumers.TurboStreamsConsumer.allowed = original  # type: ignore[method-assign]
+    assert first == {"type": "subscribed", "signed_channel_name": stream.signed_stream_name}
+    assert second["data"] == "<during/>"
+    await socket.disconnect()
+    assert members(layer, group) == set()
+
+
+async def test_fan_out_off_joins_each_socket_with_its_own_channel(layer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TurboStreamsConsumer, "fan_out", False)
+    stream = room_stream(64)
+    group = stream.broadcastable_stream_name
+    sockets = [WebsocketCommunicator(as_user(AnonymousUser()), "/ws/") for _ in range(3)]
+    for socket in sockets:
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    assert len(members(layer, group)) == 3
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<p/>"))
+    for socket in sockets:
+        assert (await socket.receive_json_from(timeout=2))["data"] == "<p/>"
+        await socket.disconnect()

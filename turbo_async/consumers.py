@@ -32,6 +32,7 @@ import logging
 import random
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
@@ -71,6 +72,14 @@ refused (the client reconnects with backoff; a page should not hang on a dead Re
 POLICY_VIOLATION = 1008
 """The WebSocket close code of a socket closed for exceeding its message budget (RFC 6455)."""
 
+TRY_AGAIN_LATER = 1013
+"""The WebSocket close code of a socket closed because it fell ``SOCKET_BACKLOG`` messages behind."""
+
+SOCKET_BACKLOG = 1000
+"""Layer messages one socket may have waiting to be written (its client reads too slowly, or its
+network stalled) before it is closed with code 1013: the page reconnects and catches up by offset
+from the history (or refreshes). The process's other sockets never wait for it."""
+
 # One gate per event loop (uvicorn runs one per worker process): asyncio primitives belong to a loop.
 _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -108,12 +117,154 @@ async def pooled_call(
         delay = min(delay * 2, 1.0)
 
 
+class FanOut:
+    """The frames of a web process's groups, read once and handed to its sockets.
+
+    Channels' way costs, per frame **and per socket**: the layer's copy of the message (decoded
+    again for each socket by channels_redis' pub/sub layer), a new task and an ``asyncio.wait``
+    in ``await_many_dispatch``, then the handler. Here one channel of the process (per event loop
+    and layer) joins each group that some socket of the process subscribed to; one task reads it
+    and appends each message to the waiting list of the group's sockets, whose own long-lived
+    writer task sends it (:meth:`TurboStreamsConsumer.write_frames`). A socket that does not keep
+    up only lengthens its own list, up to ``SOCKET_BACKLOG``.
+
+    Membership is renewed by the sockets' heartbeats, as each socket's own was: channels_redis'
+    ``core`` layer keeps it only in Redis."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.members: dict[str, set[TurboStreamsConsumer]] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.opening = asyncio.Lock()
+        self.layer_down = False
+
+    @classmethod
+    def of(cls, layer: Any) -> FanOut:
+        """The fan-out of ``layer`` on the running loop (uvicorn runs one loop per process)."""
+        per_loop = _fanouts.setdefault(asyncio.get_running_loop(), {})
+        found = per_loop.get(id(layer))
+        if found is None or found.layer is not layer:
+            found = per_loop[id(layer)] = cls(layer)
+        return found
+
+    async def open(self) -> str:
+        """The process's channel, opened on first use, with its reader."""
+        if self.channel is None:
+            async with self.opening:
+                if self.channel is None:
+                    channel: str = await pooled_call(self.layer.new_channel)
+                    self.reader = asyncio.create_task(self.read(channel))
+                    self.channel = channel
+        return self.channel
+
+    async def join(self, group: str, consumer: TurboStreamsConsumer) -> None:
+        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group on every
+        call, as a socket joining on its own did (a flushed Redis forgot it). Raises the layer's
+        error when it cannot join within ``LAYER_WAIT_TIMEOUT``."""
+        channel = await self.open()
+        # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
+        # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
+        self.members.setdefault(group, set()).add(consumer)
+        try:
+            await pooled_call(self.layer.group_add, group, channel)
+        except BaseException:
+            self._drop(group, consumer)
+            raise
+
+    async def renew(self, group: str, deadline: float) -> None:
+        if self.channel is not None and self.members.get(group):
+            await pooled_call(self.layer.group_add, group, self.channel, deadline=deadline)
+
+    async def leave(self, groups: list[str], consumer: TurboStreamsConsumer, who: str) -> None:
+        """Stop handing ``groups`` to ``consumer``; the process leaves the groups no socket of it
+        holds any more. Never raises (see :func:`leave`)."""
+        empty = [group for group in groups if self._drop(group, consumer)]
+        channel = self.channel
+        if not empty or channel is None:
+            return
+        await leave(self.layer, empty, channel, who)
+        for group in empty:
+            if self.members.get(group) and self.channel == channel:  # a socket joined meanwhile
+                try:
+                    await pooled_call(self.layer.group_add, group, channel)
+                except Exception as exc:
+                    logger.warning("could not join %s again for this process's sockets (%r); "
+                                   "their heartbeat retries", group, exc)
+        if not self.members:
+            await self.close(channel)
+
+    async def close(self, channel: str) -> None:
+        """Close the process's channel once no socket holds a group: a process whose sockets all
+        closed keeps nothing in Redis (no subscription, no channel). The next join opens another."""
+        async with self.opening:
+            if self.members or self.channel != channel:
+                return
+            self.channel = None  # joins from now on wait for the lock and open a new one
+            reader, self.reader = self.reader, None
+            if reader is not None:
+                # Wait for the read to unwind before forgetting the channel: channels_redis'
+                # core layer cleans its buffer of the channel on cancel, and raises (leaving its
+                # process-wide receive lock taken, so every later read hangs) if it is gone.
+                reader.cancel()
+                await asyncio.wait([reader])
+            await forget(self.layer, channel)
+
+    def _drop(self, group: str, consumer: TurboStreamsConsumer) -> bool:
+        """Remove ``consumer`` from ``group``; whether no socket of the process holds it now."""
+        members = self.members.get(group)
+        if members is None:
+            return False
+        members.discard(consumer)
+        if members:
+            return False
+        del self.members[group]
+        return True
+
+    async def read(self, channel: str) -> None:
+        """Hand every message of the process's channel to the sockets of its group; waits out an
+        unreachable layer (logged once per outage) and never ends before the loop does."""
+        delay = 0.05
+        while True:
+            try:
+                message: dict[str, Any] = await self.layer.receive(channel)
+            except LAYER_ERRORS as exc:
+                if not self.layer_down:
+                    self.layer_down = True
+                    logger.warning("could not read this process's frames from the channel layer (%r); retrying", exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, RECEIVE_BACKOFF_MAX)
+                continue
+            except Exception:  # a safety net: one bad message must not stop every socket's frames
+                logger.exception("reading this process's frames from the channel layer failed; retrying")
+                await asyncio.sleep(delay)
+                continue
+            if self.layer_down:
+                self.layer_down = False
+                logger.info("the channel layer answers again for this process's frames")
+            delay = 0.05
+            group = message.get("group")
+            members = self.members.get(group) if isinstance(group, str) else None
+            if members:
+                for consumer in members:
+                    consumer.push(message)
+
+
+_fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FanOut]] = weakref.WeakKeyDictionary()
+
+
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """Route it at ``ws/`` (see :mod:`turbo_async.routing`), inside ``AuthMiddlewareStack``."""
 
     closing = False  # set when the socket is closed for abuse
     layer_down = False  # set while the channel layer fails, so that an outage is logged once
     heartbeat: asyncio.Task[None] | None = None
+    fan_out = True
+    """Receive the groups' frames through the process's :class:`FanOut` (False: each socket
+    joins the groups with its own channel, as Channels does)."""
+    fanout: FanOut | None = None  # set in __call__ when fan_out is on
+    holding = False  # while a client message is handled, frames wait (order after a replay)
+    closer: asyncio.Future[None] | None = None  # the close of a socket too far behind
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' ``AsyncConsumer.__call__``, with the layer read through :meth:`layer_receive`:
@@ -132,13 +283,56 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Channels' stubs type channel_receive as an ASGI receive; it returns layer messages.
         self.channel_receive = self.layer_receive  # type: ignore[assignment]
         self.base_send = send
+        writer: asyncio.Task[None] | None = None
+        if self.fan_out:
+            self.fanout = FanOut.of(layer)
+            self.pending: deque[dict[str, Any]] = deque()
+            self.ready = asyncio.Event()
+            writer = asyncio.create_task(self.write_frames())
         sources: list[Any] = [receive, self.layer_receive]
         try:
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
         finally:
+            if writer is not None:
+                writer.cancel()
             await forget(layer, self.channel_name)
+
+    def push(self, message: dict[str, Any]) -> None:
+        """A message of one of this socket's groups, from the process's :class:`FanOut`: queued
+        for :meth:`write_frames`. A socket ``SOCKET_BACKLOG`` messages behind is closed."""
+        if self.closing:
+            return
+        if len(self.pending) >= SOCKET_BACKLOG:
+            self.closing = True
+            self.pending.clear()
+            logger.warning(
+                "closed the WebSocket from %s with code %d: %d frames were waiting to be written "
+                "to it (it reads too slowly); the page reconnects and catches up",
+                peer(self.scope), TRY_AGAIN_LATER, SOCKET_BACKLOG,
+            )
+            self.closer = asyncio.ensure_future(self.close(code=TRY_AGAIN_LATER))
+            return
+        self.pending.append(message)
+        if not self.holding:
+            self.ready.set()
+
+    async def write_frames(self) -> None:
+        """Send what :meth:`push` queued, in order; one long-lived task per socket."""
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.pending and not self.holding:
+                message = self.pending.popleft()
+                try:
+                    await self.dispatch(message)
+                except OSError:  # the client is gone; disconnect() follows
+                    self.pending.clear()
+                    return
+                except Exception:  # a handler's bug must not stop this socket's frames
+                    logger.exception("sending a %r message to the WebSocket from %s failed",
+                                     message.get("type"), peer(self.scope))
 
     async def layer_receive(self) -> dict[str, Any]:
         """The next message of this socket's channel; waits out an unreachable layer."""
@@ -201,7 +395,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             deadline = loop.time() + interval  # a renewal never outlasts the next beat
             for group in list(self.subscriptions):
                 try:
-                    await pooled_call(self.channel_layer.group_add, group, self.channel_name, deadline=deadline)
+                    if self.fanout is not None:
+                        await self.fanout.renew(group, deadline)
+                    else:
+                        await pooled_call(self.channel_layer.group_add, group, self.channel_name, deadline=deadline)
                 except LAYER_ERRORS as exc:
                     self.layer_failed("could not renew the channel-layer groups", exc)
                     break
@@ -266,7 +463,13 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         refusals: RefusalLog | None = getattr(self, "refusals", None)
         if refusals is not None:
             refusals.summary()
-        await leave(self.channel_layer, groups, self.channel_name, peer(self.scope))
+        await self.leave_groups(groups)
+
+    async def leave_groups(self, groups: list[str]) -> None:
+        if self.fanout is not None:
+            await self.fanout.leave(groups, self, peer(self.scope))
+        else:
+            await leave(self.channel_layer, groups, self.channel_name, peer(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -275,6 +478,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if not self.budget.take():
             await self.close_for_abuse()
             return
+        self.holding = True
         try:
             await self.handle(text_data)
         except OSError as exc:
@@ -285,6 +489,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             # A safety net: whatever a client sends, the socket and the process stay up.
             self.refusals.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
+        finally:
+            self.holding = False
+            if self.fanout is not None and self.pending:
+                self.ready.set()
 
     async def close_for_abuse(self) -> None:
         settings = conf.get()
@@ -364,7 +572,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         if group not in self.subscriptions:
             try:
-                await pooled_call(self.channel_layer.group_add, group, self.channel_name)
+                if self.fanout is not None:
+                    await self.fanout.join(group, self)
+                else:
+                    await pooled_call(self.channel_layer.group_add, group, self.channel_name)
             except LAYER_ERRORS as exc:
                 self.refusals.warning("could not join the group of %r: %r", stream_name, exc)
                 await self.error(
@@ -380,7 +591,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def replay(self, group: str, signed_name: str, seen: history.Position) -> None:
         """Send what the client missed after ``seen``, in order, before any live frame (live
-        frames wait in the channel until this handler returns); or tell it to refresh."""
+        frames wait until this handler returns: in the socket's list, see :meth:`receive`, or
+        in its channel); or tell it to refresh."""
         try:
             missed = await layer_call(history.since, self.channel_layer, group, seen)
         except history.BadOffset as exc:
@@ -441,7 +653,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names.discard(signed_name)
         if not names:
             del self.subscriptions[group]
-            await leave(self.channel_layer, [group], self.channel_name, peer(self.scope))
+            await self.leave_groups([group])
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Frames from the layer go straight to :meth:`turbo_stream`. They touch no database, and
