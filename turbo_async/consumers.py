@@ -419,7 +419,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         and web process per half heartbeat (:func:`stream_position`)."""
         if not history.enabled(self.channel_layer):
             return
-        if self.writing or asyncio.get_running_loop().time() - self.last_frame < interval:
+        queued = getattr(self, "pending", None)  # the fan-out writer's list (fan_out on)
+        if self.writing or queued or asyncio.get_running_loop().time() - self.last_frame < interval:
             # Frames are flowing (or a slow reader's are queued for it): a gap shows in their
             # offsets, which the client acts on. The audit is for streams that went quiet.
             self.behind.clear()
