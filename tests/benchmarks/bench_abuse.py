@@ -28,17 +28,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import rss_mb  # noqa: E402
+
 FLOOD_SECONDS = float(os.environ.get("BENCH_ABUSE_FLOOD_SECONDS", "10"))
 SOCKETS = int(os.environ.get("BENCH_ABUSE_SOCKETS", "2000"))
 SUBSCRIPTIONS = int(os.environ.get("BENCH_ABUSE_SUBSCRIPTIONS", "100"))
 LAYER = os.environ.get("BENCH_ABUSE_LAYER", "pubsub")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -129,10 +126,11 @@ async def mass(url: str, origin: str, names: list[str], pid: int) -> dict[str, A
     return {"replies": replies, "subscribe_seconds": subscribed_after, "rss_peak": peak}
 
 
-def main() -> None:
-    tmp = tempfile.mkdtemp(prefix="bench_abuse_")
-    sys.path.insert(0, str(ROOT))
-    from tests.services import RedisServer, Uvicorn, free_port
+def stack_for_test_settings(prefix: str) -> tuple[Path, Any]:
+    """A temporary directory and a started Redis for processes of tests.settings (which this
+    process is set up with too): what bench_abuse and bench_cycles start from."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    from tests.services import RedisServer, free_port
 
     os.environ["TURBO_TEST_REDIS_PORT"] = str(free_port())
     os.environ["TURBO_TEST_TMP"] = tmp
@@ -140,11 +138,25 @@ def main() -> None:
     import django
 
     django.setup()
-    from tests.testapp.streams import RoomStream
-
     redis = RedisServer(int(os.environ["TURBO_TEST_REDIS_PORT"]), Path(tmp) / "redis")
     redis.start()
-    web = Uvicorn(Path(tmp) / "logs", name="web-bench-abuse", TURBO_TEST_LAYER=LAYER)
+    return Path(tmp), redis
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for label, value in rows:
+        print(f"{label.ljust(width)}  {value}")
+
+
+def main() -> None:
+    tmp, redis = stack_for_test_settings("bench_abuse_")
+    from tests.services import Uvicorn
+    from tests.testapp.streams import RoomStream
+
+    web = Uvicorn(tmp / "logs", name="web-bench-abuse", TURBO_TEST_LAYER=LAYER)
     web.args += ["--ws-max-size", "20000", *os.environ.get("BENCH_ABUSE_UVICORN_ARGS", "").split()]
     web.start()
     assert web.process is not None
@@ -213,11 +225,7 @@ def main() -> None:
     finally:
         web.stop()
         redis.stop()
-    width = max(len(label) for label, _ in rows)
-    print(f"{'measure'.ljust(width)}  value")
-    print(f"{'-' * width}  {'-' * 40}")
-    for label, value in rows:
-        print(f"{label.ljust(width)}  {value}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

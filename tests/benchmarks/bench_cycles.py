@@ -17,24 +17,21 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.benchmarks.bench_abuse import print_rows, stack_for_test_settings  # noqa: E402
+from tests.services import rss_mb  # noqa: E402
+
 CYCLES = int(os.environ.get("BENCH_CYCLES", "10000"))
 CONCURRENCY = int(os.environ.get("BENCH_CYCLES_CONCURRENCY", "50"))
 LAYERS = os.environ.get("BENCH_LAYERS", "core,pubsub").split(",")
 WARMUP = 500
 CHECKPOINTS = (WARMUP, 2000, CYCLES)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def cycles(url: str, origin: str, names: list[tuple[str, str]], pid: int, layer: Any) -> dict[int, float]:
@@ -74,37 +71,24 @@ async def cycles(url: str, origin: str, names: list[tuple[str, str]], pid: int, 
 
 
 def main() -> None:
-    tmp = tempfile.mkdtemp(prefix="bench_cycles_")
-    sys.path.insert(0, str(ROOT))
-    from tests.services import RedisServer, Uvicorn, free_port
+    tmp, redis = stack_for_test_settings("bench_cycles_")
+    from django.conf import settings
+    from django.utils.module_loading import import_string
 
-    os.environ["TURBO_TEST_REDIS_PORT"] = str(free_port())
-    os.environ["TURBO_TEST_TMP"] = tmp
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-    import django
-
-    django.setup()
-    from channels_redis.core import RedisChannelLayer
-
+    from tests.services import Uvicorn
     from tests.testapp.streams import RoomStream
 
-    redis = RedisServer(int(os.environ["TURBO_TEST_REDIS_PORT"]), Path(tmp) / "redis")
-    redis.start()
     rows: list[tuple[str, str]] = []
     try:
         streams = [RoomStream(n) for n in range(50)]
         for layer_name in LAYERS:
             redis.flushall()
-            web = Uvicorn(Path(tmp) / "logs", name=f"web-cycles-{layer_name}", TURBO_TEST_LAYER=layer_name)
+            web = Uvicorn(tmp / "logs", name=f"web-cycles-{layer_name}", TURBO_TEST_LAYER=layer_name)
             web.start()
             assert web.process is not None
             pid = web.process.pid
             start_rss = rss_mb(pid)
-            sender = RedisChannelLayer(hosts=[{"address": redis.url}]) if layer_name == "core" else None
-            if sender is None:
-                from channels_redis.pubsub import RedisPubSubChannelLayer
-
-                sender = RedisPubSubChannelLayer(hosts=[{"address": redis.url}])
+            sender = import_string(settings.LAYERS[layer_name])(hosts=[{"address": redis.url}])
             names = [(s.broadcastable_stream_name, s.signed_stream_name) for s in streams]
             began = time.monotonic()
             readings = asyncio.run(cycles(web.ws_url, web.origin, names, pid, sender))
@@ -123,12 +107,7 @@ def main() -> None:
             ))
     finally:
         redis.stop()
-    width = max(len(label) for label, _ in rows)
-    print(f"{'measure'.ljust(width)}  value")
-    print(f"{'-' * width}  {'-' * 40}")
-    for label, value in rows:
-        print(f"{label.ljust(width)}  {value}")
-
+    print_rows(rows)
 
 if __name__ == "__main__":
     main()

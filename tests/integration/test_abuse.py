@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import LOG_DIR, current_layer, layer_backend
-from tests.services import RedisServer, StreamClient, Uvicorn, subscribed
+from tests.services import RedisServer, StreamClient, Uvicorn, rss_mb, subscribed
 from tests.testapp.streams import RoomStream
 from turbo_async import conf
 from turbo_async.consumers import forget
@@ -40,14 +40,6 @@ def junk(size: int = 16000) -> str:
     """A valid JSON subscribe with a forged 16 KB signature: it passes the size check and reaches
     the signature check, the most expensive refusal."""
     return json.dumps({"type": "subscribe", "signed_channel_name": "x" * size})
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def group_members(redis: RedisServer) -> int:
