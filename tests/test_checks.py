@@ -129,6 +129,18 @@ def test_redis_default_hosts_warn(settings: Any) -> None:
     assert ids(check_channel_layer()) == ["turbo_async.W002"]
 
 
+@pytest.mark.parametrize(
+    "host", [{"address": "redis://redis:6379/0"}, "redis://redis:6379/0", ("redis", 6379)]
+)
+def test_pubsub_layer_hosts_need_no_socket_timeout(settings: Any, host: Any) -> None:
+    # The pub/sub layer polls its subscriber connection with a timeout of its own: redis-py 8's
+    # 5 s socket_timeout does not stop it receiving, so W001/W002 would only be noise there.
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [host]}}
+    }
+    assert check_channel_layer() == []
+
+
 def test_redis_host_password_is_not_shown(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer({"host": "redis", "password": "s3cret"})
     [warning] = check_channel_layer()
