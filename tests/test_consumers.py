@@ -852,6 +852,85 @@ def test_a_frame_message_carries_its_position_after_turbo_djangos_fields() -> No
     assert frame_message("n", "<f/>", None, None) == json.dumps({"signed_channel_name": "n", "data": "<f/>"})
 
 
+def test_a_message_of_several_frames_names_its_first_offset() -> None:
+    assert json.loads(frame_message("n", "<a/><b/>", "ab12", 8, 7)) == {
+        "signed_channel_name": "n", "data": "<a/><b/>", "epoch": "ab12", "offset": 8, "from_offset": 7,
+    }
+    assert "from_offset" not in frame_message("n", "<a/>", "ab12", 7, 7)
+
+
+def queued(offsets: list[int], group: str = "g", epoch: str = "e1") -> list[dict[str, Any]]:
+    return [
+        {"type": consumers.MESSAGE_TYPE, "group": group, "epoch": epoch, "offset": n, "data": f"<f{n}/>"}
+        for n in offsets
+    ]
+
+
+def socket_with(pending: list[dict[str, Any]], sent: int | None = 4, ranges: bool = True) -> TurboStreamsConsumer:
+    """A consumer's state as its writer sees it (no socket: coalesce touches only this state)."""
+    from collections import deque
+
+    from turbo_async import history
+
+    consumer = TurboStreamsConsumer()
+    consumer.ranges = ranges
+    consumer.sent = {} if sent is None else {"g": history.Position("e1", sent)}
+    consumer.pending = deque(pending)
+    return consumer
+
+
+def test_frames_that_queued_up_go_as_one_message_for_a_client_that_applies_ranges() -> None:
+    first, *rest = queued([5, 6, 7, 9])  # 8 is missing: 9 waits for its own message
+    consumer = socket_with(rest)
+    merged = consumer.coalesce(first)
+    assert (merged["from_offset"], merged["offset"], merged["data"]) == (5, 7, "<f5/><f6/><f7/>")
+    assert [m["offset"] for m in consumer.pending] == [9]
+
+
+@pytest.mark.parametrize(
+    ("why", "pending", "sent", "ranges"),
+    [
+        ("a client that did not ask for ranges (turbo-django's)", queued([6, 7]), 4, False),
+        ("nothing was sent to it yet: it may hold frames before these", queued([6, 7]), None, True),
+        ("a gap before the first: the client must see the jump", queued([6, 7]), 3, True),
+        ("another group behind it", queued([6], group="other"), 4, True),
+        ("another epoch behind it", queued([6], epoch="e2"), 4, True),
+    ],
+)
+def test_frames_go_one_by_one_when_merging_could_hide_something(
+    why: str, pending: list[dict[str, Any]], sent: int | None, ranges: bool
+) -> None:
+    first = queued([5])[0]
+    consumer = socket_with(pending, sent=sent, ranges=ranges)
+    assert consumer.coalesce(first) is first, why
+    assert len(consumer.pending) == len(pending)
+
+
+def test_a_merged_message_holds_at_most_merge_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumers, "MERGE_FRAMES", 3)
+    first, *rest = queued([5, 6, 7, 8, 9])
+    consumer = socket_with(rest)
+    assert consumer.coalesce(first)["offset"] == 7
+    assert [m["offset"] for m in consumer.pending] == [8, 9]
+
+
+def test_frames_skip_channels_session_saving_and_nothing_else() -> None:
+    """The session middleware's ``send`` only acts on ``http.response.start``; frames go to the
+    ``send`` it wraps. A ``send`` of any other middleware is kept."""
+    from channels.sessions import InstanceSessionWrapper
+
+    async def server_send(message: dict[str, Any]) -> None:
+        pass
+
+    session = InstanceSessionWrapper({"cookies": {}}, server_send)
+    assert consumers.past_session_saving(session.send) is server_send
+
+    async def other_middleware_send(message: dict[str, Any]) -> None:
+        pass
+
+    assert consumers.past_session_saving(other_middleware_send) is other_middleware_send
+
+
 async def test_live_frames_carry_their_batch_position(client: WebsocketCommunicator, layer: Any) -> None:
     stream = room_stream(43)
     signed = stream.signed_stream_name

@@ -41,6 +41,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from channels.utils import await_many_dispatch
 from django.core.exceptions import ObjectDoesNotExist
 
@@ -79,6 +80,11 @@ SOCKET_BACKLOG = 1000
 """Layer messages one socket may have waiting to be written (its client reads too slowly, or its
 network stalled) before it is closed with code 1013: the page reconnects and catches up by offset
 from the history (or refreshes). The process's other sockets never wait for it."""
+
+MERGE_FRAMES = 64
+MERGE_BYTES = 256 * 1024
+"""At most this many frames, of at most this many bytes of ``data`` in all, go out as one message
+to a socket whose frames queued up (see :meth:`TurboStreamsConsumer.coalesce`)."""
 
 # One gate per event loop (uvicorn runs one per worker process): asyncio primitives belong to a loop.
 _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
@@ -265,6 +271,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     fanout: FanOut | None = None  # set in __call__ when fan_out is on
     holding = False  # while a client message is handled, frames wait (order after a replay)
     closer: asyncio.Future[None] | None = None  # the close of a socket too far behind
+    frame_send: ASGISend | None = None  # see past_session_saving
+    ranges = False
+    """The client applies messages carrying several frames (``"from_offset"``): it said so with
+    ``"ranges": true`` in a subscribe, as turbo-async.js does. Frames that queued up for it then go
+    out as one message (:meth:`coalesce`); any other client gets one message per frame."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' ``AsyncConsumer.__call__``, with the layer read through :meth:`layer_receive`:
@@ -283,6 +294,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Channels' stubs type channel_receive as an ASGI receive; it returns layer messages.
         self.channel_receive = self.layer_receive  # type: ignore[assignment]
         self.base_send = send
+        self.frame_send = past_session_saving(send)
         writer: asyncio.Task[None] | None = None
         if self.fan_out:
             self.fanout = FanOut.of(layer)
@@ -324,7 +336,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.ready.wait()
             self.ready.clear()
             while self.pending and not self.holding:
-                message = self.pending.popleft()
+                message = self.coalesce(self.pending.popleft())
                 try:
                     await self.dispatch(message)
                 except OSError:  # the client is gone; disconnect() follows
@@ -333,6 +345,45 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 except Exception:  # a handler's bug must not stop this socket's frames
                     logger.exception("sending a %r message to the WebSocket from %s failed",
                                      message.get("type"), peer(self.scope))
+
+    def coalesce(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` and the frames of its group queued right behind it, as one message.
+
+        A web process that cannot write every frame to every socket as fast as frames come
+        (hundreds of sockets on one stream) would queue them, and each frame would then wait for
+        all the writes before it: the delay would grow with the load. Instead, the frames that
+        queued up for a socket meanwhile go out in one message, whose ``data`` holds their
+        ``<turbo-stream>`` elements in order (Turbo applies them in order), with the offset of the
+        last and ``"from_offset"`` the first: one write per socket however many frames waited.
+
+        Only for a client that said it applies such messages (:attr:`ranges`), for numbered
+        frames following, without a gap, the last frame this socket was sent (so the client holds
+        everything before them), up to ``MERGE_FRAMES`` frames and ``MERGE_BYTES`` bytes."""
+        if not self.ranges or not self.pending or message.get("type") != MESSAGE_TYPE:
+            return message
+        group, epoch, first = message.get("group"), message.get("epoch"), message.get("offset")
+        sent = self.sent.get(group) if isinstance(group, str) else None
+        if sent is None or not isinstance(first, int) or sent.epoch != epoch or first != sent.offset + 1:
+            return message
+        parts = [message["data"]]
+        size = len(parts[0])
+        last = first
+        while self.pending and len(parts) < MERGE_FRAMES:
+            following = self.pending[0]
+            data = following.get("data")
+            if (
+                following.get("type") != MESSAGE_TYPE or following.get("group") != group
+                or following.get("epoch") != epoch or following.get("offset") != last + 1
+                or not isinstance(data, str) or size + len(data) > MERGE_BYTES
+            ):
+                break
+            self.pending.popleft()
+            parts.append(data)
+            size += len(data)
+            last += 1
+        if last == first:
+            return message
+        return {**message, "data": "".join(parts), "offset": last, "from_offset": first}
 
     async def layer_receive(self) -> dict[str, Any]:
         """The next message of this socket's channel; waits out an unreachable layer."""
@@ -585,6 +636,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 )
                 return
         self.subscriptions.setdefault(group, set()).add(signed_name)
+        if content.get("ranges") is True:
+            self.ranges = True
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
         if seen is not None and history.enabled(self.channel_layer):
             self.sent.setdefault(group, seen)
@@ -675,8 +728,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.last_frame = asyncio.get_running_loop().time()
         self.writing = True
         try:
+            first = event.get("from_offset")
+            send: ASGISend = self.frame_send or self.base_send  # type: ignore[assignment]
             for signed_name in self.subscriptions.get(group, ()):
-                await self.send(frame_message(signed_name, event["data"], epoch, offset))
+                text = frame_message(signed_name, event["data"], epoch, offset, first)
+                await send({"type": "websocket.send", "text": text})
         finally:
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
@@ -723,16 +779,45 @@ def _encoded(data: str) -> str:
     return json.dumps(data)
 
 
-def frame_message(signed_name: str, data: str, epoch: Any = None, offset: Any = None) -> str:
+def frame_message(
+    signed_name: str, data: str, epoch: Any = None, offset: Any = None, from_offset: Any = None
+) -> str:
     """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
     the frames JSON-encoded once per process however many sockets of the process receive them
     (the cache's key is the frames' text: with the pub/sub layer, one shared string); with the
     batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
-    ignores extra fields)."""
-    head = f'{{"signed_channel_name": {json.dumps(signed_name)}, "data": {_encoded(data)}'
+    ignores extra fields), and ``"from_offset"``, the first offset, when ``data`` holds several
+    numbered frames (:meth:`TurboStreamsConsumer.coalesce`)."""
+    head = f'{{"signed_channel_name": {_encoded_name(signed_name)}, "data": {_encoded(data)}'
     if isinstance(epoch, str) and isinstance(offset, int):
+        if isinstance(from_offset, int) and from_offset < offset:
+            return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}, "from_offset": {from_offset}}}'
         return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}}}'
     return head + "}"
+
+
+@lru_cache(maxsize=4096)
+def _encoded_name(signed_name: str) -> str:
+    return json.dumps(signed_name)
+
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def past_session_saving(send: ASGISend) -> ASGISend:
+    """The ASGI ``send`` under Channels' session middleware, for frames.
+
+    ``SessionMiddleware`` (in ``AuthMiddlewareStack``) wraps ``send`` to save the session and
+    set its cookie on ``http.response.start``; for every other message it only reads the lazy
+    session twice and passes it on. Fanning a frame out to hundreds of sockets, those reads were
+    about a tenth of a web process's time (py-spy, docs/benchmarks.rst). Frames skip that
+    wrapper (and only that one: any other middleware's ``send`` is kept); every other message
+    of the socket still goes through it."""
+    while isinstance(getattr(send, "__self__", None), InstanceSessionWrapper) and (
+        getattr(send, "__func__", None) is InstanceSessionWrapper.send
+    ):
+        send = send.__self__.real_send  # type: ignore[attr-defined]
+    return send
 
 
 async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:

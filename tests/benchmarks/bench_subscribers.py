@@ -120,7 +120,10 @@ class Socket:
 
 async def subscribe(url: str, origin: str, signed_name: str, protocol: str) -> Socket:
     ws = await Socket.connect(url, origin)
-    ws.send_text(json.dumps({"type": "subscribe", "signed_channel_name": signed_name}))
+    subscription: dict[str, object] = {"type": "subscribe", "signed_channel_name": signed_name}
+    if protocol == "turbo_async":
+        subscription["ranges"] = True  # as turbo-async.js: frames that queued up come as one message
+    ws.send_text(json.dumps(subscription))
     if protocol == "turbo_async":
         replies: list[bytes] = []
         while not replies:

@@ -239,3 +239,55 @@ def test_the_client_without_turbo_fails_loudly(web: Uvicorn, visit: Visitor) -> 
     assert event["detail"]["signedChannelName"] is None
     assert 'add {% include "turbo/head.html" %} to <head>' in event["detail"]["reason"]
     assert ("error", f"turbo-async: {event['detail']['reason']}") in seen.console
+
+
+# Feeds the client's own socket messages as the server would send them (a synthetic "message"
+# event: what the client does with each is under test, not the server).
+FEED = """([name, messages]) => {
+  const socket = window.__sockets[window.__sockets.length - 1];
+  for (const message of messages) {
+    socket.dispatchEvent(new MessageEvent("message", { data: JSON.stringify({ signed_channel_name: name, ...message }) }));
+  }
+}"""
+
+
+def appended(*texts: str) -> str:
+    return "".join(
+        f'<turbo-stream action="append" target="tags"><template><li>{text}</li></template></turbo-stream>'
+        for text in texts
+    )
+
+
+def test_messages_carrying_runs_of_frames_are_applied_once_and_in_order(web: Uvicorn, visit: Visitor) -> None:
+    """A message may hold the frames ``from_offset`` to ``offset`` (those that queued up on the
+    server for this socket, docs/client.rst): the client applies the run once, after what it
+    holds; a run that comes ahead of a missing one waits for it, as a single frame does."""
+    seen = visit(web.origin + "/client/")
+    seen.page.evaluate("""() => {
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+    source = seen.page.locator("turbo-channels-stream-source")
+    name = source.get_attribute("signed-channel-name")
+    # Numbered after the stream's position at the render (data-epoch, data-offset).
+    epoch, at = source.get_attribute("data-epoch"), int(source.get_attribute("data-offset") or "")
+
+    def run(texts: list[str], first: int, last: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"data": appended(*texts), "epoch": epoch, "offset": at + last}
+        if first < last:
+            message["from_offset"] = at + first
+        return message
+
+    seen.page.evaluate(FEED, [name, [
+        run(["1"], 1, 1),
+        run(["2", "3"], 2, 3),
+        run(["6", "7"], 6, 7),  # 4 and 5 not yet: held
+        run(["2", "3"], 2, 3),  # a repeat: dropped
+        run(["4", "5"], 4, 5),
+        run(["8"], 8, 8),
+    ]])
+    expect(seen.page.locator("#tags li")).to_have_text(["1", "2", "3", "4", "5", "6", "7", "8"])
+    assert seen.page.evaluate("window.__refreshes") == []
+    # A run overlapping what was applied cannot be split (the server never sends one): a gap.
+    seen.page.evaluate(FEED, [name, [run(["8", "9"], 8, 9)]])
+    seen.page.wait_for_function("window.__refreshes === undefined || window.__refreshes.length > 0")

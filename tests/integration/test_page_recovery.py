@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -481,40 +482,61 @@ def read_until_quiet(page: Page, count: int, quiet: float = 3.0) -> None:
 
 
 def test_a_slow_reader_loses_nothing_unseen_and_does_not_hold_up_the_others(live_recovery: RecoveryStack) -> None:
-    """One socket (a 64 KB receive buffer) stops reading while SLOW_FRAMES frames of 16 KB (8 MB,
-    twice what the kernel buffers on the server's side) are broadcast to its stream, so the web
-    process cannot write them all to it; another socket of the same stream reads throughout. The
-    web process's fan-out keeps what the slow socket could not take in its own list (up to
+    """Two sockets (64 KB receive buffers) stop reading while SLOW_FRAMES frames of 16 KB (8 MB,
+    twice what the kernel buffers on the server's side) are broadcast to their stream, so the web
+    process cannot write them all to them; another socket of the same stream reads throughout. The
+    web process's fan-out keeps what a slow socket could not take in its own list (up to
     ``SOCKET_BACKLOG``, 1,000 messages: beyond, the socket is closed with 1013 and the page
     reconnects and catches up by offset), under both layers: every frame arrives, in order, once
-    it reads again, and the reader beside it keeps up meanwhile."""
+    it reads again, and the reader beside them keeps up meanwhile. One slow socket subscribed with
+    ``"ranges": true`` (as turbo-async.js does): the frames that queued up for it (beyond what the
+    kernel's buffers took) come as fewer messages, each holding a run of offsets (``from_offset`` to ``offset``) and their frames in
+    order; the other, a turbo-django client, gets one message per frame."""
     from tests.conftest import current_layer
 
     with suppress():
         room = RoomFactory()
     name = room.stream.signed_stream_name
-    slow, brisk = Page(live_recovery.web, receive_buffer=65536), Page(live_recovery.web)
+    slow = Page(live_recovery.web, receive_buffer=65536)
+    merging = Page(live_recovery.web, receive_buffer=65536)
+    brisk = Page(live_recovery.web)
     try:
         for page in (slow, brisk):
             assert page.subscribe(name)["type"] == "subscribed"
+        assert merging.subscribe(name, ranges=True)["type"] == "subscribed"
         MessageFactory(room=room, text="before")
-        for page in (slow, brisk):
+        for page in (slow, merging, brisk):
             page.wait_frame("before", 10)
         first = slow.frames[-1]["offset"]
         padding = "x" * SLOW_FRAME_BYTES
         for n in range(SLOW_FRAMES):
             MessageFactory(room=room, text=f"slow {n} {padding}")
-        read_until_quiet(brisk, SLOW_FRAMES + 1, quiet=20)  # the slow socket is not read meanwhile
+        read_until_quiet(brisk, SLOW_FRAMES + 1, quiet=20)  # the slow sockets are not read meanwhile
         wait_offset(live_recovery, room, first + SLOW_FRAMES, timeout=60)
         read_until_quiet(slow, SLOW_FRAMES + 1)
+        def covered(page: Page) -> int:  # frames received: a message may hold a run of them
+            return sum(frame["offset"] - frame.get("from_offset", frame["offset"]) + 1 for frame in page.frames)
+
+        last = time.monotonic()
+        while covered(merging) < SLOW_FRAMES + 1 and time.monotonic() - last < 3.0:
+            if merging.pump(0.1) is not None:
+                last = time.monotonic()
         expected = list(range(first + 1, first + SLOW_FRAMES + 1))
         brisk_offsets = [frame["offset"] for frame in brisk.frames[1:]]
         slow_offsets = [frame["offset"] for frame in slow.frames[1:]]
+        runs = [(frame.get("from_offset", frame["offset"]), frame["offset"]) for frame in merging.frames[1:]]
         print(f"\n{current_layer()}: slow reader got {len(slow_offsets)} of {SLOW_FRAMES} frames of 16 KB, "
-              f"the reader beside it {len(brisk_offsets)}")
+              f"the reader beside it {len(brisk_offsets)}, the slow reader taking ranges all of them "
+              f"in {len(runs)} messages")
         assert brisk_offsets == expected
         assert slow_offsets == sorted(set(slow_offsets)), "frames out of order or duplicated"
         assert slow_offsets == expected
+        assert [n for start, end in runs for n in range(start, end + 1)] == expected
+        # About half the frames fit in the kernel's buffers and went one by one; the rest queued up.
+        assert len(runs) < 0.8 * SLOW_FRAMES, "the frames that queued up were not merged"
+        texts = re.findall(r"slow (\d+) ", "".join(frame["data"] for frame in merging.frames[1:]))
+        assert texts == [str(n) for n in range(SLOW_FRAMES)]
     finally:
         slow.close()
+        merging.close()
         brisk.close()

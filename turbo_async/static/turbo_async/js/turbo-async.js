@@ -13,11 +13,16 @@
  * subscribe sends it, so the server replays the frames sent between the render and the subscribe.
  *
  * Wire protocol (JSON text frames, turbo-django's, with additions):
- *   client -> server  {"type": "subscribe",   "signed_channel_name": "..."[, "epoch": "...", "offset": n]}
+ *   client -> server  {"type": "subscribe",   "signed_channel_name": "...", "ranges": true
+ *                      [, "epoch": "...", "offset": n]} (ranges: this client applies messages
+ *                     carrying several frames, below)
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
  *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>",
  *                      "epoch": "...", "offset": n} (epoch/offset: the batch's position in its
  *                     stream; applied once, in order; a gap refreshes the page)
+ *                     the same with "from_offset": m (frames m to n in one message: those that
+ *                     queued up for this socket while the server was writing; sent only to a
+ *                     client that subscribed with "ranges": true)
  *                     {"type": "reset", "signed_channel_name": "...", "reason": "..."} (what the
  *                     page missed is beyond the history: the client refreshes the page)
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
@@ -131,8 +136,8 @@
     if (subscribed.has(name)) return;
     const position = positions.get(name);
     const message = position
-      ? { type: "subscribe", signed_channel_name: name, epoch: position.epoch, offset: position.offset }
-      : { type: "subscribe", signed_channel_name: name };
+      ? { type: "subscribe", signed_channel_name: name, ranges: true, epoch: position.epoch, offset: position.offset }
+      : { type: "subscribe", signed_channel_name: name, ranges: true };
     if (send(message)) {
       subscribed.add(name);
     }
@@ -334,7 +339,7 @@
   // Frames that came ahead of a missing offset, per name: two workers may number batches 5 and 6
   // and send 6 first, so a jump waits GAP_WAIT_MS for the missing ones before it counts as lost.
   const GAP_WAIT_MS = 2000;
-  /** @type {Map<string, {frames: Map<number, string>, timer: number}>} */
+  /** @type {Map<string, {frames: Map<number, {to: number, data: string}>, timer: number}>} */
   const ahead = new Map();
 
   const gap = (name) => {
@@ -353,7 +358,14 @@
       return;
     }
     if (last && message.offset <= last.offset) return; // applied already (a replay, a retry)
-    if (!last || message.offset === last.offset + 1) {
+    // A message may carry frames from_offset to offset (several that queued up on the server).
+    const first = Number.isInteger(message.from_offset) ? message.from_offset : message.offset;
+    if (last && first <= last.offset) {
+      // Part of it was applied already and it cannot be split (the server never sends this).
+      gap(name);
+      return;
+    }
+    if (!last || first === last.offset + 1) {
       positions.set(name, { epoch: message.epoch, offset: message.offset });
       render(name, message.data);
       // Frames held back behind this one can go now, in order.
@@ -361,11 +373,11 @@
       if (held) {
         let next = message.offset + 1;
         while (held.frames.has(next)) {
-          const data = held.frames.get(next);
+          const frame = held.frames.get(next);
           held.frames.delete(next);
-          positions.set(name, { epoch: message.epoch, offset: next });
-          render(name, data);
-          next += 1;
+          positions.set(name, { epoch: message.epoch, offset: frame.to });
+          render(name, frame.data);
+          next = frame.to + 1;
         }
         if (held.frames.size === 0) {
           clearTimeout(held.timer);
@@ -379,7 +391,7 @@
       held = { frames: new Map(), timer: setTimeout(() => gap(name), GAP_WAIT_MS) };
       ahead.set(name, held);
     }
-    held.frames.set(message.offset, message.data);
+    held.frames.set(first, { to: message.offset, data: message.data });
   };
 
   const render = (name, data) => {
