@@ -512,3 +512,20 @@ def use_broker(url: str) -> None:
     app.conf.broker_url = url
     app._pool = None
     app.amqp._producer_pool = None
+
+
+def stream_offset(redis: RedisServer, room: Any) -> int:
+    """The last offset the worker gave the room's stream, read from the channel layer's Redis."""
+    from turbo_async import history
+
+    raw = redis.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
+    return int(raw or 0)
+
+
+def wait_offset(redis: RedisServer, room: Any, offset: int, timeout: float = 20) -> None:
+    """Until the worker has numbered the room stream's batches up to ``offset``."""
+    deadline = time.monotonic() + timeout
+    while stream_offset(redis, room) < offset:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream's offset is {stream_offset(redis, room)}, not {offset}")
+        time.sleep(0.05)

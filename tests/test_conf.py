@@ -59,6 +59,12 @@ def test_counts_that_must_be_at_least_one(name: str) -> None:
         conf.load({name: 0})
 
 
+def test_batch_linger_is_a_few_milliseconds_at_most_a_second() -> None:
+    assert conf.load({"BATCH_LINGER": 0}).BATCH_LINGER == 0
+    with pytest.raises(ImproperlyConfigured, match=r"TURBO_ASYNC\['BATCH_LINGER'\] is in seconds and must be at most 1, not 2 "):
+        conf.load({"BATCH_LINGER": 2})
+
+
 def test_an_unknown_outbox_kind_is_refused() -> None:
     with pytest.raises(ImproperlyConfigured, match=r"TURBO_ASYNC\['OUTBOX'\] must be one of \('memory', 'database'\), not 'disk'\."):
         conf.load({"OUTBOX": "disk"})

@@ -419,6 +419,32 @@ def test_changes_that_queue_up_go_in_one_batch_and_a_lone_change_stays_its_hook(
     assert options["argsrepr"] == "testapp.MessageStream.on_save: " + ", ".join(map(str, queued))
 
 
+def test_changes_saved_back_to_back_wait_for_each_other_and_a_lone_change_goes_at_once(
+    messages: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCH_LINGER (1 s here, its maximum, to see it): a change after a pause is published at
+    once; one that comes soon after a publish waits for more, and a flush ends the wait."""
+    monkeypatch.setattr(outbox._outbox, "_published_at", float("-inf"))  # a pause: nothing published yet
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(messages) < count:
+            assert time.monotonic() < deadline, f"{len(messages)} messages sent, not {count}"
+            time.sleep(0.01)
+
+    with override_settings(TURBO_ASYNC={"BATCH_LINGER": 1.0}):
+        first = MessageFactory()
+        wait_for(1)  # did not linger: nothing was published before it
+        burst = [MessageFactory(room=first.room).pk for _ in range(2)]
+        time.sleep(0.3)
+        assert len(messages) == 1, "a change right after a publish went alone instead of waiting"
+        assert outbox.flush(timeout=5)
+    (lone_task, lone_args, _), (task, args, _) = messages
+    assert (lone_task, lone_args[1]) == ("turbo_async.broadcast", first.pk)
+    assert task == "turbo_async.batch"
+    assert [item["pk"] for item in args[0]] == burst
+
+
 def test_batch_max_size_bounds_a_batch(messages: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     gate = hold_first_send(monkeypatch)
     with override_settings(TURBO_ASYNC={"BATCH_MAX_SIZE": 2}):

@@ -15,6 +15,7 @@ Every key is optional::
         "OUTBOX_SWEEP_INTERVAL": 30.0,  # "database": seconds between sweeps of rows left behind
         "OUTBOX_SWEEP_AFTER": 10.0,     # "database": rows older than this are a dead process's
         "BATCH_MAX_SIZE": 100,          # changes one Celery message may carry when they queue up
+        "BATCH_LINGER": 0.002,          # seconds the outbox waits for more changes in a burst (0: off)
         "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
         "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
         "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
@@ -89,6 +90,7 @@ class TurboAsyncSettings:
     OUTBOX_SWEEP_INTERVAL: float = 30.0
     OUTBOX_SWEEP_AFTER: float = 10.0
     BATCH_MAX_SIZE: int = 100
+    BATCH_LINGER: float = 0.002
     PUBLISH_MAX_RETRIES: int = 2
     PUBLISH_RETRY_INTERVAL: float = 0.2
     DELIVERY_MAX_RETRIES: int = 5
@@ -156,6 +158,12 @@ def load(raw: Any) -> TurboAsyncSettings:
             raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must not be negative, not {value!r}.")
         if name in AT_LEAST_ONE and value < 1:
             raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be at least 1, not {value!r}.")
+        if name == "BATCH_LINGER" and value > 1:
+            # Every change of a burst waits this long: a few milliseconds are what it is for.
+            raise ImproperlyConfigured(
+                f"TURBO_ASYNC['BATCH_LINGER'] is in seconds and must be at most 1, not {value!r} "
+                "(the default, 0.002, is 2 ms)."
+            )
     choice = raw.get("ON_PUBLISH_ERROR", defaults.ON_PUBLISH_ERROR)
     if choice not in ON_PUBLISH_ERROR_CHOICES:
         raise ImproperlyConfigured(

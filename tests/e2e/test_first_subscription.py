@@ -13,15 +13,10 @@ from playwright.sync_api import expect
 
 from tests.e2e.conftest import INSTRUMENT, TIMEOUT_MS, Chromium, wait_subscribed
 from tests.factories import MessageFactory, RoomFactory
-from tests.services import RedisServer, Uvicorn
-from turbo_async import history, suppress
+from tests.services import RedisServer, Uvicorn, stream_offset
+from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
-
-
-def stream_offset(redis: RedisServer, room: Any) -> int:
-    raw = redis.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
-    return int(raw or 0)
 
 
 def test_a_message_saved_before_the_page_connects_is_shown(

@@ -18,6 +18,7 @@ from demo.chat.models import Message
 from tests.e2e.conftest import OpenPage, wait_subscribed
 from tests.factories import MessageFactory, RoomFactory
 from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack, use_broker
+from tests.services import stream_offset, wait_offset
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
@@ -196,8 +197,6 @@ def offline_while(stack: RecoveryStack, room: Any, texts_: list[str]) -> None:
     from django.conf import settings
     from django.test import override_settings
 
-    from tests.integration.test_page_recovery import wait_offset
-
     stack.web.stop()
     try:
         before = _offset(stack, room)
@@ -206,15 +205,13 @@ def offline_while(stack: RecoveryStack, room: Any, texts_: list[str]) -> None:
         with override_settings(TURBO_ASYNC={**getattr(settings, "TURBO_ASYNC", {}), "BATCH_MAX_SIZE": 1}):
             for text in texts_:
                 MessageFactory(room=room, text=text)
-            wait_offset(stack, room, before + len(texts_))
+            wait_offset(stack.layer, room, before + len(texts_))
     finally:
         stack.web.start()  # a failure here must not leave the next test without a server
 
 
 def _offset(stack: RecoveryStack, room: Any) -> int:
-    from tests.integration.test_page_recovery import stream_offset
-
-    return stream_offset(stack, room)
+    return stream_offset(stack.layer, room)
 
 
 def test_a_page_offline_while_messages_were_created_catches_up_without_a_refresh(

@@ -13,14 +13,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import time
 import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.factories import MessageFactory, RoomFactory
-from tests.services import RedisServer, StreamClient, Uvicorn
+from tests.services import RedisServer, StreamClient, Uvicorn, stream_offset, wait_offset
 from turbo_async import history, names, suppress
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
@@ -39,20 +38,6 @@ def fetch_room(web: Uvicorn, room: Any) -> tuple[str, history.Position]:
         if names.unsign(signed)[0] == "chat:RoomStream":
             return signed, history.Position(epoch, int(offset))
     raise AssertionError(f"no room stream element with a position in the page:\n{page}")
-
-
-def stream_offset(redis: RedisServer, room: Any) -> int:
-    raw = redis.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
-    return int(raw or 0)
-
-
-def wait_offset(redis: RedisServer, room: Any, offset: int, timeout: float = 20) -> None:
-    """Until the worker has numbered the room stream's batches up to ``offset``."""
-    deadline = time.monotonic() + timeout
-    while stream_offset(redis, room) < offset:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the stream's offset is {stream_offset(redis, room)}, not {offset}")
-        time.sleep(0.05)
 
 
 def frames_until_quiet(client: StreamClient, quiet: float = 1.0) -> list[dict[str, Any]]:

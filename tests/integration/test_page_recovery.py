@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LOG_DIR
-from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvicorn, free_port
+from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvicorn, free_port, wait_offset
 from tests.testapp.factories import MessageFactory, RoomFactory
 from turbo_async import suppress
 
@@ -273,22 +273,6 @@ def test_a_socket_that_missed_the_last_frames_before_its_stream_went_quiet_is_se
 # -- offsets and catch-up ----------------------------------------------------------------------
 
 
-def stream_offset(stack: RecoveryStack, room: Any) -> int:
-    from turbo_async import history
-
-    raw = stack.layer.client().hget(history.position_key(room.stream.broadcastable_stream_name), "offset")
-    return int(raw or 0)
-
-
-def wait_offset(stack: RecoveryStack, room: Any, offset: int, timeout: float = 20) -> None:
-    """Until the worker has numbered the stream's batches up to ``offset``."""
-    deadline = time.monotonic() + timeout
-    while stream_offset(stack, room) < offset:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the stream's offset is {stream_offset(stack, room)}, not {offset}")
-        time.sleep(0.05)
-
-
 def away_and_back(stack: RecoveryStack, missed: int) -> tuple[Page, dict[str, Any], str, Any]:
     """A page that saw one frame, closed its socket, and missed ``missed`` messages meanwhile;
     back on a new socket, resubscribed with its last position. Returns the page, the reply to the
@@ -304,7 +288,7 @@ def away_and_back(stack: RecoveryStack, missed: int) -> tuple[Page, dict[str, An
     page.close()
     for n in range(missed):
         MessageFactory(room=room, text=f"missed {n}")
-    wait_offset(stack, room, last["offset"] + missed)
+    wait_offset(stack.layer, room, last["offset"] + missed)
     back = Page(stack.web)
     reply = back.subscribe(name, epoch=last["epoch"], offset=last["offset"])
     return back, reply, name, room
@@ -437,7 +421,7 @@ def test_a_web_process_stalled_during_a_burst_loses_nothing_unseen(live_recovery
         try:
             for n in range(BURST):
                 MessageFactory(room=room, text=f"burst {n}")
-            wait_offset(live_recovery, room, first + BURST, timeout=120)
+            wait_offset(live_recovery.layer, room, first + BURST, timeout=120)
             time.sleep(max(0.0, STALL_SECONDS - (time.monotonic() - stopped)))
         finally:
             os.killpg(web.pid, signal.SIGCONT)
@@ -512,7 +496,7 @@ def test_a_slow_reader_loses_nothing_unseen_and_does_not_hold_up_the_others(live
         for n in range(SLOW_FRAMES):
             MessageFactory(room=room, text=f"slow {n} {padding}")
         read_until_quiet(brisk, SLOW_FRAMES + 1, quiet=20)  # the slow sockets are not read meanwhile
-        wait_offset(live_recovery, room, first + SLOW_FRAMES, timeout=60)
+        wait_offset(live_recovery.layer, room, first + SLOW_FRAMES, timeout=60)
         read_until_quiet(slow, SLOW_FRAMES + 1)
         def covered(page: Page) -> int:  # frames received: a message may hold a run of them
             return sum(frame["offset"] - frame.get("from_offset", frame["offset"]) + 1 for frame in page.frames)
