@@ -17,6 +17,8 @@ import urllib.request
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.test import override_settings
 
 from tests.factories import MessageFactory, RoomFactory
 from tests.services import RedisServer, StreamClient, Uvicorn, stream_offset, wait_offset
@@ -96,9 +98,12 @@ def test_a_room_rendered_before_its_first_message_replays_that_message(
     signed, rendered = fetch_room(live, room)
     assert rendered.offset == 0  # the render gave the new stream its epoch
 
-    for n in range(3):
-        MessageFactory(room=room, text=f"early {n}")
-    wait_offset(redis_server, room, 3)
+    # One task, so one offset, per save: saves back to back would otherwise share a batch
+    # (BATCH_LINGER), and this test counts offsets.
+    with override_settings(TURBO_ASYNC={**getattr(settings, "TURBO_ASYNC", {}), "BATCH_MAX_SIZE": 1}):
+        for n in range(3):
+            MessageFactory(room=room, text=f"early {n}")
+        wait_offset(redis_server, room, 3)
 
     client = StreamClient(live.ws_url, live.origin)
     try:
