@@ -47,13 +47,20 @@ MAX_OFFSET = 2**53 - 1
 
 MAX_EPOCH_LENGTH = 64
 
-APPEND = """
+_EPOCH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local started = false
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  started = true
 end
+"""
+"""The start of both scripts: the stream's epoch, or a new one (ARGV[1]) at offset 0 with an empty
+history when the stream has none (never sent, expired, or flushed)."""
+
+APPEND = _EPOCH + """
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2], 't', ARGV[4])
@@ -64,12 +71,8 @@ return {epoch, offset}
 """
 
 
-MARK = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+MARK = _EPOCH + """
+if started then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {epoch, 0}
 end
