@@ -859,6 +859,15 @@ def test_a_message_of_several_frames_names_its_first_offset() -> None:
     assert "from_offset" not in frame_message("n", "<a/>", "ab12", 7, 7)
 
 
+def test_a_run_of_frames_is_not_kept_in_the_shared_frame_cache() -> None:
+    """A run is one socket's (up to MERGE_BYTES): caching it would keep up to 256 of them."""
+    consumers._encoded.cache_clear()
+    frame_message("n", "<a/><b/>" * 1000, "ab12", 8, 7)
+    assert consumers._encoded.cache_info().currsize == 0
+    frame_message("n", "<a/>", "ab12", 7)
+    assert consumers._encoded.cache_info().currsize == 1
+
+
 def queued(offsets: list[int], group: str = "g", epoch: str = "e1") -> list[dict[str, Any]]:
     return [
         {"type": consumers.MESSAGE_TYPE, "group": group, "epoch": epoch, "offset": n, "data": f"<f{n}/>"}

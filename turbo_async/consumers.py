@@ -788,9 +788,13 @@ def frame_message(
     batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
     ignores extra fields), and ``"from_offset"``, the first offset, when ``data`` holds several
     numbered frames (:meth:`TurboStreamsConsumer.coalesce`)."""
-    head = f'{{"signed_channel_name": {_encoded_name(signed_name)}, "data": {_encoded(data)}'
+    run = isinstance(from_offset, int) and isinstance(offset, int) and from_offset < offset
+    # A run's data is the socket's own (up to MERGE_BYTES): encoded here, not kept in the cache of
+    # the frames every socket shares, which would otherwise hold up to 256 such strings.
+    encoded = json.dumps(data) if run else _encoded(data)
+    head = f'{{"signed_channel_name": {_encoded_name(signed_name)}, "data": {encoded}'
     if isinstance(epoch, str) and isinstance(offset, int):
-        if isinstance(from_offset, int) and from_offset < offset:
+        if run:
             return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}, "from_offset": {from_offset}}}'
         return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}}}'
     return head + "}"
