@@ -359,7 +359,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         Only for a client that said it applies such messages (:attr:`ranges`), for numbered
         frames following, without a gap, the last frame this socket was sent (so the client holds
         everything before them), up to ``MERGE_FRAMES`` frames and ``MERGE_BYTES`` bytes."""
-        if not self.ranges or not self.pending or message.get("type") != MESSAGE_TYPE:
+        if (
+            not self.ranges or not self.pending or message.get("type") != MESSAGE_TYPE
+            or not isinstance(message.get("data"), str)
+        ):
             return message
         group, epoch, first = message.get("group"), message.get("epoch"), message.get("offset")
         sent = self.sent.get(group) if isinstance(group, str) else None
@@ -793,11 +796,10 @@ def frame_message(
     # the frames every socket shares, which would otherwise hold up to 256 such strings.
     encoded = json.dumps(data) if run else _encoded(data)
     head = f'{{"signed_channel_name": {_encoded_name(signed_name)}, "data": {encoded}'
-    if isinstance(epoch, str) and isinstance(offset, int):
-        if run:
-            return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}, "from_offset": {from_offset}}}'
-        return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}}}'
-    return head + "}"
+    if not (isinstance(epoch, str) and isinstance(offset, int)):
+        return head + "}"
+    tail = f', "from_offset": {from_offset}' if run else ""
+    return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}{tail}}}'
 
 
 @lru_cache(maxsize=4096)

@@ -456,10 +456,17 @@ SLOW_FRAMES = int(os.environ.get("TURBO_TEST_SLOW_FRAMES", "500"))
 SLOW_FRAME_BYTES = 16_000
 
 
+def frames_received(page: Page) -> int:
+    """The frames the page received: a message with ``from_offset`` holds a run of them."""
+    return sum(
+        frame["offset"] - frame["from_offset"] + 1 if "from_offset" in frame else 1 for frame in page.frames
+    )
+
+
 def read_until_quiet(page: Page, count: int, quiet: float = 3.0) -> None:
     """Read until ``count`` frames came, or none for ``quiet`` seconds."""
     last = time.monotonic()
-    while len(page.frames) < count and time.monotonic() - last < quiet:
+    while frames_received(page) < count and time.monotonic() - last < quiet:
         message = page.pump(0.1)
         if message is not None and "data" in message:
             last = time.monotonic()
@@ -498,13 +505,7 @@ def test_a_slow_reader_loses_nothing_unseen_and_does_not_hold_up_the_others(live
         read_until_quiet(brisk, SLOW_FRAMES + 1, quiet=20)  # the slow sockets are not read meanwhile
         wait_offset(live_recovery.layer, room, first + SLOW_FRAMES, timeout=60)
         read_until_quiet(slow, SLOW_FRAMES + 1)
-        def covered(page: Page) -> int:  # frames received: a message may hold a run of them
-            return sum(frame["offset"] - frame.get("from_offset", frame["offset"]) + 1 for frame in page.frames)
-
-        last = time.monotonic()
-        while covered(merging) < SLOW_FRAMES + 1 and time.monotonic() - last < 3.0:
-            if merging.pump(0.1) is not None:
-                last = time.monotonic()
+        read_until_quiet(merging, SLOW_FRAMES + 1)
         expected = list(range(first + 1, first + SLOW_FRAMES + 1))
         brisk_offsets = [frame["offset"] for frame in brisk.frames[1:]]
         slow_offsets = [frame["offset"] for frame in slow.frames[1:]]
