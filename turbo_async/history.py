@@ -264,7 +264,7 @@ def _render_client(host: dict[str, Any]) -> Any:
         elif "master_name" in options:
             from redis.sentinel import Sentinel, SentinelConnectionPool
 
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 options.pop("sentinels"), sentinel_kwargs=options.pop("sentinel_kwargs", None)
             )
             pool = SentinelConnectionPool(options.pop("master_name"), sentinel, **options)  # type: ignore[no-untyped-call]
