@@ -8,7 +8,11 @@ second round-robin over the rooms for ``BENCH_SECONDS`` seconds after one second
 turbo_async: one Celery worker process (``--pool solo``); the time of a save is taken by an
 ``on_commit`` callback registered before it, so it runs right after the commit, before
 turbo_async's outbox publishes. turbo_django: no worker (it renders and sends inside ``save()``,
-before the commit), so the time is taken just before ``create()`` is called. Every frame carries
+before the commit), so the time is taken just before ``create()`` is called. raw, the baseline: no
+worker and no streams app; a second ``on_commit`` callback renders the same template and
+``PUBLISH``es the frame to Redis from the saving process, and the web processes serve the
+hand-written fan-out of raw_asgi.py (one Redis pub/sub reader per process, one ``websocket.send``
+per socket per frame): the floor of this machine's Redis, uvicorn and ``websockets``. Every frame carries
 ``seq-N``; the subscriber process notes when each copy arrives. Nothing timed is asserted: the
 result reports the frames delivered against those expected.
 """
@@ -21,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.benchmarks.common import ROOT, percentile, setup_django, write_result
 
@@ -39,6 +45,23 @@ def unexpected_errors(log: str) -> bool:
     return log.count("Traceback") > log.count(SEND_AFTER_CLOSE)
 
 
+def raw_publisher() -> Callable[[Any], None]:
+    """The raw variant's saving side: render the frame of a new message and ``PUBLISH`` it to the
+    web processes (raw_asgi.py), in the saving process, right after the commit."""
+    import redis
+    from django.conf import settings
+    from django.template.loader import render_to_string
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def publish(message: Any) -> None:
+        html = render_to_string("chat/message.html", {"message": message})
+        frame = f'<turbo-stream action="append" target="messages"><template>{html}</template></turbo-stream>'
+        client.publish(f"raw:{message.room_id}", frame)
+
+    return publish
+
+
 def main() -> None:
     setup_django()
     from django.apps import apps
@@ -49,6 +72,7 @@ def main() -> None:
 
     variant = settings.VARIANT
     ours = variant == "turbo_async"
+    raw = variant == "raw"
     Room = apps.get_model("chat", "Room")  # turbochat has demo.chat's label
     Message = apps.get_model("chat", "Message")
     if ours:
@@ -65,7 +89,10 @@ def main() -> None:
     clients = ROOMS * PER_ROOM
     logs = Path(tempfile.mkdtemp(prefix="bench_latency_"))
     worker = CeleryWorker(logs, name="latency-worker", concurrency=1, pool="solo") if ours else None
-    webs = [Uvicorn(logs, name=f"web-{i}", app="tests.benchmarks.asgi:application") for i in range(WEBS)]
+    app = "tests.benchmarks.raw_asgi:application" if raw else "tests.benchmarks.asgi:application"
+    webs = [Uvicorn(logs, name=f"web-{i}", app=app) for i in range(WEBS)]
+    names = [str(r.pk) if raw else r.stream.signed_stream_name for r in rooms]
+    publish = raw_publisher() if raw else None
     subscribers = None
     began = time.monotonic()
     try:
@@ -77,8 +104,8 @@ def main() -> None:
         subscribers = subprocess.Popen(
             [
                 sys.executable, "-m", "tests.benchmarks.bench_subscribers", str(out), str(clients),
-                str(warmup), str(saves // ROOMS), variant,
-                "|".join(r.stream.signed_stream_name for r in rooms),
+                str(warmup), str(saves // ROOMS), "turbo_django" if variant == "turbo_django" else "turbo_async",
+                "|".join(names),
                 *(f"{w.ws_url},{w.origin}" for w in webs),
             ],
             cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
@@ -95,11 +122,13 @@ def main() -> None:
             if delay > 0:
                 time.sleep(delay)
             with transaction.atomic():
-                if ours:
+                if ours or raw:
                     transaction.on_commit(lambda seq=seq: committed.__setitem__(seq, time.time()))
                 else:
                     committed[seq] = time.time()
-                Message.objects.create(room=rooms[seq % ROOMS], text=f"seq-{seq}")
+                message = Message.objects.create(room=rooms[seq % ROOMS], text=f"seq-{seq}")
+                if publish is not None:
+                    transaction.on_commit(lambda message=message: publish(message))
         subscribers.wait(90)
         arrivals = json.loads(out.read_text())
         errors = [w.log() for w in webs if unexpected_errors(w.log())]

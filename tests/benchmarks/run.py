@@ -227,24 +227,29 @@ def main() -> None:
         for case in LATENCY_CASES.split(","):
             rooms, rest = case.split("x")
             subscribers, rate = rest.split("@")
-            for layer in LAYERS:
-                for variant, python in (("turbo_async", sys.executable), ("turbo_django", td_python)):
-                    redis.flushall()
-                    key = f"{variant} {layer} {case}"
-                    try:
-                        latency[key] = run(
-                            "tests.benchmarks.bench_latency",
-                            {
-                                **env(variant, key.replace(" ", "_").replace("@", "_")),
-                                "BENCH_LAYER": layer, "BENCH_ROOMS": rooms,
-                                "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate,
-                            },
-                            python,
-                        )
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        # one case that cannot run (turbo-django's, say) must not lose the others
-                        print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
-                        latency[key] = {"error": str(exc)[-3000:]}
+            # the hand-written floor (raw_asgi.py) reads Redis itself: no channel layer to vary
+            runs_of_case = [("raw", sys.executable, "core")] + [
+                (variant, python, layer)
+                for layer in LAYERS
+                for variant, python in (("turbo_async", sys.executable), ("turbo_django", td_python))
+            ]
+            for variant, python, layer in runs_of_case:
+                redis.flushall()
+                key = f"raw {case}" if variant == "raw" else f"{variant} {layer} {case}"
+                try:
+                    latency[key] = run(
+                        "tests.benchmarks.bench_latency",
+                        {
+                            **env(variant, key.replace(" ", "_").replace("@", "_")),
+                            "BENCH_LAYER": layer, "BENCH_ROOMS": rooms,
+                            "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate,
+                        },
+                        python,
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    # one case that cannot run (turbo-django's, say) must not lose the others
+                    print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
+                    latency[key] = {"error": str(exc)[-3000:]}
     finally:
         postgres.stop()
         redis.stop()
@@ -265,7 +270,8 @@ def main() -> None:
 def fanout_rows(latency: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     """One row per fan-out case and channel layer: turbo_async's and turbo-django's p50 / p99,
     the frames each delivered of those expected, and the goal (on turbo_async's p99, with every
-    frame delivered)."""
+    frame delivered). The "no streams" column holds the hand-written floor of the same case
+    (bench_latency.py's ``raw`` variant), and the result turbo_async's p99 against the floor's."""
 
     def figures(result: dict[str, Any] | None) -> tuple[str, str]:
         if result is None:
@@ -287,12 +293,17 @@ def fanout_rows(latency: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
             theirs = latency.get(f"turbo_django {layer} {case}")
             mine, mine_frames = figures(ours)
             other, other_frames = figures(theirs)
+            raw = latency.get(f"raw {case}")
+            floor, floor_frames = figures(raw)
+            versus = ""
+            if raw is not None and ours is not None and "error" not in raw and "error" not in ours:
+                versus = f"; p99 {ours['p99_ms'] / raw['p99_ms']:.1f}x the floor's"
             met = ""
             if goal is not None and ours is not None and "error" not in ours:
                 met = "yes" if ours["p99_ms"] <= goal and ours["frames"] == ours["frames_expected"] else "NO"
             rows.append((
-                f"4. {rooms} x {subscribers} subs, {rate}/s, {layer}, ms", "", mine, "", other,
-                f"frames {mine_frames} (td {other_frames})",
+                f"4. {rooms} x {subscribers} subs, {rate}/s, {layer}, ms", floor, mine, "", other,
+                f"frames {mine_frames} (td {other_frames}, floor {floor_frames}){versus}",
                 f"p99 <= {goal:g}, all" if goal is not None else "", met,
             ))
     return rows

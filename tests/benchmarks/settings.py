@@ -5,7 +5,9 @@ One variant per process, chosen by ``BENCH_VARIANT``:
 - ``none``: the chat app without any streams app (the cost of a plain ``save()``);
 - ``turbo_async``: the chat app with turbo_async installed (publishes to the Redis broker);
 - ``turbo_django``: turbo-django 0.4.4 with the same models, templates and stream code
-  (tests/benchmarks/turbochat), run by the interpreter of the benchmark's own venv.
+  (tests/benchmarks/turbochat), run by the interpreter of the benchmark's own venv;
+- ``raw``: the chat app without any streams app, and a hand-written fan-out (the latency
+  benchmark's baseline: bench_latency.py, raw_asgi.py).
 
 Every process of one run shares the SQLite file ``BENCH_DB`` (WAL, so the worker reads while the
 web process writes) and the Redis server at ``BENCH_REDIS_URL``.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VARIANT = os.environ.get("BENCH_VARIANT", "turbo_async")
-VARIANTS = ("none", "turbo_async", "turbo_django")
+VARIANTS = ("none", "turbo_async", "turbo_django", "raw")
 if VARIANT not in VARIANTS:
     raise RuntimeError(f"BENCH_VARIANT must be one of {VARIANTS}, not {VARIANT!r}.")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
