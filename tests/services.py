@@ -514,6 +514,89 @@ def use_broker(url: str) -> None:
     app.amqp._producer_pool = None
 
 
+class LogSince:
+    """What a process wrote to its log file since this object was made."""
+
+    def __init__(self, process: Process) -> None:
+        self.path = process.log_path
+        self.start = self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self) -> str:
+        with self.path.open("rb") as log:
+            log.seek(self.start)
+            return log.read().decode(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text()
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in the log after {timeout}s:\n{self.text()}")
+
+
+class FaultStack:
+    """A broker Redis, a channel-layer Redis, a Celery worker and a uvicorn of a test module's
+    own, for tests that stop, freeze or kill them: the session's services are never touched.
+
+    ``settings`` is the worker's and web process's ``TURBO_ASYNC``; ``layer_args`` are options of
+    the layer's Redis (``"--appendonly", "yes"``: group memberships survive its restart, as in a
+    production Redis; without: a restart loses them, as in a cache-like one); ``env`` more
+    environment of both processes.
+    """
+
+    def __init__(
+        self, root: Path, log_dir: Path, name: str, settings: dict[str, Any],
+        layer_args: tuple[str, ...] = (), **env: str,
+    ) -> None:
+        self.log_dir = log_dir
+        self.broker = RedisServer(free_port(), root / "broker")
+        self.layer = RedisServer(free_port(), root / "layer", *layer_args)
+        self.env = {
+            "TURBO_TEST_REDIS_PORT": str(self.broker.port),
+            "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
+            "TURBO_TEST_TURBO_ASYNC": json.dumps(settings),
+            **env,
+        }
+        self.worker = self.new_worker(f"{name}-worker")
+        self.web = Uvicorn(log_dir, name=f"{name}-web", **self.env)
+
+    def new_worker(self, name: str, **env: str) -> CeleryWorker:
+        return CeleryWorker(self.log_dir, name=name, **(self.env | env))
+
+    def start(self) -> None:
+        self.broker.start()
+        self.layer.start()
+        self.worker.start()
+        self.web.start()
+
+    def stop(self) -> None:
+        self.web.stop()
+        self.worker.stop()
+        self.layer.stop()
+        self.broker.stop()
+
+    def restart_layer(self) -> None:
+        self.layer.stop()
+        self.layer.start()
+
+    @contextmanager
+    def serving(self) -> Iterator[FaultStack]:
+        """Started, with the test process publishing to its broker until the block ends; then
+        stopped and the test process back on its broker."""
+        from workers import app
+
+        self.start()
+        previous = app.conf.broker_url
+        use_broker(self.broker.url)
+        try:
+            yield self
+        finally:
+            use_broker(previous)
+            self.stop()
+
+
 def stream_offset(redis: RedisServer, room: Any) -> int:
     """The last offset the worker gave the room's stream, read from the channel layer's Redis."""
     from turbo_async import history

@@ -17,8 +17,8 @@ from playwright.sync_api import expect
 from demo.chat.models import Message
 from tests.e2e.conftest import OpenPage, wait_subscribed
 from tests.factories import MessageFactory, RoomFactory
-from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack, use_broker
-from tests.services import stream_offset, wait_offset
+from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack
+from tests.services import stream_offset, use_broker, wait_offset
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
@@ -28,13 +28,9 @@ BOUND_MS = int(RECOVERY_BOUND * 1000)
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
-
     services = RecoveryStack(tmp_path_factory.mktemp("page-recovery"), "page-recovery")
-    services.start()
-    try:
+    with services.serving():
         yield services
-    finally:
-        services.stop()
 
 
 @pytest.fixture
@@ -140,13 +136,9 @@ MAX_AGE = 3
 
 @pytest.fixture(scope="module")
 def expiring_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
-
     services = RecoveryStack(tmp_path_factory.mktemp("expiring"), "expiring", SIGNATURE_MAX_AGE=MAX_AGE)
-    services.start()
-    try:
+    with services.serving():
         yield services
-    finally:
-        services.stop()
 
 
 def test_a_page_whose_signature_expired_refreshes_itself_and_updates_again(

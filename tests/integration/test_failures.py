@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,12 +25,10 @@ from django.db import transaction
 
 from tests.conftest import LOG_DIR, current_layer, layer_backend, layer_env
 from tests.services import (
-    CeleryWorker,
-    Process,
-    RedisServer,
+    FaultStack,
+    LogSince,
     StreamClient,
     Uvicorn,
-    free_port,
     subprocess_env,
     subscribed,
 )
@@ -45,63 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.layer]
 WORKER_SETTINGS = {"DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1}
 
 
-class Stack:
-    """A broker Redis, a channel-layer Redis, a worker and a uvicorn of their own.
-
-    The layer's Redis keeps an append-only file, as a production Redis would: group memberships
-    survive its restart.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.broker = RedisServer(free_port(), root / "broker")
-        self.layer = RedisServer(free_port(), root / "layer", "--appendonly", "yes")
-        self.env = {
-            "TURBO_TEST_REDIS_PORT": str(self.broker.port),
-            "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
-            "TURBO_TEST_TURBO_ASYNC": json.dumps(WORKER_SETTINGS),
-        }
-        self.worker = self.new_worker("failures-worker")
-        self.web = Uvicorn(LOG_DIR, name="failures-web", **self.env)
-
-    def new_worker(self, name: str, **env: str) -> CeleryWorker:
-        return CeleryWorker(LOG_DIR, name=name, **(self.env | env))
-
-    def start(self) -> None:
-        self.broker.start()
-        self.layer.start()
-        self.worker.start()
-        self.web.start()
-
-    def stop(self) -> None:
-        self.web.stop()
-        self.worker.stop()
-        self.layer.stop()
-        self.broker.stop()
-
-
-class Log:
-    """What a process wrote to its log file since this object was made."""
-
-    def __init__(self, process: Process) -> None:
-        self.path = process.log_path
-        self.start = self.path.stat().st_size if self.path.exists() else 0
-
-    def text(self) -> str:
-        with self.path.open("rb") as log:
-            log.seek(self.start)
-            return log.read().decode(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if needle in text:
-                return text
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in the log after {timeout}s:\n{self.text()}")
-
-
-def assert_no_errors(log: Log) -> None:
+def assert_no_errors(log: LogSince) -> None:
     text = log.text()
     assert "ERROR" not in text and "Traceback" not in text, text
 
@@ -167,32 +108,19 @@ def wait_until(condition: Any, timeout: float = 20, what: str = "condition") -> 
     raise AssertionError(f"{what} not met after {timeout}s")
 
 
-def use_broker(url: str) -> None:
-    """Point the test process's Celery app at another broker, with fresh connection pools."""
-    from workers import app
-
-    app.conf.broker_url = url
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from workers import app
-
-    services = Stack(tmp_path_factory.mktemp("failures"))
-    services.start()
-    previous = app.conf.broker_url
-    use_broker(services.broker.url)
-    try:
+def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """The layer's Redis keeps an append-only file, as a production Redis would: group
+    memberships survive its restart."""
+    services = FaultStack(
+        tmp_path_factory.mktemp("failures"), LOG_DIR, "failures", WORKER_SETTINGS, ("--appendonly", "yes")
+    )
+    with services.serving():
         yield services
-    finally:
-        use_broker(previous)
-        services.stop()
 
 
 @pytest.fixture
-def live_stack(stack: Stack, transactional_db: None) -> Iterator[Stack]:
+def live_stack(stack: FaultStack, transactional_db: None) -> Iterator[FaultStack]:
     """Committed rows, published to the stack's broker (Celery eager mode off)."""
     from workers import app
 
@@ -210,7 +138,7 @@ def live_stack(stack: Stack, transactional_db: None) -> Iterator[Stack]:
 
 
 def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
-    live_stack: Stack, caplog: pytest.LogCaptureFixture
+    live_stack: FaultStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     with suppress():
         room = RoomFactory()
@@ -230,7 +158,7 @@ def test_save_succeeds_and_logs_label_and_pk_when_the_broker_is_down(
 
 
 def test_save_returns_when_the_broker_hangs(
-    live_stack: Stack, caplog: pytest.LogCaptureFixture
+    live_stack: FaultStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A frozen Redis accepts connections and never answers. The save does not wait for it (the
     # outbox publishes); the transport's socket_timeout (tests/settings.py: 2 s,
@@ -253,7 +181,7 @@ def test_save_returns_when_the_broker_hangs(
 
 
 def test_inline_policy_runs_the_hook_in_the_saving_process_when_the_broker_is_down(
-    live_stack: Stack, settings: LazySettings
+    live_stack: FaultStack, settings: LazySettings
 ) -> None:
     # The saving process sends through the real Redis channel layer (not the in-memory one).
     settings.TURBO_ASYNC = {"ON_PUBLISH_ERROR": "inline"}
@@ -274,10 +202,10 @@ def test_inline_policy_runs_the_hook_in_the_saving_process_when_the_broker_is_do
     assert f'id="message-{message.pk}"' in frames and "sent inline" in frames
 
 
-def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> None:
+def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: FaultStack) -> None:
     with suppress():
         room = RoomFactory()
-    worker_log = Log(live_stack.worker)
+    worker_log = LogSince(live_stack.worker)
     with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
         MessageFactory(room=room, text="before")  # the worker is connected (and the web is)
         assert "before" in client.receive_frames(timeout=30)
@@ -302,12 +230,12 @@ def test_broadcasts_flow_again_after_the_broker_restarts(live_stack: Stack) -> N
 
 
 def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_returns(
-    live_stack: Stack,
+    live_stack: FaultStack,
 ) -> None:
     with suppress():
         room = RoomFactory()
     listener = LayerListener(live_stack.layer.url, room.stream.broadcastable_stream_name)
-    worker_log = Log(live_stack.worker)
+    worker_log = LogSince(live_stack.worker)
     group = room.stream.broadcastable_stream_name
     try:
         live_stack.layer.stop()
@@ -338,7 +266,7 @@ def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_retu
 
 
 def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
-    live_stack: Stack,
+    live_stack: FaultStack,
 ) -> None:
     with suppress():
         room = RoomFactory()
@@ -354,10 +282,10 @@ def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
         assert "after" in client.receive_frames()
 
 
-def test_task_gives_up_after_delivery_max_retries(live_stack: Stack) -> None:
+def test_task_gives_up_after_delivery_max_retries(live_stack: FaultStack) -> None:
     with suppress():
         room = RoomFactory()
-    worker_log = Log(live_stack.worker)
+    worker_log = LogSince(live_stack.worker)
     live_stack.layer.stop()
     try:
         message = MessageFactory(room=room)
@@ -371,8 +299,8 @@ def test_task_gives_up_after_delivery_max_retries(live_stack: Stack) -> None:
     assert f"gave up on testapp.message pk={message.pk} (save) after {retries} retries" in text
 
 
-def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack) -> None:
-    worker_log = Log(live_stack.worker)
+def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: FaultStack) -> None:
+    worker_log = LogSince(live_stack.worker)
     probe = ProbeFactory(fail=True)
     text = worker_log.wait_for(f"RuntimeError: probe {probe.pk} fails on purpose")
     assert "testapp.ProbeStream.on_save[" in text and "raised unexpected" in text
@@ -389,13 +317,13 @@ def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: Stack
 
 @pytest.mark.database
 def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
-    live_stack: Stack,
+    live_stack: FaultStack,
 ) -> None:
     with suppress():
         room = RoomFactory()
         messages = MessageFactory.create_batch(2, room=room)
         other_room = RoomFactory()
-    worker_log = Log(live_stack.worker)
+    worker_log = LogSince(live_stack.worker)
     room.delete()  # deletes both messages: two on_delete tasks whose message.room is gone
     for message in messages:
         worker_log.wait_for(f"testapp.message pk={message.pk} delete skipped")
@@ -406,10 +334,10 @@ def test_cascade_delete_of_a_room_logs_no_error_and_the_worker_stays_healthy(
 
 
 @pytest.mark.database
-def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack: Stack) -> None:
+def test_row_deleted_before_the_worker_runs_is_skipped_without_error(live_stack: FaultStack) -> None:
     with suppress():
         room = RoomFactory()
-    worker_log = Log(live_stack.worker)
+    worker_log = LogSince(live_stack.worker)
     with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
         ProbeFactory(sleep=1)  # keeps the single worker process busy while the row comes and goes
         message = MessageFactory(room=room)
@@ -441,7 +369,7 @@ def group_members(redis: Any, layer: str, group: str) -> int:
 
 
 def test_a_killed_web_process_stops_receiving_writes_in_bounded_time(
-    stack: Stack, each_layer: str, transactional_db: None
+    stack: FaultStack, each_layer: str, transactional_db: None
 ) -> None:
     """Two web processes with sockets on one stream; one is SIGKILLed (no group_discard runs).
     Pub/sub: Redis drops the dead connection's subscriptions at once. Core: its members stay
@@ -515,7 +443,7 @@ def _send_to_group(url: str, layer: str, group: str, markup: str) -> None:
 # -- worker killed ------------------------------------------------------------------------------
 
 
-def test_task_of_a_killed_worker_is_redelivered_and_broadcast(live_stack: Stack) -> None:
+def test_task_of_a_killed_worker_is_redelivered_and_broadcast(live_stack: FaultStack) -> None:
     # Last in this module: it replaces the stack's worker with one whose visibility_timeout is
     # 2 s, so Redis hands the killed worker's unacknowledged task to it quickly.
     with suppress():
@@ -568,7 +496,7 @@ sys.exit(0)
 """
 
 
-def run_web_script(stack: Stack, room_id: int, count: int, end: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_web_script(stack: FaultStack, room_id: int, count: int, end: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", WEB_SCRIPT], capture_output=True, text=True, timeout=120,
         env=subprocess_env(**(stack.env | {"ROOM": str(room_id), "COUNT": str(count), "END": end} | env)),
@@ -589,7 +517,7 @@ def collect_message_ids(client: StreamClient, count: int, timeout: float) -> set
 
 
 def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_returns(
-    live_stack: Stack, caplog: pytest.LogCaptureFixture
+    live_stack: FaultStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Default settings: the outbox thread holds the changes and retries until the broker is
     back (BROKER_DOWN_SECONDS, 8 s by default: longer than the outbox's 5 s cap on its retry wait)."""
@@ -609,7 +537,7 @@ def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_r
 
 @pytest.mark.database
 def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_outbox(
-    live_stack: Stack,
+    live_stack: FaultStack,
 ) -> None:
     """200 saves in one transaction, SIGKILL right after the commit: the rows it wrote in that
     transaction are published by the sweep of a worker (OUTBOX_SWEEP_AFTER 1 s here)."""
@@ -640,7 +568,7 @@ def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_o
 
 @pytest.mark.database
 def test_an_application_on_commit_callback_that_raises_does_not_lose_our_broadcasts(
-    live_stack: Stack, caplog: pytest.LogCaptureFixture
+    live_stack: FaultStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     def application_callback() -> None:
         raise RuntimeError("the application's callback failed")
@@ -658,7 +586,7 @@ def test_an_application_on_commit_callback_that_raises_does_not_lose_our_broadca
 
 @pytest.mark.parametrize("end", ["exit", "sigterm"])
 def test_a_process_that_exits_or_gets_sigterm_publishes_what_it_committed_first(
-    live_stack: Stack, end: str
+    live_stack: FaultStack, end: str
 ) -> None:
     with suppress():
         room = RoomFactory()
@@ -672,7 +600,7 @@ def test_a_process_that_exits_or_gets_sigterm_publishes_what_it_committed_first(
 
 
 def test_exit_with_the_broker_down_waits_at_most_the_exit_timeout_and_logs_what_is_left(
-    live_stack: Stack,
+    live_stack: FaultStack,
 ) -> None:
     with suppress():
         room = RoomFactory()

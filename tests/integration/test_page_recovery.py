@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LOG_DIR
-from tests.services import CeleryWorker, Process, RedisServer, StreamClient, Uvicorn, free_port, wait_offset
+from tests.services import FaultStack, LogSince, StreamClient, Uvicorn, wait_offset
 from tests.testapp.factories import MessageFactory, RoomFactory
 from turbo_async import suppress
 
@@ -33,78 +33,25 @@ HISTORY_SIZE = int(os.environ.get("TURBO_TEST_HISTORY_SIZE", "5"))
 RECOVERY_BOUND = 3 * HEARTBEAT + 5
 
 
-class RecoveryStack:
-    """Redis for the broker, Redis for the channel layer, a worker and a uvicorn of their own."""
+class RecoveryStack(FaultStack):
+    """Redis for the broker, Redis for the channel layer (no append-only file), a worker and a
+    uvicorn of their own, with a short heartbeat and history; ``settings`` add to them."""
 
     def __init__(self, root: Path, name: str, **settings: Any) -> None:
-        self.broker = RedisServer(free_port(), root / "broker")
-        self.layer = RedisServer(free_port(), root / "layer")
         turbo = {
             "DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1, "HEARTBEAT_INTERVAL": HEARTBEAT,
             "HISTORY_SIZE": HISTORY_SIZE,
         }
-        self.env = {
-            "TURBO_TEST_REDIS_PORT": str(self.broker.port),
-            "TURBO_TEST_LAYER_REDIS_PORT": str(self.layer.port),
-            "TURBO_TEST_TURBO_ASYNC": json.dumps(turbo | settings),
-            # The browser fixture sets it in this process; the server must keep Django's checks.
-            "DJANGO_ALLOW_ASYNC_UNSAFE": "",
-        }
-        self.worker = CeleryWorker(LOG_DIR, name=f"{name}-worker", **self.env)
-        self.web = Uvicorn(LOG_DIR, name=f"{name}-web", **self.env)
-
-    def start(self) -> None:
-        self.broker.start()
-        self.layer.start()
-        self.worker.start()
-        self.web.start()
-
-    def stop(self) -> None:
-        self.web.stop()
-        self.worker.stop()
-        self.layer.stop()
-        self.broker.stop()
-
-    def restart_layer(self) -> None:
-        self.layer.stop()
-        self.layer.start()
-
-
-class Log:
-    """What a process wrote to its log since this object was made."""
-
-    def __init__(self, process: Process) -> None:
-        self.path = process.log_path
-        self.start = self.path.stat().st_size if self.path.exists() else 0
-
-    def text(self) -> str:
-        with self.path.open("rb") as log:
-            log.seek(self.start)
-            return log.read().decode(errors="replace")
-
-
-def use_broker(url: str) -> None:
-    """Point the test process's Celery app at another broker, with fresh connection pools."""
-    from workers import app
-
-    app.conf.broker_url = url
-    app._pool = None
-    app.amqp._producer_pool = None
+        # The browser fixture sets DJANGO_ALLOW_ASYNC_UNSAFE in this process; the server must
+        # keep Django's checks.
+        super().__init__(root, LOG_DIR, name, turbo | settings, DJANGO_ALLOW_ASYNC_UNSAFE="")
 
 
 @pytest.fixture(scope="module")
 def recovery(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecoveryStack]:
-    from workers import app
-
     stack = RecoveryStack(tmp_path_factory.mktemp("recovery"), "recovery")
-    stack.start()
-    previous = app.conf.broker_url
-    use_broker(stack.broker.url)
-    try:
+    with stack.serving():
         yield stack
-    finally:
-        use_broker(previous)
-        stack.stop()
 
 
 @pytest.fixture
@@ -216,7 +163,7 @@ def test_frames_flow_again_on_the_open_socket_after_the_layer_loses_its_groups(
 ) -> None:
     with suppress():
         room = RoomFactory()
-    web_log = Log(live_recovery.web)
+    web_log = LogSince(live_recovery.web)
     page = Page(live_recovery.web)
     try:
         assert page.subscribe(room.stream.signed_stream_name)["type"] == "subscribed"
@@ -407,7 +354,7 @@ def test_a_web_process_stalled_during_a_burst_loses_nothing_unseen(live_recovery
 
     with suppress():
         room = RoomFactory()
-    worker_log = Log(live_recovery.worker)
+    worker_log = LogSince(live_recovery.worker)
     page = Page(live_recovery.web)
     web = live_recovery.web.process
     assert web is not None
