@@ -31,6 +31,7 @@ import json
 import logging
 import random
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -159,7 +160,7 @@ class FanOut:
         if self.channel is None:
             async with self.opening:
                 if self.channel is None:
-                    channel: str = await pooled_call(self.layer.new_channel)
+                    channel: str = await pooled_call(new_channel, self.layer)
                     self.reader = asyncio.create_task(self.read(channel))
                     self.channel = channel
         return self.channel
@@ -758,7 +759,7 @@ async def open_channel(layer: Any, scope: Any, send: Any) -> str | None:
     (HTTP 403) and the client reconnects with backoff, instead of "Exception in ASGI application"."""
     deadline = asyncio.get_running_loop().time() + min(NEW_CHANNEL_WAIT, conf.get().LAYER_WAIT_TIMEOUT)
     try:
-        name: str = await pooled_call(layer.new_channel, deadline=deadline)
+        name: str = await pooled_call(new_channel, layer, deadline=deadline)
     except LAYER_ERRORS as exc:
         logger.warning(
             "refused a WebSocket from %s: the channel layer could not open a channel for it (%r); "
@@ -871,6 +872,29 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
 def _after(position: history.Position, other: history.Position | None) -> bool:
     """Whether ``position`` is past ``other`` (a position of another epoch counts as past)."""
     return other is None or position.epoch != other.epoch or position.offset > other.offset
+
+
+async def new_channel(layer: Any) -> str:
+    """``layer.new_channel()``, leaving nothing behind when it fails.
+
+    channels_redis' ``RedisPubSubChannelLayer`` makes the new channel's queue before it
+    ``SUBSCRIBE``s, and keeps the queue when the ``SUBSCRIBE`` fails: while Redis is unreachable,
+    every retry of a reconnecting page's handshake left one queue in the web process for ever.
+    Here the name is made as channels_redis makes it, and its queue dropped if the subscribe
+    raises. Any other layer (or another version without those internals) is called as it is."""
+    loop_layer: Any = layer._get_layer() if hasattr(layer, "_get_layer") else None
+    channels = getattr(loop_layer, "channels", None)
+    subscribe = getattr(loop_layer, "_subscribe_to_channel", None)
+    if not isinstance(channels, dict) or subscribe is None or not isinstance(getattr(loop_layer, "prefix", None), str):
+        name: str = await layer.new_channel()
+        return name
+    name = f"{loop_layer.prefix}specific.{uuid.uuid4().hex}"
+    try:
+        await subscribe(name)
+    except BaseException:
+        channels.pop(name, None)
+        raise
+    return name
 
 
 FORGET_AGAIN_AFTER = 5.0

@@ -23,10 +23,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import LOG_DIR, current_layer, layer_backend
-from tests.services import RedisServer, StreamClient, Uvicorn, rss_mb, subscribed
+from tests.services import RedisServer, StreamClient, Uvicorn, free_port, rss_mb, subscribed
 from tests.testapp.streams import RoomStream
 from turbo_async import conf
-from turbo_async.consumers import forget
+from turbo_async.consumers import forget, new_channel
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
@@ -208,6 +208,35 @@ def test_the_core_layers_buffer_of_a_closed_socket_is_dropped(redis_server: Redi
         return set_aside, kept
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def test_a_pubsub_channel_that_could_not_subscribe_leaves_no_queue_behind(redis_server: RedisServer) -> None:
+    """channels_redis' pub/sub layer keeps the queue of a channel whose ``SUBSCRIBE`` failed, so
+    each retry of a handshake while Redis is down left one in the web process for ever
+    (docs/architecture.rst, "Pitfalls"): turbo_async.consumers.new_channel drops it. In this
+    process, with nothing listening on one port and a real Redis on the other."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    from turbo_async.delivery import LAYER_ERRORS
+
+    async def scenario() -> tuple[int, int, bool]:
+        down = RedisPubSubChannelLayer(hosts=[{"address": f"redis://127.0.0.1:{free_port()}"}])
+        with pytest.raises(LAYER_ERRORS):
+            await down.new_channel()  # channels_redis' own call: the pitfall
+        left_by_channels_redis = len(down._get_layer().channels)
+        for _ in range(3):
+            with pytest.raises(LAYER_ERRORS):
+                await new_channel(down)
+        left_by_ours = len(down._get_layer().channels) - left_by_channels_redis
+        up = RedisPubSubChannelLayer(hosts=[{"address": redis_server.url}])
+        name = await new_channel(up)
+        await up.send(name, {"type": "turbo.stream", "data": "read"})
+        received = (await asyncio.wait_for(up.receive(name), 10))["data"] == "read"
+        await up.flush()
+        await down.flush()
+        return left_by_channels_redis, left_by_ours, received
+
+    assert asyncio.run(scenario()) == (1, 0, True)
 
 
 # -- origins ---------------------------------------------------------------------------------
