@@ -18,6 +18,7 @@ tests/integration/test_abuse.py). Environment: ``BENCH_ABUSE_FLOOD_SECONDS`` (10
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import multiprocessing
 import os
@@ -36,6 +37,8 @@ FLOOD_SECONDS = float(os.environ.get("BENCH_ABUSE_FLOOD_SECONDS", "10"))
 SOCKETS = int(os.environ.get("BENCH_ABUSE_SOCKETS", "2000"))
 SUBSCRIPTIONS = int(os.environ.get("BENCH_ABUSE_SUBSCRIPTIONS", "100"))
 LAYER = os.environ.get("BENCH_ABUSE_LAYER", "pubsub")
+SEND_TIMEOUT = 0.05
+"""Seconds the flooding client's send may block before it gives the connection up."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,31 +52,91 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def flood(url: str, origin: str, seconds: float, result: Any) -> None:
-    """Another process: 16 KB forged subscriptions as fast as possible, reconnecting when closed."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
+    """Another process: 16 KB forged subscriptions as fast as possible, reconnecting as soon as
+    the server closes the socket or stops reading it.
 
-    junk = json.dumps({"type": "subscribe", "signed_channel_name": "x" * 16000})
-    sent = connections = closed_1008 = 0
+    Raw frames over a blocking socket whose sends time out after ``SEND_TIMEOUT`` (a WebSocket
+    library's client waits for its close handshake while its own send is blocked by a server that
+    stopped reading, and so never reconnected: one connection for the whole flood). Counts the
+    connections, the close frames with 1008 read back, and the connections that ended otherwise
+    (reset, or a send that timed out: the close frame was lost behind the junk)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from tests.benchmarks.bench_subscribers import TEXT, client_frame
+
+    parts = urlsplit(url)
+    frame = client_frame(TEXT, json.dumps({"type": "subscribe", "signed_channel_name": "x" * 16000}).encode())
+    handshake = (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    ).encode()
+    sent = connections = closed_1008 = ended_otherwise = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with connect(url, origin=origin, open_timeout=10) as ws:  # type: ignore[arg-type]
-                connections += 1
-                while time.monotonic() < deadline:
-                    ws.send(junk)
-                    sent += 1
-                    if sent % 20 == 0:  # read what came back, to notice a close and reconnect
-                        try:
-                            while True:
-                                ws.recv(timeout=0)
-                        except TimeoutError:
-                            pass
-        except ConnectionClosed as exc:
-            closed_1008 += exc.rcvd is not None and exc.rcvd.code == 1008
-        except (InvalidStatus, OSError, TimeoutError):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=SEND_TIMEOUT)
+        except OSError:
             time.sleep(0.01)
-    result.put({"sent": sent, "connections": connections, "closed_1008": closed_1008})
+            continue
+        try:
+            sock.sendall(handshake)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed during the handshake")
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError("handshake refused")
+            connections += 1
+            incoming = head.split(b"\r\n\r\n", 1)[1]
+            while time.monotonic() < deadline:
+                sock.sendall(frame)
+                sent += 1
+                if sent % 20 == 0:  # read what came back, to notice a close and reconnect
+                    sock.setblocking(False)
+                    try:
+                        while chunk := sock.recv(1 << 16):
+                            incoming += chunk
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sock.settimeout(SEND_TIMEOUT)
+                    code, read = close_code(incoming)
+                    incoming = incoming[read:]
+                    if code is not None:
+                        closed_1008 += code == 1008
+                        break
+                    if not chunk:
+                        raise ConnectionError("closed")
+        except (OSError, ConnectionError):
+            ended_otherwise += 1
+        finally:
+            sock.close()
+    result.put({
+        "sent": sent, "connections": connections, "closed_1008": closed_1008,
+        "ended_otherwise": ended_otherwise,
+    })
+
+
+def close_code(data: bytes) -> tuple[int | None, int]:
+    """The code of the first close frame among the server's (unmasked) frames in ``data``, if
+    one is there whole, and how many bytes of whole frames came before it (or were read)."""
+    at = 0
+    while len(data) - at >= 10 or (len(data) - at >= 2 and data[at + 1] & 0x7F < 126):
+        opcode, length, start = data[at] & 0x0F, data[at + 1] & 0x7F, at + 2
+        if length == 126:
+            length, start = int.from_bytes(data[at + 2 : at + 4], "big"), at + 4
+        elif length == 127:
+            length, start = int.from_bytes(data[at + 2 : at + 10], "big"), at + 10
+        if len(data) < start + length:
+            break
+        if opcode == 0x8:
+            return (int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005), at
+        at = start + length
+    return None, at
 
 
 async def victim(url: str, origin: str, names: list[str], seconds: float) -> list[float]:
@@ -185,8 +248,8 @@ def main() -> None:
             ("victim subscribe round trip, no flood: p50 / p95", f"{p50q:.1f} / {p95q:.1f} ms ({len(quiet)} round trips)"),
             ("victim subscribe round trip, during flood: p50 / p95", f"{p50l:.1f} / {p95l:.1f} ms ({len(loud)} round trips)"),
             ("ratio flood / no flood (p95)", f"{p95l / p95q:.1f}x"),
-            ("flood: 16 KB messages sent / connections / closed 1008",
-             f"{flooded['sent']} / {flooded['connections']} / {flooded['closed_1008']}"),
+            ("flood: 16 KB messages sent / connections / closed 1008 / ended otherwise",
+             f"{flooded['sent']} / {flooded['connections']} / {flooded['closed_1008']} / {flooded['ended_otherwise']}"),
             ("flood: uvicorn CPU / log lines written", f"{cpu_flood:.1f} s / {lines}"),
         ]
 
