@@ -49,6 +49,19 @@ def layer_env(layer: str) -> dict[str, str]:
     return {"TURBO_TEST_LAYER": layer}
 
 
+@pytest.fixture(autouse=True)
+def fresh_abuse_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with the process's whole budget of abuse lines (LOGGED_REFUSALS_PER_MINUTE):
+    refusals logged by earlier tests in the same minute must not silence this one's."""
+    from turbo_async import security
+
+    fresh = security.LogBudget(security.abuse_log.what, security.abuse_log.per_minute)
+    monkeypatch.setattr(security, "abuse_log", fresh)
+    yield
+    if fresh.timer is not None:  # its event loop may be gone with the test
+        fresh.timer.cancel()
+
+
 @pytest.fixture(params=LAYERS)
 def each_layer(request: pytest.FixtureRequest) -> str:
     """A test that starts its own processes once per layer, in every run."""

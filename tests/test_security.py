@@ -8,6 +8,7 @@ tests/integration/test_abuse.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,10 +22,10 @@ import turbo_async.routing
 from turbo_async import security
 from turbo_async.checks import check_origins
 from turbo_async.security import (
+    LogBudget,
     OriginValidator,
     RefusalLog,
     TokenBucket,
-    _Throttled,
     accepts_any_origin,
     origin_check_of,
     parse_origin,
@@ -34,7 +35,7 @@ from turbo_async.security import (
 @pytest.fixture(autouse=True)
 def fresh_handshake_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """The handshake log budget is per process and per minute: each test starts with a full one."""
-    monkeypatch.setattr(security, "_origin_log", _Throttled(logging.getLogger("turbo_async"), per_minute=20))
+    monkeypatch.setattr(security, "_origin_log", LogBudget("refused WebSocket handshakes", 20))
 
 
 class Clock:
@@ -103,14 +104,54 @@ def test_no_summary_when_nothing_was_suppressed(caplog: pytest.LogCaptureFixture
 
 def test_refused_handshakes_log_a_bounded_number_of_lines_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    throttled = _Throttled(logging.getLogger("turbo_async"), per_minute=5, clock=clock)
+    throttled = LogBudget("refused WebSocket handshakes", 5, clock=clock)
     with caplog.at_level(logging.WARNING, logger="turbo_async"):
-        for _ in range(500):
-            throttled.warning("refused")
+        for n in range(500):
+            throttled.warning("refused", peer=f"10.0.0.{n % 7}:1")
         clock.now += 61
-        throttled.warning("refused")
+        throttled.warning("refused", peer="10.0.0.1:1")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["refused"] * 5 + ["495 more refused WebSocket handshakes were not logged", "refused"]
+    assert lines == ["refused"] * 5 + [
+        "495 more refused WebSocket handshakes were not logged in the last 60 s, from 7 peers", "refused"
+    ]
+
+
+def test_refusals_of_many_sockets_share_the_process_budget(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that reconnects after every close gets a new per-socket budget each time: the
+    process's LOGGED_REFUSALS_PER_MINUTE bounds what all sockets write together."""
+    settings.TURBO_ASYNC = {"LOGGED_REFUSALS_PER_SOCKET": 5, "LOGGED_REFUSALS_PER_MINUTE": 12}
+    clock = Clock()
+    monkeypatch.setattr(security, "abuse_log", LogBudget("abuse lines", lambda: 12, clock=clock))
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for n in range(40):  # 40 connections, 50 refusals each: 200 per-socket lines and summaries
+            log = RefusalLog(f"10.0.0.1:{1000 + n}", 5)
+            for _ in range(50):
+                log.warning("bad signature")
+            log.summary()
+            security.log_abuse("closed %s", f"10.0.0.1:{1000 + n}", peer=f"10.0.0.1:{1000 + n}")
+        written = len(caplog.records)
+        clock.now += 60
+        security.log_abuse("closed again", peer="10.0.0.1:2000")
+    lines = [r.getMessage() for r in caplog.records]
+    assert written == 12, lines
+    # the first socket's 7 lines and the second's first 5 were written: 39 peers lost some
+    assert lines[12] == "268 more abuse lines were not logged in the last 60 s, from 39 peers"
+    assert lines[13] == "closed again"
+
+
+async def test_a_flood_that_stops_is_summed_up_when_its_minute_ends(caplog: pytest.LogCaptureFixture) -> None:
+    budget = LogBudget("abuse lines", 2)
+    budget.WINDOW = 0.2  # a short minute, on the running loop's timer
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for _ in range(10):
+            budget.warning("refused", peer="10.0.0.1:1")
+        assert len(caplog.records) == 2
+        await asyncio.sleep(0.5)
+    assert [r.getMessage() for r in caplog.records][2:] == [
+        "8 more abuse lines were not logged in the last 0 s, from 1 peers"
+    ]
 
 
 # -- origins ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ Every key is optional::
         "MAX_MESSAGES_PER_SECOND": 20.0,  # sustained client messages per socket (0: no limit)
         "MESSAGE_BURST": 200,           # messages a socket may send at once; beyond: closed, 1008
         "LOGGED_REFUSALS_PER_SOCKET": 5,  # refusal warnings logged per socket, then only counted
+        "LOGGED_REFUSALS_PER_MINUTE": 100,  # refusal and abuse lines per process a minute (0: no limit)
         "LAYER_CONCURRENCY": 50,        # channel-layer calls the sockets of a process make at once
         "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
         # Refreshes (turbo_async.refreshes): agreed between workers in the Celery broker's Redis.
@@ -105,6 +106,7 @@ class TurboAsyncSettings:
     MAX_MESSAGES_PER_SECOND: float = 20.0
     MESSAGE_BURST: int = 200
     LOGGED_REFUSALS_PER_SOCKET: int = 5
+    LOGGED_REFUSALS_PER_MINUTE: int = 100
     LAYER_CONCURRENCY: int = 50
     LAYER_WAIT_TIMEOUT: float = 30.0
     # Refreshes (turbo_async.refreshes)

@@ -51,7 +51,7 @@ from .delivery import LAYER_ERRORS, MESSAGE_TYPE, layer_call
 from .exceptions import InvalidSubscription, UnknownStream
 from .names import group_name, unsign
 from .registry import stream_registry
-from .security import RefusalLog, TokenBucket, peer
+from .security import RefusalLog, TokenBucket, log_abuse, peer
 from .streams import ModelStream, Stream
 
 logger = logging.getLogger("turbo_async")
@@ -271,7 +271,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     joins the groups with its own channel, as Channels does)."""
     fanout: FanOut | None = None  # set in __call__ when fan_out is on
     holding = False  # while a client message is handled, frames wait (order after a replay)
-    closer: asyncio.Future[None] | None = None  # the close of a socket too far behind
+    closer: asyncio.Future[None] | None = None  # the close of a socket too far behind, or abusive
     frame_send: ASGISend | None = None  # see past_session_saving
     ranges = False
     """The client applies messages carrying several frames (``"from_offset"``): it said so with
@@ -553,14 +553,18 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def close_for_abuse(self) -> None:
         settings = conf.get()
         self.closing = True
-        # One line per abuser, however many messages it sends.
-        logger.warning(
+        # One line per abuser, however many messages it sends (within the process's budget).
+        client = peer(self.scope)
+        log_abuse(
             "closed the WebSocket from %s with code %d: it sent more than %d messages at once or "
             "%s per second for too long (TURBO_ASYNC['MESSAGE_BURST'], "
             "TURBO_ASYNC['MAX_MESSAGES_PER_SECOND'])",
-            peer(self.scope), POLICY_VIOLATION, settings.MESSAGE_BURST, settings.MAX_MESSAGES_PER_SECOND,
+            client, POLICY_VIOLATION, settings.MESSAGE_BURST, settings.MAX_MESSAGES_PER_SECOND, peer=client,
         )
-        await self.close(code=POLICY_VIOLATION)
+        # Not awaited in this handler: uvicorn's close waits for its reader, and the reader waits
+        # for room in its queue of this client's messages, which only this consumer's next
+        # receive() makes. Awaited, the close reached the client after the close timeout (10 s).
+        self.closer = asyncio.ensure_future(self.close(code=POLICY_VIOLATION))
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()

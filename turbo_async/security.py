@@ -5,6 +5,10 @@ everyone else.
   ``MESSAGE_BURST``); the consumer closes a socket that exhausts it with code 1008.
 - :class:`RefusalLog`: the first ``LOGGED_REFUSALS_PER_SOCKET`` refusals of a socket are logged,
   the rest only counted and summed up in one line, so a client cannot fill the disk.
+- :class:`LogBudget`: a process-wide budget of log lines a minute, then counted and summed up
+  once the minute is over. ``abuse_log`` holds the lines about refusals and abusers
+  (``LOGGED_REFUSALS_PER_MINUTE``), so a client that reconnects after every close cannot fill
+  the disk either; refused handshakes have a budget of their own.
 - :class:`OriginValidator`: ASGI middleware for the WebSocket route that accepts a handshake only
   from the page's own origin (scheme, host **and** port of the request) or one of
   ``CSRF_TRUSTED_ORIGINS``; everything else (another port or scheme, ``null``, no ``Origin``) is
@@ -17,6 +21,7 @@ It reads settings only; nothing here imports the rest of the library but :mod:`t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +34,8 @@ from channels.security.websocket import OriginValidator as ChannelsOriginValidat
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
+
+from . import conf
 
 logger = logging.getLogger("turbo_async")
 
@@ -67,6 +74,95 @@ class TokenBucket:
         return False
 
 
+class LogBudget:
+    """A process-wide budget of log lines about ``what``: at most ``per_minute`` a minute.
+
+    Beyond it a line is counted (with its peer) instead of written, and one line says how many
+    were not written, and from how many peers, once the minute is over: at the first line after
+    it, or from a timer on the running event loop (when there is one), so a flood that stops is
+    still summed up. ``per_minute`` is a number or a function that reads it (a setting);
+    ``<= 0`` turns the limit off. The clock is injectable so tests need not sleep.
+    """
+
+    WINDOW = 60.0
+    MAX_PEERS = 1000
+    """Peers remembered for a summary (the count goes on past it)."""
+
+    def __init__(
+        self, what: str, per_minute: int | Callable[[], int], log: logging.Logger = logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.per_minute = per_minute
+        self.log = log
+        self.clock = clock
+        self.started = float("-inf")
+        self.used = 0
+        self.dropped = 0
+        self.peers: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def allow(self, peer: str) -> bool:
+        """Whether a line about ``peer`` may be written now (``False``: it was counted)."""
+        now = self.clock()
+        if now - self.started >= self.WINDOW:
+            self.report()
+            self.started, self.used = now, 0
+        limit = self.per_minute() if callable(self.per_minute) else self.per_minute
+        if limit <= 0 or self.used < limit:
+            self.used += 1
+            return True
+        if self.dropped == 0:
+            self._report_later()
+        self.dropped += 1
+        if len(self.peers) < self.MAX_PEERS:
+            self.peers.add(peer)
+        return False
+
+    def warning(self, message: str, *args: Any, peer: str = "") -> None:
+        """``log.warning(message, *args)``, within the budget."""
+        if self.allow(peer):
+            self.log.warning(message, *args)
+
+    def report(self) -> None:
+        """One line for what the current minute did not write (none: nothing)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.dropped:
+            peers = f"{len(self.peers)}+" if len(self.peers) >= self.MAX_PEERS else str(len(self.peers))
+            self.log.warning(
+                f"%d more {self.what} were not logged in the last %.0f s, from %s peers",
+                self.dropped, self.WINDOW, peers,
+            )
+        self.dropped = 0
+        self.peers = set()
+
+    def _report_later(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: summed up with the first line of the next minute
+        self.timer = loop.call_later(max(0.0, self.started + self.WINDOW - self.clock()), self._minute_over)
+
+    def _minute_over(self) -> None:
+        self.timer = None
+        self.report()
+        self.started, self.used = self.clock(), 0
+
+
+abuse_log = LogBudget(
+    "lines about refused messages and closed abusers (TURBO_ASYNC['LOGGED_REFUSALS_PER_MINUTE'])",
+    lambda: conf.get().LOGGED_REFUSALS_PER_MINUTE,
+)
+"""The process's budget of lines about refusals and abusers (``LOGGED_REFUSALS_PER_MINUTE``)."""
+
+
+def log_abuse(message: str, *args: Any, peer: str) -> None:
+    """Log one warning about a refusal or an abuser from ``peer``, within the process's budget."""
+    abuse_log.warning(message, *args, peer=peer)
+
+
 class RefusalLog:
     """Warnings about one socket: the first ``limit`` are logged, the rest counted.
 
@@ -90,13 +186,17 @@ class RefusalLog:
             if self.count == self.limit
             else ""
         )
-        self.log.warning(f"{message} [WebSocket from %s]{more}", *args, self.peer)
+        if self._allowed():
+            self.log.warning(f"{message} [WebSocket from %s]{more}", *args, self.peer)
 
     def exception(self, message: str, *args: Any) -> None:
         """Like :meth:`warning`, at ERROR with the traceback of the exception being handled."""
         self.count += 1
-        if self.count <= self.limit:
+        if self.count <= self.limit and self._allowed():
             self.log.exception(f"{message} [WebSocket from %s]", *args, self.peer)
+
+    def _allowed(self) -> bool:
+        return abuse_log.allow(self.peer)
 
     @property
     def suppressed(self) -> int:
@@ -104,7 +204,7 @@ class RefusalLog:
 
     def summary(self) -> None:
         """One line for the refusals that were not logged (none: nothing)."""
-        if self.suppressed:
+        if self.suppressed and self._allowed():
             self.log.warning(
                 "%d more refusals on the WebSocket from %s were not logged", self.suppressed, self.peer
             )
@@ -229,10 +329,11 @@ class OriginValidator:
         reason = self.refusal(scope, header)
         if reason is None:
             return await self.application(scope, receive, send)
+        client = peer(scope)
         _origin_log.warning(
             "refused a WebSocket handshake from %s: %s (turbo_async.security.OriginValidator "
             "accepts the page's own origin and CSRF_TRUSTED_ORIGINS)",
-            peer(scope), reason,
+            client, reason, peer=client,
         )
         return await WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]
 
@@ -260,34 +361,7 @@ class OriginValidator:
 TrustedOriginValidator = OriginValidator
 
 
-class _Throttled:
-    """A process-wide log budget: ``per_minute`` lines, then one count per minute.
-
-    Handshakes are cheap to repeat, so refused ones must not write a line each.
-    """
-
-    def __init__(self, log: logging.Logger, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.log = log
-        self.per_minute = per_minute
-        self.clock = clock
-        self.window = clock()
-        self.lines = 0
-        self.dropped = 0
-
-    def warning(self, message: str, *args: Any) -> None:
-        now = self.clock()
-        if now - self.window >= 60:
-            if self.dropped:
-                self.log.warning("%d more refused WebSocket handshakes were not logged", self.dropped)
-            self.window, self.lines, self.dropped = now, 0, 0
-        if self.lines >= self.per_minute:
-            self.dropped += 1
-            return
-        self.lines += 1
-        self.log.warning(message, *args)
-
-
-_origin_log = _Throttled(logger, per_minute=20)
+_origin_log = LogBudget("refused WebSocket handshakes", 20)
 
 
 def origin_check_of(application: Any, depth: int = 12) -> Any:

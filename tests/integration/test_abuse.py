@@ -118,6 +118,41 @@ def test_a_flood_from_one_socket_does_not_refuse_another_socket(server: Uvicorn)
     attacker.close()
 
 
+def test_a_client_that_reconnects_after_every_close_writes_a_bounded_log(
+    redis_server: RedisServer, django_db_setup: None
+) -> None:
+    """Each new connection gets a fresh per-socket budget: the process's
+    LOGGED_REFUSALS_PER_MINUTE (30 here) bounds what 20 abusive connections write together, and
+    the 1008 lines of the later ones are among what is only counted. A uvicorn of its own: the
+    budget is per process and per minute."""
+    budgets = {"MESSAGE_BURST": 20, "MAX_MESSAGES_PER_SECOND": 5, "LOGGED_REFUSALS_PER_MINUTE": 30}
+    web = Uvicorn(LOG_DIR, name="web-abuse-budget", TURBO_TEST_TURBO_ASYNC=json.dumps(budgets))
+    web.start()
+    try:
+        before = log_lines(web)
+        for _ in range(20):
+            attacker = StreamClient(web.ws_url, web.origin)
+            with pytest.raises(ConnectionClosed) as closed:
+                for _ in range(100):
+                    attacker.send_raw(junk(1000))
+                while True:
+                    # well before uvicorn's close timeout (10 s): the close is not held up by
+                    # the messages the client sent after its budget ran out
+                    attacker.ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+        time.sleep(0.5)
+        lines = web.log().splitlines()[before:]
+        closes = sum("with code 1008" in line for line in lines)
+        # 20 connections would have written 140 lines (5 refusals, a summary, the 1008 line each)
+        assert len(lines) == 30, lines
+        assert 1 <= closes < 20, lines
+        # and the server still answers
+        with subscribed(web, RoomStream(1).signed_stream_name):
+            pass
+    finally:
+        web.stop()
+
+
 # -- the mass close --------------------------------------------------------------------------
 
 
