@@ -325,7 +325,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 "to it (it reads too slowly); the page reconnects and catches up",
                 peer(self.scope), TRY_AGAIN_LATER, SOCKET_BACKLOG,
             )
-            self.closer = asyncio.ensure_future(self.close(code=TRY_AGAIN_LATER))
+            self.closer = closing(self.close(code=TRY_AGAIN_LATER))
             return
         self.pending.append(message)
         if not self.holding:
@@ -564,7 +564,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Not awaited in this handler: uvicorn's close waits for its reader, and the reader waits
         # for room in its queue of this client's messages, which only this consumer's next
         # receive() makes. Awaited, the close reached the client after the close timeout (10 s).
-        self.closer = asyncio.ensure_future(self.close(code=POLICY_VIOLATION))
+        self.closer = closing(self.close(code=POLICY_VIOLATION))
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
@@ -876,6 +876,14 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
 def _after(position: history.Position, other: history.Position | None) -> bool:
     """Whether ``position`` is past ``other`` (a position of another epoch counts as past)."""
     return other is None or position.epoch != other.epoch or position.offset > other.offset
+
+
+def closing(close: Awaitable[None]) -> asyncio.Future[None]:
+    """A close scheduled rather than awaited; its error (the client went away first) is read here
+    so that asyncio does not log it as never retrieved."""
+    future = asyncio.ensure_future(close)
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
 
 
 async def new_channel(layer: Any) -> str:
