@@ -18,7 +18,6 @@ tests/integration/test_abuse.py). Environment: ``BENCH_ABUSE_FLOOD_SECONDS`` (10
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import multiprocessing
 import os
@@ -63,15 +62,10 @@ def flood(url: str, origin: str, seconds: float, result: Any) -> None:
     import socket
     from urllib.parse import urlsplit
 
-    from tests.benchmarks.bench_subscribers import TEXT, client_frame
+    from tests.benchmarks.bench_subscribers import TEXT, client_frame, handshake
 
     parts = urlsplit(url)
     frame = client_frame(TEXT, json.dumps({"type": "subscribe", "signed_channel_name": "x" * 16000}).encode())
-    handshake = (
-        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
-        f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
-    ).encode()
     sent = connections = closed_1008 = ended_otherwise = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -81,7 +75,7 @@ def flood(url: str, origin: str, seconds: float, result: Any) -> None:
             time.sleep(0.01)
             continue
         try:
-            sock.sendall(handshake)
+            sock.sendall(handshake(url, origin))
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = sock.recv(4096)
@@ -122,20 +116,16 @@ def flood(url: str, origin: str, seconds: float, result: Any) -> None:
 
 
 def close_code(data: bytes) -> tuple[int | None, int]:
-    """The code of the first close frame among the server's (unmasked) frames in ``data``, if
-    one is there whole, and how many bytes of whole frames came before it (or were read)."""
+    """The code of the first close frame among the server's frames in ``data``, if one is there
+    whole, and how many bytes of whole frames came before it (or were read)."""
+    from tests.benchmarks.bench_subscribers import CLOSE, frame_at
+
     at = 0
-    while len(data) - at >= 10 or (len(data) - at >= 2 and data[at + 1] & 0x7F < 126):
-        opcode, length, start = data[at] & 0x0F, data[at + 1] & 0x7F, at + 2
-        if length == 126:
-            length, start = int.from_bytes(data[at + 2 : at + 4], "big"), at + 4
-        elif length == 127:
-            length, start = int.from_bytes(data[at + 2 : at + 10], "big"), at + 10
-        if len(data) < start + length:
-            break
-        if opcode == 0x8:
-            return (int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005), at
-        at = start + length
+    while (found := frame_at(data, at)) is not None:
+        first, start, end = found
+        if first & 0x0F == CLOSE:
+            return (int.from_bytes(data[start : start + 2], "big") if end - start >= 2 else 1005), at
+        at = end
     return None, at
 
 

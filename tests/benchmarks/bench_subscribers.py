@@ -49,6 +49,36 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + masked
 
 
+def handshake(url: str, origin: str) -> bytes:
+    """The client's opening handshake for ``url``, sent from ``origin``."""
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: {origin}\r\n\r\n"
+    ).encode()
+
+
+def frame_at(buffer: bytes | bytearray, at: int) -> tuple[int, int, int] | None:
+    """The server's (unmasked) frame starting at ``at``, if it is there whole: its first byte (FIN
+    and opcode), where its payload starts and where it ends; ``None`` if more bytes are needed."""
+    if len(buffer) - at < 2:
+        return None
+    length, start = buffer[at + 1] & 0x7F, at + 2
+    if length == 126:
+        if len(buffer) - at < 4:
+            return None
+        length, start = int.from_bytes(buffer[at + 2 : at + 4], "big"), at + 4
+    elif length == 127:
+        if len(buffer) - at < 10:
+            return None
+        length, start = int.from_bytes(buffer[at + 2 : at + 10], "big"), at + 10
+    if len(buffer) < start + length:
+        return None
+    return buffer[at], start, start + length
+
+
 class Socket:
     """A WebSocket client connection: :meth:`messages` returns the text messages read so far."""
 
@@ -62,12 +92,7 @@ class Socket:
     async def connect(cls, url: str, origin: str) -> Socket:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=2**22)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Origin: {origin}\r\n\r\n".encode()
-        )
+        writer.write(handshake(url, origin))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:200]!r}")
@@ -85,21 +110,10 @@ class Socket:
         buffer += chunk
         found: list[bytes] = []
         at = 0
-        while len(buffer) - at >= 2:
-            first, second = buffer[at], buffer[at + 1]
-            length, start = second & 0x7F, at + 2
-            if length == 126:
-                if len(buffer) - at < 4:
-                    break
-                length, start = int.from_bytes(buffer[at + 2 : at + 4], "big"), at + 4
-            elif length == 127:
-                if len(buffer) - at < 10:
-                    break
-                length, start = int.from_bytes(buffer[at + 2 : at + 10], "big"), at + 10
-            if len(buffer) < start + length:
-                break
-            payload = bytes(buffer[start : start + length])
-            at = start + length
+        while (frame := frame_at(buffer, at)) is not None:
+            first, start, end = frame
+            payload = bytes(buffer[start:end])
+            at = end
             opcode = first & 0x0F
             if opcode == PING:
                 self.writer.write(client_frame(PONG, payload))
