@@ -13,7 +13,9 @@ Keys, on the shard of the channel layer that holds the stream's group (the layer
 connection pool with ``RedisChannelLayer``; a pool of this module on the same host with
 ``RedisPubSubChannelLayer``)::
 
-    turbo_async:pos:<group>    hash {epoch, offset}     expires EPOCH_TTL after the last batch
+    turbo_async:pos:<group>    hash {epoch, offset, run, at}   expires EPOCH_TTL after the last batch
+                               (run: the run_id of the Redis that wrote it; at: the Unix time of
+                               the last batch)
     turbo_async:hist:<group>   stream <offset>-0 {d: frames, t: unix time}
                                expires HISTORY_MAX_AGE after the last batch
 
@@ -65,7 +67,14 @@ from an older snapshot, or a replica promoted by a failover, may hold an older o
 pages have applied, and reusing it would give one offset to two different frames."""
 
 APPEND = _EPOCH + """
+if tonumber(ARGV[7]) > 0 and not started then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
+  if last >= tonumber(ARGV[7]) then
+    return {epoch, -1}
+  end
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('HSET', KEYS[1], 'at', ARGV[4])
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2], 't', ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -175,15 +184,21 @@ def history_key(group: str) -> str:
     return f"turbo_async:hist:{group}"
 
 
-async def append(layer: Any, group: str, data: str) -> Position:
-    """Give ``data`` the next offset of ``group`` and keep it in the history, atomically."""
+async def append(layer: Any, group: str, data: str, quiet_since: float | None = None) -> Position | None:
+    """Give ``data`` the next offset of ``group`` and keep it in the history, atomically.
+
+    ``quiet_since`` (a Unix time) is for frames that waited for the layer since then: they are
+    numbered only if no other batch of the stream was numbered since (else ``None`` is returned
+    and nothing is kept: sent now, they would land after frames of later changes)."""
     settings = conf.get()
     redis = client(layer, group)
     epoch, offset = await redis.eval(
         APPEND, 2, position_key(group), history_key(group),
         secrets.token_hex(8), data, settings.HISTORY_SIZE, f"{time.time():.3f}",
-        max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL,
+        max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL, f"{quiet_since or 0:.3f}",
     )
+    if int(offset) < 0:
+        return None
     return _position(epoch, offset)
 
 
