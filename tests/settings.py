@@ -115,6 +115,14 @@ if SUBPROCESS:
     # As the docs recommend; turbo_async itself retries the first command on a pooled
     # connection that a Redis restart broke (tests/integration/test_failures.py).
     _layer_config: dict[str, object] = {"hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": None}]}
+    if "TURBO_TEST_LAYER_HOSTS" in os.environ:
+        # Several shards, or Sentinel host dicts (tests/e2e/test_topologies.py): a JSON list of
+        # channels_redis hosts; Sentinel's [host, port] pairs become the tuples redis-py expects.
+        _hosts = json.loads(os.environ["TURBO_TEST_LAYER_HOSTS"])
+        for _host in _hosts:
+            if isinstance(_host, dict) and "sentinels" in _host:
+                _host["sentinels"] = [tuple(pair) for pair in _host["sentinels"]]
+        _layer_config["hosts"] = _hosts
     if LAYER == "core" and "TURBO_TEST_GROUP_EXPIRY" in os.environ:
         # A short expiry shows a killed web process's members going (tests/integration/test_failures.py).
         _layer_config["group_expiry"] = int(os.environ["TURBO_TEST_GROUP_EXPIRY"])
