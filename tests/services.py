@@ -140,7 +140,7 @@ class RedisSentinel:
         """The port of the master Sentinel names now."""
         import redis
 
-        host, port = redis.Redis(port=self.port).sentinel_get_master_addr_by_name(self.name)
+        _host, port = redis.Redis(port=self.port).sentinel_get_master_addr_by_name(self.name)
         return int(port)
 
     def host(self) -> dict[str, Any]:
