@@ -189,13 +189,21 @@ class FanOut:
         return self.channel
 
     async def join(self, group: str, consumer: TurboStreamsConsumer) -> None:
-        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group on every
-        call, as a socket joining on its own did (a flushed Redis forgot it). Raises the layer's
-        error when it cannot join within ``LAYER_WAIT_TIMEOUT``."""
+        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group when the
+        process holds no socket of it yet, or when no upkeep renews it (``RENEW_INTERVAL`` 0: then
+        on every call, as a socket joining on its own did). Raises the layer's error when it
+        cannot join within ``LAYER_WAIT_TIMEOUT``."""
         channel = await self.open()
+        members = self.members.setdefault(group, set())
+        if members and self.keeper is not None and not self.keeper.done():
+            # The process is in the group already, and its upkeep keeps it there (renewed every
+            # RENEW_INTERVAL): no Redis round trip for the group's second and later sockets, which
+            # a reconnection storm of thousands of pages would otherwise pay one each.
+            members.add(consumer)
+            return
         # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
         # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
-        self.members.setdefault(group, set()).add(consumer)
+        members.add(consumer)
         try:
             await pooled_call(self.layer.group_add, group, channel)
         except BaseException:
@@ -770,7 +778,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         frames wait until this handler returns: in the socket's list, see :meth:`receive`, or
         in its channel); or tell it to refresh."""
         try:
-            missed = await layer_call(history.since, self.channel_layer, group, seen)
+            missed = await shared_since(self.channel_layer, group, seen)
         except history.BadOffset as exc:
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
@@ -998,6 +1006,26 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
         _positions.clear()
     _positions[group] = (now, position)
     return position
+
+
+_reading: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], asyncio.Future[history.Replay]]
+] = weakref.WeakKeyDictionary()
+
+
+async def shared_since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+    """:func:`history.since` through the process's gate (:func:`pooled_call`), one read for all the
+    sockets that ask for the same group and position at the same time: when a web process goes
+    away, its pages come back together, most of a stream's pages from the same position, and each
+    would otherwise make its own reads (beyond the connection pool's limit, measured: pages then
+    refreshed with "the history cannot be read now")."""
+    reading = _reading.setdefault(asyncio.get_running_loop(), {})
+    key = (group, seen)
+    shared = reading.get(key)
+    if shared is None:
+        shared = reading[key] = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
+        shared.add_done_callback(lambda done: reading.pop(key, None))
+    return await asyncio.shield(shared)
 
 
 def _after(position: history.Position, other: history.Position | None) -> bool:

@@ -99,10 +99,39 @@ def send(group: str, stream_name: str, markup: str) -> None:
     group_send(group, message(group, stream_name, markup))
 
 
+class NotDelivered(Exception):
+    """Some streams' frames could not be sent (their shard of the channel layer is unreachable);
+    the others' were. ``streams`` maps each failed group to its stream's name."""
+
+    def __init__(self, error: BaseException, streams: dict[str, str], dropped: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.streams = streams
+        self.dropped = dropped
+
+
 def deliver(outgoing: Outgoing) -> int:
     """Send collected frames: one ``group_send`` per stream. Returns how many deliveries the
-    layer dropped because a receiving web process's channel was full (see :func:`group_send`)."""
-    return sum(group_send(group, msg) or 0 for group, msg in outgoing.messages())
+    layer dropped because a receiving web process's channel was full (see :func:`group_send`).
+
+    Every stream is tried, even after one failed: with a sharded layer one unreachable shard must
+    not hold back the pages of the others. Raises :class:`NotDelivered` naming the streams that
+    failed. Inside :func:`waited_since` with ``groups``, only those groups are sent (a retry sends
+    what failed, not again what went out)."""
+    only = _retrying_groups.get()
+    dropped = 0
+    failed: dict[str, str] = {}
+    error: BaseException | None = None
+    for group, msg in outgoing.messages():
+        if only is not None and group not in only:
+            continue
+        try:
+            dropped += group_send(group, msg) or 0
+        except LAYER_ERRORS as exc:
+            failed[group], error = outgoing.stream_names[group], exc
+    if error is not None:
+        raise NotDelivered(error, failed, dropped) from error
+    return dropped
 
 
 def mark_stale(group: str, stream_name: str) -> history.Position | None:
@@ -162,18 +191,24 @@ def group_send(group: str, msg: dict[str, Any]) -> int:
 
 
 _waited_since: contextvars.ContextVar[float | None] = contextvars.ContextVar("turbo_async_waited_since", default=None)
+_retrying_groups: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "turbo_async_retrying_groups", default=None
+)
 
 
 @contextmanager
-def waited_since(since: float | None) -> Iterator[None]:
+def waited_since(since: float | None, groups: list[str] | None = None) -> Iterator[None]:
     """Frames sent inside the block belong to a change that has waited for the channel layer since
     ``since`` (a Unix time; ``None``: it did not wait). Each of its streams that numbered other
     batches meanwhile gets a refresh instead (:func:`send_numbered`): sent now, its frames would
-    land after those of later changes, and the page would show rows out of order."""
+    land after those of later changes, and the page would show rows out of order. ``groups``:
+    the only groups :func:`deliver` sends (those that failed before; ``None``: all)."""
     token = _waited_since.set(since)
+    only = _retrying_groups.set(frozenset(groups) if groups is not None else None)
     try:
         yield
     finally:
+        _retrying_groups.reset(only)
         _waited_since.reset(token)
 
 

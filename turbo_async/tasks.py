@@ -31,15 +31,16 @@ TASK_OPTIONS: dict[str, Any] = {
 
 def _run(
     task: Task[Any, Any], what: str, body: Callable[[], dict[str, Any]],
-    failing_since: float | None, stale: list[list[str]] | None,
+    failing_since: float | None, stale: list[list[str]] | None, groups: list[str] | None,
 ) -> dict[str, Any]:
     """Run a broadcast's ``body``, with its frames marked as late when it waited for the layer
-    (``failing_since``); or, once its frames were given up (``stale``), refresh its pages. A
-    layer that cannot be reached retries the task (:func:`worker.retry`)."""
+    (``failing_since``) and only the ``groups`` that failed before sent; or, once its frames were
+    given up (``stale``), refresh its pages. A layer that cannot be reached retries the task
+    (:func:`worker.retry`)."""
     try:
         if stale:
             return worker.refresh_stale(stale, failing_since)
-        with delivery.waited_since(failing_since):
+        with delivery.waited_since(failing_since, groups):
             return body()
     except DeliveryError as exc:
         worker.retry(task, exc, what)
@@ -57,6 +58,7 @@ def broadcast(
     request_id: str = "",
     failing_since: float | None = None,
     stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Reload the row (or rebuild a deleted one), run its stream's hook, deliver the frames."""
 
@@ -64,7 +66,7 @@ def broadcast(
         with bound_request_id(request_id):  # the refreshes it causes carry it
             return worker.broadcast_change(label, pk, event, created, using, snapshot)
 
-    return _run(self, f"{label} pk={pk!r} ({event})", body, failing_since, stale)
+    return _run(self, f"{label} pk={pk!r} ({event})", body, failing_since, stale, groups)
 
 
 @shared_task(name=STREAM_ACTION_TASK, **TASK_OPTIONS)
@@ -77,11 +79,12 @@ def stream_action(
     options: dict[str, Any],
     failing_since: float | None = None,
     stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``stream.later.<action>(...)`` in a worker."""
     return _run(
         self, f"{stream_name}.{action}",
-        lambda: worker.perform_action(stream_name, args, kwargs, action, options), failing_since, stale,
+        lambda: worker.perform_action(stream_name, args, kwargs, action, options), failing_since, stale, groups,
     )
 
 
@@ -91,10 +94,13 @@ def broadcast_batch(
     items: list[dict[str, Any]],
     failing_since: float | None = None,
     stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Several changes and actions that queued up in a web process's outbox, in commit order:
     one query per model, one ``group_send`` per stream for the whole batch."""
-    return _run(self, f"a batch of {len(items)}", lambda: worker.broadcast_batch(items), failing_since, stale)
+    return _run(
+        self, f"a batch of {len(items)}", lambda: worker.broadcast_batch(items), failing_since, stale, groups
+    )
 
 
 @shared_task(name=REFRESH_TASK, **TASK_OPTIONS)
@@ -105,6 +111,7 @@ def refresh(
     decided: str | None = None,
     failing_since: float | None = None,
     stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Send a debounced refresh when it is due (scheduled by :mod:`turbo_async.refreshes`)."""
     try:

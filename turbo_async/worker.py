@@ -315,8 +315,8 @@ def send_refresh(group: str, stream_name: str, decided: str | None = None) -> di
 def _deliver(outgoing: delivery.Outgoing) -> dict[str, Any]:
     try:
         dropped = delivery.deliver(outgoing)
-    except LAYER_ERRORS as exc:
-        raise DeliveryError(str(exc), outgoing.stream_names) from exc
+    except delivery.NotDelivered as exc:
+        raise DeliveryError(str(exc.error), exc.streams) from exc.error
     result: dict[str, Any] = {"frames": outgoing.frame_count, "streams": len(outgoing.frames)}
     if dropped:
         # Flower shows it: batches the layer dropped for full web processes (logged at WARNING).
@@ -357,7 +357,8 @@ def retry(
     cannot be reached. ``what`` names the broadcast; ``kwargs``, if given, are added to the task's
     keyword arguments for the retry.
 
-    The retry carries ``failing_since``, the time of the first failure: its frames are sent late
+    The retry carries ``failing_since``, the time of the first failure, and ``groups``, those whose
+    frames failed (the other streams' frames went out and are not sent again): its frames are sent late
     only if their streams sent nothing else meanwhile (:func:`~turbo_async.delivery.waited_since`).
     Once the first failure is ``DELIVERY_MAX_AGE`` seconds old (or after ``DELIVERY_MAX_RETRIES``
     retries, when set), the frames are given up, logged at ERROR, and the task is retried with
@@ -372,6 +373,8 @@ def retry(
         since = now
     attempt = request.retries
     options = {**previous, **(kwargs or {}), "failing_since": since}
+    if exc.streams:
+        options["groups"] = sorted(exc.streams)  # the retry sends these only; the others went out
     countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
     cause = exc.__cause__ or exc
     if previous.get("stale"):
