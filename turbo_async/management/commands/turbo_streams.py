@@ -21,7 +21,8 @@ from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import conf, delivery
-from ...checks import TAG, broker_url, fallback_celery_app, without_password
+from ...broker import broker_is_redis, broker_url, fallback_celery_app, scheme, without_password
+from ...checks import TAG
 from ...registry import stream_registry
 from ...streams import ModelStream
 
@@ -138,8 +139,7 @@ class Command(BaseCommand):
             # install without kombu's redis extra fails here, and in every worker).
             self.stdout.write(f"Broker: {self.style.ERROR('FAILED')} {url} ({_reason(exc)})")
             failures.append("the broker's transport cannot be loaded")
-            scheme = url.partition("://")[0]
-            extra = "redis" if scheme in ("redis", "rediss", "sentinel") else scheme
+            extra = "redis" if broker_is_redis(app) else scheme(url)
             advice.append(
                 f"The transport of {url} needs a package that is not installed ({exc}): "
                 f"install the broker's dependencies, e.g. pip install \"celery[{extra}]\"."
