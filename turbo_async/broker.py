@@ -121,19 +121,23 @@ def broker_urls(app: Any) -> list[str]:
     return [one.strip() for one in _configured(app).split(";") if one.strip()]
 
 
+def transport(app: Any) -> str:
+    """The kombu transport ``app`` publishes through, as named in its settings:
+    ``broker_transport``, else the scheme of the first URL (``redis``, ``sentinel``, ``amqp``, ...)."""
+    configured = app.conf.get("broker_transport")
+    return str(configured).lower() if configured else scheme(broker_urls(app)[0])
+
+
 def broker_is_redis(app: Any) -> bool:
-    """Whether ``app`` publishes through kombu's Redis transport: ``broker_transport``, else the
-    scheme of the first URL (``redis``, ``rediss``, ``sentinel``, ``redis+socket``, ...)."""
-    transport = app.conf.get("broker_transport")
-    name = str(transport).lower() if transport else scheme(broker_urls(app)[0])
+    """Whether ``app`` publishes through kombu's Redis transport: ``redis``, ``rediss``,
+    ``sentinel``, ``redis+socket``, ..."""
+    name = transport(app)
     return name in REDIS_SCHEMES or name.startswith("redis+")
 
 
 def broker_is_sentinel(app: Any) -> bool:
     """Whether ``app`` finds its Redis through Sentinel (``sentinel://`` URLs)."""
-    transport = app.conf.get("broker_transport")
-    name = str(transport).lower() if transport else scheme(broker_urls(app)[0])
-    return name in SENTINEL_SCHEMES
+    return transport(app) in SENTINEL_SCHEMES
 
 
 # -- delayed tasks ------------------------------------------------------------------------------
@@ -146,9 +150,7 @@ def native_delayed_delivery(app: Any) -> bool:
     delivery, Celery 5.5+): with an AMQP broker, when a queue of the app is a quorum queue
     (``task_default_queue_type`` or ``task_create_missing_queue_type`` ``"quorum"``), as Celery's
     ``detect_quorum_queues`` decides when it publishes."""
-    transport = app.conf.get("broker_transport")
-    name = str(transport).lower() if transport else scheme(broker_urls(app)[0])
-    if name not in AMQP_SCHEMES:
+    if transport(app) not in AMQP_SCHEMES:
         return False
     conf = app.conf
     if "quorum" in (conf.get("task_default_queue_type"), conf.get("task_create_missing_queue_type")):
@@ -194,9 +196,9 @@ def redis_client(app: Any, **connection: Any) -> redis.Redis:
 
 def _redis(url: str, connection: dict[str, Any]) -> redis.Redis:
     url_scheme = scheme(url)
-    if url_scheme.startswith("redis+") or url_scheme == "socket":
+    if url_scheme.startswith("redis+"):
         # kombu's redis+socket:///path/redis.sock?virtual_host=1: a Unix socket.
-        parts = url_to_parts(url.split("+", 1)[-1] if url_scheme.startswith("redis+") else url)
+        parts = url_to_parts(url.split("+", 1)[1])
         path = "/" + (parts.path or "")
         db = _db(parts.query.get("virtual_host"), url)
         return redis.Redis(

@@ -173,6 +173,7 @@ def test_every_broadcast_kind_reaches_the_socket_through_quorum_queues(live_quor
     assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.layer
 def test_a_retry_waits_in_rabbitmq_for_whole_seconds_and_is_delivered(live_quorum: QuorumStack) -> None:
     """The channel layer is down: the broadcast is retried with a countdown, which Celery routes
     through RabbitMQ's delay queues (a countdown below 1 s would be refused there; turbo_async

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 MASTER_NAME = "turbo"
 DOWN_AFTER_MS = int(os.environ.get("TURBO_TEST_SENTINEL_DOWN_AFTER_MS", "1000"))
+VISIBILITY_TIMEOUT = os.environ.get("TURBO_TEST_SENTINEL_VISIBILITY_TIMEOUT", "5")
 CONVERGED_WITHIN = 30.0
 """Seconds after the promotion by which every page must equal the database (issue 21)."""
 MESSAGE_ID = re.compile(r'id="message-(\d+)"')
@@ -121,7 +122,8 @@ def sentinel_worker(sentinel_broker: SentinelBroker, django_db_setup: None) -> I
     worker = CeleryWorker(
         LOG_DIR, name="sentinel-worker",
         CELERY_BROKER_URL=sentinel_broker.url, TURBO_TEST_SENTINEL_MASTER=MASTER_NAME,
-        TURBO_TEST_VISIBILITY_TIMEOUT="5",
+        # A task the worker held when it exited comes back after this (and a restore sweep).
+        **({"TURBO_TEST_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT} if VISIBILITY_TIMEOUT else {}),
         TURBO_TEST_TURBO_ASYNC=json.dumps({"REFRESH_DEBOUNCE": 0.5, "REFRESH_MAX_WAIT": 2.0}),
     )
     worker.start()
@@ -225,13 +227,14 @@ def test_killing_the_master_while_saves_flow_loses_no_save(
         master.wait(10)
         publishing.master.process = None
         promoted_at: float | None = None
-        while promoted_at is None or time.monotonic() - promoted_at < 2:  # and 2 s of saves after it
+        while promoted_at is None:  # saves go on while the master is down and Sentinel decides
             saved.append(MessageFactory(room=room, text=f"during {len(saved)}").pk)
-            if promoted_at is None and publishing.sentinels[0].master_port_now() == publishing.replica.port:
+            if publishing.sentinels[0].master_port_now() == publishing.replica.port:
                 promoted_at = time.monotonic()
-            assert time.monotonic() - killed_at < 60, "Sentinel promoted no replica within 60 s"
+            assert time.monotonic() - killed_at < 90, "Sentinel promoted no replica within 90 s"
             supervisor.check()
             time.sleep(0.05)
+        saved += [MessageFactory(room=room, text=f"after {n}").pk for n in range(10)]
         seen |= collect_ids(client, set(saved) - seen, CONVERGED_WITHIN - (time.monotonic() - promoted_at), supervisor)
         converged_at = time.monotonic()
     missing = sorted(set(saved) - seen)
