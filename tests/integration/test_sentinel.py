@@ -9,6 +9,7 @@ for 30 s and more before the replica is promoted (docs/deployment.rst, "Redis Se
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from tests.conftest import LOG_DIR
@@ -204,6 +206,18 @@ def test_saves_and_a_debounced_refresh_go_through_the_sentinels_master(
     assert refreshes == ['<turbo-stream action="refresh"></turbo-stream>'], refreshes
     # The refresh went out from the delayed task that the debounce scheduled through the broker.
     assert re.search(r"testapp\.RoomStream\.refresh\.debounced\[[^\]]+\] succeeded", sentinel_worker.log())
+
+
+def test_turbo_streams_check_reaches_the_broker_and_the_worker_through_the_sentinels(
+    publishing: SentinelBroker, sentinel_worker: CeleryWorker
+) -> None:
+    out = io.StringIO()
+    # The test process's own channel layer is in memory (E002 says so): only that fails.
+    with pytest.raises(CommandError, match=r"^Broadcasts cannot go out: the check turbo_async.E002 failed\. $"):
+        call_command("turbo_streams", "--check", "--worker-timeout", "3", stdout=out)
+    report = out.getvalue()
+    assert re.search(r"^Broker: OK sentinel://127\.0\.0\.1:\d+", report, re.MULTILINE), report
+    assert re.search(r"^Workers: OK 1 worker on the queue 'celery' \(sentinel-worker-", report, re.MULTILINE), report
 
 
 def test_killing_the_master_while_saves_flow_loses_no_save(
