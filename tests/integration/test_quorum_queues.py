@@ -137,9 +137,18 @@ def test_the_queue_is_a_quorum_queue_with_native_delayed_delivery(live_quorum: Q
         # Declaring it again as a quorum queue succeeds only if it is one (RabbitMQ refuses an
         # inequivalent x-queue-type with PRECONDITION_FAILED).
         channel.queue_declare(queue=QUEUE, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
-        # The worker declared the delay levels (2**27 s down to 1 s), each a quorum queue.
-        channel.queue_declare(queue="celery_delayed_0", passive=True)
-        channel.queue_declare(queue="celery_delayed_27", passive=True)
+        # The worker declared the 28 delay levels (2**27 s down to 1 s); the last one is a quorum
+        # queue with at-least-once dead-lettering into the delivery exchange (declared again with
+        # the same arguments: RabbitMQ refuses any difference).
+        for level in range(28):
+            channel.queue_declare(queue=f"celery_delayed_{level}", passive=True)
+        channel.queue_declare(
+            queue="celery_delayed_0", durable=True, auto_delete=False,
+            arguments={
+                "x-queue-type": "quorum", "x-overflow": "reject-publish", "x-message-ttl": 1000,
+                "x-dead-letter-exchange": "celery_delayed_delivery", "x-dead-letter-strategy": "at-least-once",
+            },
+        )
     log = live_quorum.worker.log()
     assert "Global QoS is disabled" in log, log[-3000:]
     assert "direct exchange" not in log, log[-3000:]
