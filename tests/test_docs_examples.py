@@ -273,9 +273,9 @@ def test_checks_page_loads_the_celery_app(tmp_path: Path) -> None:
         settings.CELERY_BROKER_URL = "redis://broker.invalid:6379/0"
         django.setup()
         from celery import current_app
-        from turbo_async.checks import check_celery, fallback_celery_app
+        from turbo_async.checks import check_celery, fallback_app
 
-        assert current_app.main == "proj" and not fallback_celery_app(current_app), current_app
+        assert current_app.main == "proj" and not fallback_app(current_app), current_app
         assert current_app.conf.broker_url == "redis://broker.invalid:6379/0"
         assert check_celery() == [], check_celery()
         print("APP LOADED")

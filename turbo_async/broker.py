@@ -3,7 +3,9 @@
 One place answers the questions the system checks, ``manage.py turbo_streams --check`` and the
 debounced refreshes ask about Celery's configuration:
 
-- which app is current, and whether it is Celery's made-up fallback (:func:`fallback_celery_app`);
+- which app is current, and whether it is Celery's made-up fallback (:func:`fallback_app`);
+- the broker a publish went to and where its URL came from, for the messages of a failed publish
+  (:func:`describe_broker`);
 - the broker's URL: as configured, to show without its password (:func:`broker_url`), and the
   URLs of a failover list, to connect to (:func:`broker_urls`);
 - whether the broker is Redis (:func:`broker_is_redis`): ``redis://``, ``rediss://``,
@@ -26,12 +28,16 @@ Example::
 from __future__ import annotations
 
 import math
-from importlib import import_module
+import os
 from typing import Any
 
 import redis
-from kombu.utils.url import url_to_parts
+from celery import _state as celery_state
+from django.conf import settings
+from kombu.utils.url import maybe_sanitize_url, url_to_parts
 from redis.sentinel import Sentinel
+
+from . import conf
 
 CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
 """Celery's own default when ``broker_url`` is unset (``celery.app.defaults``)."""
@@ -51,24 +57,16 @@ def scheme(url: str) -> str:
 # -- the app ----------------------------------------------------------------------------------
 
 
-def _celery_state() -> Any:
-    """``celery._state``: which app is current, and every app made in this process (not public)."""
-    return import_module("celery._state")
-
-
-def fallback_celery_app(app: Any) -> bool:
-    """Whether ``app`` is the app Celery makes up when none was created in this process.
-
-    ``celery.current_app`` never fails: with no app, ``celery._state`` creates
-    ``Celery("default", fixups=[], set_as_current=False)``, which reads no Django settings, so
-    CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//. A project's app is
-    ``set_as_current`` (the default) and has its own main name.
-    """
+def fallback_app(app: Any) -> bool:
+    """Whether ``app`` is the app Celery makes up when no app was created in this process
+    (``Celery("default", set_as_current=False)``: it reads no Django settings, so
+    CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//). A project's app is
+    ``set_as_current`` (the default) and has its own main name."""
     app = getattr(app, "_get_current_object", lambda: app)()
     return (
         not getattr(app, "set_as_current", True)
         and app.main in (None, "default")
-        and app is _celery_state().default_app
+        and app is getattr(celery_state, "default_app", None)
     )
 
 
@@ -78,13 +76,58 @@ def other_celery_apps(app: Any) -> list[str]:
     return sorted(
         {
             str(other.main)
-            for other in list(_celery_state()._get_active_apps())
+            for other in list(celery_state._get_active_apps())  # type: ignore[attr-defined]
             if other is not current and (other.set_as_current or other.main not in (None, "default"))
         }
     )
 
 
 # -- the broker's URL --------------------------------------------------------------------------
+
+LOAD_APP_HINT = "add 'from .celery import app as celery_app' to proj/__init__.py"
+
+
+def broker_uri(app: Any) -> str:
+    """The URL ``app`` publishes to as kombu resolves it (default port included), password
+    masked as ``**``."""
+    try:
+        with app.connection_for_write() as connection:
+            return str(maybe_sanitize_url(connection.as_uri(include_password=True)))
+    except Exception:  # e.g. the transport's library is missing: the configured URL then
+        url = app.conf.broker_write_url
+        if isinstance(url, (list, tuple)):
+            url = ";".join(map(str, url))
+        return str(maybe_sanitize_url(url)) if url else "amqp://guest:**@localhost:5672//"
+
+
+def broker_source(app: Any) -> str:
+    """Where ``app``'s broker URL came from, as Celery looks for it (the environment first)."""
+    app = getattr(app, "_get_current_object", lambda: app)()
+    for variable in ("CELERY_BROKER_WRITE_URL", "CELERY_BROKER_URL"):
+        if os.environ.get(variable):
+            return f"the {variable} environment variable"
+    if fallback_app(app):
+        ignored = (
+            ", so the CELERY_BROKER_URL setting is ignored" if getattr(settings, "CELERY_BROKER_URL", None) else ""
+        )
+        return f"Celery's default broker: no Celery app is loaded in this process{ignored}; {LOAD_APP_HINT}"
+    name = repr(app.main)
+    if app.conf.get("broker_write_url"):
+        return f"broker_write_url of the Celery app {name}"
+    url = app.conf.get("broker_url")
+    if not url:
+        return f"Celery's default broker: the Celery app {name} has no broker_url; set CELERY_BROKER_URL"
+    if url == getattr(settings, "CELERY_BROKER_URL", None):
+        return f"the CELERY_BROKER_URL setting, read by the Celery app {name}"
+    return f"broker_url of the Celery app {name}"
+
+
+def describe_broker(app: Any = None) -> str:
+    """``redis://127.0.0.1:6379/0 (the CELERY_BROKER_URL setting, read by the Celery app 'proj')``:
+    the broker ``app`` (by default this process's Celery app) publishes to, and why that one."""
+    app = conf.celery_app() if app is None else app
+    return f"{broker_uri(app)} ({broker_source(app)})"
+
 
 
 def without_password(url: str) -> str:

@@ -23,7 +23,7 @@ from .broker import (
     CELERY_DEFAULT_BROKER,
     broker_is_redis,
     broker_url,
-    fallback_celery_app,
+    fallback_app,
     other_celery_apps,
     without_password,
 )
@@ -217,7 +217,7 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
         "'from .celery import app as celery_app' (Celery's Django guide), with proj/celery.py "
         "calling app.config_from_object('django.conf:settings', namespace='CELERY')."
     )
-    if fallback_celery_app(app):
+    if fallback_app(app):
         # CELERY_BROKER_URL does not help here: only an app configured from the settings reads it.
         setting = getattr(settings, "CELERY_BROKER_URL", None)
         ignored = (
@@ -285,7 +285,7 @@ def check_redelivery(app_configs: Sequence[AppConfig] | None = None, **kwargs: A
     app = _celery_app()
     # Eager tasks never reach a broker (W004 says so outside tests); Celery's fallback app reads
     # none of the settings (W003 says so): neither would be helped by this warning.
-    if app.conf.task_always_eager or fallback_celery_app(app) or not broker_is_redis(app):
+    if app.conf.task_always_eager or fallback_app(app) or not broker_is_redis(app):
         return []
     options = app.conf.broker_transport_options or {}
     if "visibility_timeout" in options:
