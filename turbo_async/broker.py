@@ -1,7 +1,7 @@
 """Layer 1: the Celery broker that broadcasts go through, as turbo_async reads it from the Celery app.
 
-One place answers the questions the system checks, ``manage.py turbo_streams --check`` and the
-debounced refreshes ask about Celery's configuration:
+One place answers the questions the system checks, ``manage.py turbo_streams --check``, the
+publishing outbox, delivery retries and the debounced refreshes ask about Celery's configuration:
 
 - which app is current, and whether it is Celery's made-up fallback (:func:`fallback_app`);
 - the broker a publish went to and where its URL came from, for the messages of a failed publish
