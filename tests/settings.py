@@ -143,6 +143,27 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
 }
 if "TURBO_TEST_VISIBILITY_TIMEOUT" in os.environ:
     CELERY_BROKER_TRANSPORT_OPTIONS |= {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+# A Sentinel broker (CELERY_BROKER_URL "sentinel://...;sentinel://..." in the environment) names its
+# master (tests/integration/test_sentinel.py).
+if "TURBO_TEST_SENTINEL_MASTER" in os.environ:
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = os.environ["TURBO_TEST_SENTINEL_MASTER"]
+# RabbitMQ quorum queues with topic exchanges, so that countdowns use native delayed delivery, as
+# docs/deployment.rst recommends (tests/integration/test_quorum_queues.py). The queue has a name of
+# its own: the session's RabbitMQ node may hold test_brokers.py's classic "celery" queue, and a
+# queue's type cannot change.
+QUORUM_QUEUES = {
+    "task_default_queue": "turbo-quorum",
+    "task_default_queue_type": "quorum",
+    "task_create_missing_queue_type": "quorum",
+    "task_default_exchange_type": "topic",
+    "task_create_missing_queue_exchange_type": "topic",
+}
+if os.environ.get("TURBO_TEST_QUORUM_QUEUES") == "1":
+    CELERY_TASK_DEFAULT_QUEUE = QUORUM_QUEUES["task_default_queue"]
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = QUORUM_QUEUES["task_default_queue_type"]
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = QUORUM_QUEUES["task_create_missing_queue_type"]
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = QUORUM_QUEUES["task_default_exchange_type"]
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = QUORUM_QUEUES["task_create_missing_queue_exchange_type"]
 
 # Failure tests give their worker shorter retry settings: a JSON dict of TURBO_ASYNC keys.
 TURBO_ASYNC = json.loads(os.environ.get("TURBO_TEST_TURBO_ASYNC", "{}"))

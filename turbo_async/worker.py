@@ -22,7 +22,7 @@ from celery import Task
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from . import codec, conf, delivery, history, refreshes
+from . import broker, codec, conf, delivery, history, refreshes
 from .changes import DELETE, SAVE, bound_request_id, rebuild
 from .delivery import LAYER_ERRORS
 from .exceptions import DeliveryError
@@ -376,6 +376,7 @@ def retry(
     if exc.streams:
         options["groups"] = sorted(exc.streams)  # the retry sends these only; the others went out
     countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+    countdown = broker.countdown(conf.celery_app(), countdown)  # whole seconds on RabbitMQ quorum queues
     cause = exc.__cause__ or exc
     if previous.get("stale"):
         if now - since > history.EPOCH_TTL:  # the streams' positions have expired by now
