@@ -33,8 +33,9 @@ GROUP = "turbo_async.test.refreshes"
 def debounced(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, float]]]:
     """Refreshes debounced through the real Redis as in a worker; scheduled tasks are recorded."""
     scheduled: list[tuple[str, str, float]] = []
-    monkeypatch.setattr(refreshes, "debouncing", lambda: True)
-    monkeypatch.setattr(conf.celery_app().conf, "broker_url", redis_server.url)
+    monkeypatch.setattr(refreshes, "debouncing", lambda group: True)
+    # The stream's shard of the channel layer (the test process runs the in-memory layer).
+    monkeypatch.setattr(refreshes, "layer_host", lambda group: {"address": redis_server.url})
     monkeypatch.setattr(refreshes, "schedule", lambda group, name, countdown: scheduled.append((group, name, countdown)))
     redis_server.client().delete(refreshes.key(GROUP))
     with override_settings(TURBO_ASYNC={"REFRESH_DEBOUNCE": 0.3, "REFRESH_MAX_WAIT": 1.0}):
@@ -79,7 +80,7 @@ def test_continuous_refreshes_are_sent_after_the_max_wait(debounced: list[Any], 
 
 
 def test_without_debouncing_a_refresh_is_sent_now_with_its_request_id(sent: list[Any]) -> None:
-    assert not refreshes.debouncing()  # the test process: eager Celery, no task running
+    assert not refreshes.debouncing(GROUP)  # the test process: eager Celery, no task running
     refreshes.refresh(GROUP, "app:S", "abc")
     assert sent == [(GROUP, "app:S", '<turbo-stream action="refresh" request-id="abc"></turbo-stream>')]
 
@@ -96,29 +97,42 @@ def in_a_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         app.conf.task_always_eager = True
 
 
-def test_a_broker_that_is_not_redis_means_no_debounce(
+def test_a_layer_that_is_not_channels_redis_means_no_debounce(
     in_a_task: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The test process runs Channels' in-memory layer: nothing to agree in."""
     monkeypatch.setattr(refreshes, "_warned", set())
-    monkeypatch.setattr(conf.celery_app().conf, "broker_url", "amqp://guest@localhost//")
-    assert not refreshes.debouncing()
-    assert "refreshes are not debounced: the Celery broker (amqp://) is not Redis" in caplog.text
-    monkeypatch.setattr(conf.celery_app().conf, "broker_url", "redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
-    assert refreshes.debouncing()
+    assert not refreshes.debouncing(GROUP)
+    assert "refreshes are not debounced: the channel layer (InMemoryChannelLayer) is not channels_redis" in caplog.text
 
 
-def test_a_sentinel_broker_debounces_through_its_master(in_a_task: None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("broker_url", ["redis://127.0.0.1:1/0", "amqp://guest@localhost//", "sentinel://127.0.0.1:1"])
+def test_any_broker_debounces_in_the_layer_shard_of_the_stream(
+    in_a_task: None, monkeypatch: pytest.MonkeyPatch, broker_url: str
+) -> None:
+    """The window lives beside the stream's group, whatever carries the tasks (RabbitMQ with
+    quorum queues included)."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0"])
+    monkeypatch.setattr(refreshes.delivery, "channel_layer", lambda: layer)
+    monkeypatch.setattr(conf.celery_app().conf, "broker_url", broker_url)
+    assert refreshes.debouncing(GROUP)
+    from turbo_async import placement
+
+    assert refreshes.layer_host(GROUP) == placement.host_of(layer, GROUP)
+    pool = refreshes._client(GROUP).connection_pool
+    assert pool.connection_kwargs["port"] == int(placement.host_of(layer, GROUP)["address"].split(":")[2].split("/")[0])
+
+
+def test_a_sentinel_layer_host_debounces_through_its_master(in_a_task: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from channels_redis.core import RedisChannelLayer
     from redis.sentinel import SentinelConnectionPool
 
-    app = conf.celery_app()
-    monkeypatch.setattr(app.conf, "broker_url", "sentinel://127.0.0.1:1;sentinel://127.0.0.1:2")
-    options = app.conf.broker_transport_options
-    app.conf.broker_transport_options = {**options, "master_name": "turbo"}
-    try:
-        assert refreshes.debouncing()
-        pool = refreshes._client().connection_pool
-    finally:
-        app.conf.broker_transport_options = options
+    host = {"sentinels": [("127.0.0.1", 1), ("127.0.0.1", 2)], "master_name": "turbo"}
+    monkeypatch.setattr(refreshes.delivery, "channel_layer", lambda: RedisChannelLayer(hosts=[host]))
+    assert refreshes.debouncing(GROUP)
+    pool = refreshes._client(GROUP).connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "turbo"
 
 

@@ -34,7 +34,7 @@ Every key is optional::
         "LOGGED_REFUSALS_PER_MINUTE": 100,  # refusal and abuse lines per process a minute (0: no limit)
         "LAYER_CONCURRENCY": 50,        # channel-layer calls the sockets of a process make at once
         "LAYER_WAIT_TIMEOUT": 30.0,     # seconds a group add/discard waits for a pooled connection
-        # Refreshes (turbo_async.refreshes): agreed between workers in the Celery broker's Redis.
+        # Refreshes (turbo_async.refreshes): agreed between workers in the channel layer's Redis.
         "REFRESH_DEBOUNCE": 0.5,        # seconds: a stream's refreshes this close become one (0: off)
         "REFRESH_MAX_WAIT": 5.0,        # seconds: changes that never pause still refresh this often
         # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):

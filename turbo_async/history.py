@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -273,8 +272,6 @@ async def since(layer: Any, group: str, seen: Position) -> Replay:
 
 # -- The position a page is rendered at (synchronous: templates render outside any event loop) ---
 
-_render_clients: dict[str, Any] = {}
-_render_lock = threading.Lock()
 _render_down_until = 0.0
 _render_warned = False
 
@@ -293,32 +290,8 @@ def _render_host(layer: Any, group: str) -> dict[str, Any] | None:
 
 
 def _render_client(host: dict[str, Any]) -> Any:
-    """A synchronous redis-py client of ``host`` with short timeouts, one per host and process."""
-    key = repr(sorted(host.items()))
-    with _render_lock:
-        found = _render_clients.get(key)
-        if found is not None:
-            return found
-        import redis
-
-        options = dict(host)
-        # The layer's own timeouts suit a socket that waits for frames (often None); a page
-        # render must not wait on Redis.
-        options.update(socket_timeout=RENDER_TIMEOUT, socket_connect_timeout=RENDER_TIMEOUT)
-        options.pop("retry_on_timeout", None)
-        if "address" in options:
-            pool = redis.ConnectionPool.from_url(options.pop("address"), **options)
-        elif "master_name" in options:
-            from redis.sentinel import Sentinel, SentinelConnectionPool
-
-            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
-                options.pop("sentinels"), sentinel_kwargs=options.pop("sentinel_kwargs", None)
-            )
-            pool = SentinelConnectionPool(options.pop("master_name"), sentinel, **options)  # type: ignore[no-untyped-call]
-        else:
-            pool = redis.ConnectionPool(**options)
-        found = _render_clients[key] = redis.Redis(connection_pool=pool)
-        return found
+    """A synchronous client of ``host``: a page render must not wait on Redis."""
+    return placement.sync_client(host, RENDER_TIMEOUT)
 
 
 def at_render(layer: Any, group: str) -> Position | None:

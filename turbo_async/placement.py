@@ -11,11 +11,15 @@ places a group with its own function, which differs between its two layers:
 
 :func:`shard_of` is that one function, for both; ``tests/test_placement.py`` compares it with
 channels_redis' own placement for 1 to 5 hosts and both layers, and pins the internals it reads.
-Nothing here touches Redis.
+:func:`sync_client` makes a synchronous redis-py client of such a host (plain, URL or Sentinel)
+for the code that runs outside an event loop (page renders, debounced refreshes in a worker).
+Nothing here talks to Redis until a client is used.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 
@@ -76,3 +80,36 @@ def host_of(layer: Any, group: str) -> dict[str, Any] | None:
     if index is None or not found:
         return None
     return found[index]
+
+
+_sync_clients: dict[tuple[int, str, float], Any] = {}
+_sync_lock = threading.Lock()
+
+
+def sync_client(host: dict[str, Any], timeout: float) -> Any:
+    """A synchronous redis-py client of a channels_redis ``host`` dict, whose commands and connects
+    time out after ``timeout`` seconds (the layer's own timeouts suit a socket that waits for
+    frames, often ``None``). One per host, timeout and process (made anew after a fork)."""
+    key = (os.getpid(), repr(sorted(host.items())), timeout)
+    with _sync_lock:
+        found = _sync_clients.get(key)
+        if found is not None:
+            return found
+        import redis
+
+        options = dict(host)
+        options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+        options.pop("retry_on_timeout", None)
+        if "address" in options:
+            pool = redis.ConnectionPool.from_url(options.pop("address"), **options)
+        elif "master_name" in options:
+            from redis.sentinel import Sentinel, SentinelConnectionPool
+
+            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+                [tuple(pair) for pair in options.pop("sentinels")], sentinel_kwargs=options.pop("sentinel_kwargs", None)
+            )
+            pool = SentinelConnectionPool(options.pop("master_name"), sentinel, **options)  # type: ignore[no-untyped-call]
+        else:
+            pool = redis.ConnectionPool(**options)
+        found = _sync_clients[key] = redis.Redis(connection_pool=pool)
+        return found

@@ -14,25 +14,24 @@ once per change; so the worker processes agree, through Redis, on one refresh pe
   has been quiet for ``REFRESH_DEBOUNCE`` seconds or the window is ``REFRESH_MAX_WAIT`` old;
   otherwise it schedules itself again for the rest of the wait.
 
-Times come from Redis (``TIME``), not from the workers' clocks. The Redis is the Celery broker's
-(``CELERY_BROKER_URL``: ``redis://``, ``rediss://``, ``redis+socket://``, or Sentinel's
-``sentinel://`` with ``master_name``, whose current master is used; :mod:`turbo_async.broker`),
-which every worker already reaches; with a broker that is not Redis, refreshes are not debounced.
-A window whose task was lost (its worker killed before the task was acknowledged and its
-redelivery late) is taken over by the next refresh after ``REFRESH_MAX_WAIT`` plus a minute.
+Times come from Redis (``TIME``), not from the workers' clocks. The Redis is the channel layer's
+shard that holds the stream's group (:mod:`turbo_async.placement`), as for the stream's position
+and history: every worker reaches it whatever the Celery broker is (Redis, Sentinel, RabbitMQ with
+quorum queues), and a shard lost takes the window with the stream. With a layer that is not
+channels_redis (the in-memory layer of tests and ``runserver``), refreshes are not debounced. A
+window whose task was lost (its worker killed before the task was acknowledged and its redelivery
+late) is taken over by the next refresh after ``REFRESH_MAX_WAIT`` plus a minute.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 from celery._state import get_current_task
 from redis.exceptions import RedisError
 
-from . import broker, conf, delivery, recording
+from . import broker, conf, delivery, placement, recording
 from .frames import REFRESH, frame_markup
 
 logger = logging.getLogger("turbo_async")
@@ -40,6 +39,8 @@ logger = logging.getLogger("turbo_async")
 REFRESH_TASK = "turbo_async.refresh"
 """The delayed Celery task that sends a debounced refresh (declared in :mod:`turbo_async.tasks`)."""
 KEY_PREFIX = "turbo_async:refresh:"
+CLIENT_TIMEOUT = 2.0
+"""Seconds a debounce command may take before the refresh is sent at once instead."""
 STALE_AFTER_MS = 60_000
 """How long past ``REFRESH_MAX_WAIT`` a window may stay open before a refresh takes it over."""
 
@@ -82,12 +83,12 @@ return {2, 0, v[3] or ''}
 
 def refresh(group: str, stream_name: str, request_id: str = "") -> None:
     """Refresh the pages subscribed to ``group``: now, or, in a worker, debounced."""
-    if not debouncing():
+    if not debouncing(group):
         send(group, stream_name, request_id)
         return
     settings = conf.get()
     try:
-        opened = _script(_REQUEST)(
+        opened = _script(_REQUEST, group)(
             keys=[key(group)], args=[request_id, _ms(settings.REFRESH_MAX_WAIT) + STALE_AFTER_MS]
         )
     except RedisError as exc:
@@ -108,7 +109,7 @@ def fire(group: str, stream_name: str) -> str | None:
     """In the delayed task: the request id of the refresh to send now (the window is then closed),
     or None when it is not due yet (the task is scheduled again) or was already sent."""
     settings = conf.get()
-    code, wait_ms, request_id = _script(_FIRE)(
+    code, wait_ms, request_id = _script(_FIRE, group)(
         keys=[key(group)], args=[_ms(settings.REFRESH_DEBOUNCE), _ms(settings.REFRESH_MAX_WAIT)]
     )
     if int(code) == 1:
@@ -138,18 +139,24 @@ def schedule(group: str, stream_name: str, countdown: float) -> None:
     app.send_task(REFRESH_TASK, args=[group, stream_name], **options)
 
 
-def debouncing() -> bool:
-    """Whether refreshes are debounced here: in a Celery task of a real worker, with a Redis
-    broker and ``REFRESH_DEBOUNCE`` above 0 (never while a test records, nor in eager mode)."""
+def debouncing(group: str) -> bool:
+    """Whether refreshes of ``group`` are debounced here: in a Celery task of a real worker, with a
+    channels_redis layer and ``REFRESH_DEBOUNCE`` above 0 (never while a test records, nor in
+    eager mode)."""
     if conf.get().REFRESH_DEBOUNCE <= 0 or recording.active():
         return False
     app: Any = conf.celery_app()
     if app.conf.task_always_eager or get_current_task() is None:
         return False
-    if broker.broker_is_redis(app):
+    if layer_host(group) is not None:
         return True
-    _warn_once(broker.scheme(broker.broker_urls(app)[0]))
+    _warn_once(type(delivery.channel_layer()).__name__)
     return False
+
+
+def layer_host(group: str) -> dict[str, Any] | None:
+    """The channels_redis host dict of the shard that holds ``group`` (``None``: another layer)."""
+    return placement.host_of(delivery.channel_layer(), group)
 
 
 def key(group: str) -> str:
@@ -162,39 +169,32 @@ def _ms(seconds: float) -> int:
 
 def _forget(group: str) -> None:
     try:
-        _client().delete(key(group))
+        _client(group).delete(key(group))
     except RedisError:
         pass  # the window expires by itself
 
 
-_clients: dict[tuple[int, tuple[str, ...], str], Any] = {}
-_lock = threading.Lock()
 _warned: set[str] = set()
 
 
-def _client() -> Any:
-    """One client per process and broker (made anew after a fork: connections are not shared).
-    With Sentinel it follows the master through a failover (:func:`broker.redis_client`)."""
-    app = conf.celery_app()
-    master = str((app.conf.broker_transport_options or {}).get("master_name", ""))
-    ident = (os.getpid(), tuple(broker.broker_urls(app)), master)
-    with _lock:
-        client = _clients.get(ident)
-        if client is None:
-            client = broker.redis_client(app, socket_timeout=2, socket_connect_timeout=2)
-            _clients[ident] = client
-        return client
+def _client(group: str) -> Any:
+    """A client of the layer's shard that holds ``group`` (one per host and process; with Sentinel
+    it follows the master through a failover)."""
+    host = layer_host(group)
+    if host is None:
+        raise RedisError("the channel layer is not channels_redis: nothing to debounce in")
+    return placement.sync_client(host, CLIENT_TIMEOUT)
 
 
-def _script(source: str) -> Any:
-    return _client().register_script(source)
+def _script(source: str, group: str) -> Any:
+    return _client(group).register_script(source)
 
 
-def _warn_once(scheme: str) -> None:
-    if scheme not in _warned:
-        _warned.add(scheme)
+def _warn_once(layer: str) -> None:
+    if layer not in _warned:
+        _warned.add(layer)
         logger.warning(
-            "refreshes are not debounced: the Celery broker (%s://) is not Redis, and the workers "
-            "agree on refreshes through the broker's Redis",
-            scheme,
+            "refreshes are not debounced: the channel layer (%s) is not channels_redis, and the "
+            "workers agree on refreshes in its Redis",
+            layer,
         )
