@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import types
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,9 +27,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from tests.testapp.streams import NotificationComponent, PrivateStream, RoomListStream, RoomStream
-from turbo_async import consumers, names
-from turbo_async.consumers import TurboStreamsConsumer, frame_message
+from turbo_async import consumers, names, protocol
+from turbo_async.consumers import TurboStreamsConsumer
 from turbo_async.delivery import message as layer_message
+from turbo_async.fanout import OwnChannel
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -716,6 +718,8 @@ async def test_a_subscribe_waits_for_a_pooled_connection_instead_of_failing(laye
     consumer.scope = {"type": "websocket", "client": ("10.0.0.1", 1)}
     consumer.channel_layer = flaky  # type: ignore[assignment]
     consumer.channel_name = "test!chan"
+    consumer.membership = OwnChannel(flaky, "test!chan")  # the socket joins with its own channel
+    consumer.pending = deque()
     sent: list[str] = []
 
     async def fake_send(text_data: str | None = None, **kwargs: Any) -> None:
@@ -742,6 +746,7 @@ async def test_leaving_groups_on_close_never_raises_and_logs_one_line(
     consumer.scope = {"type": "websocket", "client": ("10.0.0.1", 1)}
     consumer.channel_layer = flaky  # type: ignore[assignment]
     consumer.channel_name = "test!chan"
+    consumer.membership = OwnChannel(flaky, "test!chan")
     consumer.subscriptions = {f"group{n}": {"x"} for n in range(100)}
     with caplog.at_level(logging.WARNING, logger="turbo_async"):
         await consumer.disconnect(1001)  # must not raise
@@ -753,7 +758,7 @@ async def test_leaving_groups_on_close_never_raises_and_logs_one_line(
 async def test_the_layer_calls_of_all_sockets_are_gated(settings: Any) -> None:
     import asyncio
 
-    from turbo_async.consumers import pooled_call
+    from turbo_async.layers import pooled_call
 
     settings.TURBO_ASYNC = {"LAYER_CONCURRENCY": 3}
     running = peak = 0
@@ -771,15 +776,15 @@ async def test_the_layer_calls_of_all_sockets_are_gated(settings: Any) -> None:
 
 @given(st.text(), st.text())
 def test_frame_messages_are_json_dumps_byte_for_byte(signed_name: str, data: str) -> None:
-    assert frame_message(signed_name, data) == json.dumps({"signed_channel_name": signed_name, "data": data})
+    assert protocol.frame_message(signed_name, data) == json.dumps({"signed_channel_name": signed_name, "data": data})
 
 
 def test_frames_are_encoded_once_however_many_sockets_get_them() -> None:
     data = '<turbo-stream action="append" target="m"><template>x</template></turbo-stream>' * 20
-    consumers._encoded.cache_clear()
+    protocol._encoded.cache_clear()
     for socket in range(200):
-        frame_message(f"signed-{socket}", data)
-    info = consumers._encoded.cache_info()
+        protocol.frame_message(f"signed-{socket}", data)
+    info = protocol._encoded.cache_info()
     assert (info.misses, info.hits) == (1, 199)
 
 
@@ -857,31 +862,31 @@ async def test_a_failing_layer_read_does_not_end_the_consumer(
 
 
 def test_a_frame_message_carries_its_position_after_turbo_djangos_fields() -> None:
-    assert json.loads(frame_message("n", "<f/>", "ab12", 7)) == {
+    assert json.loads(protocol.frame_message("n", "<f/>", "ab12", 7)) == {
         "signed_channel_name": "n", "data": "<f/>", "epoch": "ab12", "offset": 7,
     }
-    assert frame_message("n", "<f/>", None, None) == json.dumps({"signed_channel_name": "n", "data": "<f/>"})
+    assert protocol.frame_message("n", "<f/>", None, None) == json.dumps({"signed_channel_name": "n", "data": "<f/>"})
 
 
 def test_a_message_of_several_frames_names_its_first_offset() -> None:
-    assert json.loads(frame_message("n", "<a/><b/>", "ab12", 8, 7)) == {
+    assert json.loads(protocol.frame_message("n", "<a/><b/>", "ab12", 8, 7)) == {
         "signed_channel_name": "n", "data": "<a/><b/>", "epoch": "ab12", "offset": 8, "from_offset": 7,
     }
-    assert "from_offset" not in frame_message("n", "<a/>", "ab12", 7, 7)
+    assert "from_offset" not in protocol.frame_message("n", "<a/>", "ab12", 7, 7)
 
 
 def test_a_run_of_frames_is_not_kept_in_the_shared_frame_cache() -> None:
     """A run is one socket's (up to MERGE_BYTES): caching it would keep up to 256 of them."""
-    consumers._encoded.cache_clear()
-    frame_message("n", "<a/><b/>" * 1000, "ab12", 8, 7)
-    assert consumers._encoded.cache_info().currsize == 0
-    frame_message("n", "<a/>", "ab12", 7)
-    assert consumers._encoded.cache_info().currsize == 1
+    protocol._encoded.cache_clear()
+    protocol.frame_message("n", "<a/><b/>" * 1000, "ab12", 8, 7)
+    assert protocol._encoded.cache_info().currsize == 0
+    protocol.frame_message("n", "<a/>", "ab12", 7)
+    assert protocol._encoded.cache_info().currsize == 1
 
 
 def queued(offsets: list[int], group: str = "g", epoch: str = "e1") -> list[dict[str, Any]]:
     return [
-        {"type": consumers.MESSAGE_TYPE, "group": group, "epoch": epoch, "offset": n, "data": f"<f{n}/>"}
+        {"type": protocol.MESSAGE_TYPE, "group": group, "epoch": epoch, "offset": n, "data": f"<f{n}/>"}
         for n in offsets
     ]
 
@@ -927,7 +932,7 @@ def test_frames_go_one_by_one_when_merging_could_hide_something(
 
 
 def test_a_merged_message_holds_at_most_merge_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumers, "MERGE_FRAMES", 3)
+    monkeypatch.setattr(protocol, "MERGE_FRAMES", 3)
     first, *rest = queued([5, 6, 7, 8, 9])
     consumer = socket_with(rest)
     assert consumer.coalesce(first)["offset"] == 7
@@ -1098,7 +1103,7 @@ async def test_a_stalled_socket_does_not_hold_back_the_others_and_is_closed_when
             await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
             assert (await healthy.receive_json_from(timeout=2))["data"] == f"<p>{n}</p>"
         closed = await stalled.receive_output(timeout=2)
-    assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
+    assert closed == {"type": "websocket.close", "code": protocol.TRY_AGAIN_LATER}
     assert any("frames were waiting to be written" in r.getMessage() for r in caplog.records)
     released.set()
     await healthy.disconnect()

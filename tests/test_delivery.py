@@ -1,18 +1,12 @@
-"""Delivery: the process's loop, ``group_send`` through it, and what counts as a layer error."""
+"""Delivery: the process's loop, ``group_send`` through it, frames collected per stream."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from turbo_async import delivery
-
-
-def test_asyncio_timeouts_count_as_layer_errors() -> None:
-    # asyncio.wait_for raises asyncio.TimeoutError, which is TimeoutError only from Python 3.11.
-    assert issubclass(asyncio.TimeoutError, delivery.LAYER_ERRORS)
 
 
 def test_frames_sent_inside_collect_wait_for_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,24 +19,6 @@ def test_frames_sent_inside_collect_wait_for_deliver(monkeypatch: pytest.MonkeyP
     assert sent == [] and outgoing.frame_count == 3
     delivery.deliver(outgoing)
     assert [(group, message["data"]) for group, message in sent] == [("g1", "<one/><three/>"), ("g2", "<two/>")]
-
-
-def test_the_drop_counter_reads_channels_redis_over_capacity_records_of_this_send_only() -> None:
-    import logging
-
-    log = logging.getLogger(delivery.CHANNELS_REDIS_LOGGER)
-    delivery.DropCounter.install()
-    assert log.isEnabledFor(logging.INFO)
-    outside = log.makeRecord(log.name, logging.INFO, __file__, 1, delivery.OVER_CAPACITY, (3, 5, "g"), None)
-    for f in log.filters:
-        f.filter(outside)  # no send running: nothing counted, nothing raised
-    token = delivery._drops.set([])
-    try:
-        log.info(delivery.OVER_CAPACITY, 2, 4, "g")
-        log.info("something else %s", 1)
-        assert delivery._drops.get() == [2]
-    finally:
-        delivery._drops.reset(token)
 
 
 def test_one_unreachable_shard_does_not_hold_back_the_other_streams(monkeypatch: pytest.MonkeyPatch) -> None:

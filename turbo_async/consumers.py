@@ -29,13 +29,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-import uuid
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -47,339 +43,39 @@ from channels.utils import await_many_dispatch
 from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf, history
-from .delivery import LAYER_ERRORS, MESSAGE_TYPE, layer_call
 from .exceptions import InvalidSubscription, UnknownStream
+from .fanout import FanOut, OwnChannel, shared_since, stream_position
+from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
 from .names import group_name, unsign
+from .protocol import (
+    BAD_OFFSET,
+    MESSAGE_TYPE,
+    PING,
+    POLICY_VIOLATION,
+    RESET,
+    RESET_MESSAGE_TYPE,
+    SIGNATURE_EXPIRED,
+    TRY_AGAIN_LATER,
+    UNSUBSCRIBE,
+    ProtocolError,
+    frame_message,
+    merge,
+    parse,
+)
 from .registry import stream_registry
 from .security import RefusalLog, TokenBucket, log_abuse, peer
 from .streams import ModelStream, Stream
 
 logger = logging.getLogger("turbo_async")
 
-SUBSCRIBE = "subscribe"
-UNSUBSCRIBE = "unsubscribe"
-PING = "ping"
-RESET = "reset"
-BAD_OFFSET = "bad_offset"
-SIGNATURE_EXPIRED = "signature_expired"
-"""The ``code`` of the error frame refusing a signature older than ``SIGNATURE_MAX_AGE``."""
-
-RESET_MESSAGE_TYPE = "turbo.reset"
-"""The ``type`` of the message a process's :class:`FanOut` hands its sockets when their stream's
-missed frames cannot be replayed (:meth:`TurboStreamsConsumer.turbo_reset`)."""
-
-RECEIVE_BACKOFF_MAX = 2.0
-"""Cap, in seconds, of the wait between attempts to read from an unreachable channel layer."""
-
-NEW_CHANNEL_WAIT = 5.0
-"""Seconds a new socket waits for the channel layer to open its channel before the handshake is
-refused (the client reconnects with backoff; a page should not hang on a dead Redis)."""
-
-POLICY_VIOLATION = 1008
-"""The WebSocket close code of a socket closed for exceeding its message budget (RFC 6455)."""
-
-TRY_AGAIN_LATER = 1013
-"""The WebSocket close code of a socket closed because it fell ``SOCKET_BACKLOG`` messages behind."""
-
 SOCKET_BACKLOG = 1000
 """Layer messages one socket may have waiting to be written (its client reads too slowly, or its
 network stalled) before it is closed with code 1013: the page reconnects and catches up by offset
 from the history (or refreshes). The process's other sockets never wait for it."""
 
-MERGE_FRAMES = 64
-MERGE_BYTES = 256 * 1024
-"""At most this many frames, of at most this many bytes of ``data`` in all, go out as one message
-to a socket whose frames queued up (see :meth:`TurboStreamsConsumer.coalesce`)."""
-
-# One gate per event loop (uvicorn runs one per worker process): asyncio primitives belong to a loop.
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(max(1, conf.get().LAYER_CONCURRENCY))
-    return gate
-
-
-async def pooled_call(
-    function: Callable[..., Awaitable[Any]], *args: Any, deadline: float | None = None
-) -> Any:
-    """A channel-layer call of a socket: through the process's gate, so that thousands of sockets
-    subscribing or closing at once queue here rather than exhaust channels_redis' connection pool
-    (redis-py's pool raises ``MaxConnectionsError`` beyond ``max_connections``, 100 by default),
-    and retried with backoff while the pool is busy or Redis is unreachable, for up to
-    ``LAYER_WAIT_TIMEOUT`` seconds (or until ``deadline``, a time of the running loop). The last
-    error is raised after that."""
-    loop = asyncio.get_running_loop()
-    if deadline is None:
-        deadline = loop.time() + conf.get().LAYER_WAIT_TIMEOUT
-    delay = 0.02
-    while True:
-        async with _gate():
-            try:
-                return await layer_call(function, *args)
-            except LAYER_ERRORS:
-                if loop.time() + delay > deadline:
-                    raise
-        # Jitter: sockets refused together must not come back together.
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 1.0)
-
-
-class FanOut:
-    """The frames of a web process's groups, read once and handed to its sockets.
-
-    Channels' way costs, per frame **and per socket**: the layer's copy of the message (decoded
-    again for each socket by channels_redis' pub/sub layer), a new task and an ``asyncio.wait``
-    in ``await_many_dispatch``, then the handler. Here one channel of the process (per event loop
-    and layer) joins each group that some socket of the process subscribed to; one task reads it
-    and appends each message to the waiting list of the group's sockets, whose own long-lived
-    writer task sends it (:meth:`TurboStreamsConsumer.write_frames`). A socket that does not keep
-    up only lengthens its own list, up to ``SOCKET_BACKLOG``.
-
-    Upkeep (:meth:`upkeep`), every ``RENEW_INTERVAL`` seconds and at once when the layer answers
-    again after an error: the process joins its groups again (channels_redis' ``core`` layer keeps
-    membership only in Redis, so a restart, a ``FLUSHALL`` or ``group_expiry`` loses it; the
-    pub/sub layer does not retry a join that failed during an outage), then checks where each of
-    its streams stands against the last frame its reader received. A stream still ahead of it at
-    the next check (frames are not just on their way) missed frames on the way to this process:
-    the frames are read once from the history and handed to the group's sockets like any other,
-    or, when the history cannot cover them (a new epoch), the sockets are told to reset (their
-    pages refresh). One ``group_add`` (core layer) and one position read per group and process per
-    interval, however many sockets hold the group."""
-
-    def __init__(self, layer: Any) -> None:
-        self.layer = layer
-        self.channel: str | None = None
-        self.members: dict[str, set[TurboStreamsConsumer]] = {}
-        self.reader: asyncio.Task[None] | None = None
-        self.keeper: asyncio.Task[None] | None = None
-        self.opening = asyncio.Lock()
-        self.layer_down = False
-        # group -> the last numbered frame the reader handed out, and where the stream stood at the
-        # last check that found the process behind it.
-        self.received: dict[str, history.Position] = {}
-        self.behind: dict[str, history.Position] = {}
-        self.wake = asyncio.Event()
-        # The core layer keeps group membership in Redis only: it is renewed on every upkeep.
-        self.membership_in_redis = not hasattr(layer, "_get_layer")
-
-    @classmethod
-    def of(cls, layer: Any) -> FanOut:
-        """The fan-out of ``layer`` on the running loop (uvicorn runs one loop per process)."""
-        per_loop = _fanouts.setdefault(asyncio.get_running_loop(), {})
-        found = per_loop.get(id(layer))
-        if found is None or found.layer is not layer:
-            found = per_loop[id(layer)] = cls(layer)
-        return found
-
-    async def open(self) -> str:
-        """The process's channel, opened on first use, with its reader."""
-        if self.channel is None:
-            async with self.opening:
-                if self.channel is None:
-                    channel: str = await pooled_call(new_channel, self.layer)
-                    self.reader = asyncio.create_task(self.read(channel))
-                    interval = conf.get().RENEW_INTERVAL
-                    if interval > 0:
-                        self.keeper = asyncio.create_task(self.upkeep(channel, interval))
-                    self.channel = channel
-        return self.channel
-
-    async def join(self, group: str, consumer: TurboStreamsConsumer) -> None:
-        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group when the
-        process holds no socket of it yet, or when no upkeep renews it (``RENEW_INTERVAL`` 0: then
-        on every call, as a socket joining on its own did). Raises the layer's error when it
-        cannot join within ``LAYER_WAIT_TIMEOUT``."""
-        channel = await self.open()
-        members = self.members.setdefault(group, set())
-        if members and self.keeper is not None and not self.keeper.done():
-            # The process is in the group already, and its upkeep keeps it there (renewed every
-            # RENEW_INTERVAL): no Redis round trip for the group's second and later sockets, which
-            # a reconnection storm of thousands of pages would otherwise pay one each.
-            members.add(consumer)
-            return
-        # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
-        # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
-        members.add(consumer)
-        try:
-            await pooled_call(self.layer.group_add, group, channel)
-        except BaseException:
-            self._drop(group, consumer)
-            raise
-
-    async def renew(self, group: str, deadline: float) -> None:
-        """A socket's heartbeat renewal: nothing to do while :meth:`upkeep` renews for the process."""
-        if self.keeper is not None and not self.keeper.done():
-            return
-        if self.channel is not None and self.members.get(group):
-            await pooled_call(self.layer.group_add, group, self.channel, deadline=deadline)
-
-    async def leave(self, groups: list[str], consumer: TurboStreamsConsumer, who: str) -> None:
-        """Stop handing ``groups`` to ``consumer``; the process leaves the groups no socket of it
-        holds any more. Never raises (see :func:`leave`)."""
-        empty = [group for group in groups if self._drop(group, consumer)]
-        channel = self.channel
-        if not empty or channel is None:
-            return
-        await leave(self.layer, empty, channel, who)
-        for group in empty:
-            if self.members.get(group) and self.channel == channel:  # a socket joined meanwhile
-                try:
-                    await pooled_call(self.layer.group_add, group, channel)
-                except Exception as exc:
-                    logger.warning("could not join %s again for this process's sockets (%r); "
-                                   "their heartbeat retries", group, exc)
-        if not self.members:
-            await self.close(channel)
-
-    async def close(self, channel: str) -> None:
-        """Close the process's channel once no socket holds a group: a process whose sockets all
-        closed keeps nothing in Redis (no subscription, no channel). The next join opens another."""
-        async with self.opening:
-            if self.members or self.channel != channel:
-                return
-            self.channel = None  # joins from now on wait for the lock and open a new one
-            keeper, self.keeper = self.keeper, None
-            if keeper is not None:
-                keeper.cancel()
-            self.received.clear()
-            self.behind.clear()
-            reader, self.reader = self.reader, None
-            if reader is not None:
-                # Wait for the read to unwind before forgetting the channel: channels_redis'
-                # core layer cleans its buffer of the channel on cancel, and raises (leaving its
-                # process-wide receive lock taken, so every later read hangs) if it is gone.
-                reader.cancel()
-                await asyncio.wait([reader])
-            await forget(self.layer, channel)
-
-    def _drop(self, group: str, consumer: TurboStreamsConsumer) -> bool:
-        """Remove ``consumer`` from ``group``; whether no socket of the process holds it now."""
-        members = self.members.get(group)
-        if members is None:
-            return False
-        members.discard(consumer)
-        if members:
-            return False
-        del self.members[group]
-        self.received.pop(group, None)
-        self.behind.pop(group, None)
-        return True
-
-    async def read(self, channel: str) -> None:
-        """Hand every message of the process's channel to the sockets of its group; waits out an
-        unreachable layer (logged once per outage) and never ends before the loop does."""
-        delay = 0.05
-        while True:
-            try:
-                message: dict[str, Any] = await self.layer.receive(channel)
-            except LAYER_ERRORS as exc:
-                if not self.layer_down:
-                    self.layer_down = True
-                    logger.warning("could not read this process's frames from the channel layer (%r); retrying", exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, RECEIVE_BACKOFF_MAX)
-                continue
-            except Exception:  # a safety net: one bad message must not stop every socket's frames
-                logger.exception("reading this process's frames from the channel layer failed; retrying")
-                await asyncio.sleep(delay)
-                continue
-            if self.layer_down:
-                self.layer_down = False
-                logger.info("the channel layer answers again for this process's frames; joining its "
-                            "groups again and checking what they missed")
-                self.wake.set()  # rejoin and check now, not at the next interval
-            delay = 0.05
-            group = message.get("group")
-            members = self.members.get(group) if isinstance(group, str) else None
-            if members:
-                self.note(message)
-                for consumer in members:
-                    consumer.push(message)
-
-    def note(self, message: dict[str, Any]) -> None:
-        """Remember the position of a numbered frame handed to the sockets (see :meth:`audit`)."""
-        group, epoch, offset = message.get("group"), message.get("epoch"), message.get("offset")
-        if isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int):
-            self.received[group] = history.Position(epoch, offset)
-
-    async def upkeep(self, channel: str, interval: float) -> None:
-        """Every ``interval`` seconds, or when woken (the layer answers again): join the process's
-        groups again and check them for missed frames. Never ends before :meth:`close`."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), interval)
-            except TimeoutError:
-                pass
-            woken = self.wake.is_set()
-            self.wake.clear()
-            deadline = loop.time() + interval
-            try:
-                if self.membership_in_redis or woken:
-                    for group in list(self.members):
-                        await pooled_call(self.layer.group_add, group, channel, deadline=deadline)
-                if history.enabled(self.layer):
-                    await self.audit()
-            except LAYER_ERRORS as exc:
-                logger.debug("the upkeep of this process's groups failed (%r); next in %.1f s", exc, interval)
-                if woken:
-                    self.wake.set()  # the layer is back only in part: try again
-                    await asyncio.sleep(min(interval, 0.2))
-            except Exception:  # a safety net: the upkeep must outlive any layer bug
-                logger.exception("the upkeep of this process's channel-layer groups failed")
-
-    async def audit(self) -> None:
-        """Compare where each group's stream stands with what the reader received (see the class)."""
-        for group in list(self.members):
-            now = await layer_call(history.current, self.layer, group)
-            received = self.received.get(group)
-            if now is None or received is None:
-                # Nothing numbered since Redis lost the offsets (the next frame's new epoch tells
-                # the pages), or nothing received yet: what the process has now is the baseline.
-                if now is not None:
-                    self.received[group] = now
-                self.behind.pop(group, None)
-                continue
-            if now.epoch == received.epoch and now.offset <= received.offset:
-                self.behind.pop(group, None)
-                continue
-            mark = self.behind.get(group)
-            if mark is None or not _after(mark, received):
-                self.behind[group] = now  # frames may still be on their way: look again next time
-                continue
-            del self.behind[group]
-            await self.catch_up(group, received, now)
-
-    async def catch_up(self, group: str, received: history.Position, now: history.Position) -> None:
-        """Hand the group's sockets the frames this process missed after ``received``, in order,
-        from the history; or tell them to reset when the history cannot cover the gap."""
-        missed = await layer_call(history.since, self.layer, group, received)
-        members = self.members.get(group, set())
-        logger.info(
-            "this process missed frames of %s (received %s/%d, the stream is at %s/%d): %s for %d "
-            "socket(s)", group, received.epoch, received.offset, now.epoch, now.offset,
-            f"a reset ({missed.reset})" if missed.reset else f"{len(missed.frames)} frame(s) replayed",
-            len(members),
-        )
-        if missed.reset is not None:
-            reset = {"type": RESET_MESSAGE_TYPE, "group": group, "reason": missed.reset}
-            for consumer in members:
-                consumer.push(reset)
-            if missed.current is not None:
-                self.received[group] = missed.current
-            return
-        for offset, data in missed.frames:
-            frame = {"type": MESSAGE_TYPE, "group": group, "data": data, "epoch": received.epoch, "offset": offset}
-            self.note(frame)
-            for consumer in members:
-                consumer.push(frame)
-
-
-_fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FanOut]] = weakref.WeakKeyDictionary()
+NEW_CHANNEL_WAIT = 5.0
+"""Seconds a new socket waits for the channel layer to open its channel before the handshake is
+refused (the client reconnects with backoff; a page should not hang on a dead Redis)."""
 
 
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
@@ -389,16 +85,18 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     layer_down = False  # set while the channel layer fails, so that an outage is logged once
     heartbeat: asyncio.Task[None] | None = None
     fan_out = True
-    """Receive the groups' frames through the process's :class:`FanOut` (False: each socket
-    joins the groups with its own channel, as Channels does)."""
-    fanout: FanOut | None = None  # set in __call__ when fan_out is on
+    """Receive the groups' frames through the process's :class:`~turbo_async.fanout.FanOut`
+    (False: each socket joins the groups with its own channel, as Channels does)."""
+    membership: FanOut | OwnChannel
+    """How this socket's groups reach it (set in ``__call__``; Channels' own ``groups`` is the
+    list of groups a consumer joins at connect, which this consumer leaves empty)."""
     holding = False  # while a client message is handled, frames wait (order after a replay)
     closer: asyncio.Future[None] | None = None  # the close of a socket too far behind, or abusive
     frame_send: ASGISend | None = None  # see past_session_saving
     ranges = False
     """The client applies messages carrying several frames (``"from_offset"``): it said so with
     ``"ranges": true`` in a subscribe, as turbo-async.js does. Frames that queued up for it then go
-    out as one message (:meth:`coalesce`); any other client gets one message per frame."""
+    out as one message (:func:`~turbo_async.protocol.merge`); any other client gets one message per frame."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' ``AsyncConsumer.__call__``, with the layer read through :meth:`layer_receive`:
@@ -418,20 +116,18 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.channel_receive = self.layer_receive  # type: ignore[assignment]
         self.base_send = send
         self.frame_send = past_session_saving(send)
-        writer: asyncio.Task[None] | None = None
-        if self.fan_out:
-            self.fanout = FanOut.of(layer)
-            self.pending: deque[dict[str, Any]] = deque()
-            self.ready = asyncio.Event()
-            writer = asyncio.create_task(self.write_frames())
+        self.membership = FanOut.of(layer) if self.fan_out else OwnChannel(layer, channel_name)
+        # What the fan-out hands this socket (push), written in order by one task.
+        self.pending: deque[dict[str, Any]] = deque()
+        self.ready = asyncio.Event()
+        writer = asyncio.create_task(self.write_frames())
         sources: list[Any] = [receive, self.layer_receive]
         try:
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
         finally:
-            if writer is not None:
-                writer.cancel()
+            writer.cancel()
             await forget(layer, self.channel_name)
 
     def push(self, message: dict[str, Any]) -> None:
@@ -470,57 +166,23 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                                      message.get("type"), peer(self.scope))
 
     def coalesce(self, message: dict[str, Any]) -> dict[str, Any]:
-        """``message`` and the frames of its group queued right behind it, as one message.
-
-        A web process that cannot write every frame to every socket as fast as frames come
-        (hundreds of sockets on one stream) would queue them, and each frame would then wait for
-        all the writes before it: the delay would grow with the load. Instead, the frames that
-        queued up for a socket meanwhile go out in one message, whose ``data`` holds their
-        ``<turbo-stream>`` elements in order (Turbo applies them in order), with the offset of the
-        last and ``"from_offset"`` the first: one write per socket however many frames waited.
-
-        Only for a client that said it applies such messages (:attr:`ranges`), for numbered
-        frames following, without a gap, the last frame this socket was sent (so the client holds
-        everything before them), up to ``MERGE_FRAMES`` frames and ``MERGE_BYTES`` bytes."""
-        if (
-            not self.ranges or not self.pending or message.get("type") != MESSAGE_TYPE
-            or not isinstance(message.get("data"), str)
-        ):
+        """``message`` and the frames queued right behind it, as one message, for a client that
+        applies ranges (:func:`~turbo_async.protocol.merge`)."""
+        if not self.ranges:
             return message
-        group, epoch, first = message.get("group"), message.get("epoch"), message.get("offset")
+        group = message.get("group")
         sent = self.sent.get(group) if isinstance(group, str) else None
-        if sent is None or not isinstance(first, int) or sent.epoch != epoch or first != sent.offset + 1:
-            return message
-        parts = [message["data"]]
-        size = len(parts[0])
-        last = first
-        while self.pending and len(parts) < MERGE_FRAMES:
-            following = self.pending[0]
-            data = following.get("data")
-            if (
-                following.get("type") != MESSAGE_TYPE or following.get("group") != group
-                or following.get("epoch") != epoch or following.get("offset") != last + 1
-                or not isinstance(data, str) or size + len(data) > MERGE_BYTES
-            ):
-                break
-            self.pending.popleft()
-            parts.append(data)
-            size += len(data)
-            last += 1
-        if last == first:
-            return message
-        return {**message, "data": "".join(parts), "offset": last, "from_offset": first}
+        return merge(message, self.pending, (sent.epoch, sent.offset) if sent else None)
 
     async def layer_receive(self) -> dict[str, Any]:
         """The next message of this socket's channel; waits out an unreachable layer."""
-        delay = 0.05
+        backoff = Backoff(0.05, RECEIVE_BACKOFF_MAX)
         while True:
             try:
                 message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
             except LAYER_ERRORS as exc:
                 self.layer_failed("could not read from the channel layer", exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, RECEIVE_BACKOFF_MAX)
+                await backoff.wait()
                 continue
             self.layer_recovered()
             return message
@@ -572,10 +234,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             deadline = loop.time() + interval  # a renewal never outlasts the next beat
             for group in list(self.subscriptions):
                 try:
-                    if self.fanout is not None:
-                        await self.fanout.renew(group, deadline)
-                    else:
-                        await pooled_call(self.channel_layer.group_add, group, self.channel_name, deadline=deadline)
+                    await self.membership.renew(group, deadline)
                 except LAYER_ERRORS as exc:
                     self.layer_failed("could not renew the channel-layer groups", exc)
                     break
@@ -596,8 +255,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         and web process per half heartbeat (:func:`stream_position`)."""
         if not history.enabled(self.channel_layer):
             return
-        queued = getattr(self, "pending", None)  # the fan-out writer's list (fan_out on)
-        if self.writing or queued or asyncio.get_running_loop().time() - self.last_frame < interval:
+        if self.writing or self.pending or asyncio.get_running_loop().time() - self.last_frame < interval:
             # Frames are flowing (or a slow reader's are queued for it): a gap shows in their
             # offsets, which the client acts on. The audit is for streams that went quiet.
             self.behind.clear()
@@ -644,10 +302,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         await self.leave_groups(groups)
 
     async def leave_groups(self, groups: list[str]) -> None:
-        if self.fanout is not None:
-            await self.fanout.leave(groups, self, peer(self.scope))
-        else:
-            await leave(self.channel_layer, groups, self.channel_name, peer(self.scope))
+        await self.membership.leave(groups, self, peer(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -669,7 +324,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.error("internal error while handling the message")
         finally:
             self.holding = False
-            if self.fanout is not None and self.pending:
+            if self.pending:
                 self.ready.set()
 
     async def close_for_abuse(self) -> None:
@@ -690,38 +345,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
-        if text_data is None:
-            await self.error("binary messages are not supported; send JSON text")
-            return
-        limit = settings.MAX_MESSAGE_BYTES
-        # A str has at least one UTF-8 byte per character and at most four: most sizes are known
-        # without encoding. "surrogatepass": a lone surrogate must not raise (browsers never send one).
-        length = len(text_data)
-        if length > limit or (
-            length * 4 > limit and len(text_data.encode("utf-8", "surrogatepass")) > limit
-        ):
-            await self.error(f"message larger than {limit} bytes")
-            return
         try:
-            content = json.loads(text_data)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
-            await self.error("message is not valid JSON")
+            content = parse(text_data, settings.MAX_MESSAGE_BYTES)
+        except ProtocolError as exc:
+            await self.error(str(exc), exc.signed_name)
             return
-        if not isinstance(content, dict):
-            await self.error("message must be a JSON object")
-            return
-        message_type = content.get("type")
-        signed_name = content.get("signed_channel_name")
-        if message_type not in (SUBSCRIBE, UNSUBSCRIBE):
-            await self.error(
-                f"unknown message type {_short(message_type)}; expected 'subscribe' or "
-                "'unsubscribe'",
-                signed_name,
-            )
-            return
-        if not isinstance(signed_name, str):
-            await self.error("signed_channel_name must be a string")
-            return
+        signed_name = content.signed_name
         try:
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
@@ -731,7 +360,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
         group = group_name(stream_name, args, kwargs)
-        if message_type == UNSUBSCRIBE:
+        if content.type == UNSUBSCRIBE:
             await self.unsubscribe(group, signed_name)
             return
         # Counted per signed name: every name gets its own copy of each frame.
@@ -744,7 +373,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            seen = history.parse(content.get("epoch"), content.get("offset"))
+            seen = history.parse(content.epoch, content.offset)
         except history.BadOffset as exc:
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
@@ -754,10 +383,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         if group not in self.subscriptions:
             try:
-                if self.fanout is not None:
-                    await self.fanout.join(group, self)
-                else:
-                    await pooled_call(self.channel_layer.group_add, group, self.channel_name)
+                await self.membership.join(group, self)
             except LAYER_ERRORS as exc:
                 self.refusals.warning("could not join the group of %r: %r", stream_name, exc)
                 await self.error(
@@ -766,7 +392,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 )
                 return
         self.subscriptions.setdefault(group, set()).add(signed_name)
-        if content.get("ranges") is True:
+        if content.ranges:
             self.ranges = True
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
         if seen is not None and history.enabled(self.channel_layer):
@@ -794,7 +420,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             # Live frames already queued for this socket carry these offsets again.
             self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
             last = history.Position(seen.epoch, missed.frames[-1][0])
-            if _after(last, self.sent.get(group)):
+            if history.after(last, self.sent.get(group)):
                 self.sent[group] = last
 
     async def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
@@ -917,36 +543,6 @@ def open_to_everyone(stream_class: type[Stream]) -> bool:
     )
 
 
-@lru_cache(maxsize=256)
-def _encoded(data: str) -> str:
-    return json.dumps(data)
-
-
-def frame_message(
-    signed_name: str, data: str, epoch: Any = None, offset: Any = None, from_offset: Any = None
-) -> str:
-    """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
-    the frames JSON-encoded once per process however many sockets of the process receive them
-    (the cache's key is the frames' text: with the pub/sub layer, one shared string); with the
-    batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
-    ignores extra fields), and ``"from_offset"``, the first offset, when ``data`` holds several
-    numbered frames (:meth:`TurboStreamsConsumer.coalesce`)."""
-    run = isinstance(from_offset, int) and isinstance(offset, int) and from_offset < offset
-    # A run's data is the socket's own (up to MERGE_BYTES): encoded here, not kept in the cache of
-    # the frames every socket shares, which would otherwise hold up to 256 such strings.
-    encoded = json.dumps(data) if run else _encoded(data)
-    head = f'{{"signed_channel_name": {_encoded_name(signed_name)}, "data": {encoded}'
-    if not (isinstance(epoch, str) and isinstance(offset, int)):
-        return head + "}"
-    tail = f', "from_offset": {from_offset}' if run else ""
-    return f'{head}, "epoch": {json.dumps(epoch)}, "offset": {offset}{tail}}}'
-
-
-@lru_cache(maxsize=4096)
-def _encoded_name(signed_name: str) -> str:
-    return json.dumps(signed_name)
-
-
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -966,146 +562,9 @@ def past_session_saving(send: ASGISend) -> ASGISend:
     return send
 
 
-async def leave(layer: Any, groups: list[str], channel_name: str, who: str) -> None:
-    """Discard ``channel_name`` from ``groups``; never raises (it runs as a socket closes, when
-    an exception would only reach the ASGI server's log). A group that cannot be left within
-    ``LAYER_WAIT_TIMEOUT`` is reported in one line for the socket; channels_redis drops the
-    member when the group expires (``group_expiry``)."""
-    failed: list[str] = []
-    error: BaseException | None = None
-    # One deadline for all the groups of the socket: with Redis down, 100 groups must not wait
-    # 100 times LAYER_WAIT_TIMEOUT.
-    deadline = asyncio.get_running_loop().time() + conf.get().LAYER_WAIT_TIMEOUT
-    for group in groups:
-        try:
-            await pooled_call(layer.group_discard, group, channel_name, deadline=deadline)
-        except Exception as exc:  # whatever the layer raises, the socket is closing
-            failed.append(group)
-            error = exc
-    if failed:
-        logger.error(
-            "could not leave %d of %d channel-layer groups of the closed WebSocket from %s (%r); "
-            "frames to them are still written for it until the groups expire",
-            len(failed), len(groups), who, error,
-        )
-
-
-_positions: dict[str, tuple[float, history.Position | None]] = {}
-"""group -> (loop time read, position): the streams' positions, shared by the sockets of a process."""
-
-
-async def stream_position(layer: Any, group: str, max_age: float) -> history.Position | None:
-    """Where ``group``'s stream stands, read from Redis at most once per ``max_age`` seconds per
-    process (every socket of a stream audits it on each heartbeat)."""
-    now = asyncio.get_running_loop().time()
-    cached = _positions.get(group)
-    if cached is not None and now - cached[0] < max_age:
-        return cached[1]
-    position: history.Position | None = await layer_call(history.current, layer, group)
-    if len(_positions) > 10_000:  # streams come and go: keep the cache from growing for ever
-        _positions.clear()
-    _positions[group] = (now, position)
-    return position
-
-
-_reading: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], asyncio.Future[history.Replay]]
-] = weakref.WeakKeyDictionary()
-
-
-async def shared_since(layer: Any, group: str, seen: history.Position) -> history.Replay:
-    """:func:`history.since` through the process's gate (:func:`pooled_call`), one read for all the
-    sockets that ask for the same group and position at the same time: when a web process goes
-    away, its pages come back together, most of a stream's pages from the same position, and each
-    would otherwise make its own reads (beyond the connection pool's limit, measured: pages then
-    refreshed with "the history cannot be read now")."""
-    reading = _reading.setdefault(asyncio.get_running_loop(), {})
-    key = (group, seen)
-    shared = reading.get(key)
-    if shared is None:
-        shared = reading[key] = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
-        shared.add_done_callback(lambda done: reading.pop(key, None))
-    return await asyncio.shield(shared)
-
-
-def _after(position: history.Position, other: history.Position | None) -> bool:
-    """Whether ``position`` is past ``other`` (a position of another epoch counts as past)."""
-    return other is None or position.epoch != other.epoch or position.offset > other.offset
-
-
 def closing(close: Awaitable[None]) -> asyncio.Future[None]:
     """A close scheduled rather than awaited; its error (the client went away first) is read here
     so that asyncio does not log it as never retrieved."""
     future = asyncio.ensure_future(close)
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
     return future
-
-
-async def new_channel(layer: Any) -> str:
-    """``layer.new_channel()``, leaving nothing behind when it fails.
-
-    channels_redis' ``RedisPubSubChannelLayer`` makes the new channel's queue before it
-    ``SUBSCRIBE``s, and keeps the queue when the ``SUBSCRIBE`` fails: while Redis is unreachable,
-    every retry of a reconnecting page's handshake left one queue in the web process for ever.
-    Here the name is made as channels_redis makes it, and its queue dropped if the subscribe
-    raises. Any other layer (or another version without those internals) is called as it is."""
-    loop_layer: Any = layer._get_layer() if hasattr(layer, "_get_layer") else None
-    channels = getattr(loop_layer, "channels", None)
-    subscribe = getattr(loop_layer, "_subscribe_to_channel", None)
-    if not isinstance(channels, dict) or subscribe is None or not isinstance(getattr(loop_layer, "prefix", None), str):
-        name: str = await layer.new_channel()
-        return name
-    name = f"{loop_layer.prefix}specific.{uuid.uuid4().hex}"
-    try:
-        await subscribe(name)
-    except BaseException:
-        channels.pop(name, None)
-        raise
-    return name
-
-
-FORGET_AGAIN_AFTER = 5.0
-"""Seconds after a socket closed when channels_redis' ``core`` layer's buffer for its channel is
-dropped a second time (frames sent to its groups before it left them may still be on their way)."""
-
-
-async def forget(layer: Any, channel_name: str) -> None:
-    """Drop what a channels_redis layer keeps in this process for the channel of a closed socket.
-
-    Channels has no call for "this channel is gone": a layer cleans up when the consumer's pending
-    ``receive()`` is cancelled, and misses it when the cancel comes before that call started or
-    after a message was put aside for it (measured: about half of closed sockets, with frames
-    flowing). What each layer then keeps for ever, per closed socket:
-
-    - ``RedisPubSubChannelLayer``: the channel's queue and its Redis ``SUBSCRIBE`` (the connection
-      stays subscribed, and redis-py subscribes it again after every reconnection);
-    - ``RedisChannelLayer``: the channel's entry in ``receive_buffer``, with the messages put
-      aside for it.
-
-    Both are internals of channels_redis 4 (docs/architecture.rst, "Pitfalls"); any other layer
-    is left alone. Never raises: it runs as the socket closes."""
-    try:
-        loop_layer: Any = layer._get_layer() if hasattr(layer, "_get_layer") else None  # pubsub: one per loop
-        channels = getattr(loop_layer, "channels", None)
-        if isinstance(channels, dict):
-            if channels.pop(channel_name, None) is not None:
-                await asyncio.wait_for(
-                    loop_layer._get_shard(channel_name).unsubscribe(channel_name),
-                    conf.get().LAYER_WAIT_TIMEOUT,
-                )
-            return
-        buffers = getattr(layer, "receive_buffer", None)
-        if isinstance(buffers, dict):
-            buffers.pop(channel_name, None)
-            asyncio.get_running_loop().call_later(FORGET_AGAIN_AFTER, buffers.pop, channel_name, None)
-    except Exception as exc:  # Redis down: the subscription goes with the connection
-        logger.debug("could not drop the layer's state of the closed channel %s (%r)", channel_name, exc)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters (error frames echo what the client sent)."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

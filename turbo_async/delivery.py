@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,25 +30,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from . import conf, history, recording
 from .frames import REFRESH, frame_markup
-
-try:  # channels_redis's connection errors, when it is installed
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
-
-    _REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-except ImportError:  # pragma: no cover
-    _REDIS_ERRORS = ()
-
-LAYER_ERRORS: tuple[type[BaseException], ...] = (
-    # asyncio.TimeoutError (what asyncio.wait_for raises) is TimeoutError only from Python 3.11.
-    OSError, TimeoutError, asyncio.TimeoutError, *_REDIS_ERRORS,
-)
-"""Errors of an unreachable channel layer: retried, never a hook's fault."""
+from .layers import LAYER_ERRORS, counting_drops, layer_call
+from .protocol import MESSAGE_TYPE
 
 logger = logging.getLogger("turbo_async")
-
-MESSAGE_TYPE = "turbo.stream"
-"""The ``type`` of the layer messages; ``TurboStreamsConsumer.turbo_stream`` handles them."""
-
 
 @dataclass
 class Outgoing:
@@ -236,116 +221,9 @@ async def send_numbered(
             position = await layer_call(history.append, layer, group, msg["data"])
             assert position is not None  # not waiting: always numbered
         msg = {**msg, "epoch": position.epoch, "offset": position.offset}
-    DropCounter.install()
-    token = _drops.set([])
-    try:
+    with counting_drops() as drops:
         await layer_call(layer.group_send, group, msg)
-        return sum(_drops.get() or ())
-    finally:
-        _drops.reset(token)
-
-
-_drops: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("turbo_async_drops", default=None)
-
-CHANNELS_REDIS_LOGGER = "channels_redis.core"
-OVER_CAPACITY = "%s of %s channels over capacity in group %s"
-"""channels_redis 4's log message for a ``group_send`` that found full channels."""
-
-
-class DropCounter(logging.Filter):
-    """Counts channels_redis' "over capacity" records of the send running in this context.
-
-    channels_redis reports a drop only as an INFO record; to see it when INFO is not logged, the
-    logger is set to INFO and this filter hides again what its handlers would not have shown
-    (records below the level the logger had)."""
-
-    def __init__(self, shown_from: int) -> None:
-        super().__init__()
-        self.shown_from = shown_from
-
-    @classmethod
-    def install(cls) -> DropCounter:
-        log = logging.getLogger(CHANNELS_REDIS_LOGGER)
-        for existing in log.filters:
-            if isinstance(existing, DropCounter) and log.isEnabledFor(logging.INFO):
-                return existing
-        counter = cls(log.getEffectiveLevel())
-        for existing in [f for f in log.filters if isinstance(f, DropCounter)]:
-            log.removeFilter(existing)  # logging was reconfigured since: start over
-        log.addFilter(counter)
-        if not log.isEnabledFor(logging.INFO):
-            log.setLevel(logging.INFO)
-        return counter
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        drops = _drops.get()
-        if drops is not None and record.msg == OVER_CAPACITY and isinstance(record.args, tuple) and record.args:
-            count: Any = record.args[0]
-            if isinstance(count, int):
-                drops.append(count)
-        return record.levelno >= self.shown_from
-
-
-PUBSUB_LOGGER = "channels_redis.pubsub"
-PUBSUB_LOG_INTERVAL = 30.0
-"""Seconds between two log lines of one kind about a pub/sub layer's lost Redis connection."""
-
-
-class PubSubOutageLog(logging.Filter):
-    """Turns channels_redis pub/sub's tracebacks for a lost Redis connection into one WARNING line
-    per ``PUBSUB_LOG_INTERVAL``.
-
-    While Redis is unreachable, ``RedisPubSubChannelLayer``'s receive task logs "Unexpected
-    exception in receive task" with a traceback about every second, and so does every socket
-    that closes meanwhile; redis-py then reconnects and subscribes again to this process's
-    channels and groups by itself. The outage is worth one line that says so, not a traceback
-    per second; any other error keeps its traceback."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: dict[str, float] = {}
-        self.hidden: dict[str, int] = {}
-
-    @classmethod
-    def install(cls) -> None:
-        log = logging.getLogger(PUBSUB_LOGGER)
-        if not any(isinstance(existing, cls) for existing in log.filters):
-            log.addFilter(cls())
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if not isinstance(error, LAYER_ERRORS):
-            return True
-        what = record.getMessage().rstrip(":")
-        now = time.monotonic()
-        if now - self.last.get(what, -PUBSUB_LOG_INTERVAL) < PUBSUB_LOG_INTERVAL:
-            self.hidden[what] = self.hidden.get(what, 0) + 1
-            return False
-        hidden = self.hidden.pop(what, 0)
-        self.last[what] = now
-        record.msg = (
-            "channels_redis pub/sub lost Redis (%s: %s)%s; it reconnects and subscribes again to "
-            "this process's groups by itself; frames published meanwhile do not reach this "
-            "process, and its pages catch up by offset or refresh"
-        )
-        more = f", {hidden} more since the last line" if hidden else ""
-        record.args = (what, f"{type(error).__name__}: {error}", more)
-        record.exc_info = record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-        return True
-
-
-PubSubOutageLog.install()
-
-
-async def layer_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Await a channel-layer call, once more on a connection error: after a Redis restart the
-    first command on each pooled connection fails, and the pool then holds a fresh one. After
-    that, the caller's retry policy takes over."""
-    try:
-        return await function(*args)
-    except LAYER_ERRORS:
-        return await function(*args)
+    return sum(drops)
 
 
 class ProcessLoop:

@@ -141,6 +141,11 @@ class Replay:
     reset: str | None = None
 
 
+def after(position: Position, other: Position | None) -> bool:
+    """Whether ``position`` is past ``other`` (a position of another epoch counts as past)."""
+    return other is None or position.epoch != other.epoch or position.offset > other.offset
+
+
 class BadOffset(ValueError):
     """An epoch or offset a client sent that is malformed or beyond the stream's last offset."""
 

@@ -24,9 +24,9 @@ from django.db import DEFAULT_DB_ALIAS, models
 
 from . import broker, codec, conf, delivery, history, refreshes
 from .changes import DELETE, SAVE, bound_request_id, rebuild
-from .delivery import LAYER_ERRORS
 from .exceptions import DeliveryError
 from .frames import ACTIONS, REFRESH
+from .layers import LAYER_ERRORS
 from .registry import stream_registry
 from .streams import CUSTOM, RAW, ModelStream
 

@@ -26,7 +26,7 @@ from tests.conftest import LOG_DIR, current_layer, layer_backend
 from tests.services import RedisServer, StreamClient, Uvicorn, free_port, rss_mb, subscribed
 from tests.testapp.streams import RoomStream
 from turbo_async import conf
-from turbo_async.consumers import forget, new_channel
+from turbo_async.layers import forget, new_channel
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
@@ -208,7 +208,7 @@ def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_s
     assert errors == []
     # Nothing of the closed sockets stays in Redis: no group member (core), no subscription of
     # theirs (pub/sub: channels_redis leaves about half of them subscribed when a socket closes
-    # with frames on their way; turbo_async.consumers.forget drops them).
+    # with frames on their way; turbo_async.layers.forget drops them).
     def left() -> tuple[int, int]:
         return group_members(redis_server) - before[0], subscriptions(redis_server) - before[1]
 
@@ -226,7 +226,7 @@ def test_mass_subscribe_and_close_leaves_nothing_behind(server: Uvicorn, redis_s
 def test_the_core_layers_buffer_of_a_closed_socket_is_dropped(redis_server: RedisServer) -> None:
     """channels_redis' core layer sets aside, in the web process, the messages that reach a
     channel nobody reads any more (a socket that closed while frames were on their way), and keeps
-    them for ever: turbo_async.consumers.forget drops them. In this process, with a real Redis."""
+    them for ever: turbo_async.layers.forget drops them. In this process, with a real Redis."""
     from channels_redis.core import RedisChannelLayer
 
     async def scenario() -> tuple[bool, bool]:
@@ -248,11 +248,11 @@ def test_the_core_layers_buffer_of_a_closed_socket_is_dropped(redis_server: Redi
 def test_a_pubsub_channel_that_could_not_subscribe_leaves_no_queue_behind(redis_server: RedisServer) -> None:
     """channels_redis' pub/sub layer keeps the queue of a channel whose ``SUBSCRIBE`` failed, so
     each retry of a handshake while Redis is down left one in the web process for ever
-    (docs/architecture.rst, "Pitfalls"): turbo_async.consumers.new_channel drops it. In this
+    (docs/architecture.rst, "Pitfalls"): turbo_async.layers.new_channel drops it. In this
     process, with nothing listening on one port and a real Redis on the other."""
     from channels_redis.pubsub import RedisPubSubChannelLayer
 
-    from turbo_async.delivery import LAYER_ERRORS
+    from turbo_async.layers import LAYER_ERRORS
 
     async def scenario() -> tuple[int, int, bool]:
         down = RedisPubSubChannelLayer(hosts=[{"address": f"redis://127.0.0.1:{free_port()}"}])

@@ -72,7 +72,7 @@ class LayerListener:
         self.loop.run_until_complete(self.layer.group_add(group, self.channel))
 
     def receive(self, timeout: float = 20) -> dict[str, Any]:
-        from turbo_async.delivery import layer_call
+        from turbo_async.layers import layer_call
 
         # layer_call: once more if a Redis restart broke the pooled connection.
         return self.loop.run_until_complete(
@@ -412,7 +412,7 @@ def test_a_killed_web_process_stops_receiving_writes_in_bounded_time(
                 assert client.receive()["type"] == "subscribed"
         before = group_members(redis, each_layer, group)
         # One subscriber per web process under both layers: the process's fan-out channel
-        # joins the group for all of its sockets (turbo_async.consumers.FanOut).
+        # joins the group for all of its sockets (turbo_async.fanout.FanOut).
         assert before == 2, before
         doomed.kill(signal.SIGKILL)
         killed_at = time.monotonic()

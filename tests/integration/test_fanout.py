@@ -1,4 +1,4 @@
-"""The web process's fan-out (``turbo_async.consumers.FanOut``) on a real channels_redis layer of
+"""The web process's fan-out (``turbo_async.fanout.FanOut``) on a real channels_redis layer of
 each kind, in this process: it reads a group's frames once for all its sockets, and its channel
 comes and goes with the groups its sockets hold."""
 
@@ -12,8 +12,9 @@ from django.utils.module_loading import import_string
 
 from tests.conftest import LAYERS, layer_backend
 from tests.services import RedisServer
-from turbo_async.consumers import FanOut, TurboStreamsConsumer
+from turbo_async.consumers import TurboStreamsConsumer
 from turbo_async.delivery import message
+from turbo_async.fanout import FanOut
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
