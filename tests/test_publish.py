@@ -59,16 +59,19 @@ def test_broker_failure_never_fails_the_save(
     ) in caplog.text
 
 
-def test_publish_never_raises_on_a_broker_error_and_logs_label_and_pk(
-    broker_down: None, broadcasts_run_here: list[Any], caplog: pytest.LogCaptureFixture
+def test_publish_never_raises_on_a_broker_error_and_logs_label_and_pk_and_the_broker(
+    broker_down: None, broadcasts_run_here: list[Any], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, settings: Any,
 ) -> None:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     with caplog.at_level(logging.ERROR, logger="turbo_async"):
         publish.publish(Change("testapp.message", 42, "save", True))
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (
             logging.ERROR,
             "could not queue the broadcast of testapp.message pk=42 (save): "
-            "ConnectionRefusedError: broker down",
+            f"ConnectionRefusedError: broker down; tried {settings.CELERY_BROKER_URL} (the "
+            "CELERY_BROKER_URL setting, read by the Celery app 'workers')",
         )
     ]
     assert broadcasts_run_here == []  # "log" (the default) only logs

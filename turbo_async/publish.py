@@ -17,6 +17,7 @@ from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, recording
+from .broker import describe_broker
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 
 logger = logging.getLogger("turbo_async")
@@ -143,7 +144,10 @@ def run_here(item: Change | StreamAction, alias: str, *, throw: bool) -> None:
 
 def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
     """Log a publish that could not be done, and run it here if ``ON_PUBLISH_ERROR`` says so."""
-    logger.error("could not queue the broadcast of %s: %s: %s", item.describe(), type(exc).__name__, exc)
+    logger.error(
+        "could not queue the broadcast of %s: %s: %s; tried %s",
+        item.describe(), type(exc).__name__, exc, describe_broker(),
+    )
     if conf.get().ON_PUBLISH_ERROR == "inline":
         try:
             run_here(item, alias, throw=True)
