@@ -651,7 +651,7 @@ async def test_a_socket_over_its_burst_is_closed_with_1008_and_one_log_line(
             if output["type"] == "websocket.close":
                 break
             replies.append(output)
-    assert output["code"] == 1008
+    assert (output["code"], output["reason"]) == (1008, consumers.ABUSE_REASON)
     assert len(replies) == 10  # the burst was answered, nothing after it
     closes = [r for r in caplog.records if "with code 1008" in r.getMessage()]
     assert len(closes) == 1
@@ -1087,7 +1087,9 @@ async def test_a_stalled_socket_does_not_hold_back_the_others_and_is_closed_when
             await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
             assert (await healthy.receive_json_from(timeout=2))["data"] == f"<p>{n}</p>"
         closed = await stalled.receive_output(timeout=2)
-    assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
+    assert closed == {
+        "type": "websocket.close", "code": consumers.TRY_AGAIN_LATER, "reason": consumers.SLOW_READER_REASON,
+    }
     assert any("frames were waiting to be written" in r.getMessage() for r in caplog.records)
     released.set()
     await healthy.disconnect()
