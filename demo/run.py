@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """``make demo``: migrate, seed, then run Redis, a Celery worker, Flower and the web server.
 
+The worker restarts by itself when Python code or a template changes (``manage.py turbo_worker
+--reload``); restart ``make demo`` for changes to settings or the web server's code.
+
 Every service is a child process in its own process group; Ctrl-C (SIGINT) or SIGTERM stops them
 all, and so does any one of them exiting. Nothing is left behind: no pid files, no daemons.
 
@@ -355,8 +358,14 @@ def main() -> int:
             env["REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
 
         celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        # The development loop: the worker restarts when a stream, hook or template changes
+        # (manage.py turbo_worker --reload, built on Django's autoreloader).
         worker = Service(
-            "worker", [*celery, "worker", "-l", "INFO", "-n", "demo@%h", "--without-mingle"],
+            "worker",
+            [
+                sys.executable, str(ROOT / "demo" / "manage.py"), "turbo_worker", "--reload", "--",
+                "-l", "INFO", "-n", "demo@%h", "--without-mingle",
+            ],
             env, ready_text=" ready.",
         )
         flower = Service(
@@ -374,6 +383,9 @@ def main() -> int:
                 sys.executable, "-m", "uvicorn", "demo.asgi:application", "--host", HOST,
                 "--port", str(web_port), "--ws", "websockets-sansio",
                 "--timeout-graceful-shutdown", "3", "--ws-per-message-deflate", "false",
+                # Pages too render the templates you edit: the web server restarts on a change.
+                "--reload", "--reload-dir", str(ROOT / "demo"), "--reload-dir", str(ROOT / "turbo_async"),
+                "--reload-include", "*.html",
             ],
             env,
         )
