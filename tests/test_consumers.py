@@ -140,6 +140,20 @@ async def test_a_tampered_signature_is_refused(client: WebsocketCommunicator, la
     tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
     reply = await assert_refused(client, layer, tampered, stream.broadcastable_stream_name)
     assert reply["error"] == "invalid signed_channel_name: bad signature"
+    assert reply["stream"] == f"{stream.stream_name}(1)"  # what it asked for, for people
+
+
+async def test_a_refused_subscription_is_logged_with_its_stream_not_its_token(
+    client: WebsocketCommunicator, layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = room_stream(1)
+    signed = stream.signed_stream_name
+    tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        await assert_refused(client, layer, tampered, stream.broadcastable_stream_name)
+    [line] = [r.getMessage() for r in caplog.records if "refused a subscription" in r.getMessage()]
+    assert line.startswith(f"refused a subscription to {stream.stream_name}(1): bad signature")
+    assert tampered not in line
 
 
 async def test_a_signature_moved_onto_another_streams_payload_is_refused(

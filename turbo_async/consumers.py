@@ -609,7 +609,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
-            self.refusals.warning("refused a subscription: %s", exc)
+            self.refusals.warning("refused a subscription to %s: %s", readable(signed_name), exc)
             # The client refreshes the page on this code: only a new render signs anew.
             code = SIGNATURE_EXPIRED if str(exc).startswith("signature expired") else None
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
