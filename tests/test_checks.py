@@ -637,11 +637,12 @@ def test_subscriptions_that_never_expire_warn_at_deploy(settings: Any) -> None:
 
 @pytest.mark.parametrize(("timeout", "warned"), [(30, True), (40, True), (41, False), (300, False), (None, False)])
 def test_a_visibility_timeout_shorter_than_a_task_may_wait_warns_at_deploy(
-    celery_conf: Any, timeout: int | None, warned: bool
+    celery_conf: Any, settings: Any, timeout: int | None, warned: bool
 ) -> None:
-    """Defaults: a retry waits up to 30 s (DELIVERY_RETRY_BACKOFF_MAX), then 10 s (DELIVERY_TIMEOUT)."""
+    """A retry waits up to 30 s (DELIVERY_RETRY_BACKOFF_MAX here), then 10 s (DELIVERY_TIMEOUT)."""
     from turbo_async.deploy_checks import check_visibility_timeout, shortest_visibility_timeout
 
+    settings.TURBO_ASYNC = {"DELIVERY_RETRY_BACKOFF_MAX": 30, "REFRESH_MAX_WAIT": 5.0, "DELIVERY_TIMEOUT": 10.0}
     assert shortest_visibility_timeout() == 40
     celery_conf.task_always_eager = False
     celery_conf.broker_transport_options = {} if timeout is None else {"visibility_timeout": timeout}
