@@ -106,6 +106,66 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
 
+class RedisSentinel:
+    """A ``redis-server --sentinel`` process watching one master as ``name``: sentinel.conf's own
+    failure detection (``down-after-milliseconds`` 30000) unless ``down_after_ms`` says otherwise.
+    Sentinel rewrites its configuration file, which lives in ``workdir``."""
+
+    def __init__(
+        self, port: int, workdir: Path, master_port: int, name: str = "turbo", down_after_ms: int | None = None,
+        quorum: int = 1, failover_timeout_ms: int | None = None,
+    ) -> None:
+        """``quorum``: how many sentinels must agree that the master is down before one fails it
+        over; ``failover_timeout_ms``: Sentinel's ``failover-timeout`` (180000 by default)."""
+        self.port = port
+        self.workdir = workdir
+        self.master_port = master_port
+        self.name = name
+        self.down_after_ms = down_after_ms
+        self.quorum = quorum
+        self.failover_timeout_ms = failover_timeout_ms
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """This sentinel as one URL of a Celery ``sentinel://`` broker list."""
+        return f"sentinel://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "sentinel.conf"
+        lines = [
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.workdir}",
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} {self.quorum}",
+        ]
+        if self.down_after_ms is not None:
+            lines.append(f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}")
+        if self.failover_timeout_ms is not None:
+            lines.append(f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}")
+        config.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def master_port_now(self) -> int:
+        """The port of the master Sentinel names now."""
+        import redis
+
+        _host, port = redis.Redis(port=self.port).sentinel_get_master_addr_by_name(self.name)
+        return int(port)
+
+    def host(self) -> dict[str, Any]:
+        """A channels_redis host dict of the master through this Sentinel (JSON-friendly)."""
+        return {"sentinels": [["127.0.0.1", self.port]], "master_name": self.name, "socket_timeout": None}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

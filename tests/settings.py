@@ -115,6 +115,14 @@ if SUBPROCESS:
     # As the docs recommend; turbo_async itself retries the first command on a pooled
     # connection that a Redis restart broke (tests/integration/test_failures.py).
     _layer_config: dict[str, object] = {"hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": None}]}
+    if "TURBO_TEST_LAYER_HOSTS" in os.environ:
+        # Several shards, or Sentinel host dicts (tests/e2e/test_topologies.py): a JSON list of
+        # channels_redis hosts; Sentinel's [host, port] pairs become the tuples redis-py expects.
+        _hosts = json.loads(os.environ["TURBO_TEST_LAYER_HOSTS"])
+        for _host in _hosts:
+            if isinstance(_host, dict) and "sentinels" in _host:
+                _host["sentinels"] = [tuple(pair) for pair in _host["sentinels"]]
+        _layer_config["hosts"] = _hosts
     if LAYER == "core" and "TURBO_TEST_GROUP_EXPIRY" in os.environ:
         # A short expiry shows a killed web process's members going (tests/integration/test_failures.py).
         _layer_config["group_expiry"] = int(os.environ["TURBO_TEST_GROUP_EXPIRY"])
@@ -135,6 +143,27 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
 }
 if "TURBO_TEST_VISIBILITY_TIMEOUT" in os.environ:
     CELERY_BROKER_TRANSPORT_OPTIONS |= {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+# A Sentinel broker (CELERY_BROKER_URL "sentinel://...;sentinel://..." in the environment) names its
+# master (tests/integration/test_sentinel.py).
+if "TURBO_TEST_SENTINEL_MASTER" in os.environ:
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = os.environ["TURBO_TEST_SENTINEL_MASTER"]
+# RabbitMQ quorum queues with topic exchanges, so that countdowns use native delayed delivery, as
+# docs/deployment.rst recommends (tests/integration/test_quorum_queues.py). The queue has a name of
+# its own: the session's RabbitMQ node may hold test_brokers.py's classic "celery" queue, and a
+# queue's type cannot change.
+QUORUM_QUEUES = {
+    "task_default_queue": "turbo-quorum",
+    "task_default_queue_type": "quorum",
+    "task_create_missing_queue_type": "quorum",
+    "task_default_exchange_type": "topic",
+    "task_create_missing_queue_exchange_type": "topic",
+}
+if os.environ.get("TURBO_TEST_QUORUM_QUEUES") == "1":
+    CELERY_TASK_DEFAULT_QUEUE = QUORUM_QUEUES["task_default_queue"]
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = QUORUM_QUEUES["task_default_queue_type"]
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = QUORUM_QUEUES["task_create_missing_queue_type"]
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = QUORUM_QUEUES["task_default_exchange_type"]
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = QUORUM_QUEUES["task_create_missing_queue_exchange_type"]
 
 # Failure tests give their worker shorter retry settings: a JSON dict of TURBO_ASYNC keys.
 TURBO_ASYNC = json.loads(os.environ.get("TURBO_TEST_TURBO_ASYNC", "{}"))

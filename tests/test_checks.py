@@ -31,7 +31,7 @@ from turbo_async.checks import (
     check_redelivery,
     check_runserver,
     check_streams,
-    fallback_celery_app,
+    fallback_app,
     running_tests,
     without_password,
 )
@@ -197,16 +197,16 @@ def test_no_loaded_celery_app_warns_even_with_a_broker_setting(settings: Any, no
 def test_fallback_app_is_told_from_a_loaded_app(no_celery_app: None) -> None:
     from celery import Celery, current_app
 
-    assert fallback_celery_app(current_app)
+    assert fallback_app(current_app)
     assert current_app.main == "default"
-    assert not fallback_celery_app(Celery("proj", set_as_current=False))
-    assert not fallback_celery_app(Celery(set_as_current=False))  # a project's app may be unnamed
+    assert not fallback_app(Celery("proj", set_as_current=False))
+    assert not fallback_app(Celery(set_as_current=False))  # a project's app may be unnamed
 
 
 def test_the_suites_loaded_app_is_not_the_fallback() -> None:
     from celery import current_app
 
-    assert not fallback_celery_app(current_app)
+    assert not fallback_app(current_app)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ real session cookies are in tests/integration/test_security_live.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
@@ -799,18 +800,28 @@ def test_frames_are_encoded_once_however_many_sockets_get_them() -> None:
 # -- liveness ------------------------------------------------------------------------------------
 
 
-async def test_the_server_pings_every_interval_and_renews_the_groups(settings: Any, layer: Any) -> None:
-    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.05}
+@pytest.mark.parametrize("renew_interval", [0.05, 0])
+async def test_the_server_pings_every_interval_and_renews_the_groups(
+    settings: Any, layer: Any, renew_interval: float
+) -> None:
+    """With ``RENEW_INTERVAL`` the process's upkeep renews the memberships; with 0, each socket's
+    heartbeat does (in-memory layer: its ``groups`` stand for the memberships Redis keeps)."""
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.05, "RENEW_INTERVAL": renew_interval}
     communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
     await communicator.connect()
     stream = room_stream(41)
     group = stream.broadcastable_stream_name
     # The first message is the server's answer: no ping at connect (turbo-django clients).
     assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
-    # A lost membership (a flushed Redis) comes back on the next beat.
+    # A lost membership (a flushed Redis) comes back within an interval.
     layer.groups.clear()
     ping = await communicator.receive_json_from(timeout=2)
     assert ping["type"] == "ping" and ping["interval"] == 0.05 and isinstance(ping["t"], float)
+    for _ in range(40):
+        if layer.groups.get(group):
+            break
+        await asyncio.sleep(0.05)
+    assert layer.groups.get(group), "the membership did not come back"
     await layer.group_send(group, layer_message(group, stream.stream_name, "<after-flush/>"))
     while (message := await communicator.receive_json_from(timeout=2)).get("type") == "ping":
         pass

@@ -43,3 +43,29 @@ def test_the_drop_counter_reads_channels_redis_over_capacity_records_of_this_sen
         assert delivery._drops.get() == [2]
     finally:
         delivery._drops.reset(token)
+
+
+def test_one_unreachable_shard_does_not_hold_back_the_other_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deliver() tries every stream: the frames of a stream whose shard is down fail alone, named
+    in NotDelivered; a retry (waited_since with groups) sends those only. group_send is replaced
+    here: what is tested is deliver's loop, not a layer."""
+    sent: list[str] = []
+
+    def group_send(group: str, message: dict[str, Any]) -> int:
+        if group == "b":
+            raise ConnectionError("shard of b is down")
+        sent.append(group)
+        return 0
+
+    monkeypatch.setattr(delivery, "group_send", group_send)
+    outgoing = delivery.Outgoing()
+    for group in ("a", "b", "c"):
+        outgoing.add(group, f"app:{group.upper()}", f"<{group}/>")
+    with pytest.raises(delivery.NotDelivered) as raised:
+        delivery.deliver(outgoing)
+    assert sent == ["a", "c"] and raised.value.streams == {"b": "app:B"}
+    sent.clear()
+    monkeypatch.setattr(delivery, "group_send", lambda group, message: sent.append(group) or 0)
+    with delivery.waited_since(None, ["b"]):
+        delivery.deliver(outgoing)
+    assert sent == ["b"]

@@ -153,9 +153,11 @@ def test_settings_fragment_is_valid(block: Block) -> None:
         if name.startswith("CELERY_"):
             assert name[len("CELERY_"):].lower() in CELERY_DEFAULTS, f"{name} is not a Celery setting"
     if "CELERY_BROKER_TRANSPORT_OPTIONS" in namespace:
-        from kombu.transport.redis import Channel
+        from kombu.transport.redis import Channel, SentinelChannel
 
-        unknown = set(namespace["CELERY_BROKER_TRANSPORT_OPTIONS"]) - set(Channel.from_transport_options)
+        sentinel = str(namespace.get("CELERY_BROKER_URL", "")).startswith("sentinel://")
+        known = (SentinelChannel if sentinel else Channel).from_transport_options
+        unknown = set(namespace["CELERY_BROKER_TRANSPORT_OPTIONS"]) - set(known)
         assert not unknown, f"{block}: not options of kombu's Redis transport: {sorted(unknown)}"
     if "LOGGING" in namespace:
         # dictConfig in a process of its own: it would reconfigure this one's logging.
@@ -277,9 +279,9 @@ def test_checks_page_loads_the_celery_app(tmp_path: Path) -> None:
         settings.CELERY_BROKER_URL = "redis://broker.invalid:6379/0"
         django.setup()
         from celery import current_app
-        from turbo_async.checks import check_celery, fallback_celery_app
+        from turbo_async.checks import check_celery, fallback_app
 
-        assert current_app.main == "proj" and not fallback_celery_app(current_app), current_app
+        assert current_app.main == "proj" and not fallback_app(current_app), current_app
         assert current_app.conf.broker_url == "redis://broker.invalid:6379/0"
         assert check_celery() == [], check_celery()
         print("APP LOADED")

@@ -34,7 +34,7 @@ def debounced(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Refreshes debounced through the real Redis as in a worker; scheduled tasks are recorded."""
     scheduled: list[tuple[str, str, float]] = []
     monkeypatch.setattr(refreshes, "debouncing", lambda: True)
-    monkeypatch.setattr(refreshes, "redis_url", lambda: redis_server.url)
+    monkeypatch.setattr(conf.celery_app().conf, "broker_url", redis_server.url)
     monkeypatch.setattr(refreshes, "schedule", lambda group, name, countdown: scheduled.append((group, name, countdown)))
     redis_server.client().delete(refreshes.key(GROUP))
     with override_settings(TURBO_ASYNC={"REFRESH_DEBOUNCE": 0.3, "REFRESH_MAX_WAIT": 1.0}):
@@ -84,11 +84,42 @@ def test_without_debouncing_a_refresh_is_sent_now_with_its_request_id(sent: list
     assert sent == [(GROUP, "app:S", '<turbo-stream action="refresh" request-id="abc"></turbo-stream>')]
 
 
-def test_a_broker_that_is_not_redis_means_no_debounce(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def in_a_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As in a worker: a task is running and Celery is not eager."""
+    monkeypatch.setattr(refreshes, "get_current_task", lambda: object())
+    app = conf.celery_app()
+    app.conf.task_always_eager = False
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = True
+
+
+def test_a_broker_that_is_not_redis_means_no_debounce(
+    in_a_task: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(refreshes, "_warned", set())
     monkeypatch.setattr(conf.celery_app().conf, "broker_url", "amqp://guest@localhost//")
-    assert refreshes.redis_url() is None
+    assert not refreshes.debouncing()
+    assert "refreshes are not debounced: the Celery broker (amqp://) is not Redis" in caplog.text
     monkeypatch.setattr(conf.celery_app().conf, "broker_url", "redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
-    assert refreshes.redis_url() == "redis://127.0.0.1:1/0"
+    assert refreshes.debouncing()
+
+
+def test_a_sentinel_broker_debounces_through_its_master(in_a_task: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.sentinel import SentinelConnectionPool
+
+    app = conf.celery_app()
+    monkeypatch.setattr(app.conf, "broker_url", "sentinel://127.0.0.1:1;sentinel://127.0.0.1:2")
+    options = app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**options, "master_name": "turbo"}
+    try:
+        assert refreshes.debouncing()
+        pool = refreshes._client().connection_pool
+    finally:
+        app.conf.broker_transport_options = options
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "turbo"
 
 
 def test_max_wait_shorter_than_debounce_is_refused() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -281,10 +282,11 @@ def test_a_group_send_that_times_out_is_a_delivery_error(monkeypatch: pytest.Mon
 
 
 class FakeTask:
-    """What ``worker.retry`` reads of a bound Celery task: the retry count and ``retry()``."""
+    """What ``worker.retry`` reads of a bound Celery task: the retry count, the keyword arguments
+    of this run, and ``retry()``."""
 
-    def __init__(self, retries: int) -> None:
-        self.request = type("Request", (), {"retries": retries})()
+    def __init__(self, retries: int, **kwargs: Any) -> None:
+        self.request = type("Request", (), {"retries": retries, "kwargs": kwargs})()
         self.retried: list[dict[str, Any]] = []
 
     def retry(self, **kwargs: Any) -> Exception:
@@ -292,20 +294,70 @@ class FakeTask:
         return RuntimeError("Celery's Retry")  # Celery's task.retry() raises it; raise it here
 
 
-def test_retry_raises_the_retry_while_attempts_remain() -> None:
-    task = FakeTask(retries=0)
+def test_retry_raises_the_retry_and_carries_the_time_of_the_first_failure() -> None:
+    task = FakeTask(retries=0, request_id="r1")
+    before = time.time()
     with pytest.raises(RuntimeError, match="Celery's Retry"):
         worker.retry(task, DeliveryError("layer down"), "testapp.message pk=1 (save)")  # type: ignore[arg-type]
-    assert task.retried[0]["max_retries"] == 5 and 0.5 <= task.retried[0]["countdown"] <= 1.0
+    retried = task.retried[0]
+    assert 0.5 <= retried["countdown"] <= 1.0
+    assert retried["kwargs"]["request_id"] == "r1" and before <= retried["kwargs"]["failing_since"] <= time.time()
+    assert "stale" not in retried["kwargs"]
 
 
-def test_retry_gives_up_with_the_delivery_error_and_a_log(caplog: pytest.LogCaptureFixture) -> None:
-    task = FakeTask(retries=5)
+def test_retries_go_on_while_the_first_failure_is_younger_than_the_max_age() -> None:
+    since = time.time() - 100
+    task = FakeTask(retries=30, failing_since=since)
+    with override_settings(TURBO_ASYNC={"DELIVERY_MAX_AGE": 120, "DELIVERY_RETRY_BACKOFF_MAX": 5}):
+        with pytest.raises(RuntimeError, match="Celery's Retry"):
+            worker.retry(task, DeliveryError("down", {"g": "testapp:RoomStream"}), "x")  # type: ignore[arg-type]
+    assert task.retried[0]["kwargs"]["failing_since"] == since  # the first failure's, kept
+    assert 2.5 <= task.retried[0]["countdown"] <= 5.0 and "stale" not in task.retried[0]["kwargs"]
+
+
+def test_past_the_max_age_the_frames_are_given_up_and_the_streams_marked_stale(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task = FakeTask(retries=7, failing_since=time.time() - 121)
+    error = DeliveryError("layer down", {"testapp.Room-1": "testapp:RoomStream"})
+    with caplog.at_level(logging.ERROR, logger="turbo_async"), pytest.raises(RuntimeError, match="Retry"):
+        worker.retry(task, error, "testapp.message pk=1 (save)")  # type: ignore[arg-type]
+    assert task.retried[0]["kwargs"]["stale"] == [["testapp.Room-1", "testapp:RoomStream"]]
+    assert "gave up on the frames of testapp.message pk=1 (save) after 7 retries" in caplog.text
+    assert "the pages of testapp:RoomStream refresh as soon as the layer answers" in caplog.text
+
+
+def test_delivery_max_retries_still_bounds_the_wait_when_set(caplog: pytest.LogCaptureFixture) -> None:
+    task = FakeTask(retries=3, failing_since=time.time() - 1)
+    with override_settings(TURBO_ASYNC={"DELIVERY_MAX_RETRIES": 3}), pytest.raises(RuntimeError, match="Retry"):
+        worker.retry(task, DeliveryError("down", {"g": "s:S"}), "x")  # type: ignore[arg-type]
+    assert task.retried[0]["kwargs"]["stale"] == [["g", "s:S"]]
+
+
+def test_a_broadcast_without_streams_gives_up_with_the_delivery_error_and_a_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task = FakeTask(retries=9, failing_since=time.time() - 500)
     error = DeliveryError("layer down")
     with caplog.at_level(logging.ERROR, logger="turbo_async"), pytest.raises(DeliveryError) as raised:
         worker.retry(task, error, "testapp.message pk=1 (save)")  # type: ignore[arg-type]
     assert raised.value is error and task.retried == []
-    assert "gave up on testapp.message pk=1 (save) after 5 retries" in caplog.text
+    assert "gave up on testapp.message pk=1 (save) after 9 retries" in caplog.text
+
+
+def test_a_stale_refresh_is_retried_until_the_layer_answers() -> None:
+    task = FakeTask(retries=40, failing_since=time.time() - 3600, stale=[["g", "s:S"]])
+    with pytest.raises(RuntimeError, match="Retry"):
+        worker.retry(task, DeliveryError("down", {"g": "s:S"}), "x")  # type: ignore[arg-type]
+    assert task.retried[0]["kwargs"]["stale"] == [["g", "s:S"]]
+
+
+def test_refresh_stale_sends_a_refresh_frame_to_each_stream(group_sends: list[Any]) -> None:
+    """In-memory layer (group_sends): without offsets, the refresh frame alone."""
+    result = worker.refresh_stale([["testapp.Room-1", "testapp:RoomStream"]], time.time() - 130)
+    assert result == {"frames": 1, "streams": 1, "refreshed": 1}
+    assert group_sends[0][0] == "testapp.Room-1"
+    assert '<turbo-stream action="refresh"' in group_sends[0][1]["data"]
 
 
 # -- batches ----------------------------------------------------------------------------------

@@ -1,35 +1,90 @@
-"""Layer 1: the broker this process publishes to, and where its URL came from.
+"""Layer 1: the Celery broker that broadcasts go through, as turbo_async reads it from the Celery app.
 
-A publish that fails says which broker it tried, so that a wrong URL does not read as a broker
-that is down: :func:`describe_broker` gives the URL (password masked) and its source, such as
-``redis://127.0.0.1:6379/0 (the CELERY_BROKER_URL setting, read by the Celery app 'proj')`` or,
-when no Celery app was loaded, ``amqp://guest:**@localhost:5672// (Celery's default broker: ...)``
-with what to add to ``proj/__init__.py``.
+One place answers the questions the system checks, ``manage.py turbo_streams --check``, the
+publishing outbox, delivery retries and the debounced refreshes ask about Celery's configuration:
+
+- which app is current, and whether it is Celery's made-up fallback (:func:`fallback_app`);
+- the broker a publish went to and where its URL came from, for the messages of a failed publish
+  (:func:`describe_broker`);
+- the broker's URL: as configured, to show without its password (:func:`broker_url`), and the
+  URLs of a failover list, to connect to (:func:`broker_urls`);
+- whether the broker is Redis (:func:`broker_is_redis`): ``redis://``, ``rediss://``,
+  ``redis+socket://`` and Sentinel's ``sentinel://``, as kombu's Redis transports take them;
+- a redis-py client of that Redis (:func:`redis_client`), through Sentinel for ``sentinel://``
+  URLs: the master named by ``broker_transport_options["master_name"]``, found the way kombu finds
+  it, so a failover moves the client along with the workers;
+- the countdown a delayed task can be given (:func:`countdown`): with RabbitMQ quorum queues,
+  Celery delays tasks in the broker, in whole seconds (native delayed delivery).
+
+Example::
+
+    from turbo_async import broker
+
+    app = conf.celery_app()
+    if broker.broker_is_redis(app):
+        broker.redis_client(app, socket_timeout=2).ping()
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
+import redis
 from celery import _state as celery_state
 from django.conf import settings
-from kombu.utils.url import maybe_sanitize_url
+from kombu.utils.url import maybe_sanitize_url, url_to_parts
+from redis.sentinel import Sentinel
 
 from . import conf
 
-LOAD_APP_HINT = "add 'from .celery import app as celery_app' to proj/__init__.py"
+CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
+"""Celery's own default when ``broker_url`` is unset (``celery.app.defaults``)."""
+
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+"""URL schemes of kombu's Redis transports (``redis+socket://`` and the like are Redis too)."""
+SENTINEL_SCHEMES = ("sentinel",)
+SENTINEL_DEFAULT_PORT = 26379
+"""kombu's ``SentinelTransport.default_port``: a ``sentinel://`` URL without a port means this."""
+
+
+def scheme(url: str) -> str:
+    """The scheme of ``url``, lower-cased (``redis+socket`` stays whole)."""
+    return url.partition("://")[0].strip().lower()
+
+
+# -- the app ----------------------------------------------------------------------------------
 
 
 def fallback_app(app: Any) -> bool:
     """Whether ``app`` is the app Celery makes up when no app was created in this process
-    (``Celery("default", set_as_current=False)``: it reads no Django settings)."""
+    (``Celery("default", set_as_current=False)``: it reads no Django settings, so
+    CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//). A project's app is
+    ``set_as_current`` (the default) and has its own main name."""
     app = getattr(app, "_get_current_object", lambda: app)()
     return (
         not getattr(app, "set_as_current", True)
         and app.main in (None, "default")
         and app is getattr(celery_state, "default_app", None)
     )
+
+
+def other_celery_apps(app: Any) -> list[str]:
+    """Names of the apps of this process other than ``app`` (e.g. one made in another thread)."""
+    current = getattr(app, "_get_current_object", lambda: app)()
+    return sorted(
+        {
+            str(other.main)
+            for other in list(celery_state._get_active_apps())  # type: ignore[attr-defined]
+            if other is not current and (other.set_as_current or other.main not in (None, "default"))
+        }
+    )
+
+
+# -- the broker's URL --------------------------------------------------------------------------
+
+LOAD_APP_HINT = "add 'from .celery import app as celery_app' to proj/__init__.py"
 
 
 def broker_uri(app: Any) -> str:
@@ -72,3 +127,171 @@ def describe_broker(app: Any = None) -> str:
     the broker ``app`` (by default this process's Celery app) publishes to, and why that one."""
     app = conf.celery_app() if app is None else app
     return f"{broker_uri(app)} ({broker_source(app)})"
+
+
+
+def without_password(url: str) -> str:
+    """``url`` (``;``-separated failover URLs too) with any password removed."""
+    parts = []
+    for one in url.split(";"):
+        url_scheme, sep, rest = one.partition("://")
+        netloc, slash, path = rest.partition("/")
+        if sep and "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}@{host}" if user else host
+        parts.append(f"{url_scheme}{sep}{netloc}{slash}{path}" if sep else one)
+    return ";".join(parts)
+
+
+def _configured(app: Any) -> str:
+    url = app.conf.get("broker_write_url") or app.conf.broker_url
+    if not url:
+        return CELERY_DEFAULT_BROKER
+    if isinstance(url, (list, tuple)):
+        return ";".join(str(u) for u in url)
+    return str(url)
+
+
+def broker_url(app: Any) -> str:
+    """The broker URL ``app`` publishes to, without password, as configured (no transport import)."""
+    return without_password(_configured(app))
+
+
+def broker_urls(app: Any) -> list[str]:
+    """The URLs ``app`` publishes to, passwords included: one, or each of a failover list
+    (``"redis://a;redis://b"``, a list, or Sentinel's ``"sentinel://s1;sentinel://s2"``)."""
+    return [one.strip() for one in _configured(app).split(";") if one.strip()]
+
+
+def transport(app: Any) -> str:
+    """The kombu transport ``app`` publishes through, as named in its settings:
+    ``broker_transport``, else the scheme of the first URL (``redis``, ``sentinel``, ``amqp``, ...)."""
+    configured = app.conf.get("broker_transport")
+    return str(configured).lower() if configured else scheme(broker_urls(app)[0])
+
+
+def broker_is_redis(app: Any) -> bool:
+    """Whether ``app`` publishes through kombu's Redis transport: ``redis``, ``rediss``,
+    ``sentinel``, ``redis+socket``, ..."""
+    name = transport(app)
+    return name in REDIS_SCHEMES or name.startswith("redis+")
+
+
+def broker_is_sentinel(app: Any) -> bool:
+    """Whether ``app`` finds its Redis through Sentinel (``sentinel://`` URLs)."""
+    return transport(app) in SENTINEL_SCHEMES
+
+
+# -- delayed tasks ------------------------------------------------------------------------------
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+def native_delayed_delivery(app: Any) -> bool:
+    """Whether ``app`` delays countdown and ETA tasks in RabbitMQ (Celery's native delayed
+    delivery, Celery 5.5+): with an AMQP broker, when a queue of the app is a quorum queue
+    (``task_default_queue_type`` or ``task_create_missing_queue_type`` ``"quorum"``), as Celery's
+    ``detect_quorum_queues`` decides when it publishes."""
+    if transport(app) not in AMQP_SCHEMES:
+        return False
+    conf = app.conf
+    if "quorum" in (conf.get("task_default_queue_type"), conf.get("task_create_missing_queue_type")):
+        return True
+    queues = conf.get("task_queues") or ()
+    return any((getattr(q, "queue_arguments", None) or {}).get("x-queue-type") == "quorum" for q in queues)
+
+
+def countdown(app: Any, seconds: float) -> float:
+    """The countdown to publish a task delayed by ``seconds`` with.
+
+    Celery's native delayed delivery routes a delayed task through RabbitMQ's
+    ``celery_delayed_*`` queues by its countdown in whole seconds, rounded down, and refuses one
+    below 1 s (``ValueError: countdown must be a positive number``). There a countdown is rounded
+    up to the next whole second, so the task is never early and never refused; elsewhere it is
+    ``seconds`` as given (never negative)."""
+    seconds = max(seconds, 0.0)
+    if seconds and native_delayed_delivery(app):
+        return float(math.ceil(seconds))
+    return seconds
+
+
+# -- a client of the broker's Redis --------------------------------------------------------------
+
+
+def redis_client(app: Any, **connection: Any) -> redis.Redis:
+    """A redis-py client of the Redis ``app`` uses as its broker (its first URL; for Sentinel,
+    the current master of ``broker_transport_options["master_name"]``, asked of every sentinel
+    of the list). ``connection`` adds connection options (``socket_timeout=2``, ...).
+
+    Raises ``ValueError`` when the broker is not Redis, or is Sentinel without a master name.
+    """
+    if not broker_is_redis(app):
+        raise ValueError(
+            f"The Celery broker {broker_url(app)} is not Redis; only redis://, rediss://, "
+            "redis+socket:// and sentinel:// brokers have a Redis client."
+        )
+    urls = broker_urls(app)
+    if broker_is_sentinel(app):
+        return _sentinel_master(app, urls, connection)
+    return _redis(urls[0], connection)
+
+
+def _redis(url: str, connection: dict[str, Any]) -> redis.Redis:
+    url_scheme = scheme(url)
+    if url_scheme.startswith("redis+"):
+        # kombu's redis+socket:///path/redis.sock?virtual_host=1: a Unix socket.
+        parts = url_to_parts(url.split("+", 1)[1])
+        path = "/" + (parts.path or "")
+        db = _db(parts.query.get("virtual_host"), url)
+        return redis.Redis(
+            unix_socket_path=path, db=db, username=parts.username, password=parts.password, **connection
+        )
+    return redis.Redis.from_url(url, **connection)
+
+
+def _sentinel_master(app: Any, urls: list[str], connection: dict[str, Any]) -> redis.Redis:
+    options = app.conf.broker_transport_options or {}
+    master_name = options.get("master_name")
+    if not master_name:
+        raise ValueError(
+            f"The Celery broker {without_password(';'.join(urls))} is Redis Sentinel, but "
+            "CELERY_BROKER_TRANSPORT_OPTIONS has no \"master_name\": set it to the name the "
+            "sentinels monitor the master by (\"sentinel monitor <master-name> ...\"), e.g. "
+            "{\"master_name\": \"mymaster\"}."
+        )
+    # As kombu's SentinelChannel: every sentinel:// URL of the list is a sentinel; the first one's
+    # user, password and database are the master's; sentinel_kwargs (e.g. the sentinels' own
+    # password) go to the sentinels only.
+    sentinels = []
+    for url in urls:
+        parts = url_to_parts(url)
+        if parts.scheme in SENTINEL_SCHEMES:
+            sentinels.append((parts.hostname or "127.0.0.1", parts.port or SENTINEL_DEFAULT_PORT))
+    first = url_to_parts(urls[0])
+    master = {
+        "db": _db(first.path, urls[0]),
+        "username": first.username,
+        "password": first.password,
+        **connection,
+    }
+    sentinel = Sentinel(
+        sentinels,
+        min_other_sentinels=int(options.get("min_other_sentinels", 0)),
+        sentinel_kwargs=options.get("sentinel_kwargs"),
+        **master,
+    )
+    client: redis.Redis = sentinel.master_for(str(master_name))
+    return client
+
+
+def _db(value: str | None, url: str) -> int:
+    if not value:
+        return 0
+    try:
+        return int(value.strip("/"))
+    except ValueError:
+        raise ValueError(
+            f"The database of the Celery broker URL {without_password(url)} must be a number "
+            f"(redis://host:6379/0), not {value!r}."
+        ) from None

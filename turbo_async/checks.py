@@ -10,7 +10,6 @@ import difflib
 import inspect
 import sys
 from collections.abc import Iterator, Sequence
-from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -20,6 +19,14 @@ from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
 from . import conf
+from .broker import (
+    CELERY_DEFAULT_BROKER,
+    broker_is_redis,
+    broker_url,
+    fallback_app,
+    other_celery_apps,
+    without_password,
+)
 from .registry import dotted_path as _dotted, stream_registry
 from .security import accepts_any_origin, origin_check_of
 from .streams import ModelStream
@@ -185,73 +192,12 @@ def running_tests() -> bool:
     return hasattr(mail, "outbox") or sys.argv[1:2] == ["test"]
 
 
-# Celery's own default when broker_url is unset (celery.app.defaults: "amqp://guest@localhost//").
-CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
-
-
-def _celery_state() -> Any:
-    """``celery._state``: which app is current, and every app made in this process (not public)."""
-    return import_module("celery._state")
-
-
-def fallback_celery_app(app: Any) -> bool:
-    """Whether ``app`` is the app Celery makes up when none was created in this process.
-
-    ``celery.current_app`` never fails: with no app, ``celery._state`` creates
-    ``Celery("default", fixups=[], set_as_current=False)``, which reads no Django settings, so
-    CELERY_BROKER_URL is ignored and tasks go to amqp://guest@localhost//. A project's app is
-    ``set_as_current`` (the default) and has its own main name.
-    """
-    app = getattr(app, "_get_current_object", lambda: app)()
-    return (
-        not getattr(app, "set_as_current", True)
-        and app.main in (None, "default")
-        and app is _celery_state().default_app
-    )
-
-
-def other_celery_apps(app: Any) -> list[str]:
-    """Names of the apps of this process other than ``app`` (e.g. one made in another thread)."""
-    current = getattr(app, "_get_current_object", lambda: app)()
-    return sorted(
-        {
-            str(other.main)
-            for other in list(_celery_state()._get_active_apps())
-            if other is not current and (other.set_as_current or other.main not in (None, "default"))
-        }
-    )
-
-
-def without_password(url: str) -> str:
-    """``url`` (``;``-separated failover URLs too) with any password removed."""
-    parts = []
-    for one in url.split(";"):
-        scheme, sep, rest = one.partition("://")
-        netloc, slash, path = rest.partition("/")
-        if sep and "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}@{host}" if user else host
-        parts.append(f"{scheme}{sep}{netloc}{slash}{path}" if sep else one)
-    return ";".join(parts)
-
-
-def broker_url(app: Any) -> str:
-    """The broker URL ``app`` publishes to, without password, as configured (no transport import)."""
-    url = app.conf.get("broker_write_url") or app.conf.broker_url
-    if not url:
-        return CELERY_DEFAULT_BROKER
-    if isinstance(url, (list, tuple)):
-        url = ";".join(str(u) for u in url)
-    return without_password(str(url))
-
-
 @checks.register(TAG)
 def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     app = _celery_app()
-    conf = app.conf
+    celery_conf = app.conf
     messages: list[checks.CheckMessage] = []
-    if conf.task_always_eager:
+    if celery_conf.task_always_eager:
         if not running_tests():
             messages.append(
                 checks.Warning(
@@ -271,7 +217,7 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
         "'from .celery import app as celery_app' (Celery's Django guide), with proj/celery.py "
         "calling app.config_from_object('django.conf:settings', namespace='CELERY')."
     )
-    if fallback_celery_app(app):
+    if fallback_app(app):
         # CELERY_BROKER_URL does not help here: only an app configured from the settings reads it.
         setting = getattr(settings, "CELERY_BROKER_URL", None)
         ignored = (
@@ -297,8 +243,8 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
         )
         return messages
     configured = (
-        conf.broker_url
-        or conf.get("broker_write_url")
+        celery_conf.broker_url
+        or celery_conf.get("broker_write_url")
         or getattr(settings, "CELERY_BROKER_URL", None)
     )
     if not configured:
@@ -319,9 +265,8 @@ def check_celery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
 
 # -- redelivery (Redis as broker) ------------------------------------------------------------
 
-# kombu's Redis transport: schemes, and the defaults it restores unacknowledged tasks with
+# kombu's Redis transport: the defaults it restores unacknowledged tasks with
 # (kombu.transport.redis.Channel: visibility_timeout, unacked_restore_interval and _throttle).
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 KOMBU_VISIBILITY_TIMEOUT = 3600
 KOMBU_RESTORE_SWEEP = 10 * 10  # unacked_restore_interval (10 s) x unacked_restore_throttle (10)
 # What README.md, the demo and docs/deployment.rst set: a killed worker's task returns within
@@ -335,20 +280,12 @@ RECOMMENDED_TRANSPORT_OPTIONS: dict[str, int] = {
 }
 
 
-def broker_is_redis(app: Any) -> bool:
-    """Whether ``app`` publishes through kombu's Redis transport (the first URL of a failover list)."""
-    transport = app.conf.get("broker_transport")
-    scheme = str(transport) if transport else broker_url(app).split(";")[0].partition("://")[0]
-    scheme = scheme.lower()
-    return scheme in REDIS_SCHEMES or scheme.startswith("redis+")
-
-
 @checks.register(TAG)
 def check_redelivery(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     app = _celery_app()
     # Eager tasks never reach a broker (W004 says so outside tests); Celery's fallback app reads
     # none of the settings (W003 says so): neither would be helped by this warning.
-    if app.conf.task_always_eager or fallback_celery_app(app) or not broker_is_redis(app):
+    if app.conf.task_always_eager or fallback_app(app) or not broker_is_redis(app):
         return []
     options = app.conf.broker_transport_options or {}
     if "visibility_timeout" in options:

@@ -18,8 +18,9 @@ Every key is optional::
         "BATCH_LINGER": 0.002,          # seconds the outbox waits for more changes in a burst (0: off)
         "PUBLISH_MAX_RETRIES": 2,       # publish attempts after the first, at commit
         "PUBLISH_RETRY_INTERVAL": 0.2,  # seconds between publish attempts
-        "DELIVERY_MAX_RETRIES": 5,      # task retries when the channel layer cannot be reached
-        "DELIVERY_RETRY_BACKOFF_MAX": 30,  # cap, in seconds, of the exponential retry backoff
+        "DELIVERY_MAX_AGE": 120.0,      # seconds a broadcast keeps retrying an unreachable channel layer
+        "DELIVERY_MAX_RETRIES": None,   # or a count of retries that also ends the wait (None: age only)
+        "DELIVERY_RETRY_BACKOFF_MAX": 5,  # cap, in seconds, of the exponential retry backoff
         "DELIVERY_TIMEOUT": 10.0,       # seconds one group_send may take in a worker
         "SIGNING_SALT": "turbo_async.streams",
         "SIGNATURE_MAX_AGE": None,      # seconds a rendered subscription stays valid (None: forever)
@@ -38,6 +39,7 @@ Every key is optional::
         "REFRESH_MAX_WAIT": 5.0,        # seconds: changes that never pause still refresh this often
         # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):
         "HEARTBEAT_INTERVAL": 10.0,     # seconds between pings (and group renewals) per socket; 0: off
+        "RENEW_INTERVAL": 1.0,          # seconds between a web process's group renewals and gap checks; 0: off
         "OFFSETS": True,                # give each frame batch its stream's (epoch, offset)
         "HISTORY_SIZE": 100,            # frame batches per stream kept in Redis for catch-up (0: none)
         "HISTORY_MAX_AGE": 300.0,       # seconds a batch stays replayable
@@ -54,8 +56,11 @@ Each attempt against a broker that accepts connections but never answers lasts u
 transport's ``socket_timeout``, which kombu leaves unset: set
 ``CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 2, "socket_connect_timeout": 2}`` or a
 frozen broker blocks the save. A task whose ``group_send`` fails is retried
-``DELIVERY_MAX_RETRIES`` times, after ``min(DELIVERY_RETRY_BACKOFF_MAX, 2**n)`` seconds times a
-jitter of 0.5 to 1 (about 16 to 31 s in all with the defaults), then fails with an error log.
+after ``min(DELIVERY_RETRY_BACKOFF_MAX, 2**n)`` seconds times a jitter of 0.5 to 1, for as long as
+its first failure is less than ``DELIVERY_MAX_AGE`` seconds old (and at most
+``DELIVERY_MAX_RETRIES`` times, when set). Past that its frames are given up, logged at ERROR, and
+its streams' pages are made to refresh as soon as the layer answers (a new epoch): a change is
+delivered, late and in order, or its pages refresh; never silently lost.
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ class TurboAsyncSettings:
     BATCH_LINGER: float = 0.002
     PUBLISH_MAX_RETRIES: int = 2
     PUBLISH_RETRY_INTERVAL: float = 0.2
-    DELIVERY_MAX_RETRIES: int = 5
-    DELIVERY_RETRY_BACKOFF_MAX: int = 30
+    DELIVERY_MAX_AGE: float = 120.0
+    DELIVERY_MAX_RETRIES: int | None = None
+    DELIVERY_RETRY_BACKOFF_MAX: int = 5
     DELIVERY_TIMEOUT: float = 10.0
     SIGNING_SALT: str = "turbo_async.streams"
     SIGNATURE_MAX_AGE: int | None = None
@@ -114,6 +120,7 @@ class TurboAsyncSettings:
     REFRESH_MAX_WAIT: float = 5.0
     # Delivery to the page (turbo_async.consumers, turbo_async.history, docs/guarantees.rst).
     HEARTBEAT_INTERVAL: float = 10.0
+    RENEW_INTERVAL: float = 1.0
     OFFSETS: bool = True
     HISTORY_SIZE: int = 100
     HISTORY_MAX_AGE: float = 300.0
@@ -146,7 +153,7 @@ def load(raw: Any) -> TurboAsyncSettings:
     defaults = TurboAsyncSettings()
     for name, value in raw.items():
         default = getattr(defaults, name)
-        nullable = name in ("QUEUE", "SIGNATURE_MAX_AGE")
+        nullable = name in ("QUEUE", "SIGNATURE_MAX_AGE", "DELIVERY_MAX_RETRIES")
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be True or False, not {value!r}.")

@@ -64,6 +64,10 @@ BAD_OFFSET = "bad_offset"
 SIGNATURE_EXPIRED = "signature_expired"
 """The ``code`` of the error frame refusing a signature older than ``SIGNATURE_MAX_AGE``."""
 
+RESET_MESSAGE_TYPE = "turbo.reset"
+"""The ``type`` of the message a process's :class:`FanOut` hands its sockets when their stream's
+missed frames cannot be replayed (:meth:`TurboStreamsConsumer.turbo_reset`)."""
+
 RECEIVE_BACKOFF_MAX = 2.0
 """Cap, in seconds, of the wait between attempts to read from an unreachable channel layer."""
 
@@ -141,16 +145,32 @@ class FanOut:
     writer task sends it (:meth:`TurboStreamsConsumer.write_frames`). A socket that does not keep
     up only lengthens its own list, up to ``SOCKET_BACKLOG``.
 
-    Membership is renewed by the sockets' heartbeats, as each socket's own was: channels_redis'
-    ``core`` layer keeps it only in Redis."""
+    Upkeep (:meth:`upkeep`), every ``RENEW_INTERVAL`` seconds and at once when the layer answers
+    again after an error: the process joins its groups again (channels_redis' ``core`` layer keeps
+    membership only in Redis, so a restart, a ``FLUSHALL`` or ``group_expiry`` loses it; the
+    pub/sub layer does not retry a join that failed during an outage), then checks where each of
+    its streams stands against the last frame its reader received. A stream still ahead of it at
+    the next check (frames are not just on their way) missed frames on the way to this process:
+    the frames are read once from the history and handed to the group's sockets like any other,
+    or, when the history cannot cover them (a new epoch), the sockets are told to reset (their
+    pages refresh). One ``group_add`` (core layer) and one position read per group and process per
+    interval, however many sockets hold the group."""
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.channel: str | None = None
         self.members: dict[str, set[TurboStreamsConsumer]] = {}
         self.reader: asyncio.Task[None] | None = None
+        self.keeper: asyncio.Task[None] | None = None
         self.opening = asyncio.Lock()
         self.layer_down = False
+        # group -> the last numbered frame the reader handed out, and where the stream stood at the
+        # last check that found the process behind it.
+        self.received: dict[str, history.Position] = {}
+        self.behind: dict[str, history.Position] = {}
+        self.wake = asyncio.Event()
+        # The core layer keeps group membership in Redis only: it is renewed on every upkeep.
+        self.membership_in_redis = not hasattr(layer, "_get_layer")
 
     @classmethod
     def of(cls, layer: Any) -> FanOut:
@@ -168,17 +188,28 @@ class FanOut:
                 if self.channel is None:
                     channel: str = await pooled_call(new_channel, self.layer)
                     self.reader = asyncio.create_task(self.read(channel))
+                    interval = conf.get().RENEW_INTERVAL
+                    if interval > 0:
+                        self.keeper = asyncio.create_task(self.upkeep(channel, interval))
                     self.channel = channel
         return self.channel
 
     async def join(self, group: str, consumer: TurboStreamsConsumer) -> None:
-        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group on every
-        call, as a socket joining on its own did (a flushed Redis forgot it). Raises the layer's
-        error when it cannot join within ``LAYER_WAIT_TIMEOUT``."""
+        """Hand ``group``'s frames to ``consumer`` from now on. Joins the layer group when the
+        process holds no socket of it yet, or when no upkeep renews it (``RENEW_INTERVAL`` 0: then
+        on every call, as a socket joining on its own did). Raises the layer's error when it
+        cannot join within ``LAYER_WAIT_TIMEOUT``."""
         channel = await self.open()
+        members = self.members.setdefault(group, set())
+        if members and self.keeper is not None and not self.keeper.done():
+            # The process is in the group already, and its upkeep keeps it there (renewed every
+            # RENEW_INTERVAL): no Redis round trip for the group's second and later sockets, which
+            # a reconnection storm of thousands of pages would otherwise pay one each.
+            members.add(consumer)
+            return
         # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
         # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
-        self.members.setdefault(group, set()).add(consumer)
+        members.add(consumer)
         try:
             await pooled_call(self.layer.group_add, group, channel)
         except BaseException:
@@ -186,6 +217,9 @@ class FanOut:
             raise
 
     async def renew(self, group: str, deadline: float) -> None:
+        """A socket's heartbeat renewal: nothing to do while :meth:`upkeep` renews for the process."""
+        if self.keeper is not None and not self.keeper.done():
+            return
         if self.channel is not None and self.members.get(group):
             await pooled_call(self.layer.group_add, group, self.channel, deadline=deadline)
 
@@ -214,6 +248,11 @@ class FanOut:
             if self.members or self.channel != channel:
                 return
             self.channel = None  # joins from now on wait for the lock and open a new one
+            keeper, self.keeper = self.keeper, None
+            if keeper is not None:
+                keeper.cancel()
+            self.received.clear()
+            self.behind.clear()
             reader, self.reader = self.reader, None
             if reader is not None:
                 # Wait for the read to unwind before forgetting the channel: channels_redis'
@@ -232,6 +271,8 @@ class FanOut:
         if members:
             return False
         del self.members[group]
+        self.received.pop(group, None)
+        self.behind.pop(group, None)
         return True
 
     async def read(self, channel: str) -> None:
@@ -254,13 +295,94 @@ class FanOut:
                 continue
             if self.layer_down:
                 self.layer_down = False
-                logger.info("the channel layer answers again for this process's frames")
+                logger.info("the channel layer answers again for this process's frames; joining its "
+                            "groups again and checking what they missed")
+                self.wake.set()  # rejoin and check now, not at the next interval
             delay = 0.05
             group = message.get("group")
             members = self.members.get(group) if isinstance(group, str) else None
             if members:
+                self.note(message)
                 for consumer in members:
                     consumer.push(message)
+
+    def note(self, message: dict[str, Any]) -> None:
+        """Remember the position of a numbered frame handed to the sockets (see :meth:`audit`)."""
+        group, epoch, offset = message.get("group"), message.get("epoch"), message.get("offset")
+        if isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int):
+            self.received[group] = history.Position(epoch, offset)
+
+    async def upkeep(self, channel: str, interval: float) -> None:
+        """Every ``interval`` seconds, or when woken (the layer answers again): join the process's
+        groups again and check them for missed frames. Never ends before :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), interval)
+            except TimeoutError:
+                pass
+            woken = self.wake.is_set()
+            self.wake.clear()
+            deadline = loop.time() + interval
+            try:
+                if self.membership_in_redis or woken:
+                    for group in list(self.members):
+                        await pooled_call(self.layer.group_add, group, channel, deadline=deadline)
+                if history.enabled(self.layer):
+                    await self.audit()
+            except LAYER_ERRORS as exc:
+                logger.debug("the upkeep of this process's groups failed (%r); next in %.1f s", exc, interval)
+                if woken:
+                    self.wake.set()  # the layer is back only in part: try again
+                    await asyncio.sleep(min(interval, 0.2))
+            except Exception:  # a safety net: the upkeep must outlive any layer bug
+                logger.exception("the upkeep of this process's channel-layer groups failed")
+
+    async def audit(self) -> None:
+        """Compare where each group's stream stands with what the reader received (see the class)."""
+        for group in list(self.members):
+            now = await layer_call(history.current, self.layer, group)
+            received = self.received.get(group)
+            if now is None or received is None:
+                # Nothing numbered since Redis lost the offsets (the next frame's new epoch tells
+                # the pages), or nothing received yet: what the process has now is the baseline.
+                if now is not None:
+                    self.received[group] = now
+                self.behind.pop(group, None)
+                continue
+            if now.epoch == received.epoch and now.offset <= received.offset:
+                self.behind.pop(group, None)
+                continue
+            mark = self.behind.get(group)
+            if mark is None or not _after(mark, received):
+                self.behind[group] = now  # frames may still be on their way: look again next time
+                continue
+            del self.behind[group]
+            await self.catch_up(group, received, now)
+
+    async def catch_up(self, group: str, received: history.Position, now: history.Position) -> None:
+        """Hand the group's sockets the frames this process missed after ``received``, in order,
+        from the history; or tell them to reset when the history cannot cover the gap."""
+        missed = await layer_call(history.since, self.layer, group, received)
+        members = self.members.get(group, set())
+        logger.info(
+            "this process missed frames of %s (received %s/%d, the stream is at %s/%d): %s for %d "
+            "socket(s)", group, received.epoch, received.offset, now.epoch, now.offset,
+            f"a reset ({missed.reset})" if missed.reset else f"{len(missed.frames)} frame(s) replayed",
+            len(members),
+        )
+        if missed.reset is not None:
+            reset = {"type": RESET_MESSAGE_TYPE, "group": group, "reason": missed.reset}
+            for consumer in members:
+                consumer.push(reset)
+            if missed.current is not None:
+                self.received[group] = missed.current
+            return
+        for offset, data in missed.frames:
+            frame = {"type": MESSAGE_TYPE, "group": group, "data": data, "epoch": received.epoch, "offset": offset}
+            self.note(frame)
+            for consumer in members:
+                consumer.push(frame)
 
 
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FanOut]] = weakref.WeakKeyDictionary()
@@ -662,7 +784,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         frames wait until this handler returns: in the socket's list, see :meth:`receive`, or
         in its channel); or tell it to refresh."""
         try:
-            missed = await layer_call(history.since, self.channel_layer, group, seen)
+            missed = await shared_since(self.channel_layer, group, seen)
         except history.BadOffset as exc:
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
@@ -730,6 +852,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if message.get("type") == MESSAGE_TYPE:
             await self.turbo_stream(message)
             return
+        if message.get("type") == RESET_MESSAGE_TYPE:
+            await self.turbo_reset(message)
+            return
         await super().dispatch(message)
 
     async def turbo_stream(self, event: dict[str, Any]) -> None:
@@ -751,6 +876,16 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
             self.sent[group] = history.Position(epoch, offset)
+
+    async def turbo_reset(self, event: dict[str, Any]) -> None:
+        """The process missed frames of a group that the history cannot give back: every page
+        subscribed to it refreshes (the client's answer to a ``reset``)."""
+        group = event.get("group", "")
+        for signed_name in list(self.subscriptions.get(group, ())):
+            reply = {"type": RESET, "signed_channel_name": signed_name, "reason": event.get("reason")}
+            await self.send(json.dumps(reply))
+        self.sent.pop(group, None)
+        self.behind.pop(group, None)
 
     async def error(self, message: str, signed_name: Any = None, code: str | None = None) -> None:
         reply: dict[str, Any] = {"type": "error", "error": message}
@@ -883,6 +1018,26 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
         _positions.clear()
     _positions[group] = (now, position)
     return position
+
+
+_reading: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], asyncio.Future[history.Replay]]
+] = weakref.WeakKeyDictionary()
+
+
+async def shared_since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+    """:func:`history.since` through the process's gate (:func:`pooled_call`), one read for all the
+    sockets that ask for the same group and position at the same time: when a web process goes
+    away, its pages come back together, most of a stream's pages from the same position, and each
+    would otherwise make its own reads (beyond the connection pool's limit, measured: pages then
+    refreshed with "the history cannot be read now")."""
+    reading = _reading.setdefault(asyncio.get_running_loop(), {})
+    key = (group, seen)
+    shared = reading.get(key)
+    if shared is None:
+        shared = reading[key] = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
+        shared.add_done_callback(lambda done: reading.pop(key, None))
+    return await asyncio.shield(shared)
 
 
 def _after(position: history.Position, other: history.Position | None) -> bool:

@@ -29,6 +29,7 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf, history, recording
+from .frames import REFRESH, frame_markup
 
 try:  # channels_redis's connection errors, when it is installed
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
@@ -98,10 +99,58 @@ def send(group: str, stream_name: str, markup: str) -> None:
     group_send(group, message(group, stream_name, markup))
 
 
+class NotDelivered(Exception):
+    """Some streams' frames could not be sent (their shard of the channel layer is unreachable);
+    the others' were. ``streams`` maps each failed group to its stream's name."""
+
+    def __init__(self, error: BaseException, streams: dict[str, str], dropped: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.streams = streams
+        self.dropped = dropped
+
+
 def deliver(outgoing: Outgoing) -> int:
     """Send collected frames: one ``group_send`` per stream. Returns how many deliveries the
-    layer dropped because a receiving web process's channel was full (see :func:`group_send`)."""
-    return sum(group_send(group, msg) or 0 for group, msg in outgoing.messages())
+    layer dropped because a receiving web process's channel was full (see :func:`group_send`).
+
+    Every stream is tried, even after one failed: with a sharded layer one unreachable shard must
+    not hold back the pages of the others. Raises :class:`NotDelivered` naming the streams that
+    failed. Inside :func:`waited_since` with ``groups``, only those groups are sent (a retry sends
+    what failed, not again what went out)."""
+    only = _retrying_groups.get()
+    dropped = 0
+    failed: dict[str, str] = {}
+    error: BaseException | None = None
+    for group, msg in outgoing.messages():
+        if only is not None and group not in only:
+            continue
+        try:
+            dropped += group_send(group, msg) or 0
+        except LAYER_ERRORS as exc:
+            failed[group], error = outgoing.stream_names[group], exc
+    if error is not None:
+        raise NotDelivered(error, failed, dropped) from error
+    return dropped
+
+
+def mark_stale(group: str, stream_name: str) -> history.Position | None:
+    """Make every page of ``group``'s stream refresh: frames of it were lost (a change whose frames
+    could not be sent within ``DELIVERY_MAX_AGE``). With offsets, the stream gets a new epoch
+    and a refresh frame numbered in it: a page sees the epoch change at that frame (or at its next
+    heartbeat audit, or when it resubscribes) and refreshes; without, the refresh frame alone.
+    Returns the new position (``None`` without offsets). Raises the layer's error when it is still
+    unreachable."""
+    position: history.Position | None = None
+    if not recording.active():
+        layer = channel_layer()
+        if history.enabled(layer):
+            position = _loop.run(
+                layer_call(history.replace_epoch, layer, group), timeout=conf.get().DELIVERY_TIMEOUT
+            )
+    with waited_since(None):
+        group_send(group, message(group, stream_name, frame_markup(REFRESH)))
+    return position
 
 
 def channel_layer() -> BaseChannelLayer:
@@ -128,7 +177,9 @@ def group_send(group: str, msg: dict[str, Any]) -> int:
         # The in-memory layer lives on the caller's loop (tests, runserver): hand it over there.
         async_to_sync(layer.group_send)(group, msg)
         return 0
-    dropped: int = _loop.run(send_numbered(layer, group, msg), timeout=conf.get().DELIVERY_TIMEOUT)
+    dropped: int = _loop.run(
+        send_numbered(layer, group, msg, _waited_since.get()), timeout=conf.get().DELIVERY_TIMEOUT
+    )
     if dropped:
         logger.warning(
             "the channel layer dropped the frames of %s (%d frame batch, offset %s) for %d web "
@@ -139,13 +190,51 @@ def group_send(group: str, msg: dict[str, Any]) -> int:
     return dropped
 
 
-async def send_numbered(layer: BaseChannelLayer, group: str, msg: dict[str, Any]) -> int:
+_waited_since: contextvars.ContextVar[float | None] = contextvars.ContextVar("turbo_async_waited_since", default=None)
+_retrying_groups: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "turbo_async_retrying_groups", default=None
+)
+
+
+@contextmanager
+def waited_since(since: float | None, groups: list[str] | None = None) -> Iterator[None]:
+    """Frames sent inside the block belong to a change that has waited for the channel layer since
+    ``since`` (a Unix time; ``None``: it did not wait). Each of its streams that numbered other
+    batches meanwhile gets a refresh instead (:func:`send_numbered`): sent now, its frames would
+    land after those of later changes, and the page would show rows out of order. ``groups``:
+    the only groups :func:`deliver` sends (those that failed before; ``None``: all)."""
+    token = _waited_since.set(since)
+    only = _retrying_groups.set(frozenset(groups) if groups is not None else None)
+    try:
+        yield
+    finally:
+        _retrying_groups.reset(only)
+        _waited_since.reset(token)
+
+
+async def send_numbered(
+    layer: BaseChannelLayer, group: str, msg: dict[str, Any], since: float | None = None
+) -> int:
     """``group_send``, with the batch first given its stream's ``(epoch, offset)`` and kept in
     the stream's history (:mod:`turbo_async.history`) when the layer is Redis. A retried task
     numbers its batch again: the client applies both copies in order, and frames converge.
-    Returns how many web processes the layer dropped it for."""
+    Returns how many web processes the layer dropped it for.
+
+    Frames that waited for the layer (:func:`waited_since`) go out only if no other batch of the
+    stream was numbered meanwhile; otherwise the stream gets a new epoch and a refresh frame, and
+    every page of it refreshes. ``since``: when they began waiting (see :func:`waited_since`)."""
     if msg.get("type") == MESSAGE_TYPE and history.enabled(layer):
-        position = await layer_call(history.append, layer, group, msg["data"])
+        position = await layer_call(history.append, layer, group, msg["data"], since)
+        if position is None:
+            logger.warning(
+                "the frames of %s waited %.0f s for the channel layer, and later frames of the stream "
+                "went out meanwhile: its pages refresh instead (new epoch)",
+                msg.get("stream", group), time.time() - (since or time.time()),
+            )
+            await layer_call(history.replace_epoch, layer, group)
+            msg = message(group, msg.get("stream", group), frame_markup(REFRESH))
+            position = await layer_call(history.append, layer, group, msg["data"])
+            assert position is not None  # not waiting: always numbered
         msg = {**msg, "epoch": position.epoch, "offset": position.offset}
     DropCounter.install()
     token = _drops.set([])

@@ -19,11 +19,10 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from . import conf
-from .broker import broker_uri, fallback_app
+from .broker import broker_is_redis, fallback_app
 from .security import accepts_any_origin, origin_check_of
 
 TAG = "turbo_async"
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 DEMO_SETTINGS = "demo.settings"
 DEMO_KEY_FILE = Path(".demo") / "secret_key"
 """Where ``make demo`` keeps the key it generated, beside the demo package (demo/run.py)."""
@@ -80,12 +79,6 @@ def check_signature_max_age(
     ]
 
 
-def _redis_broker(app: Any) -> bool:
-    transport = app.conf.get("broker_transport")
-    scheme = str(transport) if transport else broker_uri(app).partition("://")[0]
-    return scheme.lower() in REDIS_SCHEMES or scheme.lower().startswith("redis+")
-
-
 def shortest_visibility_timeout() -> float:
     """The shortest ``visibility_timeout`` that never hands a waiting broadcast task out twice:
     a retried delivery waits up to ``DELIVERY_RETRY_BACKOFF_MAX`` and a debounced refresh up to
@@ -101,7 +94,7 @@ def check_visibility_timeout(
 ) -> list[checks.CheckMessage]:
     """W103: a Redis broker's ``visibility_timeout`` shorter than a broadcast task may wait."""
     app = conf.celery_app()
-    if app.conf.task_always_eager or fallback_app(app) or not _redis_broker(app):
+    if app.conf.task_always_eager or fallback_app(app) or not broker_is_redis(app):
         return []
     timeout = (app.conf.broker_transport_options or {}).get("visibility_timeout")
     floor = shortest_visibility_timeout()

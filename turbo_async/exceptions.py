@@ -12,4 +12,11 @@ class InvalidSubscription(Exception):
 
 
 class DeliveryError(Exception):
-    """The channel layer could not be reached; a broadcast task is retried with backoff."""
+    """The channel layer could not be reached; a broadcast task is retried with backoff.
+
+    ``streams`` maps each group whose frames were not sent to its stream's name: if the layer stays
+    away past ``DELIVERY_MAX_AGE``, those streams' pages are told to refresh instead."""
+
+    def __init__(self, message: str, streams: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.streams: dict[str, str] = dict(streams or {})

@@ -13,7 +13,9 @@ Keys, on the shard of the channel layer that holds the stream's group (the layer
 connection pool with ``RedisChannelLayer``; a pool of this module on the same host with
 ``RedisPubSubChannelLayer``)::
 
-    turbo_async:pos:<group>    hash {epoch, offset}     expires EPOCH_TTL after the last batch
+    turbo_async:pos:<group>    hash {epoch, offset, run, at}   expires EPOCH_TTL after the last batch
+                               (run: the run_id of the Redis that wrote it; at: the Unix time of
+                               the last batch)
     turbo_async:hist:<group>   stream <offset>-0 {d: frames, t: unix time}
                                expires HISTORY_MAX_AGE after the last batch
 
@@ -30,11 +32,10 @@ import secrets
 import threading
 import time
 import weakref
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from . import conf
+from . import conf, placement
 
 logger = logging.getLogger("turbo_async")
 
@@ -48,20 +49,32 @@ MAX_OFFSET = 2**53 - 1
 MAX_EPOCH_LENGTH = 64
 
 _EPOCH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+local epoch = stored[1]
 local started = false
-if not epoch then
+if (not epoch) or stored[2] ~= run then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'run', run)
   started = true
 end
 """
-"""The start of both scripts: the stream's epoch, or a new one (ARGV[1]) at offset 0 with an empty
-history when the stream has none (never sent, expired, or flushed)."""
+"""The start of the scripts: the stream's epoch, or a new one (ARGV[1]) at offset 0 with an empty
+history when the stream has none (never sent, expired, or flushed) **or when its counter was
+written by another run of Redis** (``run_id``, new at every start of a server): a Redis restarted
+from an older snapshot, or a replica promoted by a failover, may hold an older offset than the
+pages have applied, and reusing it would give one offset to two different frames."""
 
 APPEND = _EPOCH + """
+if tonumber(ARGV[7]) > 0 and not started then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
+  if last >= tonumber(ARGV[7]) then
+    return {epoch, -1}
+  end
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('HSET', KEYS[1], 'at', ARGV[4])
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2], 't', ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -80,6 +93,29 @@ return {epoch, redis.call('HGET', KEYS[1], 'offset') or 0}
 """
 """The stream's position, made (offset 0 of a new epoch) when the stream has none yet: a page
 rendered before a stream's first batch must still be able to ask for that batch."""
+
+CURRENT = """
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'run')
+if not stored[1] then
+  return false
+end
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if stored[3] == run then
+  return {stored[1], stored[2] or 0}
+end
+""" + MARK.split("\n", 1)[1]
+"""The stream's position, or nil when it has none; a counter of another run of Redis is
+replaced by a new epoch first (as :data:`_EPOCH` does), so the pages behind it are told."""
+
+REPLACE = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'run', run)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return ARGV[1]
+"""
+"""A new epoch for the stream, unconditionally: the frames of some change could not be sent, and
+every page of the stream must refresh (:func:`replace_epoch`)."""
 
 RENDER_TIMEOUT = 0.5
 """Seconds a page render may wait for Redis per stream (connect and answer) before it renders
@@ -113,35 +149,30 @@ class BadOffset(ValueError):
 def enabled(layer: Any) -> bool:
     """Whether offsets are kept for this layer: ``OFFSETS`` on and a channels_redis layer (the
     in-memory layer of tests and ``runserver`` has no Redis to keep them in)."""
-    return conf.get().OFFSETS and _host_of(layer, "") is not None
-
-
-def _host_of(layer: Any, group: str) -> Any:
-    """The Redis client (or the host dict to make one from) of the shard holding ``group``."""
-    if hasattr(layer, "connection") and hasattr(layer, "consistent_hash"):
-        return ("layer", layer)
-    shards = getattr(layer, "_shards", None)  # RedisPubSubChannelLayer
-    if shards:
-        return ("host", shards[zlib.crc32(group.encode()) % len(shards)].host)
-    return None
+    return conf.get().OFFSETS and placement.shard_of(layer, "") is not None
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def client(layer: Any, group: str) -> Any:
-    """A redis-py asyncio client of the Redis that holds ``group``, for the running loop."""
-    kind, value = _host_of(layer, group)
-    if kind == "layer":
-        return value.connection(value.consistent_hash(group))
+    """A redis-py asyncio client of the Redis that holds ``group`` (:func:`placement.shard_of`),
+    for the running loop: the core layer's own pool, or a pool of this module beside the pub/sub
+    layer's."""
+    index = placement.shard_of(layer, group)
+    if index is None:
+        raise TypeError(f"{type(layer).__name__} is not a channels_redis layer: it keeps no offsets")
+    if hasattr(layer, "connection"):  # RedisChannelLayer
+        return layer.connection(index)
     from channels_redis.utils import create_pool  # type: ignore[import-untyped]
     from redis import asyncio as aioredis
 
+    host = (placement.hosts(layer) or [{}])[index]
     loop = asyncio.get_running_loop()
     per_loop = _clients.setdefault(loop, {})
-    key = repr(sorted(value.items()))
+    key = repr(sorted(host.items()))
     if key not in per_loop:
-        per_loop[key] = aioredis.Redis(connection_pool=create_pool(value))
+        per_loop[key] = aioredis.Redis(connection_pool=create_pool(host))
     return per_loop[key]
 
 
@@ -153,16 +184,22 @@ def history_key(group: str) -> str:
     return f"turbo_async:hist:{group}"
 
 
-async def append(layer: Any, group: str, data: str) -> Position:
-    """Give ``data`` the next offset of ``group`` and keep it in the history, atomically."""
+async def append(layer: Any, group: str, data: str, quiet_since: float | None = None) -> Position | None:
+    """Give ``data`` the next offset of ``group`` and keep it in the history, atomically.
+
+    ``quiet_since`` (a Unix time) is for frames that waited for the layer since then: they are
+    numbered only if no other batch of the stream was numbered since (else ``None`` is returned
+    and nothing is kept: sent now, they would land after frames of later changes)."""
     settings = conf.get()
     redis = client(layer, group)
     epoch, offset = await redis.eval(
         APPEND, 2, position_key(group), history_key(group),
         secrets.token_hex(8), data, settings.HISTORY_SIZE, f"{time.time():.3f}",
-        max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL,
+        max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL, f"{quiet_since or 0:.3f}",
     )
-    return Position(epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))
+    if int(offset) < 0:
+        return None
+    return _position(epoch, offset)
 
 
 def parse(epoch: Any, offset: Any) -> Position | None:
@@ -178,10 +215,27 @@ def parse(epoch: Any, offset: Any) -> Position | None:
 
 
 async def current(layer: Any, group: str) -> Position | None:
-    raw = await client(layer, group).hmget(position_key(group), "epoch", "offset")
-    if raw[0] is None:
+    """Where ``group``'s stream stands; ``None`` when it has no position (never sent, expired or
+    flushed). A counter that another run of Redis wrote gets a new epoch first (:data:`CURRENT`)."""
+    raw = await client(layer, group).eval(
+        CURRENT, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+    )
+    if not raw:
         return None
-    return Position(raw[0].decode(), int(raw[1] or 0))
+    return _position(raw[0], raw[1])
+
+
+async def replace_epoch(layer: Any, group: str) -> Position:
+    """Give ``group``'s stream a new epoch (offset 0, empty history): every page of the stream
+    refreshes at its next frame or heartbeat audit, since its epoch no longer matches."""
+    epoch = await client(layer, group).eval(
+        REPLACE, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+    )
+    return _position(epoch, 0)
+
+
+def _position(epoch: Any, offset: Any) -> Position:
+    return Position(epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))
 
 
 async def since(layer: Any, group: str, seen: Position) -> Replay:
@@ -227,22 +281,15 @@ _render_warned = False
 
 def _render_host(layer: Any, group: str) -> dict[str, Any] | None:
     """The channels_redis host dict of the shard holding ``group``, as :func:`client` picks it;
-    ``None`` for any other layer. Never touches the layer's per-loop state: there is no loop here."""
+    ``None`` for any other layer, or when the layer's configuration cannot be read (a render never
+    fails because of a channels_redis internal). Never touches the layer's per-loop state: there is
+    no loop here."""
     try:
-        from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
-        from channels_redis.pubsub import RedisPubSubChannelLayer  # type: ignore[import-untyped]
-        from channels_redis.utils import decode_hosts
-    except ImportError:
+        return placement.host_of(layer, group)
+    except Exception as exc:
+        logger.warning("could not find the Redis of %s in the channel layer's configuration (%r); "
+                       "the page renders without its stream position", group, exc)
         return None
-    if isinstance(layer, RedisChannelLayer):
-        host: dict[str, Any] = layer.hosts[layer.consistent_hash(group)]
-        return host
-    if isinstance(layer, RedisPubSubChannelLayer):
-        # The proxy builds its per-loop layer (and _shards) from these, in this order.
-        hosts = decode_hosts(layer._kwargs.get("hosts", layer._args[0] if layer._args else None))
-        shard: dict[str, Any] = hosts[zlib.crc32(group.encode()) % len(hosts)]
-        return shard
-    return None
 
 
 def _render_client(host: dict[str, Any]) -> Any:
@@ -308,4 +355,4 @@ def at_render(layer: Any, group: str) -> Position | None:
         )
         return None
     _render_warned = False
-    return Position(epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))
+    return _position(epoch, offset)

@@ -15,10 +15,11 @@ once per change; so the worker processes agree, through Redis, on one refresh pe
   otherwise it schedules itself again for the rest of the wait.
 
 Times come from Redis (``TIME``), not from the workers' clocks. The Redis is the Celery broker's
-(``CELERY_BROKER_URL``), which every worker already reaches; with a broker that is not Redis,
-refreshes are not debounced. A window whose task was lost (its worker killed before the task was
-acknowledged and its redelivery late) is taken over by the next refresh after
-``REFRESH_MAX_WAIT`` plus a minute.
+(``CELERY_BROKER_URL``: ``redis://``, ``rediss://``, ``redis+socket://``, or Sentinel's
+``sentinel://`` with ``master_name``, whose current master is used; :mod:`turbo_async.broker`),
+which every worker already reaches; with a broker that is not Redis, refreshes are not debounced.
+A window whose task was lost (its worker killed before the task was acknowledged and its
+redelivery late) is taken over by the next refresh after ``REFRESH_MAX_WAIT`` plus a minute.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import os
 import threading
 from typing import Any
 
-import redis
 from celery._state import get_current_task
 from redis.exceptions import RedisError
 
-from . import conf, delivery, recording
+from . import broker, conf, delivery, recording
 from .frames import REFRESH, frame_markup
 
 logger = logging.getLogger("turbo_async")
@@ -133,7 +133,9 @@ def schedule(group: str, stream_name: str, countdown: float) -> None:
     queue = conf.get().QUEUE
     if queue:
         options["queue"] = queue
-    conf.celery_app().send_task(REFRESH_TASK, args=[group, stream_name], **options)
+    app = conf.celery_app()
+    options["countdown"] = broker.countdown(app, options["countdown"])
+    app.send_task(REFRESH_TASK, args=[group, stream_name], **options)
 
 
 def debouncing() -> bool:
@@ -144,19 +146,10 @@ def debouncing() -> bool:
     app: Any = conf.celery_app()
     if app.conf.task_always_eager or get_current_task() is None:
         return False
-    return redis_url() is not None
-
-
-def redis_url() -> str | None:
-    """The Celery broker's URL if it is a Redis one (the first, of a failover list)."""
-    url = conf.celery_app().conf.broker_url
-    if not isinstance(url, str):
-        return None
-    first = url.split(";")[0].strip()
-    if first.split("://", 1)[0] in ("redis", "rediss"):
-        return first
-    _warn_once(first)
-    return None
+    if broker.broker_is_redis(app):
+        return True
+    _warn_once(broker.scheme(broker.broker_urls(app)[0]))
+    return False
 
 
 def key(group: str) -> str:
@@ -174,21 +167,21 @@ def _forget(group: str) -> None:
         pass  # the window expires by itself
 
 
-_clients: dict[tuple[int, str], Any] = {}
+_clients: dict[tuple[int, tuple[str, ...], str], Any] = {}
 _lock = threading.Lock()
 _warned: set[str] = set()
 
 
 def _client() -> Any:
-    """One client per process and URL (made anew after a fork: connections are not shared)."""
-    url = redis_url()
-    if url is None:
-        raise RuntimeError("Refreshes are debounced only with a Redis Celery broker.")
-    ident = (os.getpid(), url)
+    """One client per process and broker (made anew after a fork: connections are not shared).
+    With Sentinel it follows the master through a failover (:func:`broker.redis_client`)."""
+    app = conf.celery_app()
+    master = str((app.conf.broker_transport_options or {}).get("master_name", ""))
+    ident = (os.getpid(), tuple(broker.broker_urls(app)), master)
     with _lock:
         client = _clients.get(ident)
         if client is None:
-            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            client = broker.redis_client(app, socket_timeout=2, socket_connect_timeout=2)
             _clients[ident] = client
         return client
 
@@ -197,8 +190,7 @@ def _script(source: str) -> Any:
     return _client().register_script(source)
 
 
-def _warn_once(url: str) -> None:
-    scheme = url.split("://", 1)[0]
+def _warn_once(scheme: str) -> None:
     if scheme not in _warned:
         _warned.add(scheme)
         logger.warning(

@@ -8,22 +8,42 @@ the row; Flower shows it under its hook's name (``chat.MessageStream.on_save``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import worker_ready
 from django.db import DEFAULT_DB_ALIAS
 
-from . import conf, outbox, worker
+from . import conf, delivery, outbox, worker
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, bound_request_id
 from .exceptions import DeliveryError
 from .refreshes import REFRESH_TASK
 
 # Both tasks: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
-# so running one twice is harmless), results only in the task events Flower reads.
+# so running one twice is harmless), results only in the task events Flower reads. Retries are
+# bounded by worker.retry (DELIVERY_MAX_AGE), not by Celery's count.
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True,
+    "max_retries": None,
 }
+
+
+def _run(
+    task: Task[Any, Any], what: str, body: Callable[[], dict[str, Any]],
+    failing_since: float | None, stale: list[list[str]] | None, groups: list[str] | None,
+) -> dict[str, Any]:
+    """Run a broadcast's ``body``, with its frames marked as late when it waited for the layer
+    (``failing_since``) and only the ``groups`` that failed before sent; or, once its frames were
+    given up (``stale``), refresh its pages. A layer that cannot be reached retries the task
+    (:func:`worker.retry`)."""
+    try:
+        if stale:
+            return worker.refresh_stale(stale, failing_since)
+        with delivery.waited_since(failing_since, groups):
+            return body()
+    except DeliveryError as exc:
+        worker.retry(task, exc, what)
 
 
 @shared_task(name=BROADCAST_TASK, **TASK_OPTIONS)
@@ -36,13 +56,17 @@ def broadcast(
     using: str = DEFAULT_DB_ALIAS,
     snapshot: dict[str, Any] | None = None,
     request_id: str = "",
+    failing_since: float | None = None,
+    stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Reload the row (or rebuild a deleted one), run its stream's hook, deliver the frames."""
-    try:
+
+    def body() -> dict[str, Any]:
         with bound_request_id(request_id):  # the refreshes it causes carry it
             return worker.broadcast_change(label, pk, event, created, using, snapshot)
-    except DeliveryError as exc:
-        worker.retry(self, exc, f"{label} pk={pk!r} ({event})")
+
+    return _run(self, f"{label} pk={pk!r} ({event})", body, failing_since, stale, groups)
 
 
 @shared_task(name=STREAM_ACTION_TASK, **TASK_OPTIONS)
@@ -53,33 +77,51 @@ def stream_action(
     kwargs: dict[str, Any],
     action: str,
     options: dict[str, Any],
+    failing_since: float | None = None,
+    stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``stream.later.<action>(...)`` in a worker."""
-    try:
-        return worker.perform_action(stream_name, args, kwargs, action, options)
-    except DeliveryError as exc:
-        worker.retry(self, exc, f"{stream_name}.{action}")
+    return _run(
+        self, f"{stream_name}.{action}",
+        lambda: worker.perform_action(stream_name, args, kwargs, action, options), failing_since, stale, groups,
+    )
 
 
 @shared_task(name=BATCH_TASK, **TASK_OPTIONS)
-def broadcast_batch(self: Task[Any, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+def broadcast_batch(
+    self: Task[Any, Any],
+    items: list[dict[str, Any]],
+    failing_since: float | None = None,
+    stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
+) -> dict[str, Any]:
     """Several changes and actions that queued up in a web process's outbox, in commit order:
     one query per model, one ``group_send`` per stream for the whole batch."""
-    try:
-        return worker.broadcast_batch(items)
-    except DeliveryError as exc:
-        worker.retry(self, exc, f"a batch of {len(items)}")
+    return _run(
+        self, f"a batch of {len(items)}", lambda: worker.broadcast_batch(items), failing_since, stale, groups
+    )
 
 
 @shared_task(name=REFRESH_TASK, **TASK_OPTIONS)
 def refresh(
-    self: Task[Any, Any], group: str, stream_name: str, decided: str | None = None
+    self: Task[Any, Any],
+    group: str,
+    stream_name: str,
+    decided: str | None = None,
+    failing_since: float | None = None,
+    stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Send a debounced refresh when it is due (scheduled by :mod:`turbo_async.refreshes`)."""
     try:
+        if stale:
+            return worker.refresh_stale(stale, failing_since)
         return worker.send_refresh(group, stream_name, decided)
     except worker.RefreshNotDelivered as exc:
         worker.retry(self, exc, f"{stream_name}.refresh", kwargs={"decided": exc.request_id})
+    except DeliveryError as exc:
+        worker.retry(self, exc, f"{stream_name}.refresh")
 
 
 @worker_ready.connect

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any, NoReturn
 
 from celery import Task
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from . import codec, conf, delivery, refreshes
+from . import broker, codec, conf, delivery, history, refreshes
 from .changes import DELETE, SAVE, bound_request_id, rebuild
 from .delivery import LAYER_ERRORS
 from .exceptions import DeliveryError
@@ -294,8 +295,8 @@ class RefreshNotDelivered(DeliveryError):
     """The channel layer failed while sending a debounced refresh that was already decided:
     the retry sends it with ``request_id`` (the window in Redis is closed by then)."""
 
-    def __init__(self, message: str, request_id: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, request_id: str, streams: dict[str, str] | None = None) -> None:
+        super().__init__(message, streams)
         self.request_id = request_id
 
 
@@ -307,15 +308,15 @@ def send_refresh(group: str, stream_name: str, decided: str | None = None) -> di
     try:
         refreshes.send(group, stream_name, request_id)
     except LAYER_ERRORS as exc:
-        raise RefreshNotDelivered(str(exc), request_id) from exc
+        raise RefreshNotDelivered(str(exc), request_id, {group: stream_name}) from exc
     return {"frames": 1, "streams": 1}
 
 
 def _deliver(outgoing: delivery.Outgoing) -> dict[str, Any]:
     try:
         dropped = delivery.deliver(outgoing)
-    except LAYER_ERRORS as exc:
-        raise DeliveryError(str(exc)) from exc
+    except delivery.NotDelivered as exc:
+        raise DeliveryError(str(exc.error), exc.streams) from exc.error
     result: dict[str, Any] = {"frames": outgoing.frame_count, "streams": len(outgoing.frames)}
     if dropped:
         # Flower shows it: batches the layer dropped for full web processes (logged at WARNING).
@@ -352,22 +353,76 @@ def _values(instance: models.Model) -> tuple[Any, ...]:
 def retry(
     task: Task[Any, Any], exc: DeliveryError, what: str, kwargs: dict[str, Any] | None = None
 ) -> NoReturn:
-    """Retry ``task`` with exponential backoff (raises Celery's ``Retry``), or, after
-    ``DELIVERY_MAX_RETRIES`` retries, log and raise ``exc``. ``what`` names the broadcast;
-    ``kwargs``, if given, replace the task's keyword arguments for the retry."""
+    """Retry ``task`` with exponential backoff (raises Celery's ``Retry``) while the channel layer
+    cannot be reached. ``what`` names the broadcast; ``kwargs``, if given, are added to the task's
+    keyword arguments for the retry.
+
+    The retry carries ``failing_since``, the time of the first failure, and ``groups``, those whose
+    frames failed (the other streams' frames went out and are not sent again): its frames are sent late
+    only if their streams sent nothing else meanwhile (:func:`~turbo_async.delivery.waited_since`).
+    Once the first failure is ``DELIVERY_MAX_AGE`` seconds old (or after ``DELIVERY_MAX_RETRIES``
+    retries, when set), the frames are given up, logged at ERROR, and the task is retried with
+    ``stale``, the streams whose pages must refresh (:func:`refresh_stale`), until the layer
+    answers."""
     settings = conf.get()
-    attempt = task.request.retries
-    if attempt >= settings.DELIVERY_MAX_RETRIES:
+    request = task.request
+    now = time.time()
+    previous: dict[str, Any] = dict(request.kwargs or {})
+    since = previous.get("failing_since")
+    if not isinstance(since, (int, float)) or isinstance(since, bool):
+        since = now
+    attempt = request.retries
+    options = {**previous, **(kwargs or {}), "failing_since": since}
+    if exc.streams:
+        options["groups"] = sorted(exc.streams)  # the retry sends these only; the others went out
+    countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+    countdown = broker.countdown(conf.celery_app(), countdown)  # whole seconds on RabbitMQ quorum queues
+    cause = exc.__cause__ or exc
+    if previous.get("stale"):
+        if now - since > history.EPOCH_TTL:  # the streams' positions have expired by now
+            logger.error("channel layer unreachable (%s); gave up refreshing the pages of %s", cause, what)
+            raise exc
+        logger.info("channel layer unreachable (%s); the refresh of %s is retried in %.1fs", cause, what, countdown)
+        raise task.retry(exc=exc, countdown=countdown, kwargs=options)
+    limit = settings.DELIVERY_MAX_RETRIES
+    if now - since + countdown > settings.DELIVERY_MAX_AGE or (limit is not None and attempt >= limit):
+        if not exc.streams:
+            logger.error("channel layer unreachable (%s); gave up on %s after %d retries (%.0f s)",
+                         cause, what, attempt, now - since)
+            raise exc
         logger.error(
-            "channel layer unreachable (%s); gave up on %s after %d retries",
-            exc.__cause__ or exc, what, attempt,
+            "channel layer unreachable (%s); gave up on the frames of %s after %d retries (%.0f s, "
+            "DELIVERY_MAX_AGE %.0f s): the pages of %s refresh as soon as the layer answers",
+            cause, what, attempt, now - since, settings.DELIVERY_MAX_AGE, ", ".join(sorted(exc.streams.values())),
         )
-        raise exc
-    countdown = min(settings.DELIVERY_RETRY_BACKOFF_MAX, 2**attempt) * random.uniform(0.5, 1.0)
-    logger.warning(
-        "channel layer unreachable (%s); %s retry %d of %d in %.1fs",
-        exc.__cause__ or exc, what, attempt + 1, settings.DELIVERY_MAX_RETRIES, countdown,
+        options["stale"] = sorted([group, name] for group, name in exc.streams.items())
+        raise task.retry(exc=exc, countdown=countdown, kwargs=options)
+    logger.log(
+        logging.WARNING if attempt == 0 else logging.INFO,
+        "channel layer unreachable (%s); %s retry %d in %.1fs (retried until %.0f s after the first "
+        "failure, then its pages refresh)",
+        cause, what, attempt + 1, countdown, settings.DELIVERY_MAX_AGE,
     )
-    raise task.retry(
-        exc=exc, countdown=countdown, max_retries=settings.DELIVERY_MAX_RETRIES, kwargs=kwargs
-    )
+    raise task.retry(exc=exc, countdown=countdown, kwargs=options)
+
+
+def refresh_stale(stale: list[list[str]], failing_since: float | None) -> dict[str, Any]:
+    """Make the pages of each ``[group, stream name]`` in ``stale`` refresh: their frames were given
+    up after ``DELIVERY_MAX_AGE`` (:func:`retry`). Raises :class:`DeliveryError` naming the streams
+    still waiting when the layer cannot be reached."""
+    left: dict[str, str] = {}
+    error: BaseException | None = None
+    for group, stream_name in stale:
+        try:
+            position = delivery.mark_stale(group, stream_name)
+        except LAYER_ERRORS as exc:
+            left[group], error = stream_name, exc
+            continue
+        waited = f"{time.time() - failing_since:.0f} s" if failing_since else "too long"
+        logger.warning(
+            "frames of %s were lost (the channel layer was unreachable for %s); its pages were told "
+            "to refresh (%s)", stream_name, waited, f"new epoch {position.epoch}" if position else "refresh frame",
+        )
+    if left:
+        raise DeliveryError(str(error), left) from error
+    return {"frames": len(stale), "streams": len(stale), "refreshed": len(stale)}

@@ -38,8 +38,9 @@ from turbo_async import outbox, suppress
 
 pytestmark = [pytest.mark.integration, pytest.mark.layer]
 
-# The stack's worker retries quickly so the tests stay short: backoffs of 0.5 to 1 s, 3 retries.
-WORKER_SETTINGS = {"DELIVERY_MAX_RETRIES": 3, "DELIVERY_RETRY_BACKOFF_MAX": 1}
+# The stack's worker retries quickly so the tests stay short: backoffs of 0.5 to 1 s, for MAX_AGE s.
+MAX_AGE = 3.0
+WORKER_SETTINGS = {"DELIVERY_MAX_AGE": MAX_AGE, "DELIVERY_RETRY_BACKOFF_MAX": 1}
 
 
 def assert_no_errors(log: LogSince) -> None:
@@ -282,21 +283,34 @@ def test_web_subscribes_and_receives_again_after_the_channel_layer_restarts(
         assert "after" in client.receive_frames()
 
 
-def test_task_gives_up_after_delivery_max_retries(live_stack: FaultStack) -> None:
+def test_past_the_max_age_the_task_gives_up_its_frames_and_its_pages_are_told_to_refresh(
+    live_stack: FaultStack,
+) -> None:
+    """The layer stays away longer than ``DELIVERY_MAX_AGE``: the frames are given up (ERROR, with
+    label and pk) and, once the layer answers, the stream gets a new epoch and a refresh frame
+    numbered in it, which a subscribed socket receives: its page refreshes."""
     with suppress():
         room = RoomFactory()
     worker_log = LogSince(live_stack.worker)
-    live_stack.layer.stop()
-    try:
-        message = MessageFactory(room=room)
-        text = worker_log.wait_for("raised unexpected: DeliveryError", timeout=30)
-    finally:
-        live_stack.layer.start()
-    retries = WORKER_SETTINGS["DELIVERY_MAX_RETRIES"]
-    for attempt in range(1, retries + 1):
-        assert f"testapp.message pk={message.pk} (save) retry {attempt} of {retries}" in text
-    assert f"retry {retries + 1} of" not in text
-    assert f"gave up on testapp.message pk={message.pk} (save) after {retries} retries" in text
+    with subscribed(live_stack.web, room.stream.signed_stream_name) as client:
+        MessageFactory(room=room, text="before")
+        before = client.receive()
+        live_stack.layer.stop()
+        try:
+            message = MessageFactory(room=room)
+            given_up = worker_log.wait_for("gave up on the frames of", timeout=MAX_AGE + 20)
+        finally:
+            live_stack.layer.start()
+        assert f"gave up on the frames of testapp.message pk={message.pk} (save)" in given_up
+        assert "retry 1 in" in given_up  # retried first, while the change was young
+        told = worker_log.wait_for("its pages were told to refresh (new epoch", timeout=20)
+        assert "frames of testapp:RoomStream were lost" in told
+        while True:
+            reply = client.receive(timeout=20)
+            if reply.get("type") == "reset" or 'action="refresh"' in reply.get("data", ""):
+                break
+        if "data" in reply:  # the refresh frame, in the stream's new epoch
+            assert reply["epoch"] != before["epoch"] and reply["offset"] == 1
 
 
 def test_hook_that_raises_fails_its_task_once_with_a_traceback(live_stack: FaultStack) -> None:

@@ -21,7 +21,8 @@ from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import conf, delivery
-from ...checks import TAG, broker_url, fallback_celery_app, without_password
+from ...broker import broker_is_redis, broker_url, fallback_app, scheme, without_password
+from ...checks import TAG
 from ...registry import stream_registry
 from ...streams import ModelStream
 
@@ -138,8 +139,7 @@ class Command(BaseCommand):
             # install without kombu's redis extra fails here, and in every worker).
             self.stdout.write(f"Broker: {self.style.ERROR('FAILED')} {url} ({_reason(exc)})")
             failures.append("the broker's transport cannot be loaded")
-            scheme = url.partition("://")[0]
-            extra = "redis" if scheme in ("redis", "rediss", "sentinel") else scheme
+            extra = "redis" if broker_is_redis(app) else scheme(url)
             advice.append(
                 f"The transport of {url} needs a package that is not installed ({exc}): "
                 f"install the broker's dependencies, e.g. pip install \"celery[{extra}]\"."
@@ -154,7 +154,7 @@ class Command(BaseCommand):
         note = ""
         if app.conf.task_always_eager:
             note = " - but task_always_eager is on, so tasks run in the web process (turbo_async.W004)"
-        elif fallback_celery_app(app):
+        elif fallback_app(app):
             note = " - Celery's default app: no Celery app is loaded in this process (turbo_async.W003)"
         self.stdout.write(f"Broker: {self.style.SUCCESS('OK')} {url} ({elapsed:.0f} ms){note}")
         return True
@@ -200,7 +200,7 @@ class Command(BaseCommand):
             f"({seen}); {backlog}"
         )
         failures.append(f"no worker consumes the queue {queue!r}")
-        project = app.main if app.main and not fallback_celery_app(app) else "proj"
+        project = app.main if app.main and not fallback_app(app) else "proj"
         advice.append(
             f"Start one: celery -A {project} worker -Q {queue}. (A worker that runs without "
             "remote control, or a --pool solo worker busy for longer than --worker-timeout, "
@@ -217,7 +217,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _broker_advice(app: Any, url: str) -> str:
-    if fallback_celery_app(app):
+    if fallback_app(app):
         return (
             f"This process publishes to {url}, Celery's default broker, because no Celery app "
             "is loaded: CELERY_BROKER_URL is read only by an app configured from the settings. "
