@@ -139,3 +139,23 @@ def test_reload_restarts_the_worker_when_a_template_changes_and_the_new_render_i
     finally:
         worker.stop()
         frames.close()
+
+
+def test_without_a_loaded_celery_app_it_says_what_to_add(tmp_path: Path) -> None:
+    env = make_project(
+        tmp_path, broker_url="redis://127.0.0.1:1/0", redis_url="redis://127.0.0.1:1/0", load_celery_app=False
+    )
+    result = run_in(tmp_path, env, "turbo_worker")
+    assert result.returncode == 1
+    assert (
+        "CommandError: No Celery app is loaded in this process; add 'from .celery import app as "
+        "celery_app' to proj/__init__.py, or pass --app proj." in result.stderr
+    )
+
+
+def test_without_reload_it_is_celery_worker_with_the_projects_app(tmp_path: Path) -> None:
+    """Options after -- reach ``celery -A proj worker`` (here --help, which exits at once)."""
+    env = make_project(tmp_path, broker_url="redis://127.0.0.1:1/0", redis_url="redis://127.0.0.1:1/0")
+    result = run_in(tmp_path, env, "turbo_worker", "--", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: python -m celery worker [OPTIONS]" in result.stdout, result.stdout
