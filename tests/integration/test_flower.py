@@ -209,6 +209,9 @@ def test_the_demos_actions_show_up_under_hook_names_batched_or_not(
     # ...and a hook's broadcasts, batched or not.
     named = flower.get("/api/tasks?" + urllib.parse.urlencode({"search": "name:MessageStream.on_delete"}))
     assert any(task["name"] == "chat.MessageStream.on_delete + chat.RoomListStream.refresh" for task in named.values())
+    # taskname= matches whole names: it misses the batch (what docs/monitoring.rst warns about).
+    exact = flower.get("/api/tasks?taskname=chat.MessageStream.on_delete")
+    assert all(task["name"] == "chat.MessageStream.on_delete" for task in exact.values())
     assert flower.get("/api/tasks?taskname=turbo_async.batch") == {}
     names = {task["name"] for task in flower.get("/api/tasks").values()}
     assert names, "Flower lists no task at all"
