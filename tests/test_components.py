@@ -33,7 +33,10 @@ async def test_the_anonymous_visitors_subscription_is_refused() -> None:
     await communicator.send_to(text_data=json.dumps({"type": "subscribe", "signed_channel_name": signed}))
     reply = json.loads(await communicator.receive_from(timeout=2))
     await communicator.disconnect()
-    assert reply == {"type": "error", "error": "permission denied", "signed_channel_name": signed}
+    assert reply == {
+        "type": "error", "error": "permission denied", "signed_channel_name": signed,
+        "stream": "testapp:NotificationComponent(null)",
+    }
 
 
 def test_rendering_an_anonymous_visitors_component_is_a_clear_error() -> None:

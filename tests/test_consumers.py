@@ -143,6 +143,20 @@ async def test_a_tampered_signature_is_refused(client: WebsocketCommunicator, la
     tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
     reply = await assert_refused(client, layer, tampered, stream.broadcastable_stream_name)
     assert reply["error"] == "invalid signed_channel_name: bad signature"
+    assert reply["stream"] == f"{stream.stream_name}(1)"  # what it asked for, for people
+
+
+async def test_a_refused_subscription_is_logged_with_its_stream_not_its_token(
+    client: WebsocketCommunicator, layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = room_stream(1)
+    signed = stream.signed_stream_name
+    tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        await assert_refused(client, layer, tampered, stream.broadcastable_stream_name)
+    [line] = [r.getMessage() for r in caplog.records if "refused a subscription" in r.getMessage()]
+    assert line.startswith(f"refused a subscription to {stream.stream_name}(1): bad signature")
+    assert tampered not in line
 
 
 async def test_a_signature_moved_onto_another_streams_payload_is_refused(
@@ -654,7 +668,7 @@ async def test_a_socket_over_its_burst_is_closed_with_1008_and_one_log_line(
             if output["type"] == "websocket.close":
                 break
             replies.append(output)
-    assert output["code"] == 1008
+    assert (output["code"], output["reason"]) == (1008, protocol.ABUSE_REASON)
     assert len(replies) == 10  # the burst was answered, nothing after it
     closes = [r for r in caplog.records if "with code 1008" in r.getMessage()]
     assert len(closes) == 1
@@ -1103,7 +1117,9 @@ async def test_a_stalled_socket_does_not_hold_back_the_others_and_is_closed_when
             await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
             assert (await healthy.receive_json_from(timeout=2))["data"] == f"<p>{n}</p>"
         closed = await stalled.receive_output(timeout=2)
-    assert closed == {"type": "websocket.close", "code": protocol.TRY_AGAIN_LATER}
+    assert closed == {
+        "type": "websocket.close", "code": protocol.TRY_AGAIN_LATER, "reason": protocol.SLOW_READER_REASON,
+    }
     assert any("frames were waiting to be written" in r.getMessage() for r in caplog.records)
     released.set()
     await healthy.disconnect()

@@ -225,6 +225,29 @@ def test_make_demo_prints_no_deprecation_or_flower_inspect_warnings(demo: Demo) 
     assert "Inspect method" not in output, output
 
 
+def test_make_demo_prints_no_warning_at_start(demo: Demo) -> None:
+    """Up to "demo is up": no WARNING of Redis (its log file has them), of Celery (as root) or of
+    anything else, and no note that uvicorn found no lifespan support."""
+    assert demo.up_line is not None, demo.log()
+    before_up = "".join(demo.output[: demo.up_line])
+    assert "warning" not in before_up.lower(), before_up
+    assert "lifespan" not in before_up, before_up
+    assert " redis | " not in before_up, before_up
+
+
+def test_make_demo_installs_the_demo_extra_only(tmp_path: Path) -> None:
+    """What make would run on a machine with no virtualenv yet (``make -n``: printed, not run)."""
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["make", "-n", "demo", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert installs and all("[dev]" not in line and "[test]" not in line for line in installs), result.stdout
+    assert f'{venv}/bin/pip install --quiet ".[demo]"' in result.stdout
+    assert f"{venv}/bin/python demo/run.py" in result.stdout
+
+
 def test_start_up_time_counts_the_interpreter_start() -> None:
     code = "import time; time.sleep(1); from demo import run; print(run._boot_clock() - run.command_started())"
     result = subprocess.run(

@@ -222,8 +222,14 @@ from django.template.loader import render_to_string
 from chat.models import Message, Room
 from turbo_async.testing import capture_broadcasts
 
-room = Room.objects.create(name="Lobby")
-with capture_broadcasts() as broadcasts:
+with capture_broadcasts() as broadcasts:  # the list stream
+    room = Room.objects.create(name="Lobby")
+[item] = broadcasts.assert_broadcasts("chat:RoomListStream", count=1, action="append", target="rooms")
+assert item.html.strip() == f'<li><a href="/rooms/{room.pk}/">Lobby</a></li>', item.html
+rooms = render_to_string("chat/rooms.html", {"rooms": Room.objects.all()})
+assert "signed-channel-name" in rooms and ">Lobby</a>" in rooms, rooms
+
+with capture_broadcasts() as broadcasts:  # the object stream
     message = Message.objects.create(room=room, text="Hello <there>")
 [frame] = broadcasts.assert_broadcasts(room, count=1, action="append", target="messages")
 assert frame.html.strip() == f'<p id="message-{message.pk}">Hello &lt;there&gt;</p>', frame.html
@@ -302,6 +308,62 @@ def test_quickstart_project_works(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "QUICKSTART OK" in result.stdout
     assert re.search(r"chat:MessageStream\s+chat\.Message\s+on_save, on_delete\s+celery", result.stdout)
+
+
+# -- README and quickstart: the same five steps ----------------------------------------------
+
+
+def readme_and_quickstart() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The code blocks of the five steps, in order, as (language, code): the README's (from its
+    "## Install" to the end of "## Five steps") and the quickstart's (up to "The development loop")."""
+    from tests.e2e.test_clean_install import readme_steps
+
+    readme = [
+        ({"django": "html+django"}.get(language, language), code)
+        for language, code in re.findall(r"```(\w+)\n(.*?)```", readme_steps(), re.S)
+    ]
+    steps = [
+        (b.language, b.code) for b in BLOCKS
+        if b.page == "quickstart.rst" and b.line < QUICKSTART_LOOP_LINE
+    ]
+    return readme, steps
+
+
+QUICKSTART_LOOP_LINE = (DOCS / "quickstart.rst").read_text().splitlines().index("The development loop")
+
+
+def test_readme_and_quickstart_have_the_same_files_in_the_same_order() -> None:
+    readme, quickstart = readme_and_quickstart()
+    files = [block for block in readme if block[0] != "bash"]
+    assert files and files == [block for block in quickstart if block[0] != "bash"], "\n".join(
+        difflib.unified_diff(
+            [code for _, code in quickstart if _ != "bash"], [code for _, code in files if _ != "bash"], lineterm=""
+        )
+    )
+
+
+def test_readme_and_quickstart_run_the_same_commands() -> None:
+    readme, quickstart = readme_and_quickstart()
+    assert "".join(code for language, code in readme if language == "bash") == "".join(
+        code for language, code in quickstart if language == "bash"
+    )
+
+
+def test_readme_and_quickstart_name_the_same_five_steps() -> None:
+    from tests.e2e.test_clean_install import readme_steps
+
+    readme = [
+        title.replace("`", "").rstrip(".")
+        for title in re.findall(r"^\*\*(\d\. [^*]+)\*\*", readme_steps(), re.M)
+    ]
+    quickstart = [
+        title.replace("``", "")
+        for title in re.findall(r"^(\d\. .+)\n-+$", (DOCS / "quickstart.rst").read_text(), re.M)
+    ]
+    assert readme == quickstart == [
+        "1. Install and configure", "2. Route the WebSockets", "3. Write streams.py",
+        "4. Subscribe in templates", "5. Run it",
+    ]
 
 
 def test_every_test_the_docs_name_exists() -> None:

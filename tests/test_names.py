@@ -76,3 +76,24 @@ def test_the_group_differs_per_identity_and_fits_channels_limit() -> None:
 
 def test_the_group_does_not_depend_on_keyword_order() -> None:
     assert names.group_name("testapp:S", [], {"a": 1, "b": 2}) == names.group_name("testapp:S", [], {"b": 2, "a": 1})
+
+
+def test_a_signed_name_reads_as_its_stream_for_people() -> None:
+    assert names.readable(names.sign("testapp:RoomStream", [5], {"lang": "fr"})) == 'testapp:RoomStream(5, lang="fr")'
+    assert names.readable(names.sign("testapp:TagListStream", [], {})) == "testapp:TagListStream"
+
+
+def test_a_long_identity_is_compressed_and_still_reads() -> None:
+    signed = names.sign("testapp:S", ["x" * 300], {})
+    assert signed.startswith(".")  # Django's signing compressed it
+    assert names.readable(signed) == f'testapp:S("{"x" * 186}...'
+
+
+def test_a_tampered_or_expired_name_still_says_what_it_asked_for() -> None:
+    signed = names.sign("testapp:RoomStream", [5], {})
+    assert names.readable(signed[:-1] + ("A" if signed[-1] != "A" else "B")) == "testapp:RoomStream(5)"
+
+
+@pytest.mark.parametrize("garbage", ["", "not a name", "a:b:c", signing.dumps({"x": 1}), signing.dumps([1, [], {}])])
+def test_what_is_not_a_signed_name_reads_as_unreadable(garbage: str) -> None:
+    assert names.readable(garbage) == "an unreadable name"

@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from tests.testapp.factories import MessageFactory
 from tests.testapp.models import Message, Room
+from tests.testapp.streams import TagListStream
 from turbo_async import outbox, publish, tasks, worker
 from turbo_async.changes import Change, StreamAction
 from turbo_async.models import OutboxEntry
@@ -416,7 +417,23 @@ def test_changes_that_queue_up_go_in_one_batch_and_a_lone_change_stays_its_hook(
     assert task == "turbo_async.batch"
     assert [item["pk"] for item in args[0]] == queued
     assert options["shadow"] == "testapp.MessageStream.on_save x3"
-    assert options["argsrepr"] == "testapp.MessageStream.on_save: " + ", ".join(map(str, queued))
+    assert options["argsrepr"] == "; ".join(f"('testapp.message', {pk}, 'save', True)" for pk in queued)
+
+
+def test_a_commit_of_a_change_and_an_action_goes_as_one_batch_named_after_both_hooks(
+    messages: list[Any],
+) -> None:
+    """The demo's "post a message": the message's hook and the room list's refresh, one commit."""
+    with transaction.atomic():
+        message = MessageFactory()
+        TagListStream().later.refresh()
+    assert outbox.flush(timeout=5)
+    [(task, _, options)] = messages
+    assert task == "turbo_async.batch"
+    assert options["shadow"] == "testapp.MessageStream.on_save + testapp.TagListStream.refresh"
+    assert options["argsrepr"] == (
+        f"('testapp.message', {message.pk}, 'save', True); testapp.TagListStream.refresh"
+    )
 
 
 def test_changes_saved_back_to_back_wait_for_each_other_and_a_lone_change_goes_at_once(

@@ -59,16 +59,19 @@ def test_broker_failure_never_fails_the_save(
     ) in caplog.text
 
 
-def test_publish_never_raises_on_a_broker_error_and_logs_label_and_pk(
-    broker_down: None, broadcasts_run_here: list[Any], caplog: pytest.LogCaptureFixture
+def test_publish_never_raises_on_a_broker_error_and_logs_label_and_pk_and_the_broker(
+    broker_down: None, broadcasts_run_here: list[Any], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, settings: Any,
 ) -> None:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     with caplog.at_level(logging.ERROR, logger="turbo_async"):
         publish.publish(Change("testapp.message", 42, "save", True))
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (
             logging.ERROR,
             "could not queue the broadcast of testapp.message pk=42 (save): "
-            "ConnectionRefusedError: broker down",
+            f"ConnectionRefusedError: broker down; tried {settings.CELERY_BROKER_URL} (the "
+            "CELERY_BROKER_URL setting, read by the Celery app 'workers')",
         )
     ]
     assert broadcasts_run_here == []  # "log" (the default) only logs
@@ -158,3 +161,63 @@ def test_commits_hand_over_to_the_outbox_when_not_eager() -> None:
         assert not publish.publishes_now()
     finally:
         app.conf.task_always_eager = True
+
+
+# -- a batch's name and args in Flower ---------------------------------------------------------
+
+
+def test_a_batch_is_named_after_its_hooks_each_once_in_commit_order() -> None:
+    names = ["chat.MessageStream.on_save", "chat.RoomListStream.refresh", "chat.MessageStream.on_save"]
+    assert publish.batch_name(names) == "chat.MessageStream.on_save x2 + chat.RoomListStream.refresh"
+
+
+def test_a_batch_of_one_hook_is_named_after_it_with_the_count() -> None:
+    assert publish.batch_name(["chat.MessageStream.on_save"] * 12) == "chat.MessageStream.on_save x12"
+
+
+def test_a_batch_name_past_its_limit_counts_the_hooks_it_leaves_out() -> None:
+    names = [f"app.Stream{n}.on_save" for n in range(20)]
+    name = publish.batch_name(names)
+    assert len(name) <= publish.BATCH_NAME_MAX_LENGTH
+    shown = name.split(" + ")
+    assert shown[-1] == f"{20 - len(shown) + 1} more"
+    assert shown[:-1] == names[: len(shown) - 1]
+
+
+def test_a_batch_name_always_shows_its_first_hook_whole() -> None:
+    assert publish.batch_name(["a.VeryLongStream.on_save", "b.B.on_save"], limit=10) == (
+        "a.VeryLongStream.on_save + 1 more"
+    )
+
+
+def test_a_batch_lists_each_change_as_its_own_task_would_and_actions_by_name() -> None:
+    items: list[tuple[Change | StreamAction, str]] = [
+        (Change("chat.message", 42, "save", True, shadow="chat.MessageStream.on_save"), "default"),
+        (StreamAction("chat:RoomListStream", [], {}, "refresh", {}, shadow="chat.RoomListStream.refresh"), "default"),
+        (Change("chat.message", "a-b", "delete", snapshot={"id": "a-b"}), "other"),
+    ]
+    assert publish.describe_batch(items) == (
+        "('chat.message', 42, 'save', True); chat.RoomListStream.refresh; "
+        "('chat.message', 'a-b', 'delete', False)"
+    )
+
+
+def test_a_full_batch_of_uuid_pks_is_listed_whole() -> None:
+    """Every row of a batch of BATCH_MAX_SIZE changes can be found by searching Flower's args."""
+    pks = [f"{n:08d}-9c1a-4b6e-8d3f-0123456789ab" for n in range(conf.get().BATCH_MAX_SIZE)]
+    items: list[tuple[Change | StreamAction, str]] = [
+        (Change("chat.message", pk, "save"), "default") for pk in pks
+    ]
+    text = publish.describe_batch(items)
+    assert all(f"('chat.message', '{pk}', 'save', False)" in text for pk in pks)
+
+
+def test_a_batch_past_the_args_limit_counts_the_items_it_leaves_out() -> None:
+    items: list[tuple[Change | StreamAction, str]] = [
+        (Change("chat.message", n, "save"), "default") for n in range(100)
+    ]
+    text = publish.describe_batch(items, limit=200)
+    assert len(text) <= 200
+    listed = text.split("; ")
+    assert listed[-1] == f"and {100 - len(listed) + 1} more"
+    assert listed[0] == "('chat.message', 0, 'save', False)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
+from django.core.handlers.asgi import ASGIRequest
 from django.template import Context, Template, TemplateSyntaxError
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 
 from tests.testapp.factories import RoomFactory
 from tests.testapp.models import Room
@@ -69,3 +71,18 @@ def test_head_loads_vendored_turbo_and_the_client() -> None:
 @override_settings(TURBO_ASYNC={"WS_PATH": "/live/"})
 def test_head_passes_the_websocket_path() -> None:
     assert 'data-ws-path="/live/"' in Template('{% include "turbo/head.html" %}').render(Context())
+
+
+def test_head_tells_the_client_a_wsgi_server_served_the_page(rf: RequestFactory) -> None:
+    html = Template('{% include "turbo/head.html" %}').render(Context({"request": rf.get("/")}))
+    assert 'data-ws-path="/ws/" data-served-by="wsgi"></script>' in html
+
+
+def test_head_tells_the_client_an_asgi_server_served_the_page() -> None:
+    request = ASGIRequest({"type": "http", "method": "GET", "path": "/", "headers": []}, io.BytesIO())
+    html = Template('{% include "turbo/head.html" %}').render(Context({"request": request}))
+    assert 'data-ws-path="/ws/" data-served-by="asgi"></script>' in html
+
+
+def test_head_without_a_request_says_nothing_of_the_server() -> None:
+    assert "data-served-by" not in Template('{% include "turbo/head.html" %}').render(Context())

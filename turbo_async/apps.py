@@ -12,7 +12,7 @@ class TurboAsyncConfig(AppConfig):
     def ready(self) -> None:
         # Imported here, once the app registry is ready: the checks register themselves, the
         # shared tasks join every Celery app, and autodiscover imports the apps' streams.py.
-        from . import checks, outbox, tasks  # noqa: F401
+        from . import checks, deploy_checks, outbox, tasks  # noqa: F401
         from .wiring import autodiscover
 
         autodiscover()

@@ -46,15 +46,18 @@ from . import conf, history
 from .exceptions import InvalidSubscription, UnknownStream
 from .fanout import FanOut, OwnChannel, shared_since, stream_position
 from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
-from .names import group_name, unsign
+from .names import group_name, readable, unsign
 from .protocol import (
+    ABUSE_REASON,
     BAD_OFFSET,
+    LAYER_DOWN_REASON,
     MESSAGE_TYPE,
     PING,
     POLICY_VIOLATION,
     RESET,
     RESET_MESSAGE_TYPE,
     SIGNATURE_EXPIRED,
+    SLOW_READER_REASON,
     TRY_AGAIN_LATER,
     UNSUBSCRIBE,
     ProtocolError,
@@ -108,7 +111,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         self.scope = scope
         self.channel_layer = layer
-        channel_name = await open_channel(layer, scope, send)
+        channel_name = await open_channel(layer, scope, receive, send)
         if channel_name is None:
             return
         self.channel_name = channel_name
@@ -143,7 +146,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 "to it (it reads too slowly); the page reconnects and catches up",
                 peer(self.scope), TRY_AGAIN_LATER, SOCKET_BACKLOG,
             )
-            self.closer = closing(self.close(code=TRY_AGAIN_LATER))
+            self.closer = closing(self.close(code=TRY_AGAIN_LATER, reason=SLOW_READER_REASON))
             return
         self.pending.append(message)
         if not self.holding:
@@ -341,7 +344,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Not awaited in this handler: uvicorn's close waits for its reader, and the reader waits
         # for room in its queue of this client's messages, which only this consumer's next
         # receive() makes. Awaited, the close reached the client after the close timeout (10 s).
-        self.closer = closing(self.close(code=POLICY_VIOLATION))
+        self.closer = closing(self.close(code=POLICY_VIOLATION, reason=ABUSE_REASON))
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
@@ -354,7 +357,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             stream_name, args, kwargs = unsign(signed_name)
         except InvalidSubscription as exc:
-            self.refusals.warning("refused a subscription: %s", exc)
+            self.refusals.warning("refused a subscription to %s: %s", readable(signed_name), exc)
             # The client refreshes the page on this code: only a new render signs anew.
             code = SIGNATURE_EXPIRED if str(exc).startswith("signature expired") else None
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
@@ -511,17 +514,19 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         reply: dict[str, Any] = {"type": "error", "error": message}
         if isinstance(signed_name, str) and len(signed_name) < 1024:
             reply["signed_channel_name"] = signed_name
+            reply["stream"] = readable(signed_name)  # what the client names in its console
         if code is not None:
             reply["code"] = code
         await self.send(json.dumps(reply))
 
 
-async def open_channel(layer: Any, scope: Any, send: Any) -> str | None:
+async def open_channel(layer: Any, scope: Any, receive: Any, send: Any) -> str | None:
     """The socket's channel name, or ``None`` after refusing the handshake. With
     ``RedisChannelLayer`` a random name (no Redis round trip); ``RedisPubSubChannelLayer``
     subscribes to it in Redis, which fails while Redis is unreachable: that is retried for up to
     ``NEW_CHANNEL_WAIT`` seconds (a Redis restart takes less), then the handshake is refused
-    (HTTP 403) and the client reconnects with backoff, instead of "Exception in ASGI application"."""
+    (accepted, then closed with 1011 and :data:`LAYER_DOWN_REASON`) and the client reconnects with
+    backoff, instead of "Exception in ASGI application"."""
     deadline = asyncio.get_running_loop().time() + min(NEW_CHANNEL_WAIT, conf.get().LAYER_WAIT_TIMEOUT)
     try:
         name: str = await pooled_call(new_channel, layer, deadline=deadline)
@@ -530,7 +535,11 @@ async def open_channel(layer: Any, scope: Any, send: Any) -> str | None:
             "refused a WebSocket from %s: the channel layer could not open a channel for it (%r); "
             "the page reconnects", peer(scope), exc,
         )
-        await send({"type": "websocket.close", "code": 1011})
+        # Accepted, then closed with a reason the page shows: a refused handshake is a bare 403
+        # in the browser, which reads as an origin or login problem.
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1011, "reason": LAYER_DOWN_REASON})
         return None
     return name
 

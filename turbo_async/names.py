@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import Any
 
 from django.core import signing
@@ -18,7 +19,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from . import conf
 from .exceptions import InvalidSubscription
 
-__all__ = ["Identity", "InvalidSubscription", "group_name", "identity", "sign", "unsign"]
+__all__ = ["Identity", "InvalidSubscription", "group_name", "identity", "readable", "sign", "unsign"]
 
 Identity = tuple[str, list[Any], dict[str, Any]]
 
@@ -75,3 +76,25 @@ def unsign(signed_name: str) -> Identity:
     ):
         raise InvalidSubscription("unexpected payload")
     return value[0], value[1], value[2]
+
+
+def readable(signed_name: str) -> str:
+    """The stream a signed name stands for, for people: ``chat:RoomStream(1)``,
+    ``testapp:PrivateStream``; ``"an unreadable name"`` when it is not one of ours.
+
+    The signature is not checked: it names what a page asked for (in a refusal the page is told
+    about, or a log line), and the payload is no secret: the page holds it in clear.
+    """
+    try:
+        payload = signed_name.rsplit(":", 2)[0]  # payload:timestamp:signature
+        compressed = payload.startswith(".")
+        data = signing.b64_decode(payload.lstrip(".").encode())
+        value = json.loads(zlib.decompress(data) if compressed else data)
+        stream_name, args, kwargs = value
+        shown = [json.dumps(arg) for arg in args] + [f"{key}={json.dumps(kwargs[key])}" for key in sorted(kwargs)]
+    except Exception:  # anything a client may send
+        return "an unreadable name"
+    if not isinstance(stream_name, str):
+        return "an unreadable name"
+    text = f"{stream_name}({', '.join(shown)})" if shown else stream_name
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -42,6 +42,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from . import conf, publish
+from .broker import describe_broker
 from .changes import Change, StreamAction
 
 logger = logging.getLogger("turbo_async")
@@ -166,7 +167,7 @@ class Outbox:
                 if database and time.monotonic() - last_sweep >= settings.OUTBOX_SWEEP_INTERVAL:
                     last_sweep = time.monotonic()
                     sweep()
-                published = self._publish(backlog, settings, reached)
+                published = self._publish(backlog, settings, reached, first_failure=not failures)
                 self._published_at = time.monotonic()
                 if published:
                     if failures:
@@ -225,8 +226,11 @@ class Outbox:
         backlog: deque[Entry | threading.Event],
         settings: conf.TurboAsyncSettings,
         reached: list[threading.Event],
+        first_failure: bool = True,
     ) -> bool:
-        """Publish the backlog in order. False when the broker failed: the rest waits."""
+        """Publish the backlog in order. False when the broker failed: the rest waits. An outage
+        is logged at WARNING once, when it starts (``first_failure``); its retries at DEBUG."""
+        log = logger.warning if first_failure else logger.debug
         sent: dict[str, list[int]] = {}
         try:
             with conf.celery_app().producer_or_acquire() as producer:
@@ -249,10 +253,11 @@ class Outbox:
                     except BROKER_ERRORS as exc:
                         if settings.ON_PUBLISH_ERROR != "inline":
                             waiting = sum(isinstance(entry, Entry) for entry in backlog)
-                            logger.warning(
-                                "the broker is unreachable (%s: %s); the broadcast of %s%s waits and is retried",
+                            log(
+                                "the broker is unreachable (%s: %s); the broadcast of %s%s waits and is "
+                                "retried; tried %s",
                                 type(exc).__name__, exc, head.item.describe(),
-                                f" and {waiting - 1} more" if waiting > 1 else "",
+                                f" and {waiting - 1} more" if waiting > 1 else "", describe_broker(),
                             )
                             return False
                         for entry in run:
@@ -261,7 +266,9 @@ class Outbox:
                         backlog.popleft()
                         sent.setdefault(entry.alias, []).extend(entry.rows)
         except BROKER_ERRORS as exc:  # the producer pool itself
-            logger.warning("the broker is unreachable (%s: %s); retrying", type(exc).__name__, exc)
+            log(
+                "the broker is unreachable (%s: %s); retrying; tried %s", type(exc).__name__, exc, describe_broker()
+            )
             return False
         finally:
             _delete_rows(sent)

@@ -39,6 +39,12 @@ POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 """The WebSocket close code of a socket closed because it fell ``SOCKET_BACKLOG`` messages behind."""
 
+# The reasons of the server's closes (at most 123 bytes, RFC 6455): the browser client shows them.
+LAYER_DOWN_REASON = "the server's channel layer (Redis) is unreachable; see the server log"
+"""Code 1011: the socket could not get a channel (the page reconnects with backoff)."""
+SLOW_READER_REASON = "too many frames waiting for this page; reconnect and catch up"
+ABUSE_REASON = "too many messages from this page (MESSAGE_BURST, MAX_MESSAGES_PER_SECOND)"
+
 MERGE_FRAMES = 64
 MERGE_BYTES = 256 * 1024
 """At most this many frames, of at most this many bytes of ``data`` in all, go out as one message

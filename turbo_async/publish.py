@@ -17,6 +17,7 @@ from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, recording
+from .broker import describe_broker
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 
 logger = logging.getLogger("turbo_async")
@@ -48,26 +49,80 @@ def send(item: Change | StreamAction, alias: str, producer: Any = None) -> None:
 def send_batch(items: Sequence[tuple[Change | StreamAction, str]], producer: Any = None) -> None:
     """Send several committed items as one ``turbo_async.batch`` task; raises on failure.
 
-    Flower shows the hooks and pks it carries (``argsrepr``) and, when every item is of one hook,
-    that hook's name with the count (``chat.MessageStream.on_save x12``).
+    Flower shows it under the names of the hooks it runs (:func:`batch_name`, for example
+    ``chat.MessageStream.on_save + chat.RoomListStream.refresh``), never as ``turbo_async.batch``,
+    and lists its changes in the args column as single broadcasts show theirs
+    (:func:`describe_batch`), so one search finds a row's broadcasts whatever the batching.
     """
     payload = [item.payload(alias) for item, alias in items]
-    shadows = {item.shadow for item, _ in items}
-    shadow = f"{next(iter(shadows))} x{len(items)}" if len(shadows) == 1 else BATCH_TASK
+    shadow = batch_name([item.shadow or item.describe() for item, _ in items])
     task = conf.celery_app().tasks[BATCH_TASK]
     task.apply_async((payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()))
 
 
-def describe_batch(items: Sequence[tuple[Change | StreamAction, str]], limit: int = 1000) -> str:
-    """``chat.MessageStream.on_save: 1, 2, 3; chat.RoomStream.refresh``: what a batch carries."""
-    pks: dict[str, list[str]] = {}
-    for item, _ in items:
-        name = item.shadow or item.describe()
-        pks.setdefault(name, [])
-        if isinstance(item, Change):
-            pks[name].append(repr(item.pk))
-    text = "; ".join(f"{name}: {', '.join(keys)}" if keys else name for name, keys in pks.items())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+BATCH_NAME_MAX_LENGTH = 160
+"""Characters of a batch's Flower name beyond which its further hooks are only counted."""
+BATCH_ARGSREPR_MAX_LENGTH = 8000
+"""Characters of a batch's args column; a full batch of ``BATCH_MAX_SIZE`` (100) changes with
+integer or UUID pks fits, so every row of it can be searched for."""
+
+
+def batch_name(names: Sequence[str], limit: int = BATCH_NAME_MAX_LENGTH) -> str:
+    """The Flower name (Celery's ``shadow``) of a batch running the hooks ``names``, in commit order.
+
+    Each hook is named once, in the order it first came, with a count when it runs more than
+    once; past ``limit`` characters the remaining hooks are counted instead of named:
+
+    >>> batch_name(["chat.MessageStream.on_save", "chat.RoomListStream.refresh"])
+    'chat.MessageStream.on_save + chat.RoomListStream.refresh'
+    >>> batch_name(["chat.MessageStream.on_save"] * 3)
+    'chat.MessageStream.on_save x3'
+    >>> batch_name(["a.A.on_save", "b.B.on_save", "c.C.on_save"], limit=30)
+    'a.A.on_save + 2 more'
+    """
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    parts = [name if count == 1 else f"{name} x{count}" for name, count in counts.items()]
+    text = " + ".join(parts)
+    if len(text) <= limit:
+        return text
+    kept = parts[:1]  # a name is never cut in the middle, and the first one always shows
+    for part in parts[1:]:
+        rest = len(parts) - len(kept) - 1
+        candidate = " + ".join([*kept, part]) + (f" + {rest} more" if rest else "")
+        if len(candidate) > limit:
+            break
+        kept.append(part)
+    return " + ".join(kept) + f" + {len(parts) - len(kept)} more"
+
+
+def describe_batch(
+    items: Sequence[tuple[Change | StreamAction, str]], limit: int = BATCH_ARGSREPR_MAX_LENGTH
+) -> str:
+    """What a batch carries, for Flower's args column: each change as the args of its own task
+    read (``('chat.message', 42, 'save', True)``), each action by name, in commit order::
+
+        ('chat.message', 42, 'save', True); chat.RoomListStream.refresh
+
+    Beyond ``limit`` characters the remaining items are counted (``; and 12 more``).
+    """
+    parts = [
+        repr((item.label, item.pk, item.event, item.created)) if isinstance(item, Change)
+        else item.shadow or item.describe()
+        for item, _ in items
+    ]
+    text = "; ".join(parts)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    length = 0
+    for part in parts:
+        if length + len(part) + 2 > limit - len("; and 99999 more"):
+            break
+        kept.append(part)
+        length += len(part) + 2
+    return "".join(part + "; " for part in kept) + f"and {len(parts) - len(kept)} more"
 
 
 def send_message(
@@ -89,7 +144,10 @@ def run_here(item: Change | StreamAction, alias: str, *, throw: bool) -> None:
 
 def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
     """Log a publish that could not be done, and run it here if ``ON_PUBLISH_ERROR`` says so."""
-    logger.error("could not queue the broadcast of %s: %s: %s", item.describe(), type(exc).__name__, exc)
+    logger.error(
+        "could not queue the broadcast of %s: %s: %s; tried %s",
+        item.describe(), type(exc).__name__, exc, describe_broker(),
+    )
     if conf.get().ON_PUBLISH_ERROR == "inline":
         try:
             run_here(item, alias, throw=True)

@@ -5,6 +5,8 @@ The pages are tests/testapp/templates/testapp/client.html, served at /client/ (t
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +14,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from tests.conftest import LOG_DIR
 from tests.e2e.conftest import INSTRUMENT, TIMEOUT_MS, Chromium, wait_subscribed
-from tests.services import Uvicorn
+from tests.services import Process, Uvicorn, free_port, subprocess_env, wait_for_port
 from tests.testapp.models import Tag
 from tests.testapp.streams import PrivateStream, TagListStream
 
@@ -129,11 +132,18 @@ def test_a_tampered_signed_name_is_refused_with_the_reason(web: Uvicorn, visit: 
     seen.page.evaluate(ADD_SOURCE, forged)
 
     seen.page.wait_for_function("window.__events.length > 0")
-    detail = {"signedChannelName": forged, "reason": "invalid signed_channel_name: bad signature"}
+    detail = {
+        "signedChannelName": forged, "stream": "testapp:TagListStream",
+        "reason": "invalid signed_channel_name: bad signature",
+    }
     # Dispatched on the element, and bubbled up to document.
     assert seen.events() == [{"type": "turbo-async:refused", "detail": detail, "target": "turbo-channels-stream-source"}]
     assert seen.page.evaluate("window.__refusedOnElement") == detail
-    assert ("warning", f"turbo-async: subscription refused: {detail['reason']} {forged}") in seen.console
+    assert (
+        "warning",
+        "turbo-async: the subscription to testapp:TagListStream was refused: invalid signed_channel_name: bad signature",
+    ) in seen.console
+    assert not [text for _, text in seen.console if forged in text]  # a token tells a reader nothing
 
 
 def test_a_refusal_by_the_stream_names_its_reason_and_the_socket_keeps_delivering(
@@ -148,10 +158,11 @@ def test_a_refusal_by_the_stream_names_its_reason_and_the_socket_keeps_deliverin
     assert seen.events() == [
         {
             "type": "turbo-async:refused",
-            "detail": {"signedChannelName": private, "reason": "permission denied"},
+            "detail": {"signedChannelName": private, "stream": "testapp:PrivateStream", "reason": "permission denied"},
             "target": "turbo-channels-stream-source",
         }
     ]
+    assert ("warning", "turbo-async: the subscription to testapp:PrivateStream was refused: permission denied") in seen.console
     Tag.objects.create(slug="after-refusal", label="Still delivered")
     expect(seen.page.locator("#tags li")).to_have_text(["Still delivered"])
     expect(seen.page.locator("html")).to_have_attribute("data-turbo-async-connected", "true")
@@ -168,7 +179,7 @@ def test_a_server_error_about_no_subscription_fires_turbo_async_error_on_documen
     assert seen.events() == [
         {
             "type": "turbo-async:error",
-            "detail": {"signedChannelName": None, "reason": "message is not valid JSON"},
+            "detail": {"signedChannelName": None, "stream": None, "reason": "message is not valid JSON"},
             "target": "document",
         }
     ]
@@ -291,3 +302,119 @@ def test_messages_carrying_runs_of_frames_are_applied_once_and_in_order(web: Uvi
     # A run overlapping what was applied cannot be split (the server never sends one): a gap.
     seen.page.evaluate(FEED, [name, [run(["8", "9"], 8, 9)]])
     seen.page.wait_for_function("window.__refreshes === undefined || window.__refreshes.length > 0")
+
+
+# -- a socket that cannot open, or is closed by the server, says why in the console ----------
+
+
+# Counts the client's sockets that closed (this listener runs before the client's own).
+COUNT_CLOSES = """
+window.__closes = 0;
+const CountedWebSocket = window.WebSocket;
+window.WebSocket = class extends CountedWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("close", () => { window.__closes += 1; });
+  }
+};
+"""
+
+
+def first_warning(chromium: Chromium, url: str, starts: str) -> tuple[str, list[str]]:
+    """Open ``url`` and return the first console warning starting with ``starts``, and all the
+    page's console lines once the client has retried twice more."""
+    context = chromium.get().new_context()
+    try:
+        context.add_init_script(COUNT_CLOSES)
+        page = context.new_page()
+        lines: list[str] = []
+        page.on("console", lambda message: lines.append(message.text))
+        with page.expect_console_message(lambda message: message.text.startswith(starts), timeout=20_000) as seen:
+            page.goto(url)
+        page.wait_for_function("window.__closes >= 3", timeout=20_000)
+        return seen.value.text, lines
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def runserver() -> Iterator[str]:
+    """Django's runserver without daphne in INSTALLED_APPS: WSGI, so WebSocket requests get 404."""
+    port = free_port()
+    process = Process(
+        "runserver",
+        [sys.executable, "-m", "django", "runserver", "--noreload", "--insecure", f"127.0.0.1:{port}"],
+        LOG_DIR, subprocess_env(),
+    )
+    process.start()
+    try:
+        wait_for_port(port, process=process.process, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def test_a_page_served_by_a_wsgi_server_says_it_cannot_serve_websockets(
+    chromium: Chromium, runserver: str, django_db_setup: None
+) -> None:
+    text, lines = first_warning(chromium, runserver + "/client/", "turbo-async: the WebSocket")
+    assert text == (
+        f"turbo-async: the WebSocket ws://{runserver.removeprefix('http://')}/ws/ cannot open: this page "
+        "was served by a WSGI server (Django's runserver without \"daphne\" in INSTALLED_APPS, gunicorn "
+        "or uWSGI without an ASGI worker), which answers WebSocket requests with 404. Put \"daphne\" first "
+        "in INSTALLED_APPS for runserver, or serve the ASGI application (uvicorn proj.asgi:application)."
+    )
+    assert len([line for line in lines if line.startswith("turbo-async:")]) == 1, lines  # once, not per retry
+
+
+@pytest.fixture
+def uvicorn_without_websockets(django_db_setup: None) -> Iterator[Uvicorn]:
+    """uvicorn with no WebSocket implementation (as plain ``pip install uvicorn``): 404 on /ws/."""
+    server = Uvicorn(LOG_DIR, name="web-no-ws")
+    server.args[server.args.index("websockets")] = "none"
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_failed_handshake_explains_404_and_403(chromium: Chromium, uvicorn_without_websockets: Uvicorn) -> None:
+    server = uvicorn_without_websockets
+    text, lines = first_warning(chromium, server.origin + "/client/", "turbo-async: the WebSocket")
+    assert text.startswith(
+        f"turbo-async: the WebSocket handshake with {server.ws_url} failed; retrying with backoff. "
+        "The browser's own message gives the HTTP status. 404: nothing serves WebSockets at /ws/: a WSGI "
+        "server (runserver without \"daphne\"), uvicorn without a WebSocket library (pip install "
+        "\"uvicorn[standard]\"), or an ASGI application whose \"websocket\" route lacks "
+        "turbo_async.routing.websocket_urlpatterns. 403: the server refused the handshake; its log says "
+        "why. Usual causes: the page's origin is not allowed (ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS), or "
+        "the channel layer (Redis) is down."
+    ), text
+    assert any("404" in line for line in lines if not line.startswith("turbo-async:")), lines  # Chromium's own
+    assert len([line for line in lines if line.startswith("turbo-async:")]) == 1, lines
+
+
+@pytest.fixture
+def web_without_layer(django_db_setup: None) -> Iterator[Uvicorn]:
+    """uvicorn whose channel layer's Redis does not run (nothing listens on its port)."""
+    server = Uvicorn(
+        LOG_DIR, name="web-no-layer", TURBO_TEST_LAYER_REDIS_PORT=str(free_port()),
+        TURBO_TEST_TURBO_ASYNC=json.dumps({"LAYER_WAIT_TIMEOUT": 0.5}),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_server_whose_channel_layer_is_down_closes_with_a_reason_the_page_shows(
+    chromium: Chromium, web_without_layer: Uvicorn
+) -> None:
+    text, _ = first_warning(chromium, web_without_layer.origin + "/client/", "turbo-async: the server closed")
+    assert text == (
+        "turbo-async: the server closed the WebSocket (1011: the server's channel layer (Redis) is "
+        "unreachable; see the server log); reconnecting"
+    )
+    assert "the channel layer could not open a channel for it" in web_without_layer.log()

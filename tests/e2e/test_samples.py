@@ -359,6 +359,9 @@ def test_components_an_anonymous_visitors_cart_renders_and_its_subscription_is_r
         lambda message: message.get("signed_channel_name") == cart_name and message.get("type") != "subscribed",
         "answering the cart's subscription",
     )
-    assert refusal == {"type": "error", "error": "permission denied", "signed_channel_name": cart_name}
+    assert refusal == {
+        "type": "error", "error": "permission denied", "signed_channel_name": cart_name,
+        "stream": "app:CartCountComponent(null)",
+    }
     assert {"type": "subscribed", "signed_channel_name": alert_name} in visitor.received
     assert visitor.page.evaluate("window.__turbo.subscribed") == 1

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import transaction
+from django.test import Client
 
+from demo.chat.models import Message, Room
 from tests.conftest import LOG_DIR
 from tests.factories import MessageFactory, RoomFactory
 from tests.services import CeleryWorker, Process, RedisServer, free_port, subprocess_env, wait_for_port
-from turbo_async import suppress
+from turbo_async import outbox, suppress
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +88,20 @@ class Flower(Process):
                         return dict(task)
             time.sleep(0.2)
         raise AssertionError(f"no successful {name}{args} in Flower after {timeout}s: {tasks}")
+
+
+    def wait_for_search(self, query: str, name: str, timeout: float = 20) -> dict[str, Any]:
+        """The succeeded task called ``name`` among those Flower's search ``query`` finds (the
+        search box of the task list, and ``/api/tasks?search=``)."""
+        deadline = time.monotonic() + timeout
+        tasks: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            tasks = self.get("/api/tasks?" + urllib.parse.urlencode({"search": query}))
+            for task in tasks.values():
+                if task["name"] == name and task["state"] == "SUCCESS":
+                    return dict(task)
+            time.sleep(0.2)
+        raise AssertionError(f"Flower's search {query!r} found no successful {name} after {timeout}s: {tasks}")
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +169,51 @@ def test_task_list_page_shows_each_hook_with_args_and_result(
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+# -- the demo's actions, batched as under load ---------------------------------------------------
+
+HOOK = re.compile(r"chat\.\w+\.(on_save|on_delete|append|refresh|refresh\.debounced)( x\d+)?")
+
+
+def test_the_demos_actions_show_up_under_hook_names_batched_or_not(
+    flower: Flower, live_broker: RedisServer, transactional_db: None
+) -> None:
+    """Each action through the demo's views; posting and deleting a message run in one
+    transaction (as under ATOMIC_REQUESTS), so their two changes, the message's hook and the
+    room list's refresh, reach the broker as one batch, as they do under load."""
+    client = Client()
+
+    def act(path: str, data: dict[str, str] | None = None, *, atomic: bool = False) -> None:
+        with transaction.atomic() if atomic else nullcontext():
+            response = client.post(path, data or {})
+        assert response.status_code == 303, response.content
+        # Published before the next action commits, so that a batch holds one action's changes.
+        assert outbox.flush(timeout=10)
+
+    act("/rooms/new/", {"name": "Batched in Flower"})
+    flower.wait_for_task("chat.RoomListStream.append", "('chat:RoomListStream', ")
+    room = Room.objects.get(name="Batched in Flower")
+    act(f"/rooms/{room.pk}/messages/new/", {"author": "Ann", "text": "Two hooks"}, atomic=True)
+    message = Message.objects.get(room=room)
+    # What docs/monitoring.rst tells a reader to type: a row's broadcasts, batched or not...
+    row = f"args:\"('chat.message', {message.pk},\""
+    posted = flower.wait_for_search(row, "chat.MessageStream.on_save + chat.RoomListStream.refresh")
+    assert posted["args"] == f"('chat.message', {message.pk}, 'save', True); chat.RoomListStream.refresh"
+    assert posted["result"] == "{'frames': 1, 'streams': 1, 'changes': 2}"
+    # Each action once the previous one reached the worker: a row deleted first is skipped.
+    act(f"/messages/{message.pk}/edit/", {"text": "Edited"})
+    flower.wait_for_search(row, "chat.MessageStream.on_save")
+    act(f"/messages/{message.pk}/delete/", atomic=True)
+    flower.wait_for_search(row, "chat.MessageStream.on_delete + chat.RoomListStream.refresh")
+    # ...and a hook's broadcasts, batched or not.
+    named = flower.get("/api/tasks?" + urllib.parse.urlencode({"search": "name:MessageStream.on_delete"}))
+    assert any(task["name"] == "chat.MessageStream.on_delete + chat.RoomListStream.refresh" for task in named.values())
+    # taskname= matches whole names: it misses the batch (what docs/monitoring.rst warns about).
+    exact = flower.get("/api/tasks?taskname=chat.MessageStream.on_delete")
+    assert all(task["name"] == "chat.MessageStream.on_delete" for task in exact.values())
+    assert flower.get("/api/tasks?taskname=turbo_async.batch") == {}
+    names = {task["name"] for task in flower.get("/api/tasks").values()}
+    assert names, "Flower lists no task at all"
+    for name in names:
+        assert all(HOOK.fullmatch(part) for part in name.split(" + ")), f"not named after hooks: {name!r}"

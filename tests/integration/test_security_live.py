@@ -76,7 +76,10 @@ def test_anonymous_and_unprivileged_sessions_are_refused_and_receive_nothing(liv
     ) as staff:
         for refused in (anonymous, member):
             reply = subscribe(refused, signed)
-            assert reply == {"type": "error", "error": "permission denied", "signed_channel_name": signed}
+            assert reply == {
+                "type": "error", "error": "permission denied", "signed_channel_name": signed,
+                "stream": "testapp:PrivateStream",
+            }
         assert subscribe(staff, signed)["type"] == "subscribed"
         broadcast_private("secret")
         assert "secret" in staff.receive_frames()  # the frame went out; the others got none of it
@@ -89,7 +92,10 @@ def test_a_user_component_reaches_only_its_own_user(live: Uvicorn) -> None:
     alice, bob = UserFactory(), UserFactory()
     alices, bobs = NotificationComponent(alice).signed_stream_name, NotificationComponent(bob).signed_stream_name
     with socket(live, alice) as client:
-        assert subscribe(client, bobs) == {"type": "error", "error": "permission denied", "signed_channel_name": bobs}
+        assert subscribe(client, bobs) == {
+            "type": "error", "error": "permission denied", "signed_channel_name": bobs,
+            "stream": f"testapp:NotificationComponent({bob.pk})",
+        }
         assert subscribe(client, alices)["type"] == "subscribed"
         with transaction.atomic():
             NotificationComponent(bob).later.update("testapp/notification.html", {"count": 5}, id="n")

@@ -89,6 +89,17 @@ def turbo_ws_path() -> str:
     return conf.get().WS_PATH
 
 
+@register.simple_tag(takes_context=True)
+def turbo_served_by(context: template.Context) -> str:
+    """``"wsgi"`` or ``"asgi"``: the kind of server that served the page's request (``""``
+    without a request). turbo/head.html hands it to the browser client, which then explains a
+    WebSocket handshake that a WSGI server (``runserver`` without daphne, gunicorn) cannot make."""
+    request = context.get("request")
+    if request is None:
+        return ""
+    return "wsgi" if "wsgi.version" in getattr(request, "META", {}) else "asgi"
+
+
 @register.simple_tag
 def turbo_refreshes_with(method: str = "replace", scroll: str = "reset") -> SafeString:
     """How the page refreshes (Turbo 8), in its ``<head>``:

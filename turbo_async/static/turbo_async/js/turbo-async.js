@@ -28,16 +28,17 @@
  *                     {"type": "subscribed", "signed_channel_name": "..."} (acknowledgement)
  *                     {"type": "ping", "t": <unix time>, "interval": <seconds>} (heartbeat; with
  *                     no message for 2.5 intervals the client drops the socket and reconnects)
- *                     {"type": "error", "error": "...", "signed_channel_name": "..."} (refusal;
- *                     the name is absent when the error is not about one subscription)
+ *                     {"type": "error", "error": "...", "signed_channel_name": "...",
+ *                      "stream": "chat:RoomStream(1)"} (refusal; the names are absent when the
+ *                     error is not about one subscription; "stream" is for people)
  *
  * DOM events (docs/client.rst):
  *   turbo-async:connected     on document, detail {url}
  *   turbo-async:disconnected  on document, detail {code, reason, wasClean}
  *   turbo-async:subscribed    on document, detail: the signed channel name (a string)
  *   turbo-async:refused       on each element of the refused name, bubbling (on document when
- *                             none is left), detail {signedChannelName, reason}
- *   turbo-async:error         on document, detail {signedChannelName (or null), reason}
+ *                             none is left), detail {signedChannelName, stream, reason}
+ *   turbo-async:error         on document, detail {signedChannelName (or null), stream, reason}
  *   turbo-async:ping          on document, detail {t, interval} (each server heartbeat)
  *   turbo-async:refresh       on document, detail {reason, signedChannelName}, just before the
  *                             client refreshes the page (reason "signature_expired", "gap")
@@ -68,6 +69,8 @@
   // Where to load Turbo from when the page did not (turbo/turbo_stream_source.html sets it).
   const TURBO_SRC = scriptData.turboSrc || null;
   const NONCE = (currentScript && currentScript.nonce) || "";
+  // "wsgi" when a WSGI server served this page (turbo/head.html says so): it cannot serve WebSockets.
+  const SERVED_BY = scriptData.servedBy || "";
 
   const BACKOFF_INITIAL_MS = 500;
   const BACKOFF_FACTOR = 2;
@@ -102,6 +105,9 @@
   let lastMessageAt = 0;
   let heartbeatMs = 0; // the server's ping interval, once a ping told it (0: unknown)
   let watchdog = null;
+  // A failed handshake is explained once per outage, not at every retry; a socket that brings a
+  // message ends the outage.
+  let explained = false;
 
   const emit = (target, type, detail, bubbles = false) => {
     target.dispatchEvent(new CustomEvent(type, { detail, bubbles }));
@@ -220,9 +226,11 @@
     }
     socket = ws;
 
+    let opened = false;
+    let heard = false;
     ws.addEventListener("open", () => {
       if (socket !== ws) return;
-      reconnectAttempt = 0;
+      opened = true;
       lastMessageAt = Date.now();
       subscribed.clear();
       registry.forEach((elements, name) => subscribe(name));
@@ -231,14 +239,52 @@
 
     ws.addEventListener("message", (event) => {
       if (socket !== ws) return;
+      if (!heard) {
+        // The backoff starts over only once the server talked: a socket it accepts and closes at
+        // once (its channel layer is down) must not reconnect at the first step forever.
+        heard = true;
+        reconnectAttempt = 0;
+        explained = false;
+      }
       lastMessageAt = Date.now();
       handleMessage(event.data);
     });
 
     // "error" is always followed by "close"; all recovery happens there.
     ws.addEventListener("close", (event) => {
+      if (socket === ws) explainClose(url, opened, event);
       dropSocket(ws, { code: event.code, reason: event.reason, wasClean: event.wasClean });
     });
+  };
+
+  // The browser shows a failed handshake as "Unexpected response code: 404" (or 403) and gives
+  // scripts no status at all: say what each one usually means, once per outage.
+  const explainClose = (url, opened, event) => {
+    if (opened) {
+      if (event.reason) console.warn(`turbo-async: the server closed the WebSocket (${event.code}: ${event.reason}); reconnecting`);
+      return;
+    }
+    if (explained) return;
+    explained = true;
+    if (SERVED_BY === "wsgi") {
+      console.warn(
+        `turbo-async: the WebSocket ${url} cannot open: this page was served by a WSGI server ` +
+          "(Django's runserver without \"daphne\" in INSTALLED_APPS, gunicorn or uWSGI without an " +
+          "ASGI worker), which answers WebSocket requests with 404. Put \"daphne\" first in " +
+          "INSTALLED_APPS for runserver, or serve the ASGI application (uvicorn proj.asgi:application)."
+      );
+      return;
+    }
+    console.warn(
+      `turbo-async: the WebSocket handshake with ${url} failed; retrying with backoff. ` +
+        "The browser's own message gives the HTTP status. " +
+        `404: nothing serves WebSockets at ${WS_PATH}: a WSGI server (runserver without "daphne"), ` +
+        'uvicorn without a WebSocket library (pip install "uvicorn[standard]"), or an ASGI ' +
+        'application whose "websocket" route lacks turbo_async.routing.websocket_urlpatterns. ' +
+        "403: the server refused the handshake; its log says why. Usual causes: the page's origin " +
+        "is not allowed (ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS), or the channel layer (Redis) is down. " +
+        "No status: the server is not running or cannot be reached."
+    );
   };
 
   const ensureSocket = () => {
@@ -246,25 +292,27 @@
     if (socket === null && reconnectTimer === null) connect();
   };
 
-  const handleError = (reason, name) => {
+  // stream: the server's readable name of the stream ("chat:RoomStream(1)"); the signed name
+  // itself is a token that tells a reader nothing.
+  const handleError = (reason, name, stream) => {
     if (name !== null && subscribed.has(name)) {
       // The server holds no subscription for this name: forget it, so that no
       // unsubscribe is sent for it and an element connected later asks again.
       subscribed.delete(name);
-      console.warn(`turbo-async: subscription refused: ${reason}`, name);
+      console.warn(`turbo-async: the subscription to ${stream || "a stream"} was refused: ${reason}`);
       const elements = registry.get(name);
       if (elements && elements.size > 0) {
         // Copy first: a listener may remove its element (and so unregister it).
         Array.from(elements).forEach((element) => {
-          emit(element, "turbo-async:refused", { signedChannelName: name, reason }, true);
+          emit(element, "turbo-async:refused", { signedChannelName: name, stream, reason }, true);
         });
       } else {
-        emit(document, "turbo-async:refused", { signedChannelName: name, reason });
+        emit(document, "turbo-async:refused", { signedChannelName: name, stream, reason });
       }
       return;
     }
-    console.warn(`turbo-async: server error: ${reason}`, name === null ? "" : name);
-    emit(document, "turbo-async:error", { signedChannelName: name, reason });
+    console.warn(`turbo-async: server error: ${reason}${stream ? ` (${stream})` : ""}`);
+    emit(document, "turbo-async:error", { signedChannelName: name, stream, reason });
   };
 
   const handleMessage = (raw) => {
@@ -309,7 +357,7 @@
         refreshPage("signature_expired");
         return;
       }
-      handleError(String(message.error), name);
+      handleError(String(message.error), name, typeof message.stream === "string" ? message.stream : null);
       return;
     }
     if (message.type === "reset") {
