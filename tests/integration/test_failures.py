@@ -250,11 +250,16 @@ def test_task_retries_while_the_channel_layer_is_down_and_delivers_after_it_retu
             # Pub/sub stores nothing: a retry that publishes before the listener's connection
             # is back reaches nobody. Delivered means published once Redis is back, and kept in
             # the stream's history, which a page resubscribing with its offset gets replayed.
-            worker_log.wait_for(" succeeded in ")
             from turbo_async import history
 
-            [(_, fields)] = live_stack.layer.client().xrevrange(history.history_key(group), count=1)
-            received = fields[b"d"].decode()
+            # Until the retry has numbered its batch (another task's " succeeded" line in the log
+            # is no sign of this one's).
+            received = ""
+            deadline = time.monotonic() + 20
+            while "waited for the layer" not in received and time.monotonic() < deadline:
+                entries = live_stack.layer.client().xrevrange(history.history_key(group), count=1)
+                received = entries[0][1][b"d"].decode() if entries else ""
+                time.sleep(0.1)
             # And the listener's subscription comes back by itself: live frames flow again.
             listener.wait_subscribed(live_stack.layer.client())
             MessageFactory(room=room, text="live again")
