@@ -657,6 +657,23 @@ class FaultStack:
             self.stop()
 
 
+@contextmanager
+def publishing_to(broker_url: str) -> Iterator[None]:
+    """The test process publishes to ``broker_url`` for real (Celery's eager mode off) inside the
+    block: a test of a stack of its own (another module-scoped stack may have pointed it
+    elsewhere). Both are put back after."""
+    from workers import app
+
+    previous = app.conf.broker_url
+    use_broker(broker_url)
+    app.conf.task_always_eager = False
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = True
+        use_broker(previous)
+
+
 def stream_offset(redis: RedisServer, room: Any) -> int:
     """The last offset the worker gave the room's stream, read from the channel layer's Redis."""
     from turbo_async import history

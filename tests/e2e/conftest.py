@@ -112,3 +112,22 @@ def open_page(chromium: Chromium) -> Iterator[OpenPage]:
 def wait_subscribed(page: Any, count: int, timeout: float = TIMEOUT_MS) -> None:
     """Wait until the server has acknowledged ``count`` subscriptions of this page in total."""
     page.wait_for_function(f"window.__turbo.subscribed >= {count}", timeout=timeout)
+
+
+def room_url(origin: str, room: Any) -> str:
+    """The demo's page of ``room`` on the server at ``origin``."""
+    from django.urls import reverse
+
+    return origin + reverse("chat:room", args=[room.pk])
+
+
+def message_texts(page: Any) -> Any:
+    """The demo room page's messages, as a Playwright locator."""
+    return page.locator("#messages .message-text")
+
+
+def database_texts(room: Any) -> list[str]:
+    """The texts of the demo room's messages in the database, in their order on the page."""
+    from demo.chat.models import Message
+
+    return list(Message.objects.filter(room=room).order_by("pk").values_list("text", flat=True))

@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.urls import reverse
 from playwright.sync_api import expect
 
-from demo.chat.models import Message
 from tests.conftest import LOG_DIR, current_layer
-from tests.e2e.conftest import OpenPage
+from tests.e2e.conftest import OpenPage, database_texts, message_texts, room_url as page_url
 from tests.factories import MessageFactory, RoomFactory
-from tests.services import FaultStack, LogSince, use_broker
+from tests.services import FaultStack, LogSince, publishing_to
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
@@ -70,37 +68,23 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def live_stack(stack: Stack, transactional_db: None) -> Iterator[Stack]:
-    from workers import app
-
-    previous = app.conf.broker_url
-    use_broker(stack.broker.url)
-    app.conf.task_always_eager = False
     try:
-        yield stack
+        with publishing_to(stack.broker.url):
+            yield stack
     finally:
-        app.conf.task_always_eager = True
-        use_broker(previous)
         stack.forget_snapshot()
         if stack.layer.process is None:
             stack.layer.start()
 
 
 def room_url(stack: Stack, room: Any) -> str:
-    return stack.web.origin + reverse("chat:room", args=[room.pk])
-
-
-def texts(page: Any) -> Any:
-    return page.locator("#messages .message-text")
-
-
-def database_texts(room: Any) -> list[str]:
-    return list(Message.objects.filter(room=room).order_by("pk").values_list("text", flat=True))
+    return page_url(stack.web.origin, room)
 
 
 def wait_equal(page: Any, room: Any, bound: float) -> float:
     """Seconds until the page shows the database's messages of ``room``; fails past ``bound``."""
     start = time.monotonic()
-    expect(texts(page)).to_have_text(database_texts(room), timeout=int(bound * 1000))
+    expect(message_texts(page)).to_have_text(database_texts(room), timeout=int(bound * 1000))
     return time.monotonic() - start
 
 
@@ -114,7 +98,7 @@ def test_an_outage_longer_than_the_max_age_refreshes_every_open_page(live_stack:
     pages = [open_page(room_url(live_stack, room)) for _ in range(2)]
     MessageFactory(room=room, text="before")
     for page in pages:
-        expect(texts(page)).to_have_text(["before"])
+        expect(message_texts(page)).to_have_text(["before"])
     worker_log = LogSince(live_stack.worker)
     live_stack.layer.stop()
     try:
@@ -139,7 +123,7 @@ def test_an_outage_within_the_max_age_is_delivered_late_in_order(live_stack: Sta
         room = RoomFactory()
     page = open_page(room_url(live_stack, room))
     MessageFactory(room=room, text="before")
-    expect(texts(page)).to_have_text(["before"])
+    expect(message_texts(page)).to_have_text(["before"])
     worker_log = LogSince(live_stack.worker)
     live_stack.layer.stop()
     try:
@@ -164,11 +148,11 @@ def test_a_layer_restarted_from_an_older_snapshot_refreshes_the_page(live_stack:
         room = RoomFactory()
     page = open_page(room_url(live_stack, room))
     MessageFactory(room=room, text="first")
-    expect(texts(page)).to_have_text(["first"])
+    expect(message_texts(page)).to_have_text(["first"])
     live_stack.snapshot()
     for n in range(3):
         MessageFactory(room=room, text=f"after the snapshot {n}")
-    expect(texts(page)).to_have_text(database_texts(room))
+    expect(message_texts(page)).to_have_text(database_texts(room))
     live_stack.crash_layer()
     live_stack.layer.start()
     MessageFactory(room=room, text="after the restart")
@@ -193,7 +177,7 @@ def test_the_page_equals_the_database_within_5_s_of_a_layer_fault_with_default_s
         room = RoomFactory()
     page = open_page(room_url(live_stack, room))
     MessageFactory(room=room, text="before")
-    expect(texts(page)).to_have_text(["before"])
+    expect(message_texts(page)).to_have_text(["before"])
     if fault == "restart":
         live_stack.restart_layer()
     elif fault == "flushall":
@@ -204,5 +188,5 @@ def test_the_page_equals_the_database_within_5_s_of_a_layer_fault_with_default_s
     fault_ended = time.monotonic()
     for n in range(3):
         MessageFactory(room=room, text=f"after {fault} {n}")
-    expect(texts(page)).to_have_text(database_texts(room), timeout=int(FAST_RECOVERY_S * 1000))
+    expect(message_texts(page)).to_have_text(database_texts(room), timeout=int(FAST_RECOVERY_S * 1000))
     print(f"\n{fault} ({current_layer()}): the page equals the database {time.monotonic() - fault_ended:.2f} s after it")

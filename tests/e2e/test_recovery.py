@@ -11,14 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.urls import reverse
 from playwright.sync_api import expect
 
-from demo.chat.models import Message
-from tests.e2e.conftest import OpenPage, wait_subscribed
+from tests.e2e.conftest import OpenPage, database_texts, message_texts, room_url as page_url, wait_subscribed
 from tests.factories import MessageFactory, RoomFactory
 from tests.integration.test_page_recovery import HEARTBEAT, RECOVERY_BOUND, RecoveryStack
-from tests.services import stream_offset, use_broker, wait_offset
+from tests.services import publishing_to, stream_offset, wait_offset
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
@@ -35,16 +33,10 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def live_stack(stack: RecoveryStack, transactional_db: None) -> Iterator[RecoveryStack]:
-    from workers import app
-
-    previous = app.conf.broker_url
-    use_broker(stack.broker.url)  # another module-scoped stack may have pointed it elsewhere
-    app.conf.task_always_eager = False
     try:
-        yield stack
+        with publishing_to(stack.broker.url):
+            yield stack
     finally:
-        app.conf.task_always_eager = True
-        use_broker(previous)
         if stack.layer.process is None:
             stack.layer.start()
         web = stack.web.process
@@ -53,15 +45,11 @@ def live_stack(stack: RecoveryStack, transactional_db: None) -> Iterator[Recover
 
 
 def room_url(stack: RecoveryStack, room: Any) -> str:
-    return stack.web.origin + reverse("chat:room", args=[room.pk])
+    return page_url(stack.web.origin, room)
 
 
 def texts(page: Any) -> Any:
-    return page.locator("#messages .message-text")
-
-
-def database_texts(room: Any) -> list[str]:
-    return list(Message.objects.filter(room=room).order_by("pk").values_list("text", flat=True))
+    return message_texts(page)
 
 
 STALL_SECONDS = 3.0
@@ -144,16 +132,8 @@ def expiring_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFacto
 def test_a_page_whose_signature_expired_refreshes_itself_and_updates_again(
     expiring_stack: RecoveryStack, transactional_db: None, open_page: OpenPage
 ) -> None:
-    from workers import app
-
-    previous = app.conf.broker_url
-    use_broker(expiring_stack.broker.url)
-    app.conf.task_always_eager = False
-    try:
+    with publishing_to(expiring_stack.broker.url):
         _expired_signature_refreshes(expiring_stack, open_page)
-    finally:
-        app.conf.task_always_eager = True
-        use_broker(previous)
 
 
 def _expired_signature_refreshes(expiring_stack: RecoveryStack, open_page: OpenPage) -> None:

@@ -17,17 +17,14 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from django.urls import reverse
 from playwright.sync_api import expect
 
-from demo.chat.models import Message
 from tests.conftest import LOG_DIR, current_layer
-from tests.e2e.conftest import OpenPage
+from tests.e2e.conftest import OpenPage, database_texts, message_texts, room_url
 from tests.factories import MessageFactory, RoomFactory
-from tests.services import FaultStack, LogSince, RedisSentinel, RedisServer, free_port, use_broker
+from tests.services import FaultStack, LogSince, RedisSentinel, RedisServer, free_port, publishing_to
 from turbo_async import suppress
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.layer]
@@ -88,20 +85,8 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def live_stack(stack: SentinelStack, transactional_db: None) -> Iterator[SentinelStack]:
-    from workers import app
-
-    previous = app.conf.broker_url
-    use_broker(stack.broker.url)
-    app.conf.task_always_eager = False
-    try:
+    with publishing_to(stack.broker.url):
         yield stack
-    finally:
-        app.conf.task_always_eager = True
-        use_broker(previous)
-
-
-def database_texts(room: Any) -> list[str]:
-    return list(Message.objects.filter(room=room).order_by("pk").values_list("text", flat=True))
 
 
 def test_a_sentinel_failover_with_default_detection_leaves_the_page_equal_to_the_database(
@@ -109,8 +94,8 @@ def test_a_sentinel_failover_with_default_detection_leaves_the_page_equal_to_the
 ) -> None:
     with suppress():
         room = RoomFactory()
-    page = open_page(live_stack.web.origin + reverse("chat:room", args=[room.pk]))
-    texts = page.locator("#messages .message-text")
+    page = open_page(room_url(live_stack.web.origin, room))
+    texts = message_texts(page)
     MessageFactory(room=room, text="before")
     expect(texts).to_have_text(["before"])
     worker_log = LogSince(live_stack.worker)
