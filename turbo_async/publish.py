@@ -16,7 +16,7 @@ from typing import Any
 from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
-from . import conf, recording
+from . import conf, metrics, recording
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 
 logger = logging.getLogger("turbo_async")
@@ -55,7 +55,10 @@ def send_batch(items: Sequence[tuple[Change | StreamAction, str]], producer: Any
     shadows = {item.shadow for item, _ in items}
     shadow = f"{next(iter(shadows))} x{len(items)}" if len(shadows) == 1 else BATCH_TASK
     task = conf.celery_app().tasks[BATCH_TASK]
-    task.apply_async((payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()))
+    task.apply_async(
+        (payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()),
+        **metrics.headers(),
+    )
 
 
 def describe_batch(items: Sequence[tuple[Change | StreamAction, str]], limit: int = 1000) -> str:
@@ -77,7 +80,8 @@ def send_message(
     task = conf.celery_app().tasks[name]
     # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
     task.apply_async(
-        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get())
+        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get()),
+        **metrics.headers(),
     )
 
 
@@ -90,6 +94,7 @@ def run_here(item: Change | StreamAction, alias: str, *, throw: bool) -> None:
 def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
     """Log a publish that could not be done, and run it here if ``ON_PUBLISH_ERROR`` says so."""
     logger.error("could not queue the broadcast of %s: %s: %s", item.describe(), type(exc).__name__, exc)
+    metrics.publish_failed(dropped=conf.get().ON_PUBLISH_ERROR != "inline")
     if conf.get().ON_PUBLISH_ERROR == "inline":
         try:
             run_here(item, alias, throw=True)

@@ -1,0 +1,110 @@
+"""turbo_async.metrics in this process: off by default, the settings it reads, the ASGI
+exposition, and the figures the status record computes. What a real Prometheus scrapes from real
+processes is tests/integration/test_metrics.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.core.exceptions import ImproperlyConfigured
+
+from turbo_async import conf, metrics
+from turbo_async.routing import with_metrics
+
+
+def value(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    found = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+@pytest.fixture
+def metrics_on(settings: Any) -> None:
+    settings.TURBO_ASYNC = {"METRICS": True, "STATUS_INTERVAL": 0}
+
+
+async def django_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"django"})
+
+
+async def get(path: str) -> tuple[int, bytes]:
+    communicator = ApplicationCommunicator(
+        with_metrics(django_app), {"type": "http", "method": "GET", "path": path, "headers": []}
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(5)
+    body = await communicator.receive_output(5)
+    return start["status"], body["body"]
+
+
+def test_off_by_default() -> None:
+    assert conf.get().METRICS is False
+    assert metrics.active() is None
+    assert metrics.headers() == {}
+    assert metrics.stamped({"type": "turbo.stream"}) == {"type": "turbo.stream"}
+
+
+async def test_metrics_path_goes_to_django_while_metrics_are_off() -> None:
+    assert await get("/metrics") == (404, b"django")
+
+
+async def test_metrics_path_serves_the_metrics_when_on(metrics_on: None) -> None:
+    metrics.frame_sent(10, None)
+    status, body = await get("/metrics")
+    assert status == 200
+    assert b"# TYPE turbo_async_frames_sent_total counter" in body
+    assert await get("/other") == (404, b"django")
+
+
+async def test_metrics_path_is_configurable(settings: Any) -> None:
+    settings.TURBO_ASYNC = {"METRICS": True, "METRICS_PATH": "/internal/metrics", "STATUS_INTERVAL": 0}
+    assert (await get("/internal/metrics"))[0] == 200
+    assert await get("/metrics") == (404, b"django")
+
+
+def test_metrics_path_must_start_with_a_slash() -> None:
+    with pytest.raises(ImproperlyConfigured) as error:
+        conf.load({"METRICS_PATH": "metrics"})
+    assert str(error.value) == "TURBO_ASYNC['METRICS_PATH'] must start with '/', like '/metrics', not 'metrics'."
+
+
+def test_metrics_port_must_be_a_port() -> None:
+    with pytest.raises(ImproperlyConfigured) as error:
+        conf.load({"METRICS_PORT": 70000})
+    assert str(error.value) == "TURBO_ASYNC['METRICS_PORT'] must be a port number (1 to 65535), not 70000."
+
+
+def test_frames_and_lag_are_counted(metrics_on: None) -> None:
+    frames, lags = value("turbo_async_frames_sent_total"), value("turbo_async_broadcast_lag_seconds_count")
+    metrics.frame_sent(100, 1.0e9)  # a commit time: observed
+    metrics.frame_sent(100, None)  # none travelled with the frame: not observed
+    assert value("turbo_async_frames_sent_total") == frames + 2
+    assert value("turbo_async_broadcast_lag_seconds_count") == lags + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("the stream's offsets are gone (Redis flushed or restarted)", "offsets_gone"),
+        ("the stream's epoch changed (its offsets were reset)", "epoch_changed"),
+        ("120 batches missed; the history keeps 100", "too_far_behind"),
+        ("the missed frames are no longer in the history (trimmed or too old)", "trimmed"),
+        ("the history cannot be read now", "history_unreadable"),
+    ],
+)
+def test_each_reset_of_the_history_has_its_reason(metrics_on: None, text: str, label: str) -> None:
+    before = value("turbo_async_resets_total", reason=label)
+    metrics.reset_sent(text)
+    assert value("turbo_async_resets_total", reason=label) == before + 1
+
+
+def test_quantile_interpolates_within_a_bucket_as_prometheus_does() -> None:
+    # 10 observations: 5 up to 1 ms, 5 more up to 2.5 ms.
+    cumulative = [5.0, 10.0] + [10.0] * (len(metrics.LAG_BUCKETS) - 1)
+    assert metrics.quantile(0.5, cumulative) == 0.001
+    assert metrics.quantile(0.9, cumulative) == pytest.approx(0.001 + 0.0015 * 4 / 5)
+    assert metrics.quantile(0.5, [0.0] * (len(metrics.LAG_BUCKETS) + 1)) is None
