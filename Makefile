@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-# Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only).
-APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose
+# Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only),
+# Prometheus (tests/integration/test_metrics.py starts its own server).
+APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose prometheus
 
 .PHONY: demo test bench lint docs install system-deps clean screenshots
 

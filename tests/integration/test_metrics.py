@@ -1,0 +1,159 @@
+"""Metrics seen from outside: Debian's Prometheus server scrapes a real uvicorn (``/metrics``
+through tests/asgi.py's routing) and a real prefork Celery worker (``METRICS_PORT``, two pool
+processes in prometheus_client's multiprocess mode) while this process commits saves; the test
+asks Prometheus' HTTP API for the lag histogram and the frame counts. Then ``manage.py
+turbo_streams --status``, run as a separate process against the same Redis, reports the web
+process and the worker, and says so when nothing runs.
+
+Everything here runs on a stack of the module's own (broker and layer Redis, worker, uvicorn):
+the counts Prometheus holds are this module's alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LOG_DIR
+from tests.services import (
+    ROOT,
+    CeleryWorker,
+    FaultStack,
+    PrometheusServer,
+    RedisServer,
+    free_port,
+    subprocess_env,
+    subscribed,
+)
+from tests.testapp.factories import MessageFactory, RoomFactory
+from turbo_async import suppress
+
+pytestmark = pytest.mark.integration
+
+SETTINGS: dict[str, Any] = {"METRICS": True, "STATUS_INTERVAL": 0.5}
+SAVES = 5
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> Iterator[FaultStack]:
+    root = tmp_path_factory.mktemp("metrics")
+    worker_port = free_port()
+    stack = FaultStack(root, LOG_DIR, "metrics", {**SETTINGS, "METRICS_PORT": worker_port})
+    shared = root / "worker-metrics"
+    shared.mkdir()
+    # Two pool processes write their metrics to files; the worker's main process serves the sum.
+    stack.worker = CeleryWorker(
+        LOG_DIR, name="metrics-worker", concurrency=2, **(stack.env | {"PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    )
+    stack.worker_port = worker_port  # type: ignore[attr-defined]
+    with stack.serving():
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack: FaultStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"), LOG_DIR,
+        {"web": f"127.0.0.1:{stack.web.port}", "worker": f"127.0.0.1:{stack.worker_port}"},  # type: ignore[attr-defined]
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def publishing(settings: Any, transactional_db: None) -> Iterator[None]:
+    """This process commits and publishes for real, with metrics on (the commit time travels)."""
+    from workers import app
+
+    settings.TURBO_ASYNC = SETTINGS
+    app.conf.task_always_eager = False
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = True
+
+
+def test_prometheus_scrapes_the_lag_and_the_frames(
+    stack: FaultStack, prometheus: PrometheusServer, publishing: None
+) -> None:
+    with suppress():
+        room = RoomFactory()
+    with subscribed(stack.web, room.stream.signed_stream_name) as client:
+        for number in range(SAVES):
+            MessageFactory(room=room, text=f"metrics {number}")
+            assert f"metrics {number}" in client.receive_frames()
+        # Every frame written carried its commit time: one lag observation each.
+        prometheus.wait_value('sum(turbo_async_broadcast_lag_seconds_count{job="web"})', SAVES)
+        prometheus.wait_value('sum(turbo_async_frames_sent_total{job="web"})', SAVES)
+        prometheus.wait_value('sum(turbo_async_broadcasts_total{job="worker", hook="testapp.message.on_save"})', SAVES)
+        prometheus.wait_value('sum(turbo_async_batch_size_count{job="worker"})', SAVES)
+        assert prometheus.value('turbo_async_sockets{job="web"}') == 1
+        assert prometheus.value('turbo_async_subscriptions{job="web"}') == 1
+        assert prometheus.targets_up() == {"web": "up", "worker": "up"}
+        lag_sum = prometheus.value('sum(turbo_async_broadcast_lag_seconds_sum{job="web"})')
+        assert lag_sum is not None and lag_sum > 0
+        bytes_sent = prometheus.value('sum(turbo_async_bytes_sent_total{job="web"})')
+        assert bytes_sent is not None and bytes_sent > SAVES * len('{"signed_channel_name": ')
+        # The p99 Prometheus computes from the buckets (the alert in docs/monitoring.rst takes it
+        # over a rate) lies within them.
+        p99 = prometheus.value('histogram_quantile(0.99, sum by (le) (turbo_async_broadcast_lag_seconds_bucket{job="web"}))')
+        assert p99 is not None and 0 < p99 <= 60
+        assert prometheus.value('sum(turbo_async_render_seconds_count{job="worker"})') == SAVES
+    prometheus.wait_value('turbo_async_sockets{job="web"}', 0)
+    prometheus.wait_value('sum(turbo_async_closes_total{job="web"})', 1)
+
+
+def status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "django", "turbo_streams", "--status", "--timeout", "3"],
+        cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_status_reports_the_web_process_and_the_worker(stack: FaultStack, publishing: None) -> None:
+    assert stack.web.process is not None
+    with suppress():
+        room = RoomFactory()
+    with subscribed(stack.web, room.stream.signed_stream_name) as client:
+        MessageFactory(room=room, text="status")
+        client.receive_frames()
+        row = f"{os.uname().nodename}:{stack.web.process.pid} "
+        deadline = time.monotonic() + 30
+        while True:
+            done = status(stack.env)
+            line = next((line for line in done.stdout.splitlines() if line.startswith(row)), "")
+            # Process, sockets, subscriptions, frames/min, lag p50, lag p99, outbox, oldest
+            if line.split()[1:3] == ["1", "1"]:
+                break
+            assert time.monotonic() < deadline, done.stdout + done.stderr
+            time.sleep(0.5)
+    assert done.returncode == 0, done.stderr
+    assert "Web processes: 1 (each reports every 0.5 s)" in done.stdout
+    fields = line.split()
+    assert int(fields[3]) >= 1  # this test's frame, within the last minute
+    assert fields[4] != "-" and fields[4 + 2] != "-"  # "12.5 ms": a value and its unit each
+    assert "Workers: 1 worker answered a ping (metrics-worker-" in done.stdout
+    assert "0 tasks waiting in the queue 'celery'" in done.stdout
+
+
+def test_status_says_when_nothing_runs(tmp_path: Path) -> None:
+    redis = RedisServer(free_port(), tmp_path / "redis")
+    redis.start()
+    try:
+        done = status({
+            "TURBO_TEST_REDIS_PORT": str(redis.port), "TURBO_TEST_LAYER_REDIS_PORT": str(redis.port),
+            "TURBO_TEST_TURBO_ASYNC": '{"METRICS": true}',
+        })
+    finally:
+        redis.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Web processes: none reported to Redis." in done.stdout
+    assert "Workers: none answered a ping within 1 s; 0 tasks waiting in the queue 'celery'" in done.stdout
+    assert "CommandError: Nothing is running: no web process reported and no worker answered." in done.stderr
