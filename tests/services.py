@@ -693,8 +693,11 @@ class PrometheusServer(Process):
     on a free loopback port, scraping each ``job: "host:port"`` target every second. Never the
     system service Debian's package installs."""
 
-    def __init__(self, workdir: Path, log_dir: Path, targets: dict[str, str], interval: str = "1s") -> None:
+    def __init__(
+        self, workdir: Path, log_dir: Path, targets: dict[str, str], interval: str = "1s", rules: Path | None = None
+    ) -> None:
         self.workdir = workdir
+        self.rules = rules
         self.port = free_port()
         self.targets = targets
         self.interval = interval
@@ -720,7 +723,8 @@ class PrometheusServer(Process):
         )
         (self.workdir / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {self.interval}\n  evaluation_interval: {self.interval}\n"
-            f"scrape_configs:\n{jobs}"
+            + (f"rule_files:\n  - {json.dumps(str(self.rules))}\n" if self.rules else "")
+            + f"scrape_configs:\n{jobs}"
         )
         self.start_in(self.workdir)
         self.wait_ready()
@@ -764,6 +768,13 @@ class PrometheusServer(Process):
                 return last
             time.sleep(0.25)
         raise AssertionError(f"{expression} is {last}, not {expected}, after {timeout}s:\n{self.log()[-2000:]}")
+
+    def rules_health(self) -> dict[str, str]:
+        """Each loaded rule's name and health (``"ok"`` once evaluated without error)."""
+        import requests
+
+        answer = requests.get(f"{self.url}/api/v1/rules", timeout=5).json()
+        return {rule["name"]: rule["health"] for group in answer["data"]["groups"] for rule in group["rules"]}
 
     def targets_up(self) -> dict[str, str]:
         import requests

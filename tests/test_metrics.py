@@ -108,3 +108,35 @@ def test_quantile_interpolates_within_a_bucket_as_prometheus_does() -> None:
     assert metrics.quantile(0.5, cumulative) == 0.001
     assert metrics.quantile(0.9, cumulative) == pytest.approx(0.001 + 0.0015 * 4 / 5)
     assert metrics.quantile(0.5, [0.0] * (len(metrics.LAG_BUCKETS) + 1)) is None
+
+
+def metric_names() -> set[str]:
+    """Every series name turbo_async's metrics expose (``_total``, ``_bucket``, ... included)."""
+    from prometheus_client import REGISTRY
+
+    return {
+        sample.name
+        for family in REGISTRY.collect() if family.name.startswith("turbo_async_")
+        for sample in family.samples
+    } | {
+        # labelled counters and histograms have no sample until a label or an observation exists
+        f"{family.name}{suffix}"
+        for family in REGISTRY.collect() if family.name.startswith("turbo_async_")
+        for suffix in ("_total", "_bucket", "_sum", "_count")
+    }
+
+
+def test_the_dashboard_and_the_alerts_use_only_metrics_that_exist(metrics_on: None) -> None:
+    import json
+    import re
+
+    from tests.services import ROOT
+
+    assert metrics.active() is not None
+    known = metric_names()
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "turbo_async.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    alerts = (ROOT / "docs" / "prometheus" / "alerts.yml").read_text()
+    used = set(re.findall(r"turbo_async_\w+", " ".join(expressions) + alerts))
+    assert used - known == set()
+    assert len(used) >= 15

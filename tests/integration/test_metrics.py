@@ -61,6 +61,7 @@ def prometheus(stack: FaultStack, tmp_path_factory: pytest.TempPathFactory) -> I
     server = PrometheusServer(
         tmp_path_factory.mktemp("prometheus"), LOG_DIR,
         {"web": f"127.0.0.1:{stack.web.port}", "worker": f"127.0.0.1:{stack.worker_port}"},  # type: ignore[attr-defined]
+        rules=ROOT / "docs" / "prometheus" / "alerts.yml",
     )
     server.start()
     yield server
@@ -106,6 +107,12 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
         p99 = prometheus.value('histogram_quantile(0.99, sum by (le) (turbo_async_broadcast_lag_seconds_bucket{job="web"}))')
         assert p99 is not None and 0 < p99 <= 60
         assert prometheus.value('sum(turbo_async_render_seconds_count{job="worker"})') == SAVES
+    # The example alerts of docs/monitoring.rst load and evaluate against these metrics.
+    deadline = time.monotonic() + 30
+    while set((health := prometheus.rules_health()).values()) != {"ok"}:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.25)
+    assert set(health) == {"TurboAsyncBroadcastLagHigh", "TurboAsyncOutboxStuck", "TurboAsyncSubscriptionsRefused"}
     prometheus.wait_value('turbo_async_sockets{job="web"}', 0)
     prometheus.wait_value('sum(turbo_async_closes_total{job="web"})', 1)
 
