@@ -54,4 +54,4 @@ clean:
 
 # Retake the screenshots the README and docs show (the browser tests take them).
 screenshots: system-deps install
-	TURBO_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e tests/integration/test_flower.py -q
+	TURBO_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e tests/integration/test_flower.py tests/integration/test_metrics.py -q

@@ -4,6 +4,7 @@ processes is tests/integration/test_metrics.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -78,12 +79,23 @@ def test_metrics_port_must_be_a_port() -> None:
     assert str(error.value) == "TURBO_ASYNC['METRICS_PORT'] must be a port number (1 to 65535), not 70000."
 
 
-def test_frames_and_lag_are_counted(metrics_on: None) -> None:
+def test_frames_and_lag_are_counted_once_flushed(metrics_on: None) -> None:
+    m = metrics.active()
+    assert m is not None
+    metrics.flush(m)
     frames, lags = value("turbo_async_frames_sent_total"), value("turbo_async_broadcast_lag_seconds_count")
-    metrics.frame_sent(100, 1.0e9)  # a commit time: observed
-    metrics.frame_sent(100, None)  # none travelled with the frame: not observed
+    in_5ms, in_2ms = (value("turbo_async_broadcast_lag_seconds_bucket", le=le) for le in ("0.005", "0.0025"))
+    metrics.frame_sent(100, time.time() - 0.004)  # a commit 4 ms ago: observed in the 5 ms bucket
+    metrics.frame_sent(100, None)  # no commit time travelled with the frame: not observed
+    assert value("turbo_async_frames_sent_total") == frames  # not yet: the hot path only adds up
+    metrics.flush(m)
     assert value("turbo_async_frames_sent_total") == frames + 2
+    assert value("turbo_async_bytes_sent_total") >= 200
+    # prometheus_client's Histogram internals (metrics.flush): the observation lands as observe() would put it.
     assert value("turbo_async_broadcast_lag_seconds_count") == lags + 1
+    assert value("turbo_async_broadcast_lag_seconds_bucket", le="0.005") == in_5ms + 1
+    assert value("turbo_async_broadcast_lag_seconds_bucket", le="0.0025") == in_2ms
+    assert value("turbo_async_broadcast_lag_seconds_sum") >= 0.004
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,13 @@ class Metrics:
         self.publish_failures = p.Counter(prefix + "publish_failures",
                                           "Publishes the broker refused (retried by the outbox, or given up).")
         self.dropped = p.Counter(prefix + "dropped", "Broadcasts given up on the request side.", ["reason"])
+        # The web process's hot path (once per frame and socket) adds to plain numbers, which
+        # flush() moves into the Prometheus objects above: before each scrape this process
+        # serves, and every FLUSH_INTERVAL (for a scrape served by another process).
+        self.pending_frames = 0
+        self.pending_bytes = 0
+        self.pending_lag = [0] * (len(LAG_BUCKETS) + 1)
+        self.pending_lag_sum = 0.0
         # Plain counts of this process, for the status record.
         self.socket_count = 0
         self.subscription_count = 0
@@ -162,7 +169,7 @@ def socket_opened() -> None:
         return
     m.sockets.inc()
     m.socket_count += 1
-    _start_status()
+    _start_reporter()
 
 
 def socket_closed(code: Any, subscriptions: dict[str, set[str]] | None) -> None:
@@ -215,14 +222,40 @@ def refused(reason: str) -> None:
 
 
 def frame_sent(size: int, committed: Any) -> None:
-    """One message of frames (``size`` characters of ASCII JSON) written to a socket."""
+    """One message of frames (``size`` characters of ASCII JSON) written to a socket. Called on
+    the event loop only (as :func:`flush`), so plain additions are safe."""
     m = _on if _resolved else _resolve()
     if m is None:
         return
-    m.frames.inc()
-    m.bytes.inc(size)
+    m.pending_frames += 1
+    m.pending_bytes += size
     if isinstance(committed, float):
-        m.lag.observe(max(0.0, time.time() - committed))
+        lag = time.time() - committed
+        if lag < 0:
+            lag = 0.0
+        m.pending_lag[bisect.bisect_left(LAG_BUCKETS, lag)] += 1  # the first bucket whose bound >= lag
+        m.pending_lag_sum += lag
+
+
+def flush(m: Metrics) -> None:
+    """Move what :func:`frame_sent` added up into the Prometheus objects.
+
+    A histogram's observations are added bucket by bucket through prometheus_client's
+    ``Histogram._buckets`` (one count per bucket, not cumulative) and ``_sum``: the one place
+    turbo_async touches its internals, pinned by tests/test_metrics.py. ``observe()`` per frame
+    and socket took two locks each time."""
+    if m.pending_frames:
+        frames, m.pending_frames = m.pending_frames, 0
+        m.frames.inc(frames)
+        size, m.pending_bytes = m.pending_bytes, 0
+        m.bytes.inc(size)
+    if m.pending_lag_sum or any(m.pending_lag):
+        counts, m.pending_lag = m.pending_lag, [0] * (len(LAG_BUCKETS) + 1)
+        total, m.pending_lag_sum = m.pending_lag_sum, 0.0
+        for index, count in enumerate(counts):
+            if count:
+                m.lag._buckets[index].inc(count)
+        m.lag._sum.inc(total)
 
 
 def replayed(frames: int) -> None:
@@ -484,9 +517,11 @@ def asgi(app: ASGIApp) -> ASGIApp:
         if scope.get("type") != "http" or active() is None:
             await app(scope, receive, send)
             return
-        _start_status()
+        m = _start_reporter()
         if scope.get("path") == conf.get().METRICS_PATH:
             assert prometheus_client is not None
+            if m is not None:
+                flush(m)
             body = prometheus_client.generate_latest(registry())
             await send({
                 "type": "http.response.start", "status": 200,
@@ -504,29 +539,35 @@ def asgi(app: ASGIApp) -> ASGIApp:
 _reporters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 
 
-def _start_status() -> None:
-    """Start this loop's status reporter on the first socket (a channels_redis layer only)."""
+FLUSH_INTERVAL = 5.0
+"""Seconds between two flushes of a web process's frame counts (at most; ``STATUS_INTERVAL`` if shorter)."""
+
+
+def _start_reporter() -> Metrics | None:
+    """Start this loop's reporter on the first request or socket; this process's metrics."""
+    m = _on if _resolved else _resolve()
     loop = asyncio.get_running_loop()
-    if loop in _reporters or conf.get().STATUS_INTERVAL <= 0:
-        return
-    layer = get_channel_layer()
-    if layer is None or placement.shard_of(layer, STATUS_GROUP) is None:
-        return
-    _reporters[loop] = loop.create_task(_report(layer))
+    if m is not None and loop not in _reporters:
+        _reporters[loop] = loop.create_task(_report(m))
+    return m
 
 
 def status_key() -> str:
     return f"{STATUS_KEY}{socket.gethostname()}:{os.getpid()}"
 
 
-async def _report(layer: Any) -> None:
-    """Every ``STATUS_INTERVAL`` seconds, this process's status, kept for three intervals."""
+async def _report(m: Metrics) -> None:
+    """Flush the frame counts; every ``STATUS_INTERVAL`` seconds write this process's status to
+    the channel layer's Redis (a channels_redis layer only), kept for three intervals."""
     interval = conf.get().STATUS_INTERVAL
+    layer = get_channel_layer()
+    if interval <= 0 or layer is None or placement.shard_of(layer, STATUS_GROUP) is None:
+        layer = None
     snapshots: deque[tuple[float, list[float]]] = deque()
     warned = False
     while True:
-        m = active()
-        if m is not None:
+        flush(m)
+        if layer is not None:
             now = time.monotonic()
             snapshots.append((now, _lag_buckets(m)))
             while len(snapshots) > 1 and now - snapshots[1][0] >= STATUS_WINDOW:
@@ -540,7 +581,7 @@ async def _report(layer: Any) -> None:
                 if not warned:
                     logger.warning("could not write this process's status to Redis (%r)", exc)
                     warned = True
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval, FLUSH_INTERVAL) if interval > 0 else FLUSH_INTERVAL)
 
 
 def _lag_buckets(m: Metrics) -> list[float]:

@@ -164,3 +164,52 @@ def test_status_says_when_nothing_runs(tmp_path: Path) -> None:
     assert "Web processes: none reported to Redis." in done.stdout
     assert "Workers: none answered a ping within 1 s; 0 tasks waiting in the queue 'celery'" in done.stdout
     assert "CommandError: Nothing is running: no web process reported and no worker answered." in done.stderr
+
+
+# The docs show this screenshot; a run writes it there only when asked (TURBO_UPDATE_SCREENSHOTS=1).
+SCREENSHOT = (
+    ROOT / "docs" / "_static" if os.environ.get("TURBO_UPDATE_SCREENSHOTS") == "1" else Path(os.environ["TURBO_TEST_TMP"])
+) / "prometheus-lag.png"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+@pytest.mark.browser
+def test_prometheus_graphs_the_frames_and_the_lag(
+    stack: FaultStack, prometheus: PrometheusServer, publishing: None
+) -> None:
+    """Prometheus' own graph page of the frames and the lag p99 after a save a second for 15 s,
+    taken by Chromium for docs/monitoring.rst. Last in the module: Playwright's sync API leaves
+    the thread looking async to Django, and nothing after it here touches the database."""
+    if not Path(CHROMIUM).exists():
+        raise AssertionError("Chromium is missing: apt-get install chromium (or make system-deps)")
+    with suppress():
+        room = RoomFactory()
+    with subscribed(stack.web, room.stream.signed_stream_name) as client:
+        for number in range(15):
+            MessageFactory(room=room, text=f"graphed {number}")
+            client.receive_frames()
+            time.sleep(1)  # spread over the graph's range (nothing timed is asserted)
+    from urllib.parse import urlencode
+
+    from playwright.sync_api import expect, sync_playwright
+
+    query = urlencode({
+        "g0.expr": "sum(turbo_async_frames_sent_total)", "g0.tab": "0", "g0.range_input": "30s",
+        "g1.expr": "histogram_quantile(0.99, sum by (le) (rate(turbo_async_broadcast_lag_seconds_bucket[30s])))",
+        "g1.tab": "0", "g1.range_input": "30s",
+    })
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            # Debian's prometheus ships the classic UI (Rickshaw graphs), not the React one.
+            page.goto(f"{prometheus.url}/classic/graph?{query}")
+            expect(page.locator(".graph.rickshaw_graph svg")).to_have_count(2, timeout=20_000)
+            # a line in each: the series have points
+            assert page.locator(".graph.rickshaw_graph svg path").count() >= 2
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
