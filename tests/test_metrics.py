@@ -152,3 +152,43 @@ def test_the_dashboard_and_the_alerts_use_only_metrics_that_exist(metrics_on: No
     used = set(re.findall(r"turbo_async_\w+", " ".join(expressions) + alerts))
     assert used - known == set()
     assert len(used) >= 15
+
+
+def wait_for(check: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_the_outbox_counts_what_waits_for_a_dead_broker_and_what_it_drops(
+    settings: Any, transactional_db: None
+) -> None:
+    """This process's real outbox thread against a broker port nothing listens on."""
+    from tests.services import free_port, use_broker
+    from tests.testapp.factories import DocumentFactory
+    from workers import app
+
+    settings.TURBO_ASYNC = {
+        "METRICS": True, "STATUS_INTERVAL": 0, "OUTBOX_MAX_AGE": 1.0, "OUTBOX_RETRY_BACKOFF_MAX": 0.2,
+    }
+    failures = value("turbo_async_publish_failures_total")
+    dropped = value("turbo_async_dropped_total", reason="max_age")
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{free_port()}/0")
+    app.conf.task_always_eager = False
+    try:
+        DocumentFactory()
+        wait_for(
+            lambda: value("turbo_async_outbox_waiting") == 1 and value("turbo_async_publish_failures_total") > failures,
+            "the change waits and the failed publish is counted",
+        )
+        wait_for(lambda: value("turbo_async_outbox_oldest_age_seconds") > 0, "the oldest change ages")
+        wait_for(
+            lambda: value("turbo_async_dropped_total", reason="max_age") == dropped + 1,
+            "dropped after OUTBOX_MAX_AGE",
+        )
+        wait_for(lambda: value("turbo_async_outbox_waiting") == 0, "nothing waits any more")
+    finally:
+        app.conf.task_always_eager = True
+        use_broker(previous)

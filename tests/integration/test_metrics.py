@@ -31,7 +31,7 @@ from tests.services import (
     subprocess_env,
     subscribed,
 )
-from tests.testapp.factories import MessageFactory, RoomFactory
+from tests.testapp.factories import MessageFactory, ProbeFactory, RoomFactory
 from turbo_async import suppress
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,13 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
         p99 = prometheus.value('histogram_quantile(0.99, sum by (le) (turbo_async_broadcast_lag_seconds_bucket{job="web"}))')
         assert p99 is not None and 0 < p99 <= 60
         assert prometheus.value('sum(turbo_async_render_seconds_count{job="worker"})') == SAVES
+        # A subscription with a forged name is refused, and counted by its reason.
+        client.subscribe("forged")
+        assert client.receive()["type"] == "error"
+        prometheus.wait_value('sum(turbo_async_refused_subscriptions_total{reason="invalid_signature"})', 1)
+    # A hook that raises fails its task in a pool process, and is counted.
+    ProbeFactory(fail=True)
+    prometheus.wait_value('sum(turbo_async_hook_errors_total{job="worker"})', 1)
     # The example alerts of docs/monitoring.rst load and evaluate against these metrics.
     deadline = time.monotonic() + 30
     while set((health := prometheus.rules_health()).values()) != {"ok"}:
@@ -114,6 +121,7 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
         time.sleep(0.25)
     assert set(health) == {"TurboAsyncBroadcastLagHigh", "TurboAsyncOutboxStuck", "TurboAsyncSubscriptionsRefused"}
     prometheus.wait_value('turbo_async_sockets{job="web"}', 0)
+    prometheus.wait_value('turbo_async_subscriptions{job="web"}', 0)
     prometheus.wait_value('sum(turbo_async_closes_total{job="web"})', 1)
 
 
