@@ -192,3 +192,14 @@ def test_the_outbox_counts_what_waits_for_a_dead_broker_and_what_it_drops(
     finally:
         app.conf.task_always_eager = True
         use_broker(previous)
+
+
+def test_metrics_without_prometheus_client_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what importing it does when it is absent
+    with pytest.raises(ImproperlyConfigured) as error:
+        conf.load({"METRICS": True})
+    assert str(error.value) == (
+        "TURBO_ASYNC['METRICS'] is on but prometheus_client is not installed: pip install \"turbo-async[metrics]\"."
+    )
