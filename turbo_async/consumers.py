@@ -888,6 +888,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         subscribed to it refreshes (the client's answer to a ``reset``)."""
         group = event.get("group", "")
         for signed_name in list(self.subscriptions.get(group, ())):
+            metrics.reset_sent(str(event.get("reason")))
             reply = {"type": RESET, "signed_channel_name": signed_name, "reason": event.get("reason")}
             await self.send(json.dumps(reply))
         self.sent.pop(group, None)
