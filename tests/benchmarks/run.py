@@ -10,7 +10,8 @@ case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS
 and for turbo-django (in its venv). Offsets and history (bench_history.py): worker broadcasts/s
 with history writes on and off, and the catch-up time of 100 missed frames. Metrics
 (``TURBO_ASYNC["METRICS"]``): worker changes/s (batched) and the fan-out p99 of ``METRICS_CASE``,
-on against off, ``METRICS_ROUNDS`` processes of each, alternating, in the same run
+on against off, ``METRICS_ROUNDS`` processes of each, alternating, in the same run, and the cost
+of the metrics calls alone against the CPU a change or a frame costs (bench_metrics_calls.py)
 (``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
 the goals' "Met" column only reports them.
 """
@@ -161,24 +162,32 @@ def create_database(port: int, name: str) -> None:
 
 def metrics_overhead(env: Any, redis: RedisServer) -> dict[str, list[dict[str, Any]]]:
     """Worker throughput (batched, 5,000 changes) and the fan-out of ``METRICS_CASE`` (core layer)
-    with metrics off and on, ``METRICS_ROUNDS`` processes each, off and on alternating."""
+    with metrics off and on, ``METRICS_ROUNDS`` processes each, off and on alternating; and the
+    calls alone."""
     rooms, rest = METRICS_CASE.split("x")
     subscribers, rate = rest.split("@")
-    results: dict[str, list[dict[str, Any]]] = {}
-    for rep in range(METRICS_ROUNDS):
-        for state in ("off", "on"):
-            flag = {"BENCH_METRICS": "1" if state == "on" else "0"}
+    results: dict[str, list[dict[str, Any]]] = {
+        "calls": [run("tests.benchmarks.bench_metrics_calls", env("turbo_async", "metrics_calls"))]
+    }
+    # The worker's runs first, then the fan-out's: interleaved, the worker runs that came right
+    # after a fan-out run measured up to 45% slower (rate; CPU per change unchanged) in some runs.
+    # Off and on swap places every round.
+    orders = [("off", "on") if rep % 2 == 0 else ("on", "off") for rep in range(METRICS_ROUNDS)]
+    for rep, order in enumerate(orders):
+        for state in order:
             redis.flushall()
             results.setdefault(f"worker {state}", []).append(run(
                 "tests.benchmarks.bench_worker",
-                {**env("turbo_async", f"metrics_worker_{state}{rep}"), **flag,
+                {**env("turbo_async", f"metrics_worker_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
                  "BENCH_TASKS": "5000", "BENCH_MODES": "batched", "BENCH_RAW": "0"},
             ))
+    for rep, order in enumerate(orders):
+        for state in order:
             redis.flushall()
             results.setdefault(f"fanout {state}", []).append(run(
                 "tests.benchmarks.bench_latency",
-                {**env("turbo_async", f"metrics_fanout_{state}{rep}"), **flag, "BENCH_LAYER": "core",
-                 "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate},
+                {**env("turbo_async", f"metrics_fanout_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
+                 "BENCH_LAYER": "core", "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate},
             ))
     return results
 
@@ -204,6 +213,19 @@ def metrics_rows(overhead: dict[str, list[dict[str, Any]]]) -> list[tuple[str, .
             f"7. metrics on vs off: {name}", f"off {_figure(off)}", f"on {_figure(on)}", "", "",
             f"on costs {cost * 100:+.1f}% (medians of {len(overhead[f'{key} on'])}; on: {each})",
             f"<= {METRICS_GOAL * 100:g}%", "yes" if cost <= METRICS_GOAL else "NO",
+        ))
+    # The calls alone (bench_metrics_calls.py), against the CPU one frame or change costs above.
+    calls = overhead["calls"][0]
+    for name, key, per, field in (
+        ("frame_sent, µs per frame and socket", "frame_us", "fanout off", "web_cpu_us_per_frame"),
+        ("task signals, µs per change (batch of 100)", "change_us", "worker off", "batched_cpu_ms"),
+    ):
+        added = calls[f"{key}_on"] - calls[f"{key}_off"]
+        cpu = median(per, field) * (1000 if field.endswith("_ms") else 1)
+        rows.append((
+            f"7. metrics: {name}", f"off {calls[f'{key}_off']:.2f}", f"on {calls[f'{key}_on']:.2f}", "", "",
+            f"+{added:.2f} µs = {added / cpu * 100:.1f}% of the {cpu:.0f} µs of CPU each costs (median off above)",
+            f"<= {METRICS_GOAL * 100:g}%", "yes" if added / cpu <= METRICS_GOAL else "NO",
         ))
     return rows
 
