@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 SETTINGS: dict[str, Any] = {"METRICS": True, "STATUS_INTERVAL": 0.5}
 SAVES = 5
+CLIENTS = 6
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,67 @@ def test_status_says_when_nothing_runs(tmp_path: Path) -> None:
     assert "Web processes: none reported to Redis." in done.stdout
     assert "Workers: none answered a ping within 1 s; 0 tasks waiting in the queue 'celery'" in done.stdout
     assert "CommandError: Nothing is running: no web process reported and no worker answered." in done.stderr
+
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``/metrics`` of a web process: each sample without labels, by name."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url, timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples if not sample.labels
+    }
+
+
+def test_uvicorn_workers_serve_the_sum_of_their_processes(
+    tmp_path_factory: pytest.TempPathFactory, publishing: None
+) -> None:
+    """``uvicorn --workers 2`` in multiprocess mode: whichever process answers ``/metrics`` serves
+    the sockets and frames of both (frames are flushed by the other process within 5 s)."""
+    root = tmp_path_factory.mktemp("web-workers")
+    shared = root / "web-metrics"
+    shared.mkdir()
+    stack = FaultStack(root, LOG_DIR, "metrics-workers", SETTINGS, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    stack.worker = CeleryWorker(LOG_DIR, name="metrics-workers-worker", pool="solo", **stack.env)
+    stack.web.args += ["--workers", "2"]
+    with stack.serving():
+        with suppress():
+            room = RoomFactory()
+        url = f"http://127.0.0.1:{stack.web.port}/metrics"
+        clients = [subscribed(stack.web, room.stream.signed_stream_name) for _ in range(CLIENTS)]
+        opened = [client.__enter__() for client in clients]
+        try:
+            MessageFactory(room=room, text="to every process")
+            for client in opened:
+                client.receive_frames()
+            pids = {path.name.split("_")[-1] for path in shared.glob("*.db")}
+            deadline = time.monotonic() + 30
+            while (found := scrape(url)).get("turbo_async_frames_sent_total") != CLIENTS:
+                assert time.monotonic() < deadline, (found, sorted(path.name for path in shared.iterdir()))
+                time.sleep(0.25)
+            assert found["turbo_async_sockets"] == CLIENTS
+            assert found["turbo_async_subscriptions"] == CLIENTS
+            assert found["turbo_async_broadcast_lag_seconds_count"] == CLIENTS
+            # Each process reports its own share to --status.
+            deadline = time.monotonic() + 30
+            while True:
+                host = f"{os.uname().nodename}:"
+                rows = [line.split() for line in status(stack.env).stdout.splitlines() if line.startswith(host)]
+                shares = [int(row[1]) for row in rows]
+                if sum(shares) == CLIENTS:
+                    break
+                assert time.monotonic() < deadline, rows
+                time.sleep(0.5)
+        finally:
+            for client in clients:
+                client.__exit__(None, None, None)
+    # Both uvicorn processes wrote metrics: the sum above is of two processes (the kernel hands
+    # each connection, sockets and scrapes alike, to either).
+    assert len(pids) >= 2, pids
+    assert len(shares) == 2, rows
 
 
 # The docs show this screenshot; a run writes it there only when asked (TURBO_UPDATE_SCREENSHOTS=1).
