@@ -10,6 +10,7 @@ the counts Prometheus holds are this module's alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.services import (
     FaultStack,
     PrometheusServer,
     RedisServer,
+    StreamClient,
     free_port,
     subprocess_env,
     subscribed,
@@ -88,9 +90,12 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
     with suppress():
         room = RoomFactory()
     with subscribed(stack.web, room.stream.signed_stream_name) as client:
+        positions = []
         for number in range(SAVES):
             MessageFactory(room=room, text=f"metrics {number}")
-            assert f"metrics {number}" in client.receive_frames()
+            frame = client.receive()
+            assert f"metrics {number}" in frame["data"]
+            positions.append((frame["epoch"], frame["offset"]))
         # Every frame written carried its commit time: one lag observation each.
         prometheus.wait_value('sum(turbo_async_broadcast_lag_seconds_count{job="web"})', SAVES)
         prometheus.wait_value('sum(turbo_async_frames_sent_total{job="web"})', SAVES)
@@ -116,6 +121,20 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
         client.subscribe("forged")
         assert client.receive()["type"] == "error"
         prometheus.wait_value('sum(turbo_async_refused_subscriptions_total{reason="invalid_signature"})', 1)
+    # A page that saw only the first frame resubscribes: the others are replayed from the history.
+    late = StreamClient(stack.web.ws_url, stack.web.origin)
+    try:
+        epoch, offset = positions[0]
+        late.send_raw(json.dumps({
+            "type": "subscribe", "signed_channel_name": room.stream.signed_stream_name, "epoch": epoch, "offset": offset,
+        }))
+        assert late.receive()["type"] == "subscribed"
+        replayed = [late.receive()["offset"] for _ in range(SAVES - 1)]
+        assert replayed == [offset for _, offset in positions[1:]]
+        prometheus.wait_value('sum(turbo_async_replays_total{job="web"})', 1)
+        prometheus.wait_value('sum(turbo_async_replayed_frames_total{job="web"})', SAVES - 1)
+    finally:
+        late.close()
     # A hook that raises fails its task in a pool process, and is counted.
     ProbeFactory(fail=True)
     prometheus.wait_value('sum(turbo_async_hook_errors_total{job="worker"})', 1)
@@ -127,7 +146,7 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
     assert set(health) == {"TurboAsyncBroadcastLagHigh", "TurboAsyncOutboxStuck", "TurboAsyncSubscriptionsRefused"}
     prometheus.wait_value('turbo_async_sockets{job="web"}', 0)
     prometheus.wait_value('turbo_async_subscriptions{job="web"}', 0)
-    prometheus.wait_value('sum(turbo_async_closes_total{job="web"})', 1)
+    prometheus.wait_value('sum(turbo_async_closes_total{job="web"})', 2)
 
 
 def status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
