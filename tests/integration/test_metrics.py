@@ -26,6 +26,7 @@ from tests.services import (
     ROOT,
     CeleryWorker,
     FaultStack,
+    LogSince,
     PrometheusServer,
     RedisServer,
     StreamClient,
@@ -257,6 +258,32 @@ def test_uvicorn_workers_serve_the_sum_of_their_processes(
     # each connection, sockets and scrapes alike, to either).
     assert len(pids) >= 2, pids
     assert len(shares) == 2, rows
+
+
+
+def test_a_prefork_worker_without_a_multiprocess_directory_says_what_to_set(
+    tmp_path: Path, django_db_setup: None
+) -> None:
+    """Its pool processes would keep their metrics to themselves: the worker says so at start."""
+    broker = RedisServer(free_port(), tmp_path / "broker")
+    broker.start()
+    worker = CeleryWorker(
+        LOG_DIR, name="metrics-no-dir-worker", concurrency=1, pool="prefork",
+        TURBO_TEST_TURBO_ASYNC=json.dumps({**SETTINGS, "METRICS_PORT": free_port()}),
+        TURBO_TEST_REDIS_PORT=str(broker.port),
+    )
+    worker.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    since = LogSince(worker)
+    worker.start()
+    try:
+        # logged by the worker_ready handler, around the " ready." line
+        since.wait_for(
+            "this worker's pool processes keep their metrics to themselves: set PROMETHEUS_MULTIPROC_DIR "
+            "to an empty directory before starting the worker (docs/monitoring.rst), or use --pool solo"
+        )
+    finally:
+        worker.stop()
+        broker.stop()
 
 
 # The docs show this screenshot; a run writes it there only when asked (TURBO_UPDATE_SCREENSHOTS=1).
