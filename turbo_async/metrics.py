@@ -440,7 +440,14 @@ def serve_worker_metrics(sender: Any = None, **kwargs: Any) -> None:
             "this worker's pool processes keep their metrics to themselves: set PROMETHEUS_MULTIPROC_DIR "
             "to an empty directory before starting the worker (docs/monitoring.rst), or use --pool solo"
         )
-    prometheus_client.start_http_server(settings.METRICS_PORT, settings.METRICS_ADDRESS, registry=registry())
+    try:
+        prometheus_client.start_http_server(settings.METRICS_PORT, settings.METRICS_ADDRESS, registry=registry())
+    except OSError as exc:
+        logger.error(
+            "could not serve this worker's metrics on %s:%d (%s): give each worker on a host its own "
+            "TURBO_ASYNC['METRICS_PORT']", settings.METRICS_ADDRESS, settings.METRICS_PORT, exc,
+        )
+        return
     logger.info("metrics of this worker on http://%s:%d/metrics", settings.METRICS_ADDRESS, settings.METRICS_PORT)
 
 

@@ -286,6 +286,31 @@ def test_a_prefork_worker_without_a_multiprocess_directory_says_what_to_set(
         broker.stop()
 
 
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_and_runs(tmp_path: Path, django_db_setup: None) -> None:
+    import socket
+
+    broker = RedisServer(free_port(), tmp_path / "broker")
+    broker.start()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = CeleryWorker(
+            LOG_DIR, name="metrics-taken-worker", pool="solo",
+            TURBO_TEST_TURBO_ASYNC=json.dumps({**SETTINGS, "METRICS_PORT": port}),
+            TURBO_TEST_REDIS_PORT=str(broker.port),
+        )
+        since = LogSince(worker)
+        worker.start()
+        try:
+            since.wait_for(f"could not serve this worker's metrics on 127.0.0.1:{port} (")
+            assert worker.process is not None and worker.process.poll() is None  # still consuming
+        finally:
+            worker.stop()
+            broker.stop()
+
+
 # The docs show this screenshot; a run writes it there only when asked (TURBO_UPDATE_SCREENSHOTS=1).
 SCREENSHOT = (
     ROOT / "docs" / "_static" if os.environ.get("TURBO_UPDATE_SCREENSHOTS") == "1" else Path(os.environ["TURBO_TEST_TMP"])
