@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
-# Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only).
-APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose
+# Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only),
+# Prometheus (tests/integration/test_metrics.py starts its own server).
+APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose prometheus
 
 .PHONY: demo test bench lint docs install system-deps clean screenshots
 
@@ -65,4 +66,4 @@ clean:
 
 # Retake the screenshots the README and docs show (the browser tests take them).
 screenshots: system-deps install
-	TURBO_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e tests/integration/test_flower.py -q
+	TURBO_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e tests/integration/test_flower.py tests/integration/test_metrics.py -q

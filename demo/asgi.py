@@ -22,7 +22,8 @@ if settings.DEBUG or os.environ.get("DJANGO_SERVE_STATIC") == "1":
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        # /metrics when TURBO_ASYNC["METRICS"] is on (DEMO_METRICS, docs/monitoring.rst).
+        "http": turbo_async.routing.with_metrics(http_app),
         # Only the page's own scheme, host and port (and CSRF_TRUSTED_ORIGINS) may open a socket.
         "websocket": OriginValidator(
             AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))

@@ -14,6 +14,9 @@ Flower an HTTP request, the worker its "ready" line.
 Environment:
     PORT          web server port (default 8000)
     FLOWER_PORT   Flower port (default 5555)
+    WORKER_METRICS_PORT  where the worker serves its Prometheus metrics (default 9808, or a free
+                  port when 9808 is taken); the web server serves its own on /metrics
+    METRICS       0: no metrics (demo/settings.py)
     REDIS_URL     an external Redis to use; without it an embedded Redis is started on 6379,
                   or on a free port when 6379 is taken
     REDIS_PORT    the embedded Redis's port instead
@@ -324,6 +327,10 @@ def main() -> int:
     try:
         web_port = port_from_env("PORT", 8000)
         flower_port = port_from_env("FLOWER_PORT", 5555)
+        if os.environ.get("WORKER_METRICS_PORT"):
+            metrics_port = port_from_env("WORKER_METRICS_PORT", 9808)
+        else:
+            metrics_port = 9808 if port_is_free(9808) else free_port()
         env = dict(os.environ)
         env.update(
             DJANGO_SETTINGS_MODULE="demo.settings",
@@ -364,6 +371,11 @@ def main() -> int:
             env["REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
 
         celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        # The pool processes write their metrics to files there, and the worker serves their sum
+        # (prometheus_client's multiprocess mode): emptied at every start.
+        shared = STATE_DIR / "worker-metrics"
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir(parents=True)
         # The development loop: the worker restarts when a stream, hook or template changes
         # (manage.py turbo_worker --reload, built on Django's autoreloader).
         worker = Service(
@@ -374,7 +386,10 @@ def main() -> int:
             ],
             # Celery warns when its worker runs as root, as make demo does in containers and CI;
             # a deployment runs workers as a user of their own (docs/deployment.rst).
-            {**env, "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"},
+            {
+                **env, "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges",
+                "WORKER_METRICS_PORT": str(metrics_port), "PROMETHEUS_MULTIPROC_DIR": str(shared),
+            },
             ready_text=" ready.",
         )
         flower = Service(
@@ -418,6 +433,10 @@ def main() -> int:
         say(f"  Flower: http://{HOST}:{flower_port}/")
         say(f"  Redis:  {env['REDIS_URL']}")
         say("  The worker and the web server restart by themselves when demo/ or turbo_async/ changes.")
+        if env.get("METRICS", "1") == "1":
+            say(f"  Metrics: http://{HOST}:{web_port}/metrics (web), http://{HOST}:{metrics_port}/metrics (worker)")
+            key = "" if os.environ.get("DJANGO_SECRET_KEY") else "DJANGO_SECRET_KEY=$(cat .demo/secret_key) "
+            say(f"  Status:  REDIS_URL={env['REDIS_URL']} {key}python demo/manage.py turbo_streams --status")
         say("")
         while True:
             for service in services:

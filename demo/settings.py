@@ -93,6 +93,14 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Prometheus metrics (docs/monitoring.rst): a web process serves them on /metrics, a worker on
+# WORKER_METRICS_PORT when set (make demo and compose set it). METRICS=0 turns them off.
+TURBO_ASYNC = {
+    "METRICS": os.environ.get("METRICS", "1") == "1",
+    "METRICS_PORT": int(os.environ["WORKER_METRICS_PORT"]) if os.environ.get("WORKER_METRICS_PORT") else None,
+    "METRICS_ADDRESS": os.environ.get("WORKER_METRICS_ADDRESS", "127.0.0.1"),
+}
+
 CELERY_BROKER_URL = REDIS_URL
 # Redis as broker: a task whose worker was killed mid-hook is handed out again once
 # visibility_timeout has passed, at kombu's next restore sweep (every 10 s x throttle 1 here; its

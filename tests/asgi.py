@@ -19,7 +19,8 @@ from turbo_async.security import OriginValidator  # noqa: E402
 application = ProtocolTypeRouter(
     {
         # Browser tests load turbo's JS and the demo's CSS: Django serves static files (DEBUG off).
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # /metrics when TURBO_ASYNC["METRICS"] is on (tests/integration/test_metrics.py); else Django.
+        "http": turbo_async.routing.with_metrics(ASGIStaticFilesHandler(django_asgi_app)),
         # As README's wiring: the page's own scheme, host and port, and CSRF_TRUSTED_ORIGINS.
         "websocket": OriginValidator(
             AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))

@@ -689,3 +689,112 @@ def wait_offset(redis: RedisServer, room: Any, offset: int, timeout: float = 20)
         if time.monotonic() > deadline:
             raise AssertionError(f"the stream's offset is {stream_offset(redis, room)}, not {offset}")
         time.sleep(0.05)
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+
+def prometheus_binary() -> str:
+    """Debian's ``prometheus`` server."""
+    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    if found is None:
+        raise RuntimeError(
+            "The metrics tests need a Prometheus server: install Debian's prometheus "
+            "(apt-get install prometheus, or make system-deps)."
+        )
+    return found
+
+
+class PrometheusServer(Process):
+    """A Prometheus server of a test's own: its configuration and TSDB in ``workdir``, its HTTP API
+    on a free loopback port, scraping each ``job: "host:port"`` target every second. Never the
+    system service Debian's package installs."""
+
+    def __init__(
+        self, workdir: Path, log_dir: Path, targets: dict[str, str], interval: str = "1s", rules: Path | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.rules = rules
+        self.port = free_port()
+        self.targets = targets
+        self.interval = interval
+        super().__init__(
+            "prometheus",
+            [
+                prometheus_binary(), f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            log_dir, dict(os.environ),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        jobs = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            for job, target in self.targets.items()
+        )
+        (self.workdir / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {self.interval}\n  evaluation_interval: {self.interval}\n"
+            + (f"rule_files:\n  - {json.dumps(str(self.rules))}\n" if self.rules else "")
+            + f"scrape_configs:\n{jobs}"
+        )
+        self.start_in(self.workdir)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"prometheus not ready after {timeout}s:\n{self.log()}")
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        """The result of an instant query through the HTTP API (``/api/v1/query``)."""
+        import requests
+
+        answer = requests.get(f"{self.url}/api/v1/query", params={"query": expression}, timeout=5).json()
+        assert answer["status"] == "success", answer
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def value(self, expression: str) -> float | None:
+        """The single value of ``expression`` now, or ``None`` while it has none."""
+        result = self.query(expression)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_value(self, expression: str, expected: float, timeout: float = 30) -> float:
+        """Until ``expression`` equals ``expected`` (scrapes come every second); fails with the last value."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.value(expression)
+            if last == expected:
+                return last
+            time.sleep(0.25)
+        raise AssertionError(f"{expression} is {last}, not {expected}, after {timeout}s:\n{self.log()[-2000:]}")
+
+    def rules_health(self) -> dict[str, str]:
+        """Each loaded rule's name and health (``"ok"`` once evaluated without error)."""
+        import requests
+
+        answer = requests.get(f"{self.url}/api/v1/rules", timeout=5).json()
+        return {rule["name"]: rule["health"] for group in answer["data"]["groups"] for rule in group["rules"]}
+
+    def targets_up(self) -> dict[str, str]:
+        import requests
+
+        answer = requests.get(f"{self.url}/api/v1/targets", timeout=5).json()
+        return {t["labels"]["job"]: t["health"] for t in answer["data"]["activeTargets"]}

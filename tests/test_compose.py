@@ -56,8 +56,20 @@ def test_docker_compose_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_runs_redis_migrate_web_worker_and_flower() -> None:
-    assert set(resolved()["services"]) == {"redis", "migrate", "web", "worker", "flower"}
+def test_runs_redis_migrate_web_worker_flower_and_prometheus() -> None:
+    assert set(resolved()["services"]) == {"redis", "migrate", "web", "worker", "flower", "prometheus"}
+
+
+def test_prometheus_scrapes_the_web_process_and_the_worker() -> None:
+    prometheus = resolved()["services"]["prometheus"]
+    config_file = ROOT / "docs" / "prometheus" / "prometheus.yml"
+    assert any(str(config_file.parent) in str(volume) for volume in prometheus["volumes"]), prometheus["volumes"]
+    config = YAML(typ="safe").load(config_file.read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets == {"web": ["web:8000"], "worker": ["worker:9808"]}
+    worker = resolved()["services"]["worker"]["environment"]
+    assert (worker["WORKER_METRICS_PORT"], worker["WORKER_METRICS_ADDRESS"]) == ("9808", "0.0.0.0")
+    assert worker["PROMETHEUS_MULTIPROC_DIR"] in str(resolved()["services"]["worker"]["tmpfs"])
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
@@ -105,3 +117,14 @@ def test_refuses_to_start_flower_without_a_password() -> None:
     result = docker_compose("-q", DJANGO_SECRET_KEY="test-secret")
     assert result.returncode != 0
     assert "set FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_prometheus_accepts_its_configuration_and_the_alerts() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: apt-get install prometheus (or make system-deps)"
+    result = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "docs" / "prometheus" / "prometheus.yml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 3 rules found" in result.stdout + result.stderr

@@ -193,6 +193,17 @@ def test_a_save_in_a_demo_process_is_broadcast_by_its_worker(demo: Demo) -> None
     assert [t["name"] for t in found] == ["chat.MessageStream.on_save"], (tasks, demo.log())
 
 
+def test_make_demo_prints_and_serves_the_metrics(demo: Demo) -> None:
+    """Runs after a save was broadcast (above): the worker's pool process counted it."""
+    line = next((line for line in demo.output if line.startswith("  Metrics: ")), None)
+    assert line is not None, demo.log()
+    web, worker = re.findall(r"(http://\S+/metrics) \((web|worker)\)", line)
+    assert (web[1], worker[1]) == ("web", "worker")
+    assert web[0] == demo.urls["Web"] + "metrics"
+    assert "# TYPE turbo_async_sockets gauge" in fetch(web[0])
+    assert 'turbo_async_broadcasts_total{hook="chat.message.on_save"}' in fetch(worker[0])
+
+
 def test_make_demo_says_it_is_up_once_everything_answers(demo: Demo) -> None:
     assert demo.up_line is not None, demo.log()
     before_up = "".join(demo.output[: demo.up_line])
@@ -328,3 +339,4 @@ def test_runs_again_on_the_same_ports_and_database(stopped: Stopped) -> None:
         stop(again)
     with sqlite3.connect(stopped.db_path) as db:  # seeded on the first run only
         assert db.execute("SELECT count(*) FROM chat_room").fetchone() == (3,)
+

@@ -120,6 +120,8 @@ def third_party_imports(directory: Path) -> dict[str, set[str]]:
 
 def test_the_package_declares_what_it_imports() -> None:
     declared = set(requirements(PROJECT["dependencies"])) | {"pytest"}  # pytest: only its pytest plugin
+    # prometheus_client: turbo_async.metrics imports it when the metrics extra is installed.
+    declared |= set(requirements(PROJECT["optional-dependencies"]["metrics"]))
     imported = third_party_imports(ROOT / "turbo_async")
     assert {name: files for name, files in imported.items() if name not in declared} == {}
 
@@ -174,7 +176,7 @@ def test_wheel_metadata_has_the_license_expression_python_range_and_extras(dist:
     assert {"License-Expression: MIT", "License-File: LICENSE", "Requires-Python: >=3.11"} <= set(lines)
     assert {"Requires-Dist: kombu[redis]>=5.3", "Requires-Dist: Django>=5.2"} <= set(lines)
     extras = {line.removeprefix("Provides-Extra: ") for line in lines if line.startswith("Provides-Extra: ")}
-    assert extras == {"uvicorn", "demo", "test", "dev"}
+    assert extras == {"uvicorn", "metrics", "demo", "test", "dev"}
     assert 'Requires-Dist: uvicorn[standard]>=0.30; extra == "uvicorn"' in lines
 
 

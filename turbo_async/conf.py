@@ -43,6 +43,12 @@ Every key is optional::
         "OFFSETS": True,                # give each frame batch its stream's (epoch, offset)
         "HISTORY_SIZE": 100,            # frame batches per stream kept in Redis for catch-up (0: none)
         "HISTORY_MAX_AGE": 300.0,       # seconds a batch stays replayable
+        # Metrics (turbo_async.metrics, docs/monitoring.rst); need pip install "turbo-async[metrics]":
+        "METRICS": False,               # Prometheus metrics and the status records of --status
+        "METRICS_PATH": "/metrics",     # where a web process serves them (turbo_async.routing.with_metrics)
+        "METRICS_PORT": None,           # the port a Celery worker serves them on (None: it does not)
+        "METRICS_ADDRESS": "127.0.0.1",  # the address it binds ("0.0.0.0": every interface)
+        "STATUS_INTERVAL": 5.0,         # seconds between a web process's status records in Redis (0: none)
     }
 
 Publishing runs on a per-process background thread (``PUBLISH_IN_BACKGROUND``): a commit only
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from importlib.util import find_spec
 from typing import Any
 
 from celery import current_app
@@ -76,6 +83,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 ON_PUBLISH_ERROR_CHOICES = ("log", "inline")
+NULLABLE = ("QUEUE", "SIGNATURE_MAX_AGE", "DELIVERY_MAX_RETRIES", "METRICS_PORT")
 OUTBOX_CHOICES = ("memory", "database")
 AT_LEAST_ONE = (
     "OUTBOX_MAX_SIZE", "BATCH_MAX_SIZE", "MAX_MESSAGE_BYTES", "MESSAGE_BURST", "LAYER_CONCURRENCY",
@@ -124,6 +132,12 @@ class TurboAsyncSettings:
     OFFSETS: bool = True
     HISTORY_SIZE: int = 100
     HISTORY_MAX_AGE: float = 300.0
+    # Metrics (turbo_async.metrics, docs/monitoring.rst).
+    METRICS: bool = False
+    METRICS_PATH: str = "/metrics"
+    METRICS_PORT: int | None = None
+    METRICS_ADDRESS: str = "127.0.0.1"
+    STATUS_INTERVAL: float = 5.0
 
 
 def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
@@ -153,7 +167,7 @@ def load(raw: Any) -> TurboAsyncSettings:
     defaults = TurboAsyncSettings()
     for name, value in raw.items():
         default = getattr(defaults, name)
-        nullable = name in ("QUEUE", "SIGNATURE_MAX_AGE", "DELIVERY_MAX_RETRIES")
+        nullable = name in NULLABLE
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be True or False, not {value!r}.")
@@ -187,6 +201,19 @@ def load(raw: Any) -> TurboAsyncSettings:
     if not (ws_path.startswith("/") and ws_path.endswith("/")):
         raise ImproperlyConfigured(
             f"TURBO_ASYNC['WS_PATH'] must start and end with '/', like '/ws/', not {ws_path!r}."
+        )
+    metrics_path = raw.get("METRICS_PATH", defaults.METRICS_PATH)
+    if not metrics_path.startswith("/"):
+        raise ImproperlyConfigured(
+            f"TURBO_ASYNC['METRICS_PATH'] must start with '/', like '/metrics', not {metrics_path!r}."
+        )
+    port = raw.get("METRICS_PORT")
+    if port is not None and not 0 < port < 65536:
+        raise ImproperlyConfigured(f"TURBO_ASYNC['METRICS_PORT'] must be a port number (1 to 65535), not {port!r}.")
+    if raw.get("METRICS") and find_spec("prometheus_client") is None:
+        raise ImproperlyConfigured(
+            "TURBO_ASYNC['METRICS'] is on but prometheus_client is not installed: "
+            "pip install \"turbo-async[metrics]\"."
         )
     debounce = raw.get("REFRESH_DEBOUNCE", defaults.REFRESH_DEBOUNCE)
     max_wait = raw.get("REFRESH_MAX_WAIT", defaults.REFRESH_MAX_WAIT)

@@ -42,7 +42,7 @@ from channels.sessions import InstanceSessionWrapper
 from channels.utils import await_many_dispatch
 from django.core.exceptions import ObjectDoesNotExist
 
-from . import conf, history
+from . import conf, history, metrics
 from .exceptions import InvalidSubscription, UnknownStream
 from .fanout import FanOut, OwnChannel, shared_since, stream_position
 from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
@@ -220,6 +220,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.writing = False
         self.budget = TokenBucket(settings.MAX_MESSAGES_PER_SECOND, settings.MESSAGE_BURST)
         self.refusals = RefusalLog(peer(self.scope), settings.LOGGED_REFUSALS_PER_SOCKET)
+        metrics.socket_opened()
         await self.accept()
         if settings.HEARTBEAT_INTERVAL > 0:
             self.heartbeat = asyncio.create_task(self.beat(settings.HEARTBEAT_INTERVAL))
@@ -294,6 +295,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.sent[group] = now
 
     async def disconnect(self, code: int) -> None:
+        metrics.socket_closed(code, getattr(self, "subscriptions", None))
         if self.heartbeat is not None:
             self.heartbeat.cancel()
             self.heartbeat = None
@@ -360,6 +362,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.refusals.warning("refused a subscription to %s: %s", readable(signed_name), exc)
             # The client refreshes the page on this code: only a new render signs anew.
             code = SIGNATURE_EXPIRED if str(exc).startswith("signature expired") else None
+            metrics.refused(code or "invalid_signature")
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
         group = group_name(stream_name, args, kwargs)
@@ -369,6 +372,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Counted per signed name: every name gets its own copy of each frame.
         held = sum(len(names) for names in self.subscriptions.values())
         if signed_name not in self.subscriptions.get(group, ()) and held >= settings.MAX_SUBSCRIPTIONS:
+            metrics.refused("too_many_subscriptions")
             await self.error(
                 f"too many subscriptions on this socket (at most {settings.MAX_SUBSCRIPTIONS}; "
                 "see TURBO_ASYNC['MAX_SUBSCRIPTIONS'])",
@@ -378,10 +382,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             seen = history.parse(content.epoch, content.offset)
         except history.BadOffset as exc:
+            metrics.refused(BAD_OFFSET)
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
         allowed, reason = await self.allowed(stream_name, args, kwargs)
         if not allowed:
+            metrics.refused(reason)
             await self.error(reason, signed_name)
             return
         if group not in self.subscriptions:
@@ -389,11 +395,13 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 await self.membership.join(group, self)
             except LAYER_ERRORS as exc:
                 self.refusals.warning("could not join the group of %r: %r", stream_name, exc)
+                metrics.refused("layer_unavailable")
                 await self.error(
                     "the server cannot subscribe now (channel layer unavailable); subscribe again later",
                     signed_name,
                 )
                 return
+        metrics.subscribed(self.subscriptions, group, signed_name)
         self.subscriptions.setdefault(group, set()).add(signed_name)
         if content.ranges:
             self.ranges = True
@@ -415,10 +423,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.layer_failed("could not read the stream's history", exc)
             missed = history.Replay(None, [], reset="the history cannot be read now")
         if missed.reset is not None:
+            metrics.reset_sent(missed.reset)
             await self.send(json.dumps({"type": RESET, "signed_channel_name": signed_name, "reason": missed.reset}))
             return
         for offset, data in missed.frames:
             await self.send(frame_message(signed_name, data, seen.epoch, offset))
+        metrics.replayed(len(missed.frames))
         if missed.frames:
             # Live frames already queued for this socket carry these offsets again.
             self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
@@ -463,6 +473,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names = self.subscriptions.get(group)
         if not names:
             return
+        metrics.unsubscribed(names, signed_name)
         names.discard(signed_name)
         if not names:
             del self.subscriptions[group]
@@ -495,6 +506,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             for signed_name in self.subscriptions.get(group, ()):
                 text = frame_message(signed_name, event["data"], epoch, offset, first)
                 await send({"type": "websocket.send", "text": text})
+                metrics.frame_sent(len(text), event.get("committed"))
         finally:
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
@@ -505,6 +517,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         subscribed to it refreshes (the client's answer to a ``reset``)."""
         group = event.get("group", "")
         for signed_name in list(self.subscriptions.get(group, ())):
+            metrics.reset_sent(str(event.get("reason")))
             reply = {"type": RESET, "signed_channel_name": signed_name, "reason": event.get("reason")}
             await self.send(json.dumps(reply))
         self.sent.pop(group, None)

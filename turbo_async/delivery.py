@@ -28,7 +28,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf, history, recording
+from . import conf, history, metrics, recording
 from .frames import REFRESH, frame_markup
 from .layers import LAYER_ERRORS, counting_drops, layer_call
 from .protocol import MESSAGE_TYPE
@@ -61,7 +61,7 @@ _collecting: contextvars.ContextVar[Outgoing | None] = contextvars.ContextVar(
 
 
 def message(group: str, stream_name: str, markup: str) -> dict[str, Any]:
-    return {"type": MESSAGE_TYPE, "group": group, "stream": stream_name, "data": markup}
+    return metrics.stamped({"type": MESSAGE_TYPE, "group": group, "stream": stream_name, "data": markup})
 
 
 @contextmanager
@@ -95,6 +95,7 @@ class NotDelivered(Exception):
         self.dropped = dropped
 
 
+@metrics.timed_send
 def deliver(outgoing: Outgoing) -> int:
     """Send collected frames: one ``group_send`` per stream. Returns how many deliveries the
     layer dropped because a receiving web process's channel was full (see :func:`group_send`).
@@ -166,6 +167,7 @@ def group_send(group: str, msg: dict[str, Any]) -> int:
         send_numbered(layer, group, msg, _waited_since.get()), timeout=conf.get().DELIVERY_TIMEOUT
     )
     if dropped:
+        metrics.capacity_dropped(dropped)
         logger.warning(
             "the channel layer dropped the frames of %s (%d frame batch, offset %s) for %d web "
             "process(es): their channel was full (CHANNEL_LAYERS capacity, per web process); "
@@ -209,7 +211,7 @@ async def send_numbered(
     stream was numbered meanwhile; otherwise the stream gets a new epoch and a refresh frame, and
     every page of it refreshes. ``since``: when they began waiting (see :func:`waited_since`)."""
     if msg.get("type") == MESSAGE_TYPE and history.enabled(layer):
-        position = await layer_call(history.append, layer, group, msg["data"], since)
+        position = await metrics.timed_history(layer_call(history.append, layer, group, msg["data"], since))
         if position is None:
             logger.warning(
                 "the frames of %s waited %.0f s for the channel layer, and later frames of the stream "

@@ -41,7 +41,7 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from . import conf, publish
+from . import conf, metrics, publish
 from .broker import describe_broker
 from .changes import Change, StreamAction
 
@@ -99,6 +99,7 @@ class Outbox:
         try:
             self.start().put_nowait(entries)
         except queue.Full:
+            metrics.outbox_dropped("outbox_full", len(entries))
             for entry in entries:
                 logger.error(
                     "outbox full (%d commits waiting for the broker); the broadcast of %s is dropped%s",
@@ -187,6 +188,7 @@ class Outbox:
                 _close_connections()  # one may be broken
                 time.sleep(1)
             finally:
+                metrics.outbox_state(backlog, commits)
                 for event in reached:
                     event.set()
 
@@ -245,12 +247,14 @@ class Outbox:
                             "the broadcast of %s waited for the broker longer than OUTBOX_MAX_AGE "
                             "(%s s) and is dropped%s", head.item.describe(), settings.OUTBOX_MAX_AGE, _kept(head),
                         )
+                        metrics.outbox_dropped("max_age")
                         backlog.popleft()
                         continue
                     run = self._run_of(backlog, settings)
                     try:
                         self._send(run, producer)
                     except BROKER_ERRORS as exc:
+                        metrics.publish_failed()
                         if settings.ON_PUBLISH_ERROR != "inline":
                             waiting = sum(isinstance(entry, Entry) for entry in backlog)
                             log(
@@ -266,6 +270,7 @@ class Outbox:
                         backlog.popleft()
                         sent.setdefault(entry.alias, []).extend(entry.rows)
         except BROKER_ERRORS as exc:  # the producer pool itself
+            metrics.publish_failed()
             log(
                 "the broker is unreachable (%s: %s); retrying; tried %s", type(exc).__name__, exc, describe_broker()
             )
@@ -290,6 +295,7 @@ class Outbox:
     def _send(run: list[Entry], producer: Any) -> None:
         """Send a run as one task (a lone change stays a task named after its hook); raises
         the broker's errors. Anything else fails only the entry it concerns."""
+        metrics.publishing(run)
         if len(run) > 1:
             try:
                 publish.send_batch([(entry.item, entry.alias) for entry in run], producer)

@@ -16,7 +16,7 @@ from typing import Any
 from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
-from . import conf, recording
+from . import conf, metrics, recording
 from .broker import describe_broker
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
 
@@ -57,7 +57,10 @@ def send_batch(items: Sequence[tuple[Change | StreamAction, str]], producer: Any
     payload = [item.payload(alias) for item, alias in items]
     shadow = batch_name([item.shadow or item.describe() for item, _ in items])
     task = conf.celery_app().tasks[BATCH_TASK]
-    task.apply_async((payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()))
+    task.apply_async(
+        (payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()),
+        **metrics.headers(),
+    )
 
 
 BATCH_NAME_MAX_LENGTH = 160
@@ -132,7 +135,8 @@ def send_message(
     task = conf.celery_app().tasks[name]
     # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
     task.apply_async(
-        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get())
+        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get()),
+        **metrics.headers(),
     )
 
 
@@ -148,6 +152,7 @@ def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
         "could not queue the broadcast of %s: %s: %s; tried %s",
         item.describe(), type(exc).__name__, exc, describe_broker(),
     )
+    metrics.publish_failed(dropped=conf.get().ON_PUBLISH_ERROR != "inline")
     if conf.get().ON_PUBLISH_ERROR == "inline":
         try:
             run_here(item, alias, throw=True)

@@ -31,7 +31,7 @@ from typing import Any
 from celery._state import get_current_task
 from redis.exceptions import RedisError
 
-from . import broker, conf, delivery, placement, recording
+from . import broker, conf, delivery, metrics, placement, recording
 from .frames import REFRESH, frame_markup
 
 logger = logging.getLogger("turbo_async")
@@ -122,6 +122,7 @@ def fire(group: str, stream_name: str) -> str | None:
 
 def send(group: str, stream_name: str, request_id: str = "") -> None:
     """Send the refresh frame (or add it to the frames a broadcast is collecting)."""
+    metrics.refresh_sent()
     delivery.send(group, stream_name, frame_markup(REFRESH, request_id=request_id or None))
 
 

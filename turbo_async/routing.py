@@ -9,6 +9,11 @@
 ...         AuthMiddlewareStack(URLRouter(turbo_async.routing.websocket_urlpatterns))
 ...     ),
 ... })
+
+With ``TURBO_ASYNC["METRICS"]`` on, wrap the HTTP application to serve the metrics on
+``METRICS_PATH`` (``/metrics``); while metrics are off it passes everything through:
+
+>>> "http": turbo_async.routing.with_metrics(get_asgi_application()),
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from django.urls import path
 
 from . import conf
 from .consumers import TurboStreamsConsumer
+from .metrics import asgi as with_metrics
+
+__all__ = ["websocket_urlpatterns", "with_metrics"]
 
 websocket_urlpatterns = [
     # "ws/" by default; TURBO_ASYNC["WS_PATH"] moves it (and the browser follows).

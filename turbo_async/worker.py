@@ -22,7 +22,7 @@ from celery import Task
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from . import broker, codec, conf, delivery, history, refreshes
+from . import broker, codec, conf, delivery, history, metrics, refreshes
 from .changes import DELETE, SAVE, bound_request_id, rebuild
 from .exceptions import DeliveryError
 from .frames import ACTIONS, REFRESH
@@ -136,6 +136,7 @@ def broadcast_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
                     logger.info("%s pk=%r %s skipped: %s", item["label"], item["pk"], item["event"], exc)
             except Exception as exc:
                 logger.exception("the hook of %s failed in a batch of %d", what, len(items))
+                metrics.hook_failed()
                 failures.append(f"{what}: {type(exc).__name__}: {exc}")
     result = _deliver(outgoing)
     _add(result, _recheck(saved))

@@ -62,6 +62,12 @@ def raw_publisher() -> Callable[[Any], None]:
     return publish
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     setup_django()
     from django.apps import apps
@@ -132,6 +138,8 @@ def main() -> None:
         subscribers.wait(90)
         arrivals = json.loads(out.read_text())
         errors = [w.log() for w in webs if unexpected_errors(w.log())]
+        # CPU seconds the web processes spent in all (less moved by other load than the p99).
+        web_cpu = sum(cpu_seconds(w.process.pid) for w in webs if w.process is not None)
         if worker is not None and "Traceback" in worker.log():
             errors.append(worker.log())
     finally:
@@ -159,6 +167,7 @@ def main() -> None:
             "subscribers": PER_ROOM,
             "rate": RATE,
             "connect_s": connected,
+            "web_cpu_us_per_frame": web_cpu / max(1, len(arrivals)) * 1e6,
         }
     )
 

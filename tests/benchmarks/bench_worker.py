@@ -3,7 +3,8 @@
 (``turbo_async.batch`` tasks of ``BATCH_MAX_SIZE`` changes, sent with
 ``turbo_async.publish.send_batch``), then as one task per change (a fresh worker); a raw loop
 does the same reload + render + group_send per change without Celery. Rates are per change.
-Run by run.py (variant turbo_async).
+Run by run.py (variant turbo_async). ``BENCH_MODES`` (``batched,single``) and ``BENCH_RAW``
+(``1``) choose what runs; ``BENCH_METRICS=1`` turns turbo_async's metrics on (settings.py).
 """
 
 from __future__ import annotations
@@ -44,20 +45,26 @@ def main() -> None:
     result: dict[str, Any] = {"batch_size": batch}
     # Each drained by a fresh worker: the outbox's batches (as it publishes under load), then
     # one task per change (as it publishes a lone change).
+    modes = os.environ.get("BENCH_MODES", "batched,single").split(",")
     for mode, size in (("batched", batch), ("single", 1)):
-        rates, rss = drain(pks, size)
+        if mode not in modes:
+            continue
+        rates, rss, cpu = drain(pks, size)
+        result[f"{mode}_cpu_ms"] = cpu * 1000
         result[f"{mode}_per_s"] = statistics.median(rates)
         result[f"{mode}_rates"] = rates
         result[f"{mode}_rss_1k_mb"] = rss[min(1000, TASKS)] / 1024
         result[f"{mode}_rss_10k_mb"] = rss[TASKS] / 1024
-    result["raw_per_s"] = raw_loop(Message, pks[:RAW])
+    if os.environ.get("BENCH_RAW", "1") == "1":
+        result["raw_per_s"] = raw_loop(Message, pks[:RAW])
     write_result(result)
 
 
-def drain(pks: list[int], size: int) -> tuple[list[float], dict[int, int]]:
+def drain(pks: list[int], size: int) -> tuple[list[float], dict[int, int], float]:
     """Queue a broadcast of each of ``pks`` in Celery messages of ``size`` changes, then let one
-    worker process drain them: the rates over 500-change chunks after the first 1,000, and the
-    pool process's RSS in kB after each chunk."""
+    worker process drain them: the rates over 500-change chunks after the first 1,000, the
+    pool process's RSS in kB after each chunk, and its CPU seconds per change after the first 1,000
+    (less moved by other load on the machine than the rate)."""
     import redis
     from django.conf import settings
 
@@ -104,7 +111,8 @@ def drain(pks: list[int], size: int) -> tuple[list[float], dict[int, int]]:
     # The first 1,000 changes warm up (imports, template cache, connections).
     warm = [mark for mark in marks if mark[0] >= min(1000, len(pks) // 2)]
     rates = [(later[0] - earlier[0]) / (later[1] - earlier[1]) for earlier, later in pairwise(warm)]
-    return rates, {int(done): kb for done, _, kb in marks}
+    cpu = (warm[-1][3] - warm[0][3]) / (warm[-1][0] - warm[0][0])
+    return rates, {int(mark[0]): mark[2] for mark in marks}, cpu
 
 
 def raw_loop(Message: Any, pks: list[int]) -> float:

@@ -8,7 +8,11 @@ one). The request path is measured for both of turbo_async's outboxes (``OUTBOX`
 sends them under load) and one task per change, against a raw loop. The fan-out latency runs each
 case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS``, for turbo_async
 and for turbo-django (in its venv). Offsets and history (bench_history.py): worker broadcasts/s
-with history writes on and off, and the catch-up time of 100 missed frames. Nothing timed is asserted: the figures are printed, and
+with history writes on and off, and the catch-up time of 100 missed frames. Metrics
+(``TURBO_ASYNC["METRICS"]``): worker changes/s (batched) and the fan-out p99 of ``METRICS_CASE``,
+on against off, ``METRICS_ROUNDS`` processes of each, alternating, in the same run, and the cost
+of the metrics calls alone against the CPU a change or a frame costs (bench_metrics_calls.py)
+(``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
 the goals' "Met" column only reports them.
 """
 
@@ -49,6 +53,10 @@ LATENCY_GOALS = {"1x200@50": 20.0, "1x1000@10": 100.0, "10x20@50": 10.0}
 LAYERS = os.environ.get("BENCH_LAYERS", "core,pubsub").split(",")
 """The channels_redis layers the fan-out is measured with (settings.py's ``BENCH_LAYER``)."""
 ROUNDS = 3
+METRICS_CASE = os.environ.get("BENCH_METRICS_CASE", "1x200@50")
+METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "3"))
+METRICS_GOAL = 0.03
+"""Issue 24: metrics may cost at most 3% of worker throughput and of the fan-out p99."""
 """Processes of each request variant compared within one database, alternating, whose medians
 are taken: one process's figures move by more than the outboxes differ on a loaded machine."""
 
@@ -152,10 +160,85 @@ def create_database(port: int, name: str) -> None:
         db.execute(f'CREATE DATABASE "{name}"')
 
 
+def metrics_overhead(env: Any, redis: RedisServer) -> dict[str, list[dict[str, Any]]]:
+    """Worker throughput (batched, 5,000 changes) and the fan-out of ``METRICS_CASE`` (core layer)
+    with metrics off and on, ``METRICS_ROUNDS`` processes each, off and on alternating; and the
+    calls alone."""
+    rooms, rest = METRICS_CASE.split("x")
+    subscribers, rate = rest.split("@")
+    results: dict[str, list[dict[str, Any]]] = {
+        "calls": [run("tests.benchmarks.bench_metrics_calls", env("turbo_async", "metrics_calls"))]
+    }
+    # The worker's runs first, then the fan-out's: interleaved, the worker runs that came right
+    # after a fan-out run measured up to 45% slower (rate; CPU per change unchanged) in some runs.
+    # Off and on swap places every round.
+    orders = [("off", "on") if rep % 2 == 0 else ("on", "off") for rep in range(METRICS_ROUNDS)]
+    for rep, order in enumerate(orders):
+        for state in order:
+            redis.flushall()
+            results.setdefault(f"worker {state}", []).append(run(
+                "tests.benchmarks.bench_worker",
+                {**env("turbo_async", f"metrics_worker_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
+                 "BENCH_TASKS": "5000", "BENCH_MODES": "batched", "BENCH_RAW": "0"},
+            ))
+    for rep, order in enumerate(orders):
+        for state in order:
+            redis.flushall()
+            results.setdefault(f"fanout {state}", []).append(run(
+                "tests.benchmarks.bench_latency",
+                {**env("turbo_async", f"metrics_fanout_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
+                 "BENCH_LAYER": "core", "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate},
+            ))
+    return results
+
+
+def metrics_rows(overhead: dict[str, list[dict[str, Any]]]) -> list[tuple[str, ...]]:
+    """Metrics on against off: medians of the processes of each, and how much slower "on" is."""
+
+    def median(key: str, field: str) -> float:
+        return float(statistics.median(result[field] for result in overhead[key]))
+
+    rows = []
+    for name, key, field, slower in (
+        ("worker, changes/s (batched)", "worker", "batched_per_s", lambda off, on: off / on - 1),
+        ("… worker CPU ms per change", "worker", "batched_cpu_ms", lambda off, on: on / off - 1),
+        (f"fan-out {METRICS_CASE.replace('x', ' x ')}, core, p99 ms", "fanout", "p99_ms", lambda off, on: on / off - 1),
+        ("… web CPU µs per frame written", "fanout", "web_cpu_us_per_frame", lambda off, on: on / off - 1),
+    ):
+        off, on = median(f"{key} off", field), median(f"{key} on", field)
+        cost = slower(off, on)
+        each = ", ".join(_figure(r[field]) for r in overhead[f"{key} on"])
+        each += " / off: " + ", ".join(_figure(r[field]) for r in overhead[f"{key} off"])
+        rows.append((
+            f"7. metrics on vs off: {name}", f"off {_figure(off)}", f"on {_figure(on)}", "", "",
+            f"on costs {cost * 100:+.1f}% (medians of {len(overhead[f'{key} on'])}; on: {each})",
+            f"<= {METRICS_GOAL * 100:g}%", "yes" if cost <= METRICS_GOAL else "NO",
+        ))
+    # The calls alone (bench_metrics_calls.py), against the CPU one frame or change costs above.
+    calls = overhead["calls"][0]
+    for name, key, per, field in (
+        ("frame_sent, µs per frame and socket", "frame_us", "fanout off", "web_cpu_us_per_frame"),
+        ("task signals, µs per change (batch of 100)", "change_us", "worker off", "batched_cpu_ms"),
+    ):
+        added = calls[f"{key}_on"] - calls[f"{key}_off"]
+        cpu = median(per, field) * (1000 if field.endswith("_ms") else 1)
+        rows.append((
+            f"7. metrics: {name}", f"off {calls[f'{key}_off']:.2f}", f"on {calls[f'{key}_on']:.2f}", "", "",
+            f"+{added:.2f} µs = {added / cpu * 100:.1f}% of the {cpu:.0f} µs of CPU each costs (median off above)",
+            f"<= {METRICS_GOAL * 100:g}%", "yes" if added / cpu <= METRICS_GOAL else "NO",
+        ))
+    return rows
+
+
+def _figure(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
+
+
 def main() -> None:
     began = time.monotonic()
     load_before = os.getloadavg()[0]
-    td_python = turbo_django_python()
+    # BENCH_ONLY=metrics needs no turbo-django
+    td_python = turbo_django_python() if os.environ.get("BENCH_ONLY") != "metrics" else Path(sys.executable)
     shm = Path("/dev/shm")
     tmp = Path(tempfile.mkdtemp(prefix="turbo_async_bench_", dir=shm if shm.is_dir() else None))
     redis = RedisServer(free_port(), tmp / "redis")
@@ -189,7 +272,16 @@ def main() -> None:
                 "tests.benchmarks.bench_request", {**env(variant, db, database, outbox), **extra}, python, *args
             )
 
-        print("Running the benchmarks (about 12 minutes)", flush=True)
+        if os.environ.get("BENCH_ONLY") == "metrics":
+            overhead = metrics_overhead(env, redis)
+            (tmp / "results.json").write_text(json.dumps({"metrics": overhead}, indent=1))
+            print()
+            print(table_of([("Benchmark", "no streams", "turbo_async", "suppress()", "turbo-django", "Result",
+                             "Goal", "Met"), *metrics_rows(overhead)]))
+            print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
+                  f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+            return
+        print("Running the benchmarks (about 15 minutes)", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {}
         # SQLite: no streams, turbo_async with each outbox, ROUNDS processes each, alternating;
         # loading rows is measured in the first two only (the outbox does not change it).
@@ -223,6 +315,7 @@ def main() -> None:
         worker = run("tests.benchmarks.bench_worker", env("turbo_async", "worker"))
         redis.flushall()
         history = run("tests.benchmarks.bench_history", env("turbo_async", "history"))
+        overhead = metrics_overhead(env, redis)
         latency: dict[str, dict[str, Any]] = {}
         for case in LATENCY_CASES.split(","):
             rooms, rest = case.split("x")
@@ -255,12 +348,14 @@ def main() -> None:
         redis.stop()
         keep_only(tmp, "results.json")
     (tmp / "results.json").write_text(
-        json.dumps({"runs": runs, "worker": worker, "latency": latency, "history": history}, indent=1)
+        json.dumps(
+            {"runs": runs, "worker": worker, "latency": latency, "history": history, "metrics": overhead}, indent=1
+        )
     )
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
     print()
-    print(table(request, worker, latency, history))
+    print(table(request, worker, latency, history, overhead))
     print()
     for line in info:
         print(line)
@@ -311,7 +406,7 @@ def fanout_rows(latency: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
 
 def table(
     request: dict[str, dict[str, Any]], worker: dict[str, Any], latency: dict[str, Any],
-    history: dict[str, Any] | None = None,
+    history: dict[str, Any] | None = None, overhead: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     none, ta, sup, td = (request[k] for k in ("none", "turbo_async", "suppress", "turbo_django"))
 
@@ -411,7 +506,13 @@ def table(
             (name, "", figure, "", "", result, "", "")
             for name, figure, result in (bench_history.rows(history) if history else [])
         ),
+        *(metrics_rows(overhead) if overhead else []),
     ]
+    return table_of(rows)
+
+
+def table_of(rows: list[tuple[str, ...]]) -> str:
+    """``rows`` (the first is the header) as a reST simple table."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     rule = "  ".join("=" * w for w in widths)
     lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)).rstrip(), rule]

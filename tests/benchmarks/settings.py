@@ -109,7 +109,8 @@ CHANNEL_LAYERS = {
     }
 }
 
-TURBO_ASYNC = {"OUTBOX": OUTBOX}
+# BENCH_METRICS=1: Prometheus metrics on (run.py's overhead rows measure them on against off).
+TURBO_ASYNC = {"OUTBOX": OUTBOX, "METRICS": os.environ.get("BENCH_METRICS", "0") == "1"}
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = False

@@ -1,5 +1,5 @@
 """The worker service's Celery app (workers/celery.py) plus a progress mark every
-``BENCH_MARK_EVERY`` changes: ``(changes done, perf_counter, RSS in kB)`` pushed to the Redis list
+``BENCH_MARK_EVERY`` changes: ``(changes done, perf_counter, RSS in kB, process CPU seconds)`` pushed to the Redis list
 ``bench:marks`` by the pool process that ran the task. A ``turbo_async.batch`` task counts the
 changes it carried, any other task one. One push per mark, so the cost per task is a counter
 increment.
@@ -40,4 +40,4 @@ def mark(sender: Any = None, args: Any = None, **kwargs: Any) -> None:
         import redis
 
         _redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    _redis.rpush("bench:marks", json.dumps([_done, time.perf_counter(), rss_kb()]))
+    _redis.rpush("bench:marks", json.dumps([_done, time.perf_counter(), rss_kb(), time.process_time()]))

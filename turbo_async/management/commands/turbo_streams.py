@@ -5,7 +5,10 @@ Without options it lists every stream with its model, hooks and the Celery queue
 go to. ``--check`` connects to the Celery broker, asks the workers which queues they consume,
 counts the tasks waiting in the broadcast queue and makes a round trip through the channel layer
 (the way a worker sends); it prints a verdict per service and exits non-zero if broadcasts would
-not reach a browser.
+not reach a browser. ``--status`` prints a live snapshot of a running deployment without
+Prometheus: each web process as it last reported itself in Redis (sockets, subscriptions, lag over
+the last minute, its outbox; ``TURBO_ASYNC["METRICS"]`` on), the workers that answer a ping, and
+the tasks waiting in the broadcast queue.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import conf, delivery
+from ... import conf, delivery, metrics
 from ...broker import broker_is_redis, broker_url, fallback_app, scheme, without_password
 from ...checks import TAG
 from ...registry import stream_registry
@@ -29,6 +32,7 @@ from ...streams import ModelStream
 HOOKS = tuple(ModelStream.hooks.values())
 
 CHECK_MESSAGE_TYPE = "turbo.check"
+STATUS_COLUMNS = ("Process", "Sockets", "Subscriptions", "Frames/min", "Lag p50", "Lag p99", "Outbox", "Oldest")
 
 
 class Command(BaseCommand):
@@ -44,6 +48,14 @@ class Command(BaseCommand):
             "--check",
             action="store_true",
             help="Connect to the broker and make a round trip through the channel layer.",
+        )
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help=(
+                "A live snapshot: the web processes reporting to Redis (sockets, subscriptions, lag "
+                "p50/p99 over the last minute, outbox), the workers that answer a ping, the queue."
+            ),
         )
         parser.add_argument(
             "--timeout",
@@ -62,6 +74,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["status"]:
+            self.status(options["timeout"], options["worker_timeout"])
+            return
         self.list_streams()
         if options["check"]:
             self.check_services(options["timeout"], options["worker_timeout"])
@@ -206,6 +221,67 @@ class Command(BaseCommand):
             "remote control, or a --pool solo worker busy for longer than --worker-timeout, "
             "does not reply either.)"
         )
+
+
+    # -- --status --------------------------------------------------------------------------
+
+    def status(self, timeout: float, worker_timeout: float) -> None:
+        interval = conf.get().STATUS_INTERVAL
+        layer = delivery.channel_layer()
+        try:
+            records: list[dict[str, Any]] = delivery.run(metrics.read_status(layer), timeout=timeout)
+        except Exception as exc:
+            raise CommandError(
+                f"Could not read the web processes' status from the channel layer's Redis ({_reason(exc)})."
+            ) from exc
+        if records:
+            self.stdout.write(f"Web processes: {len(records)} (each reports every {interval:g} s)")
+            rows: list[tuple[str, ...]] = [STATUS_COLUMNS]
+            for record in records:
+                rows.append((
+                    f"{record['host']}:{record['pid']}", str(record["sockets"]), str(record["subscriptions"]),
+                    str(record["frames_last_minute"]), _ms(record["lag_p50_ms"]), _ms(record["lag_p99_ms"]),
+                    str(record["outbox_waiting"]), f"{record['outbox_oldest_age_s']:g} s",
+                ))
+            rows.append((
+                "total", str(sum(r["sockets"] for r in records)), str(sum(r["subscriptions"] for r in records)),
+                str(sum(r["frames_last_minute"] for r in records)), "", "",
+                str(sum(r["outbox_waiting"] for r in records)), "",
+            ))
+            self.write_table(rows)
+        else:
+            self.stdout.write(
+                "Web processes: none reported to Redis. None runs, or none runs with "
+                "TURBO_ASYNC['METRICS'] on (a process reports from its first request or WebSocket, "
+                f"and its record expires {max(1, int(interval * 3))} s after its last report)."
+            )
+        app = _celery_app()
+        try:
+            replies = app.control.inspect(timeout=worker_timeout).ping() or {}
+            waiting = _waiting(app, _queue(), timeout)
+        except Exception as exc:
+            self.stdout.write(f"Workers: {self.style.ERROR('FAILED')} the broker is unreachable ({_reason(exc)})")
+            replies, waiting = {}, None
+        else:
+            queued = "" if waiting is None else f"; {_count(waiting, 'task')} waiting in the queue {_queue()!r}"
+            if replies:
+                self.stdout.write(
+                    f"Workers: {_count(len(replies), 'worker')} answered a ping ({', '.join(sorted(replies))}){queued}"
+                )
+            else:
+                self.stdout.write(f"Workers: none answered a ping within {worker_timeout:g} s{queued}")
+        if not records and not replies:
+            raise CommandError("Nothing is running: no web process reported and no worker answered.")
+
+    def write_table(self, rows: list[tuple[str, ...]]) -> None:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for index, row in enumerate(rows):
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            self.stdout.write(self.style.MIGRATE_HEADING(line) if index == 0 else line)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:g} ms"
 
 
 def _count(number: int, noun: str) -> str:
