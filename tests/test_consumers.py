@@ -1132,6 +1132,7 @@ async def test_frames_that_arrive_while_a_subscribe_is_handled_follow_its_answer
 
     stream = room_stream(62)
     group = stream.broadcastable_stream_name
+    name = stream.signed_stream_name  # signed anew, with a new timestamp, on each access
     other = room_stream(63)
     socket = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
     assert (await socket.connect())[0]
@@ -1146,12 +1147,12 @@ async def test_frames_that_arrive_while_a_subscribe_is_handled_follow_its_answer
 
     consumers.TurboStreamsConsumer.allowed = slow_allowed  # type: ignore[method-assign]
     try:
-        await socket.send_json_to({"type": "subscribe", "signed_channel_name": stream.signed_stream_name})
+        await socket.send_json_to({"type": "subscribe", "signed_channel_name": name})
         first = await socket.receive_json_from(timeout=2)
         second = await socket.receive_json_from(timeout=2)
     finally:
         consumers.TurboStreamsConsumer.allowed = original  # type: ignore[method-assign]
-    assert first == {"type": "subscribed", "signed_channel_name": stream.signed_stream_name}
+    assert first == {"type": "subscribed", "signed_channel_name": name}
     assert second["data"] == "<during/>"
     await socket.disconnect()
     assert members(layer, group) == set()
