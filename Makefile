@@ -5,11 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
+# make test-lowest: its own virtualenv, every runtime dependency at the floor pyproject.toml declares.
+LOWEST_VENV ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
 # Debian packages the tests drive: Redis, Chromium, PostgreSQL, RabbitMQ, docker-compose (config check only),
 # Prometheus (tests/integration/test_metrics.py starts its own server).
 APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose prometheus
 
-.PHONY: demo test bench lint docs install system-deps clean screenshots
+.PHONY: demo test test-lowest bench lint docs install system-deps clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +49,27 @@ system-deps:
 test: system-deps install
 	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
+# The unit and integration tests (not the browser tests) with every runtime dependency at its
+# declared minimum (docs/testing.rst): scripts/lowest_versions.py turns pyproject.toml's ">="
+# floors into pip constraints; the test extra's own tools install at their current versions. Same
+# runner and phases as make test; tests/test_quality.py (ruff, mypy, Sphinx) and
+# tests/test_packaging.py (build, twine, and a clean install at current versions) need the dev
+# extra's tools and say nothing about the floors: make test runs them. Rebuilt from scratch
+# whenever pyproject.toml changes.
+$(LOWEST_STAMP): pyproject.toml scripts/lowest_versions.py $(STAMP)
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(PY) scripts/lowest_versions.py > $(LOWEST_VENV)/constraints.txt
+	$(LOWEST_VENV)/bin/pip install --quiet -e ".[test]" -c $(LOWEST_VENV)/constraints.txt
+	touch $(LOWEST_STAMP)
+
+test-lowest: system-deps $(LOWEST_STAMP)
+	@echo "Runtime dependencies installed:"; $(LOWEST_VENV)/bin/pip freeze --exclude-editable \
+	  | grep -i -E "^($$(sed 's/==.*//' $(LOWEST_VENV)/constraints.txt | paste -sd'|'))=="
+	$(LOWEST_VENV)/bin/python scripts/run_tests.py --only-marked "not browser" --ignore=tests/test_quality.py \
+	  --ignore=tests/test_packaging.py $(PYTEST_ARGS)
+
 demo: $(DEMO_STAMP)
 	$(PY) demo/run.py
 
@@ -62,7 +86,7 @@ docs: install
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info docs/_build
+	rm -rf $(VENV) $(LOWEST_VENV) build dist *.egg-info docs/_build
 
 # Retake the screenshots the README and docs show (the browser tests take them).
 screenshots: system-deps install

@@ -4,14 +4,17 @@
 
 Usage (from the repository root):
 
-    python scripts/run_tests.py [PYTEST ARGS...]
+    python scripts/run_tests.py [--only-marked EXPRESSION] [PYTEST ARGS...]
 
 Each phase is a pytest run of its own (tests/settings.py picks the database from
 ``TURBO_TEST_DATABASE`` and the channels_redis layer of the worker and web processes from
 ``TURBO_TEST_LAYER`` when it is imported): so every fault test runs under both layers, and the
 suite still runs once. Its counts come from the JUnit XML report that
 pytest writes (``--junitxml``), not from its terminal output. Arguments are passed to both runs,
-e.g. ``python scripts/run_tests.py tests/test_demo_views.py -x``.
+e.g. ``python scripts/run_tests.py tests/test_demo_views.py -x``. ``--only-marked EXPRESSION``
+(first) narrows every phase to the tests that also match that marker expression: ``make
+test-lowest`` passes ``"not browser"`` (a ``-m`` among the pytest arguments would replace the
+second phase's own instead).
 
 The last line printed is the combined summary, alone and in a fixed form for CI to read:
 ``N passed, N failed`` and, when some were skipped, ``, N skipped`` (errors count as failed).
@@ -44,13 +47,19 @@ class Phase:
     title: str
     database: str
     layer: str
-    pytest_args: tuple[str, ...]
+    markers: str | None  # a pytest marker expression, None for every test
 
 
 PHASES = (
-    Phase("SQLite, pubsub layer: all tests", "sqlite", "pubsub", ()),
-    Phase("PostgreSQL, core layer: database and layer tests", "postgres", "core", ("-m", "database or layer")),
+    Phase("SQLite, pubsub layer: all tests", "sqlite", "pubsub", None),
+    Phase("PostgreSQL, core layer: database and layer tests", "postgres", "core", "database or layer"),
 )
+
+
+def marker_args(phase: Phase, only_marked: str | None) -> tuple[str, ...]:
+    """The ``-m`` of ``phase``, narrowed to ``only_marked`` too; nothing when neither selects."""
+    expressions = [f"({expression})" for expression in (phase.markers, only_marked) if expression]
+    return ("-m", " and ".join(expressions)) if expressions else ()
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,10 @@ class Interrupted:
         self.seen = True
 
 
-def run_phase(phase: Phase, pytest_args: list[str], report_dir: Path) -> Result:
+def run_phase(phase: Phase, pytest_args: list[str], report_dir: Path, only_marked: str | None = None) -> Result:
     report = report_dir / f"{phase.database}.xml"
     command = [
-        sys.executable, "-m", "pytest", *phase.pytest_args, f"--junitxml={report}", *pytest_args,
+        sys.executable, "-m", "pytest", *marker_args(phase, only_marked), f"--junitxml={report}", *pytest_args,
     ]
     env = {**os.environ, "TURBO_TEST_DATABASE": phase.database, "TURBO_TEST_LAYER": phase.layer}
     exit_code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
@@ -134,13 +143,16 @@ def banner(text: str) -> None:
 
 
 def main(pytest_args: list[str]) -> int:
+    only_marked = None
+    if pytest_args[:1] == ["--only-marked"]:
+        only_marked, pytest_args = pytest_args[1], pytest_args[2:]
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="turbo_async_reports_") as report_dir:
         for phase in PHASES:
             banner(phase.title)
-            result = run_phase(phase, pytest_args, Path(report_dir))
+            result = run_phase(phase, pytest_args, Path(report_dir), only_marked)
             results.append(result)
             # After Ctrl-C, or when pytest itself could not run (usage or internal error), the
             # next phase would not fare better; after failed tests it still says something new.

@@ -49,6 +49,27 @@ def layer_env(layer: str) -> dict[str, str]:
     return {"TURBO_TEST_LAYER": layer}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def celery_settings_a_test_can_override() -> None:
+    """Tests turn Celery settings off and on (``app.conf.task_always_eager = False``). Before
+    Celery 5.7, a setting read with the ``CELERY`` namespace (``CELERY_TASK_ALWAYS_EAGER`` in
+    tests/settings.py) is looked up before the plain name in every source, so such an assignment
+    does not win and the test runs eager. On those versions (make test-lowest) this reloads the
+    test process's app from the same values under their plain names; Celery 5.7 and later are
+    left as they are."""
+    import celery
+    from django.conf import settings
+    from packaging.version import Version
+
+    from turbo_async import conf
+
+    if Version(celery.__version__) >= Version("5.7"):
+        return
+    plain = {name.removeprefix("CELERY_").lower(): getattr(settings, name)
+             for name in dir(settings) if name.startswith("CELERY_")}
+    conf.celery_app().config_from_object(plain, force=True)
+
+
 @pytest.fixture(autouse=True)
 def fresh_abuse_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with the process's whole budget of abuse lines (LOGGED_REFUSALS_PER_MINUTE):

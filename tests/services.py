@@ -152,7 +152,8 @@ class RedisSentinel:
         """The port of the master Sentinel names now."""
         import redis
 
-        _host, port = redis.Redis(port=self.port).sentinel_get_master_addr_by_name(self.name)
+        # The raw command: redis-py 6.4's sentinel_get_master_addr_by_name() raises TypeError.
+        _host, port = redis.Redis(port=self.port).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
         return int(port)
 
     def host(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from django.test import override_settings
 
 from tests.services import ROOT, RedisServer, free_port, subprocess_env, wait_for_port
 from tests.test_command import make_project, run_in
+from turbo_async import checks as turbo_checks
 from turbo_async.checks import (
     RECOMMENDED_TRANSPORT_OPTIONS,
     broker_url,
@@ -83,6 +84,20 @@ def test_in_memory_layer_with_eager_tasks_is_fine(settings: Any, celery_conf: An
     assert check_channel_layer() == []
 
 
+@pytest.fixture
+def redis_py_8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W001/W002 are about redis-py 8's default socket_timeout: these tests assert them whatever
+    redis-py is installed (make test-lowest runs redis-py 5)."""
+    monkeypatch.setattr(turbo_checks, "_redis_major_version", lambda: 8)
+
+
+def test_redis_py_before_8_needs_no_socket_timeout(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turbo_checks, "_redis_major_version", lambda: 7)
+    settings.CHANNEL_LAYERS = redis_layer({"address": "redis://redis:6379/0"})
+    assert check_channel_layer() == []
+
+
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_host_without_socket_timeout_warns(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer({"address": "redis://redis:6379/0"})
     [warning] = check_channel_layer()
@@ -92,6 +107,7 @@ def test_redis_host_without_socket_timeout_warns(settings: Any) -> None:
     )
 
 
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_host_with_a_numeric_socket_timeout_warns(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer({"address": "redis://redis:6379/0", "socket_timeout": 5})
     assert ids(check_channel_layer()) == ["turbo_async.W001"]
@@ -109,6 +125,7 @@ def test_sentinel_host_with_socket_timeout_none_is_fine(settings: Any) -> None:
     assert check_channel_layer() == []
 
 
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_url_string_host_warns_with_the_dict_form(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer("redis://redis:6379/0")
     [warning] = check_channel_layer()
@@ -118,6 +135,7 @@ def test_redis_url_string_host_warns_with_the_dict_form(settings: Any) -> None:
     )
 
 
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_tuple_host_warns_with_the_dict_form(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer(("redis", 6379))
     [warning] = check_channel_layer()
@@ -125,6 +143,7 @@ def test_redis_tuple_host_warns_with_the_dict_form(settings: Any) -> None:
     assert "{'address': 'redis://redis:6379', 'socket_timeout': None}" in str(warning.hint)
 
 
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_default_hosts_warn(settings: Any) -> None:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": REDIS_LAYER}}
     assert ids(check_channel_layer()) == ["turbo_async.W002"]
@@ -142,6 +161,7 @@ def test_pubsub_layer_hosts_need_no_socket_timeout(settings: Any, host: Any) -> 
     assert check_channel_layer() == []
 
 
+@pytest.mark.usefixtures("redis_py_8")
 def test_redis_host_password_is_not_shown(settings: Any) -> None:
     settings.CHANNEL_LAYERS = redis_layer({"host": "redis", "password": "s3cret"})
     [warning] = check_channel_layer()

@@ -174,7 +174,7 @@ def test_wheel_metadata_has_the_license_expression_python_range_and_extras(dist:
     with zipfile.ZipFile(only(dist, "turbo_async-0.1.0-py3-none-any.whl")) as wheel:
         lines = wheel.read("turbo_async-0.1.0.dist-info/METADATA").decode().splitlines()
     assert {"License-Expression: MIT", "License-File: LICENSE", "Requires-Python: >=3.11"} <= set(lines)
-    assert {"Requires-Dist: kombu[redis]>=5.3", "Requires-Dist: Django>=5.2"} <= set(lines)
+    assert {"Requires-Dist: kombu[redis]>=5.7", "Requires-Dist: Django>=5.2"} <= set(lines)
     extras = {line.removeprefix("Provides-Extra: ") for line in lines if line.startswith("Provides-Extra: ")}
     assert extras == {"uvicorn", "metrics", "demo", "test", "dev"}
     assert 'Requires-Dist: uvicorn[standard]>=0.30; extra == "uvicorn"' in lines

@@ -1,6 +1,9 @@
 """turbo_async: Hotwire Turbo Streams for Django, rendered by Celery workers after commit.
 
 ``import turbo_async as turbo`` keeps a turbo-django ``streams.py`` unchanged.
+
+Layer 11: the public names, re-exported from the modules that define them; no module of the
+package imports this one.
 """
 
 from __future__ import annotations

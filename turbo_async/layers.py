@@ -1,6 +1,7 @@
-"""Layer 1: everything turbo_async does with the channel layer itself, and the one place that
-touches channels_redis' internals (each pinned by ``tests/test_layers.py``, so that an upgrade
-breaks here, loudly).
+"""Layer 1: everything turbo_async does with the channel layer itself. With
+:mod:`turbo_async.placement` (where a group lives) and :func:`turbo_async.history.client` (a
+client of that shard) it is where channels_redis' internals are touched, each pinned by
+``tests/test_layers.py`` so that an upgrade breaks there, loudly.
 
 - the errors of an unreachable layer (:data:`LAYER_ERRORS`), a call tried once more on a fresh
   pooled connection (:func:`layer_call`), and the calls of a process's sockets through one gate

@@ -73,10 +73,11 @@ class SentinelBroker:
         wait_for(lambda: self.replica.client().info("replication").get("master_link_status") == "up", 20, "replication")
         for sentinel in self.sentinels:
             sentinel.start()
-        # Each sentinel must know the others before it can vote a failover.
+        # Each sentinel must know the others before it can vote a failover. sentinel_masters(), not
+        # sentinel_master(): redis-py 6.4's sentinel_master() raises TypeError (return_responses).
         wait_for(
             lambda: all(
-                int(s_client(s).sentinel_master(MASTER_NAME)["num-other-sentinels"]) == 2 for s in self.sentinels
+                int(s_client(s).sentinel_masters()[MASTER_NAME]["num-other-sentinels"]) == 2 for s in self.sentinels
             ),
             30, "the sentinels to find each other",
         )
