@@ -2,6 +2,8 @@
 
 Each check points at a configuration under which broadcasts would silently never reach a browser,
 or would land back on the request path. ``docs/checks.rst`` explains every id and how to fix it.
+At a little over 500 lines it is one check function per id, each short; the deployment checks
+(``check --deploy``) live in :mod:`turbo_async.deploy_checks`.
 """
 
 from __future__ import annotations

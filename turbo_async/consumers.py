@@ -15,13 +15,18 @@ leaving the groups of a closed socket never raises.
 
 Liveness (docs/guarantees.rst, "Delivery to the page"): every ``HEARTBEAT_INTERVAL`` seconds
 the server sends ``{"type": "ping", "t": <unix time>, "interval": <seconds>}``;
-the client reconnects when nothing arrived for 2.5 intervals. On each heartbeat the socket joins
-its groups again: channels_redis keeps group membership only in Redis, so a Redis restart or a
-FLUSHALL empties it, and it expires after ``group_expiry``; the renewal brings it back within one
-interval. A channel-layer error never ends the consumer: reading from the layer is retried with
-backoff, and the outage is logged once per socket. On each heartbeat the socket is also audited
-(:meth:`TurboStreamsConsumer.audit`): a socket still behind where its stream stood one heartbeat
-earlier, with no frame in flight, is sent what it missed from the history or told to reset.
+the client reconnects when nothing arrived for 2.5 intervals. The groups' memberships are renewed
+by the process (:class:`~turbo_async.fanout.FanOut`, every ``RENEW_INTERVAL``), or by each
+heartbeat when that is off or the socket has its own channel. A channel-layer error never ends the
+consumer: reading from the layer is retried with backoff, and the outage is logged once per
+socket. On each heartbeat the socket is also audited (:meth:`TurboStreamsConsumer.audit`): a
+socket still behind where its stream stood one heartbeat earlier, with no frame in flight, is sent
+what it missed from the history or told to reset.
+
+At about 580 lines this module is over the package's 500: it is one class, the socket's lifecycle
+(connect, subscribe with its checks and replay, the writer, the heartbeat and audit, close), whose
+protocol, channel-layer calls and fan-out already live in :mod:`~turbo_async.protocol`,
+:mod:`~turbo_async.layers` and :mod:`~turbo_async.fanout`.
 """
 
 from __future__ import annotations
