@@ -257,7 +257,8 @@ def test_uvicorn_workers_serve_the_sum_of_their_processes(
     # Both uvicorn processes wrote metrics: the sum above is of two processes (the kernel hands
     # each connection, sockets and scrapes alike, to either).
     assert len(pids) >= 2, pids
-    assert len(shares) == 2, rows
+    # One row per process holding sockets: the kernel may hand every socket to one of them.
+    assert 1 <= len(shares) <= 2 and sum(shares) == CLIENTS, rows
 
 
 
