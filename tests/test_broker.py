@@ -18,7 +18,6 @@ from django.db import transaction
 from django.test import override_settings
 from kombu import Queue
 
-from tests.services import RedisServer, free_port
 from tests.test_command import make_project, run_in
 from tests.testapp.factories import MessageFactory
 from turbo_async import broker, outbox, tasks
@@ -84,73 +83,6 @@ def test_broker_transport_decides_over_the_url() -> None:
 def test_only_sentinel_urls_are_sentinel() -> None:
     assert broker.broker_is_sentinel(app_with("sentinel://s1:26379;sentinel://s2"))
     assert not broker.broker_is_sentinel(app_with("redis://r:6379/0"))
-
-
-def test_a_redis_client_of_a_redis_broker(redis_server: RedisServer) -> None:
-    client = broker.redis_client(app_with(redis_server.url), socket_timeout=2)
-    assert client.ping()
-    assert client.connection_pool.connection_kwargs["socket_timeout"] == 2
-
-
-def test_a_redis_client_uses_the_first_url_of_a_failover_list(redis_server: RedisServer) -> None:
-    client = broker.redis_client(app_with(f"{redis_server.url};redis://127.0.0.1:1/0"))
-    assert client.ping()
-
-
-def test_a_redis_client_of_a_unix_socket_broker(tmp_path: Path) -> None:
-    socket_path = tmp_path / "redis.sock"
-    server = RedisServer(free_port(), tmp_path, "--unixsocket", str(socket_path), "--databases", "4")
-    server.start()
-    try:
-        client = broker.redis_client(app_with(f"redis+socket://{socket_path}?virtual_host=3"))
-        client.set("turbo_async:test", "via the socket")
-        assert redis_db(server, 3).get("turbo_async:test") == b"via the socket"
-    finally:
-        server.stop()
-
-
-def redis_db(server: RedisServer, db: int) -> object:
-    import redis
-
-    return redis.Redis(port=server.port, db=db)
-
-
-def test_a_sentinel_client_names_the_master_and_asks_every_sentinel() -> None:
-    app = app_with(
-        "sentinel://:pw@127.0.0.1:1/2;sentinel://127.0.0.1:2;sentinel://127.0.0.1",
-        broker_transport_options={"master_name": "turbo", "sentinel_kwargs": {"password": "sentinels"}},
-    )
-    client = broker.redis_client(app, socket_timeout=2)
-    pool = client.connection_pool
-    assert pool.service_name == "turbo"
-    assert [c.connection_pool.connection_kwargs["port"] for c in pool.sentinel_manager.sentinels] == [1, 2, 26379]
-    # sentinel_kwargs go to the sentinels, not to the master.
-    assert {c.connection_pool.connection_kwargs["password"] for c in pool.sentinel_manager.sentinels} == {"sentinels"}
-    # The master's own connections: the first URL's password and database, and our options.
-    assert pool.connection_kwargs["password"] == "pw"
-    assert pool.connection_kwargs["db"] == 2
-    assert pool.connection_kwargs["socket_timeout"] == 2
-
-
-def test_a_sentinel_broker_without_a_master_name_fails_saying_what_to_set() -> None:
-    app = app_with("sentinel://:pw@s1:26379;sentinel://s2:26379", broker_transport_options={})
-    with pytest.raises(ValueError) as raised:
-        broker.redis_client(app)
-    assert str(raised.value) == (
-        "The Celery broker sentinel://s1:26379;sentinel://s2:26379 is Redis Sentinel, but "
-        "CELERY_BROKER_TRANSPORT_OPTIONS has no \"master_name\": set it to the name the sentinels "
-        "monitor the master by (\"sentinel monitor <master-name> ...\"), e.g. {\"master_name\": \"mymaster\"}."
-    )
-
-
-def test_no_redis_client_for_another_broker() -> None:
-    with pytest.raises(ValueError, match=r"^The Celery broker amqp://u@rabbit// is not Redis; only redis://"):
-        broker.redis_client(app_with("amqp://u:pw@rabbit//"))
-
-
-def test_a_database_that_is_not_a_number_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"must be a number \(redis://host:6379/0\), not 'x'"):
-        broker.redis_client(app_with("sentinel://s1/x", broker_transport_options={"master_name": "m"}))
 
 
 # -- countdowns --------------------------------------------------------------------------------

@@ -1024,9 +1024,6 @@ async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.Mo
     (client messages, which may check user_passes_test, still get it)."""
     import channels.consumer
 
-    if not hasattr(channels.consumer, "aclose_old_connections"):
-        pytest.skip("Channels before 4.2 (make test-lowest: 4.0) runs no close_old_connections() in an async "
-                    "consumer's dispatch: there is nothing for frames to skip")
     calls: list[str] = []
     original = channels.consumer.aclose_old_connections
 

@@ -10,9 +10,6 @@ publishing outbox, delivery retries and the debounced refreshes ask about Celery
   URLs of a failover list, to connect to (:func:`broker_urls`);
 - whether the broker is Redis (:func:`broker_is_redis`): ``redis://``, ``rediss://``,
   ``redis+socket://`` and Sentinel's ``sentinel://``, as kombu's Redis transports take them;
-- a redis-py client of that Redis (:func:`redis_client`), through Sentinel for ``sentinel://``
-  URLs: the master named by ``broker_transport_options["master_name"]``, found the way kombu finds
-  it, so a failover moves the client along with the workers;
 - the countdown a delayed task can be given (:func:`countdown`): with RabbitMQ quorum queues,
   Celery delays tasks in the broker, in whole seconds (native delayed delivery).
 
@@ -22,7 +19,7 @@ Example::
 
     app = conf.celery_app()
     if broker.broker_is_redis(app):
-        broker.redis_client(app, socket_timeout=2).ping()
+        print("tasks wait in Redis for", broker.broker_url(app))
 """
 
 from __future__ import annotations
@@ -31,11 +28,9 @@ import math
 import os
 from typing import Any
 
-import redis
 from celery import _state as celery_state
 from django.conf import settings
-from kombu.utils.url import maybe_sanitize_url, url_to_parts
-from redis.sentinel import Sentinel
+from kombu.utils.url import maybe_sanitize_url
 
 from . import conf
 
@@ -45,8 +40,6 @@ CELERY_DEFAULT_BROKER = "amqp://guest@localhost//"
 REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 """URL schemes of kombu's Redis transports (``redis+socket://`` and the like are Redis too)."""
 SENTINEL_SCHEMES = ("sentinel",)
-SENTINEL_DEFAULT_PORT = 26379
-"""kombu's ``SentinelTransport.default_port``: a ``sentinel://`` URL without a port means this."""
 
 
 def scheme(url: str) -> str:
@@ -214,84 +207,3 @@ def countdown(app: Any, seconds: float) -> float:
     if seconds and native_delayed_delivery(app):
         return float(math.ceil(seconds))
     return seconds
-
-
-# -- a client of the broker's Redis --------------------------------------------------------------
-
-
-def redis_client(app: Any, **connection: Any) -> redis.Redis:
-    """A redis-py client of the Redis ``app`` uses as its broker (its first URL; for Sentinel,
-    the current master of ``broker_transport_options["master_name"]``, asked of every sentinel
-    of the list). ``connection`` adds connection options (``socket_timeout=2``, ...).
-
-    Raises ``ValueError`` when the broker is not Redis, or is Sentinel without a master name.
-    """
-    if not broker_is_redis(app):
-        raise ValueError(
-            f"The Celery broker {broker_url(app)} is not Redis; only redis://, rediss://, "
-            "redis+socket:// and sentinel:// brokers have a Redis client."
-        )
-    urls = broker_urls(app)
-    if broker_is_sentinel(app):
-        return _sentinel_master(app, urls, connection)
-    return _redis(urls[0], connection)
-
-
-def _redis(url: str, connection: dict[str, Any]) -> redis.Redis:
-    url_scheme = scheme(url)
-    if url_scheme.startswith("redis+"):
-        # kombu's redis+socket:///path/redis.sock?virtual_host=1: a Unix socket.
-        parts = url_to_parts(url.split("+", 1)[1])
-        path = "/" + (parts.path or "")
-        db = _db(parts.query.get("virtual_host"), url)
-        return redis.Redis(
-            unix_socket_path=path, db=db, username=parts.username, password=parts.password, **connection
-        )
-    return redis.Redis.from_url(url, **connection)
-
-
-def _sentinel_master(app: Any, urls: list[str], connection: dict[str, Any]) -> redis.Redis:
-    options = app.conf.broker_transport_options or {}
-    master_name = options.get("master_name")
-    if not master_name:
-        raise ValueError(
-            f"The Celery broker {without_password(';'.join(urls))} is Redis Sentinel, but "
-            "CELERY_BROKER_TRANSPORT_OPTIONS has no \"master_name\": set it to the name the "
-            "sentinels monitor the master by (\"sentinel monitor <master-name> ...\"), e.g. "
-            "{\"master_name\": \"mymaster\"}."
-        )
-    # As kombu's SentinelChannel: every sentinel:// URL of the list is a sentinel; the first one's
-    # user, password and database are the master's; sentinel_kwargs (e.g. the sentinels' own
-    # password) go to the sentinels only.
-    sentinels = []
-    for url in urls:
-        parts = url_to_parts(url)
-        if parts.scheme in SENTINEL_SCHEMES:
-            sentinels.append((parts.hostname or "127.0.0.1", parts.port or SENTINEL_DEFAULT_PORT))
-    first = url_to_parts(urls[0])
-    master = {
-        "db": _db(first.path, urls[0]),
-        "username": first.username,
-        "password": first.password,
-        **connection,
-    }
-    sentinel = Sentinel(
-        sentinels,
-        min_other_sentinels=int(options.get("min_other_sentinels", 0)),
-        sentinel_kwargs=options.get("sentinel_kwargs"),
-        **master,
-    )
-    client: redis.Redis = sentinel.master_for(str(master_name))
-    return client
-
-
-def _db(value: str | None, url: str) -> int:
-    if not value:
-        return 0
-    try:
-        return int(value.strip("/"))
-    except ValueError:
-        raise ValueError(
-            f"The database of the Celery broker URL {without_password(url)} must be a number "
-            f"(redis://host:6379/0), not {value!r}."
-        ) from None
