@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import LOG_DIR, current_layer, layer_backend
 from tests.pageclient import PageClient
+from tests.pageswarm import PageSwarm
 from tests.services import CeleryWorker, LogSince, RedisServer, Uvicorn, free_port, use_broker, wait_for_port
 from tests.testapp.factories import MessageFactory, ProbeFactory, RoomFactory
 from tests.testapp.models import Message, ProbeRun
@@ -41,13 +42,13 @@ SETTINGS = {"DELIVERY_MAX_AGE": 30, "DELIVERY_RETRY_BACKOFF_MAX": 1}
 SETTLE_S = 20.0
 """Bound asserted after each fault: every page equals the database within this many seconds."""
 ROLLING_CLIENTS = 1000
-RECONNECT_P95_GOAL_S = 2.0
-"""Issue 21's goal for the reconnection p95 during a rolling restart: printed beside the figure."""
-RECONNECT_P95_BOUND_S = float(os.environ.get("TURBO_TEST_RECONNECT_P95", "4"))
-"""What the test asserts. The 1,000 modelled pages run in the test process on the same 2 cores as
-the three web processes, two workers and three Redis servers, so the figure measures this machine's
-load as much as turbo_async: 1.78-1.86 s in quiet runs, 2.1-2.7 s with other test runs beside it
-(docs/scaling.rst)."""
+RECONNECT_P95_BOUND_S = float(os.environ.get("TURBO_TEST_RECONNECT_P95", "2"))
+"""Issue 21's bound on the reconnections' 95th percentile during a rolling restart, asserted. The
+reconnection includes the client's first backoff (0.5 s +/-20%)."""
+PAGE_PROCESSES = 3
+"""Child processes holding the rolling restart's pages (tests/pageswarm.py): with the 1,000 pages
+in the test process's one event loop, the pages themselves were the bottleneck (p95 2.1-2.7 s with
+other test runs beside it, the web processes mostly idle)."""
 
 
 class Proxy:
@@ -86,7 +87,7 @@ class Hosts:
         self.broker = RedisServer(free_port(), root / "broker")
         self.shards = [RedisServer(free_port(), root / f"shard{n}") for n in range(2)]
         self.proxy = Proxy(free_port(), self.shards[1].port)
-        direct = [self.host(shard.port) for shard in self.shards]
+        self.direct = direct = [self.host(shard.port) for shard in self.shards]
         through_proxy = [direct[0], self.host(self.proxy.port)]
         env = {
             "TURBO_TEST_REDIS_PORT": str(self.broker.port),
@@ -222,28 +223,42 @@ async def save(room: Any, text: str) -> None:
     await asyncio.to_thread(MessageFactory, room=room, text=text)
 
 
-async def wait_equal(pages: list[PageClient], bound: float = SETTLE_S) -> float:
-    """Seconds until every page shows its room's messages in the database; fails past ``bound``."""
+Snapshot = Callable[[], Awaitable[list[tuple[int, set[int], list[str]]]]]
+"""Every page's room pk, the message ids it shows and its refreshes, after its gap timer ran."""
+
+
+async def wait_equal(pages: list[PageClient] | Snapshot, bound: float = SETTLE_S) -> float:
+    """Seconds until every page (in this process, or as a :data:`Snapshot` of pages elsewhere)
+    shows its room's messages in the database; fails past ``bound``."""
+    snapshot = pages if callable(pages) else in_process(pages)
     start = time.monotonic()
-    rooms = {page.room.pk: page.room for page in pages}
+    expected: dict[int, set[int]] = {}
     while True:
-        expected = {
-            pk: await asyncio.to_thread(lambda r=room: set(Message.objects.filter(room=r).values_list("pk", flat=True)))
-            for pk, room in rooms.items()
-        }
-        wrong = [page for page in pages if page.shown != expected[page.room.pk]]
+        shown = await snapshot()
+        for pk in {room for room, _, _ in shown}:
+            expected[pk] = await asyncio.to_thread(
+                lambda pk=pk: set(Message.objects.filter(room_id=pk).values_list("pk", flat=True))
+            )
+        wrong = [(room, ids, refreshes) for room, ids, refreshes in shown if ids != expected[room]]
         if not wrong:
             return time.monotonic() - start
         if time.monotonic() - start > bound:
-            page = wrong[0]
+            room, ids, refreshes = wrong[0]
             raise AssertionError(
-                f"{len(wrong)} of {len(pages)} pages differ from the database after {bound} s; e.g. room "
-                f"{page.room.pk}: missing {sorted(expected[page.room.pk] - page.shown)}, extra "
-                f"{sorted(page.shown - expected[page.room.pk])}; refreshes {page.stats.refreshes}"
+                f"{len(wrong)} of {len(shown)} pages differ from the database after {bound} s; e.g. room "
+                f"{room}: missing {sorted(expected[room] - ids)}, extra {sorted(ids - expected[room])}; "
+                f"refreshes {refreshes}"
             )
+        await asyncio.sleep(0.2)
+
+
+def in_process(pages: list[PageClient]) -> Snapshot:
+    async def snapshot() -> list[tuple[int, set[int], list[str]]]:
         for page in pages:
             await page.tick()
-        await asyncio.sleep(0.2)
+        return [(page.room.pk, page.shown, page.stats.refreshes) for page in pages]
+
+    return snapshot
 
 
 async def close_all(pages: list[PageClient]) -> None:
@@ -337,16 +352,26 @@ def test_a_web_host_cut_from_one_shard_for_10_s(live_hosts: Hosts) -> None:
 
 
 def test_a_rolling_restart_of_every_web_process_with_1000_pages(live_hosts: Hosts) -> None:
-    """1,000 pages over three web processes and ten rooms, messages saved throughout (about 5 a
-    second); each web process in turn is stopped (SIGTERM) and started again. Every page equals
-    the database afterwards with no frame lost, at most 1% of the pages refresh, and the
-    reconnections' 95th percentile is printed beside issue 21's 2 s goal and asserted within
-    ``RECONNECT_P95_BOUND_S``; reconnection attempts per second are printed."""
+    """1,000 pages over three web processes and ten rooms, held by ``PAGE_PROCESSES`` child
+    processes (:mod:`tests.pageswarm`), messages saved throughout (about 5 a second); each web
+    process in turn is taken out of the balancer, stopped (SIGTERM), started again and put back.
+    Every page equals the database afterwards with no frame lost, at most 1% of the pages refresh,
+    and the reconnections' 95th percentile is within ``RECONNECT_P95_BOUND_S`` (issue 21's 2 s);
+    reconnection attempts per second are printed."""
     with suppress():
         rooms = RoomFactory.create_batch(10)
+    specs = [(room.pk, room.stream.broadcastable_stream_name, room.stream.signed_stream_name) for room in rooms]
 
     async def scenario() -> None:
-        pages = await open_pages(live_hosts, rooms, ROLLING_CLIENTS)
+        balanced = list(live_hosts.urls())
+        pages = [(*specs[n % len(specs)], balanced[n % len(balanced)]) for n in range(ROLLING_CLIENTS)]
+        swarms = [
+            PageSwarm(
+                f"hosts-pages{n}", live_hosts.webs[1].env, LOG_DIR, balanced, layer_backend(current_layer()),
+                live_hosts.direct, pages[n::PAGE_PROCESSES],
+            )
+            for n in range(PAGE_PROCESSES)
+        ]
         stop = asyncio.Event()
 
         async def traffic() -> None:
@@ -356,48 +381,63 @@ def test_a_rolling_restart_of_every_web_process_with_1000_pages(live_hosts: Host
                 await save(random.choice(rooms), f"rolling {n}")
                 await asyncio.sleep(0.2)
 
-        saving = asyncio.create_task(traffic())
-        started = time.monotonic()
+        async def snapshot() -> list[tuple[int, set[int], list[str]]]:
+            states = [page for swarm in swarms for page in await swarm.state()]
+            return [(page.room, page.shown, page.stats.refreshes) for page in states]
+
+        async def balance(urls: list[str]) -> None:
+            await asyncio.gather(*(swarm.urls(urls) for swarm in swarms))
+
         try:
-            balanced = live_hosts.urls()
-            for web in live_hosts.webs:
-                balanced.remove(web.ws_url)  # the balancer's health check takes it out first
-                await asyncio.to_thread(web.stop)
-                await asyncio.to_thread(web.start)
-                await asyncio.to_thread(wait_for_port, web.port)
-                balanced.append(web.ws_url)
+            await asyncio.gather(*(swarm.start() for swarm in swarms))
+            saving = asyncio.create_task(traffic())
+            started = time.monotonic()
+            try:
+                for web in live_hosts.webs:
+                    balanced.remove(web.ws_url)  # the balancer's health check takes it out first
+                    await balance(balanced)
+                    await asyncio.to_thread(web.stop)
+                    await asyncio.to_thread(web.start)
+                    await asyncio.to_thread(wait_for_port, web.port)
+                    balanced.append(web.ws_url)
+                    await balance(balanced)
+                    await asyncio.sleep(2)
                 await asyncio.sleep(2)
-            await asyncio.sleep(2)
+            finally:
+                stop.set()
+                await saving
+            seconds = await wait_equal(snapshot, SETTLE_S)
+            states = [page for swarm in swarms for page in await swarm.state()]
         finally:
-            stop.set()
-            await saving
-        seconds = await wait_equal(pages, SETTLE_S)
-        reconnects = sorted(r for page in pages for r in page.stats.reconnects)
-        attempts = sorted(a - started for page in pages for a in page.stats.attempts)
+            await asyncio.gather(*(swarm.stop() for swarm in swarms))
+        reconnects = sorted(r for page in states for r in page.stats.reconnects)
+        attempts = sorted(a - started for page in states for a in page.stats.attempts)
         per_second: dict[int, int] = {}
         for at in attempts:
             per_second[int(at)] = per_second.get(int(at), 0) + 1
-        p95 = reconnects[int(len(reconnects) * 0.95) - 1] if reconnects else 0.0
-        handshakes = sorted(h for page in pages for h in page.stats.handshakes)
+        p95 = percentile(reconnects, 0.95)
+        handshakes = sorted(h for page in states for h in page.stats.handshakes)
+        refreshed_pages = [page for page in states if page.stats.refreshes]
         print(
-            f"\nrolling restart of {WEBS} web processes, {len(pages)} pages ({current_layer()}): "
-            f"{len(reconnects)} reconnections, p50 {statistics.median(reconnects):.2f} s, p95 {p95:.2f} s "
-            f"(goal {RECONNECT_P95_GOAL_S} s), "
-            f"max {reconnects[-1]:.2f} s (of which the WebSocket handshake: p50 {statistics.median(handshakes):.2f} s, "
-            f"p95 {handshakes[int(len(handshakes) * 0.95) - 1]:.2f} s); {len(refreshed(pages))} pages refreshed "
-            f"({sorted({r for p in refreshed(pages) for r in p.stats.refreshes})}); equal {seconds:.1f} s after "
-            f"the last save; {sum(p.stats.applied for p in pages)} frames applied, "
-            f"{sum(p.stats.duplicates for p in pages)} duplicates dropped\n"
+            f"\nrolling restart of {WEBS} web processes, {len(states)} pages in {PAGE_PROCESSES} processes "
+            f"({current_layer()}): {len(reconnects)} reconnections, p50 {statistics.median(reconnects):.2f} s, "
+            f"p95 {p95:.2f} s (bound {RECONNECT_P95_BOUND_S} s), max {reconnects[-1]:.2f} s (of which the WebSocket "
+            f"handshake: p50 {statistics.median(handshakes):.2f} s, p95 {percentile(handshakes, 0.95):.2f} s); "
+            f"{len(refreshed_pages)} pages refreshed ({sorted({r for p in refreshed_pages for r in p.stats.refreshes})}); "
+            f"equal {seconds:.1f} s after the last save; {sum(p.stats.applied for p in states)} frames applied, "
+            f"{sum(p.stats.duplicates for p in states)} duplicates dropped\n"
             f"connection attempts per second since the first stop: {dict(sorted(per_second.items()))}"
         )
-        try:
-            assert len(reconnects) >= ROLLING_CLIENTS * 0.9  # every web process was restarted under its pages
-            assert p95 <= RECONNECT_P95_BOUND_S
-            assert len(refreshed(pages)) <= ROLLING_CLIENTS // 100
-        finally:
-            await close_all(pages)
+        assert len(reconnects) >= ROLLING_CLIENTS * 0.9  # every web process was restarted under its pages
+        assert p95 <= RECONNECT_P95_BOUND_S
+        assert len(refreshed_pages) <= ROLLING_CLIENTS // 100
 
     asyncio.run(scenario())
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of the sorted ``values`` lie (0 for none)."""
+    return values[max(0, int(len(values) * fraction) - 1)] if values else 0.0
 
 
 def test_a_worker_killed_mid_batch_while_the_other_runs(live_hosts: Hosts) -> None:
