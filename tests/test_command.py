@@ -197,8 +197,9 @@ def test_check_fails_clearly_when_nothing_listens() -> None:
     assert "Channel layer: FAILED (ConnectionError: Error 111 connecting to 127.0.0.1:" in result.stdout
     assert (
         "CommandError: Broadcasts cannot go out: the broker is unreachable and the channel layer is "
-        f"unreachable. This process publishes to redis://127.0.0.1:{closed}/0 (broker_url of the "
-        "Celery app 'workers', from CELERY_BROKER_URL)" in result.stderr
+        f"unreachable. This process publishes to redis://127.0.0.1:{closed}/0 (the CELERY_BROKER_URL "
+        "setting, read by the Celery app 'workers'): check that the broker runs and is reachable from here."
+        in result.stderr
     )
 
 
@@ -214,12 +215,12 @@ def test_check_names_celerys_default_broker_when_the_app_is_not_loaded(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "ModuleNotFoundError" not in result.stdout + result.stderr
     assert "Check turbo_async.W003: WARNING No Celery app is loaded in this process" in result.stdout
-    assert "Broker: FAILED amqp://guest@localhost:5672// (OperationalError:" in result.stdout
+    assert "Broker: FAILED amqp://guest:**@localhost:5672// (OperationalError:" in result.stdout
     assert (
         "CommandError: Broadcasts cannot go out: the broker is unreachable. This process publishes "
-        "to amqp://guest@localhost:5672//, Celery's default broker, because no Celery app is "
-        "loaded: CELERY_BROKER_URL is read only by an app configured from the settings. Add "
-        "'from .celery import app as celery_app' to proj/__init__.py (turbo_async.W003)."
+        "to amqp://guest:**@localhost:5672// (Celery's default broker: no Celery app is loaded in this "
+        "process, so the CELERY_BROKER_URL setting is ignored; add 'from .celery import app as "
+        "celery_app' to proj/__init__.py) (turbo_async.W003)"
         in result.stderr
     )
 
@@ -243,7 +244,7 @@ def test_check_names_the_missing_transport_library(tmp_path: Path, redis_server:
     result = run_in(tmp_path, env, "turbo_streams", "--check", "--timeout", "2")
     assert result.returncode == 1, result.stdout + result.stderr
     assert (
-        "Broker: FAILED mongodb://turbo@127.0.0.1:27017/broker (ModuleNotFoundError: No module named "
+        "Broker: FAILED mongodb://turbo:**@127.0.0.1:27017/broker (ModuleNotFoundError: No module named "
         "'pymongo')" in result.stdout
     )
     assert 'install the broker\'s dependencies, e.g. pip install "celery[mongodb]".' in result.stderr

@@ -24,7 +24,7 @@ from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import conf, delivery, metrics
-from ...broker import broker_is_redis, broker_url, fallback_app, scheme, without_password
+from ...broker import broker_is_redis, broker_uri, describe_broker, fallback_app, scheme
 from ...checks import TAG
 from ...registry import stream_registry
 from ...streams import ModelStream
@@ -145,7 +145,7 @@ class Command(BaseCommand):
 
     def check_broker(self, timeout: float, failures: list[str], advice: list[str]) -> bool:
         app = _celery_app()
-        url = _broker_uri(app)
+        url = broker_uri(app)
         started = time.monotonic()
         try:
             _connect(app, timeout)
@@ -163,7 +163,7 @@ class Command(BaseCommand):
         except Exception as exc:
             self.stdout.write(f"Broker: {self.style.ERROR('FAILED')} {url} ({_reason(exc)})")
             failures.append("the broker is unreachable")
-            advice.append(_broker_advice(app, url))
+            advice.append(_broker_advice(app))
             return False
         elapsed = (time.monotonic() - started) * 1000
         note = ""
@@ -190,7 +190,7 @@ class Command(BaseCommand):
         except Exception as exc:
             self.stdout.write(f"Workers: {self.style.ERROR('FAILED')} ({_reason(exc)})")
             failures.append("the workers could not be asked")
-            advice.append(_broker_advice(app, _broker_uri(app)))
+            advice.append(_broker_advice(app))
             return
         consumers = sorted(name for name, queues in replies.items() if queue in queues)
         if waiting is None:
@@ -292,16 +292,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _broker_advice(app: Any, url: str) -> str:
-    if fallback_app(app):
-        return (
-            f"This process publishes to {url}, Celery's default broker, because no Celery app "
-            "is loaded: CELERY_BROKER_URL is read only by an app configured from the settings. "
-            "Add 'from .celery import app as celery_app' to proj/__init__.py (turbo_async.W003)."
-        )
+def _broker_advice(app: Any) -> str:
+    """Which broker this process publishes to and why that one (turbo_async.broker)."""
+    warning = " (turbo_async.W003)" if fallback_app(app) else ""
     return (
-        f"This process publishes to {url} (broker_url of the Celery app {app.main!r}, from "
-        "CELERY_BROKER_URL): check that the broker runs and is reachable from here."
+        f"This process publishes to {describe_broker(app)}{warning}: check that the broker runs and is "
+        "reachable from here."
     )
 
 
@@ -310,15 +306,6 @@ _celery_app = conf.celery_app
 
 def _queue() -> str:
     return conf.get().QUEUE or str(_celery_app().conf.task_default_queue)
-
-
-def _broker_uri(app: Any) -> str:
-    """The URL the app connects to, as kombu resolves it (default port included), no password."""
-    try:
-        with app.connection_for_write() as connection:
-            return without_password(connection.as_uri(include_password=True))
-    except Exception:  # e.g. the transport's library is missing: the configured URL then
-        return broker_url(app)
 
 
 def _connect(app: Any, timeout: float) -> None:
