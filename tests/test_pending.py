@@ -14,7 +14,9 @@ from tests.conftest import Published
 from tests.testapp.factories import MessageFactory, RoomFactory
 from tests.testapp.models import Message, Room
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+# Commits, rollbacks, savepoints and a second alias: the PostgreSQL phase of make test runs them too
+# (docs/testing.rst); tests/test_run_tests.py checks that its marker expression selects them.
+pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "other"]), pytest.mark.database]
 
 
 def test_autocommit_save_publishes_at_once(published: Published) -> None:
