@@ -1,0 +1,129 @@
+"""The numbers of the README and the docs against their sources (issue 25.7).
+
+- Every test they cite exists: a ``tests/...py::name`` citation names a test function (or class)
+  defined in that file, a ``tests/...py`` path names a file, a bare ``test_...`` name is defined in
+  some test file. A renamed or deleted test fails here instead of leaving a guarantee that cites
+  nothing.
+- Every default they state for a ``TURBO_ASYNC`` key is the default of ``turbo_async.conf``: the
+  README's table, docs/settings.rst's block, and prose of the form ``KEY`` (N s).
+
+Whether a bound beside a citation is the one the test asserts is for people to read (the audit
+of issue 25.7 compared each); this keeps the names and defaults from drifting unseen."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from functools import cache
+
+import pytest
+
+from tests.services import ROOT
+from turbo_async.conf import TurboAsyncSettings
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst"))]
+CITATION = re.compile(r"\b(tests/[\w/]+\.py)(?:::(\w+)(?:\[[^\]\s`]*\])?)?")
+BARE_NAME = re.compile(r"(?<![:\w])``(test_\w+)``")  # a test named without its file
+
+
+def citations() -> list[tuple[str, int, str, str | None]]:
+    found = []
+    for document in DOCUMENTS:
+        for number, line in enumerate(document.read_text().splitlines(), start=1):
+            for match in CITATION.finditer(line):
+                found.append((document.relative_to(ROOT).as_posix(), number, match[1], match[2]))
+    return found
+
+
+def bare_names() -> list[tuple[str, int, str]]:
+    found = []
+    for document in DOCUMENTS:
+        for number, line in enumerate(document.read_text().splitlines(), start=1):
+            found += [(document.relative_to(ROOT).as_posix(), number, name) for name in BARE_NAME.findall(line)]
+    return found
+
+
+@cache
+def defined(path: str) -> frozenset[str]:
+    """The functions and classes defined in ``path``, at any depth (test methods included)."""
+    tree = ast.parse((ROOT / path).read_text())
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return frozenset(node.name for node in ast.walk(tree) if isinstance(node, kinds))
+
+
+def test_the_docs_cite_tests() -> None:
+    """The pattern finds what the docs cite (so the test below cannot pass by matching nothing)."""
+    cited = citations()
+    assert len(cited) > 100
+    assert sum(name is not None for *_, name in cited) > 50
+    assert len(bare_names()) > 20
+
+
+def label(citation: tuple[object, ...]) -> str:
+    document, line, *rest = citation
+    return f"{document}:{line}:{rest[-1] or rest[0]}"
+
+
+@pytest.mark.parametrize(("document", "line", "path", "name"), citations(), ids=[label(c) for c in citations()])
+def test_a_cited_test_exists(document: str, line: int, path: str, name: str | None) -> None:
+    assert (ROOT / path).is_file(), f"{document}:{line} cites {path}, which does not exist"
+    if name is not None:
+        assert name in defined(path), f"{document}:{line} cites {path}::{name}, which {path} does not define"
+
+
+@pytest.mark.parametrize(("document", "line", "name"), bare_names(), ids=[label(c) for c in bare_names()])
+def test_a_test_named_without_its_file_exists_somewhere_in_tests(document: str, line: int, name: str) -> None:
+    files = [path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").rglob("test_*.py")]
+    assert any(name in defined(path) for path in files), f"{document}:{line} cites {name}, which no test file defines"
+
+
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(TurboAsyncSettings)}
+README_ROW = re.compile(r"^\| `([A-Z_]+)` \| `([^`]+)` \|")
+README_PAIR = re.compile(r"^\| `([A-Z_]+)` / `([A-Z_]+)` \| `([^`]+)` / `([^`]+)` \|")
+SETTINGS_LINE = re.compile(r'^\s+"([A-Z_]+)": (.+?),\s*(?:#.*)?$')
+# ``KEY`` (600 s), ``KEY`` (10,000), ``KEY`` (1,000 messages), ``KEY``, 120 s by default
+PROSE = re.compile(r"``([A-Z][A-Z_]+)`` \((\d[\d,]*(?:\.\d+)?)(?: (?:s|seconds|messages|batches))?(?: by default)?[);]")
+
+
+def stated_defaults() -> list[tuple[str, int, str, str]]:
+    """(document, line, key, value as written) for each default the docs state."""
+    found = []
+    readme = ROOT / "README.md"
+    for number, line in enumerate(readme.read_text().splitlines(), start=1):
+        if match := README_ROW.match(line):
+            found.append(("README.md", number, match[1], match[2]))
+        elif match := README_PAIR.match(line):  # | `A` / `B` | `a` / `b` |
+            found += [("README.md", number, match[1], match[3]), ("README.md", number, match[2], match[4])]
+    settings = ROOT / "docs" / "settings.rst"
+    text = settings.read_text().splitlines()
+    start = next(n for n, line in enumerate(text) if line.strip() == "TURBO_ASYNC = {")
+    for number, line in enumerate(text[start + 1 :], start=start + 2):
+        if line.strip() == "}":
+            break
+        if match := SETTINGS_LINE.match(line):
+            found.append(("docs/settings.rst", number, match[1], match[2]))
+    for document in DOCUMENTS:
+        for number, line in enumerate(document.read_text().splitlines(), start=1):
+            for key, value in PROSE.findall(line):
+                if key in DEFAULTS:
+                    found.append((document.relative_to(ROOT).as_posix(), number, key, value.replace(",", "")))
+    return found
+
+
+def test_the_docs_state_defaults() -> None:
+    stated = stated_defaults()
+    for document in ("README.md", "docs/settings.rst"):  # both say they list every key
+        assert {key for where, _, key, _ in stated if where == document} == set(DEFAULTS), document
+    assert len({key for _, _, key, _ in stated}) >= len(DEFAULTS)  # every key, at least once
+    assert sum(document.endswith(".rst") and not document.endswith("settings.rst") for document, *_ in stated) > 5
+
+
+@pytest.mark.parametrize(
+    ("document", "line", "key", "value"), stated_defaults(), ids=[f"{d}:{n}:{k}" for d, n, k, _ in stated_defaults()]
+)
+def test_a_stated_default_is_the_default(document: str, line: int, key: str, value: str) -> None:
+    assert key in DEFAULTS, f"{document}:{line} states a default for {key}, which TURBO_ASYNC does not have"
+    assert ast.literal_eval(value) == DEFAULTS[key], (
+        f"{document}:{line} says {key} defaults to {value}; turbo_async.conf says {DEFAULTS[key]!r}"
+    )
