@@ -45,6 +45,17 @@ def test_several_saves_in_one_transaction_are_one_task_and_created_sticks(publis
     assert published.events() == [("testapp.message", message.pk, "save", True)]
 
 
+def test_ten_saves_of_one_row_in_a_transaction_are_one_task(published: Published) -> None:
+    """The README's comparison with turbo-django: 10 saves, 1 task."""
+    room = RoomFactory()
+    with transaction.atomic():
+        message = MessageFactory(room=room, text="0")
+        for n in range(1, 10):
+            message.text = str(n)
+            message.save()
+    assert published.events() == [("testapp.message", message.pk, "save", True)]
+
+
 def test_updates_only_are_not_created(published: Published) -> None:
     message = MessageFactory()
     published.clear()
