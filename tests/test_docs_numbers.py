@@ -141,3 +141,27 @@ def test_a_stated_default_is_the_default(document: str, line: int, key: str, val
     assert ast.literal_eval(value) == DEFAULTS[key], (
         f"{document}:{line} says {key} defaults to {value}; turbo_async.conf says {DEFAULTS[key]!r}"
     )
+
+
+# What docs/client.rst (and docs/guarantees.rst) state about the bundled client, as the constants
+# of turbo-async.js that make it so: "after 0.5 s, then doubling up to 10 s (each delay varied by
+# +-20 %)", "holds a batch ... for up to 2 s", "nothing arrived for 2.5 intervals".
+CLIENT = ROOT / "turbo_async" / "static" / "turbo_async" / "js" / "turbo-async.js"
+CLIENT_CONSTANTS = {
+    "BACKOFF_INITIAL_MS": 500, "BACKOFF_FACTOR": 2, "BACKOFF_MAX_MS": 10000, "GAP_WAIT_MS": 2000, "STALE_INTERVALS": 2.5,
+}
+CLIENT_SENTENCES = {
+    "docs/client.rst": ["after 0.5 s, then doubling up to 10 s", "varied by ±20 %", "for up to 2 s"],
+    "docs/settings.rst": ["2.5 intervals"],
+}
+
+
+def test_the_client_constants_are_the_documented_ones() -> None:
+    source = CLIENT.read_text()
+    found = {name: ast.literal_eval(value) for name, value in re.findall(r"const ([A-Z_]+) = ([\d.]+);", source)}
+    assert {name: found.get(name) for name in CLIENT_CONSTANTS} == CLIENT_CONSTANTS
+    assert "base * (0.8 + Math.random() * 0.4)" in source  # the +-20 % jitter
+    for document, sentences in CLIENT_SENTENCES.items():
+        text = " ".join((ROOT / document).read_text().split())
+        for sentence in sentences:
+            assert sentence in text, f"{document} no longer says {sentence!r}: update CLIENT_CONSTANTS with it"

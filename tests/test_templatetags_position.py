@@ -207,3 +207,33 @@ def test_a_pubsub_layer_missing_its_arguments_sends_frames_without_offsets(
         assert history.enabled(layer) is False
     [record] = [r for r in caplog.records if "could not find which Redis" in r.getMessage()]
     assert record.levelno == logging.ERROR and "frames go out without stream positions" in record.getMessage()
+
+
+def test_a_frozen_redis_costs_one_render_at_most_the_render_timeout_then_renders_skip_it(
+    settings: Any, tmp_path: Any
+) -> None:
+    """docs/client.rst: a Redis that accepts connections but never answers (SIGSTOP) holds a render
+    for ``RENDER_TIMEOUT`` (0.5 s), then renders skip Redis for ``RENDER_RETRY_AFTER`` (5 s).
+    Asserted with slack for a loaded machine: the first render within 5 s, the next ones within 0.5 s."""
+    import signal
+    import time
+
+    server = RedisServer(free_port(), tmp_path / "frozen")
+    server.start()
+    settings.CHANNEL_LAYERS = layer_settings(LAYERS[1], server.url)
+    room = RoomFactory()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            ((_, epoch, offset),) = elements(render("{% turbo_subscribe room %}", room=room))
+            timings.append(time.monotonic() - started)
+            assert (epoch, offset) == ("", "")
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+    print(f"\nfrozen Redis: renders took {', '.join(f'{t:.2f}' for t in timings)} s")
+    assert (history.RENDER_TIMEOUT, history.RENDER_RETRY_AFTER) == (0.5, 5.0)
+    assert timings[0] < 5 and max(timings[1:]) < 0.5, timings
