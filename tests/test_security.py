@@ -31,7 +31,6 @@ from turbo_async.security import (
     parse_origin,
 )
 
-
 PACKAGE_ORIGIN_LOG = security._origin_log  # before the fixture below replaces it in each test
 
 
