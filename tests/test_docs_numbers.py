@@ -165,3 +165,25 @@ def test_the_client_constants_are_the_documented_ones() -> None:
         text = " ".join((ROOT / document).read_text().split())
         for sentence in sentences:
             assert sentence in text, f"{document} no longer says {sentence!r}: update CLIENT_CONSTANTS with it"
+
+
+# The README's names for the distributions pyproject.toml declares.
+README_NAMES = {
+    "Django": "Django", "celery": "Celery", "kombu": "kombu", "redis": "redis-py", "channels": "Channels",
+    "channels-redis": "channels_redis",
+}
+
+
+def test_the_readme_states_the_declared_minimum_versions() -> None:
+    """The floors ``make test-lowest`` installs (``[project] dependencies``) are the ones the
+    README's Install section states, and Python's too."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = dict(re.findall(r"^([A-Za-z][\w-]*)(?:\[[\w,]+\])?>=([\d.]+)", line)[0] for line in project["dependencies"])
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    stated = {name: f"{README_NAMES[name]} ≥ {floor}" for name, floor in floors.items() if name in README_NAMES}
+    assert set(stated) == set(README_NAMES), floors
+    stated["python"] = f"Python ≥ {project['requires-python'].removeprefix('>=')}"
+    missing = [text for text in stated.values() if text not in readme]
+    assert not missing, f"README.md does not say {missing}; pyproject.toml declares them"
