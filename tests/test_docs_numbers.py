@@ -187,3 +187,16 @@ def test_the_readme_states_the_declared_minimum_versions() -> None:
     stated["python"] = f"Python ≥ {project['requires-python'].removeprefix('>=')}"
     missing = [text for text in stated.values() if text not in readme]
     assert not missing, f"README.md does not say {missing}; pyproject.toml declares them"
+
+
+def test_flowers_batch_name_and_args_are_cut_where_monitoring_rst_says() -> None:
+    """docs/monitoring.rst: a batch's name lists hooks up to 160 characters, its args up to 8,000."""
+    from turbo_async import publish
+    from turbo_async.changes import Change
+
+    text = " ".join((ROOT / "docs" / "monitoring.rst").read_text().split())
+    assert "more hooks than fit in 160 characters" in text and "Up to 8,000 characters are listed" in text
+    name = publish.batch_name([f"app.Stream{n}.on_save" for n in range(100)])
+    assert len(name) <= 160 and name.endswith("more")
+    args = publish.describe_batch([(Change("chat.message", f"{n:036d}", "save"), "default") for n in range(1000)])
+    assert 7_500 < len(args) <= 8_000 and args.endswith("more")
