@@ -200,3 +200,21 @@ def test_flowers_batch_name_and_args_are_cut_where_monitoring_rst_says() -> None
     assert len(name) <= 160 and name.endswith("more")
     args = publish.describe_batch([(Change("chat.message", f"{n:036d}", "save"), "default") for n in range(1000)])
     assert 7_500 < len(args) <= 8_000 and args.endswith("more")
+
+
+# Constants of the package that the docs state, with the words that state them.
+DOCUMENTED_CONSTANTS = [
+    ("turbo_async.protocol", "MERGE_FRAMES", 64, "docs/client.rst", "``MERGE_FRAMES`` (64)"),
+    ("turbo_async.protocol", "MERGE_BYTES", 256 * 1024, "docs/client.rst", "``MERGE_BYTES`` (256 KB)"),
+    ("turbo_async.layers", "FORGET_AGAIN_AFTER", 5.0, "docs/architecture.rst", "dropped at the close and again 5 s later"),
+    ("turbo_async.history", "EPOCH_TTL", 7 * 24 * 3600, "docs/settings.rst", "kept 7 days after the stream's last batch"),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "value", "document", "words"), DOCUMENTED_CONSTANTS,
+                         ids=[c[1] for c in DOCUMENTED_CONSTANTS])
+def test_a_documented_constant_is_what_the_docs_say(module: str, name: str, value: object, document: str, words: str) -> None:
+    import importlib
+
+    assert getattr(importlib.import_module(module), name) == value
+    assert words in " ".join((ROOT / document).read_text().split()), f"{document} no longer says {words!r}"
