@@ -75,6 +75,7 @@ def test_saving_a_room_broadcasts_nothing() -> None:
         room.save()
 
 
+@pytest.mark.database  # a cascade
 def test_deleting_a_room_broadcasts_nothing_for_its_messages() -> None:
     """The cascade deletes the room first: each message's on_delete finds no room and is skipped
     (logged at info), since the room's page is gone anyway."""

@@ -369,6 +369,7 @@ def test_the_sweep_publishes_rows_left_behind_in_commit_order(published: list[An
     assert list(OutboxEntry.objects.all()) == [young]  # a live process's row: its own relay's
 
 
+@pytest.mark.database  # a second alias
 def test_stream_later_goes_through_the_outbox_on_the_alias_of_its_transaction(
     published: list[Any],
 ) -> None:

@@ -113,3 +113,15 @@ def test_shard_of_is_none_for_a_layer_that_is_not_channels_redis() -> None:
     assert placement.shard_of(layer, "g") is None
     assert placement.host_of(layer, "g") is None
     assert not history.enabled(layer)
+
+
+@pytest.mark.parametrize("attribute", ["_kwargs", "_args"])
+def test_a_pubsub_layer_without_its_arguments_is_an_error_not_the_default_host(attribute: str) -> None:
+    """Without ``_kwargs``/``_args`` (a channels_redis that stores them no more), guessing would
+    give channels_redis' default host, a Redis the layer may not use: :func:`placement.hosts` says
+    what changed instead, and the callers fall back (tests/test_templatetags_position.py)."""
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    assert placement.hosts(layer) == [{"address": "redis://127.0.0.1:1/0"}]
+    delattr(layer, attribute)
+    with pytest.raises(placement.LayerInternalsChanged, match="has no _kwargs/_args"):
+        placement.shard_of(layer, "g")

@@ -31,6 +31,8 @@ from turbo_async.security import (
     parse_origin,
 )
 
+PACKAGE_ORIGIN_LOG = security._origin_log  # before the fixture below replaces it in each test
+
 
 @pytest.fixture(autouse=True)
 def fresh_handshake_log(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,3 +311,17 @@ def test_a_star_with_an_asgi_application_that_does_not_import_warns(settings: An
     settings.ASGI_APPLICATION = "tests.no_such_module.application"
     [warning] = check_origins()
     assert "could not be imported" in warning.msg
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_at_most_20_refused_handshakes_are_logged_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/security.rst: one WARNING per refused handshake, at most 20 a minute per process (the
+    budget the package builds, not the fixture's copy of it)."""
+    package = PACKAGE_ORIGIN_LOG  # with its own limit, and a minute of its own
+    monkeypatch.setattr(security, "_origin_log", LogBudget(package.what, package.per_minute))
+    with caplog.at_level(logging.WARNING, logger="turbo_async"):
+        for _ in range(25):
+            assert not (await handshake("http://evil.example:8000"))[0]
+    assert len([r for r in caplog.records if "refused a WebSocket handshake" in r.getMessage()]) == 20

@@ -51,6 +51,7 @@ def test_a_delete_is_recorded_with_a_snapshot_of_the_row(recorded: list[tuple[st
     assert change.shadow == "testapp.MessageStream.on_delete"
 
 
+@pytest.mark.database  # a second alias
 def test_a_change_is_recorded_on_the_database_it_was_made_on(recorded: list[tuple[str, Change]]) -> None:
     with turbo_async.suppress():
         other_room = Room.objects.using("other").create(name="elsewhere")

@@ -45,9 +45,11 @@ def fresh_render_state() -> Iterator[None]:
     """Each test starts with Redis considered up (a failed read makes renders skip it a while)."""
     history._render_down_until = 0.0
     history._render_warned = False
+    history._internals_warned = False
     yield
     history._render_down_until = 0.0
     history._render_warned = False
+    history._internals_warned = False
 
 
 @pytest.fixture(params=LAYERS, ids=["core", "pubsub"])
@@ -158,3 +160,80 @@ def test_after_a_failure_renders_skip_redis_for_a_while(settings: Any, caplog: p
         for _ in range(3):
             render("{% turbo_subscribe room %}", room=room)
     assert len([r for r in caplog.records if "without its stream position" in r.getMessage()]) == 1
+
+
+# The channels_redis internals a render reads to find a stream's Redis: the pub/sub layer's
+# constructor arguments, the core layer's host list. Each is removed from a real layer object.
+MISSING_INTERNALS = [(LAYERS[1], "_kwargs"), (LAYERS[1], "_args"), (LAYERS[0], "hosts")]
+
+
+@pytest.mark.parametrize(("backend", "attribute"), MISSING_INTERNALS, ids=["pubsub-_kwargs", "pubsub-_args", "core-hosts"])
+def test_a_layer_missing_an_internal_renders_without_a_position_and_logs_an_error_once(
+    redis_server: RedisServer, backend: str, attribute: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A channels_redis release that drops an attribute turbo_async reads must not fail
+    ``{% turbo_subscribe %}``: the page renders turbo-django's element, and the logs say why."""
+    from django.utils.module_loading import import_string
+
+    from turbo_async.templatetags import turbo_streams
+
+    layer = import_string(backend)(hosts=[{"address": redis_server.url, "socket_timeout": None}])
+    delattr(layer, attribute)
+    monkeypatch.setattr(turbo_streams, "get_channel_layer", lambda: layer)
+    room = RoomFactory()
+    group = room.stream.broadcastable_stream_name
+    redis_server.client().delete(history.position_key(group))
+    with caplog.at_level(logging.DEBUG, logger="turbo_async"):
+        for _ in range(2):
+            ((signed, epoch, offset),) = elements(render("{% turbo_subscribe room %}", room=room))
+            assert signed and (epoch, offset) == ("", "")
+    records = [r for r in caplog.records if "could not find which Redis" in r.getMessage()]
+    assert [r.levelno for r in records] == [logging.ERROR, logging.DEBUG]
+    assert type(layer).__name__ in records[0].getMessage()
+    assert not redis_server.client().exists(history.position_key(group))
+
+
+def test_a_pubsub_layer_missing_its_arguments_sends_frames_without_offsets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker and socket side of the same change: offsets off for that layer, with an ERROR."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
+    assert history.enabled(layer) is True
+    del layer._kwargs
+    with caplog.at_level(logging.DEBUG, logger="turbo_async"):
+        assert history.enabled(layer) is False
+    [record] = [r for r in caplog.records if "could not find which Redis" in r.getMessage()]
+    assert record.levelno == logging.ERROR and "frames go out without stream positions" in record.getMessage()
+
+
+def test_a_frozen_redis_costs_one_render_at_most_the_render_timeout_then_renders_skip_it(
+    settings: Any, tmp_path: Any
+) -> None:
+    """docs/client.rst: a Redis that accepts connections but never answers (SIGSTOP) holds a render
+    for ``RENDER_TIMEOUT`` (0.5 s), then renders skip Redis for ``RENDER_RETRY_AFTER`` (5 s).
+    Asserted with slack for a loaded machine: the first render within 5 s, the next ones within 0.5 s."""
+    import signal
+    import time
+
+    server = RedisServer(free_port(), tmp_path / "frozen")
+    server.start()
+    settings.CHANNEL_LAYERS = layer_settings(LAYERS[1], server.url)
+    room = RoomFactory()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            ((_, epoch, offset),) = elements(render("{% turbo_subscribe room %}", room=room))
+            timings.append(time.monotonic() - started)
+            assert (epoch, offset) == ("", "")
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+    print(f"\nfrozen Redis: renders took {', '.join(f'{t:.2f}' for t in timings)} s")
+    assert (history.RENDER_TIMEOUT, history.RENDER_RETRY_AFTER) == (0.5, 5.0)
+    assert timings[0] < 5 and max(timings[1:]) < 0.5, timings

@@ -102,6 +102,7 @@ def test_a_row_gone_before_the_worker_is_skipped_quietly(caplog: pytest.LogCaptu
     assert "testapp.message pk=999999 is gone; nothing to broadcast" in caplog.text
 
 
+@pytest.mark.database  # a cascade
 def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
     caplog: pytest.LogCaptureFixture, group_sends: list[Any]
 ) -> None:

@@ -150,10 +150,35 @@ class BadOffset(ValueError):
     """An epoch or offset a client sent that is malformed or beyond the stream's last offset."""
 
 
+_internals_warned = False
+
+
+def _unreadable_layer(layer: Any, exc: Exception, what: str) -> None:
+    """Log, at ERROR once per process and then at DEBUG, that ``layer``'s placement could not be
+    read (a channels_redis internal moved): ``what`` goes on without stream positions."""
+    global _internals_warned
+    level = logging.DEBUG if _internals_warned else logging.ERROR
+    _internals_warned = True
+    logger.log(
+        level,
+        "could not find which Redis of %s holds a stream (%r): %s without stream positions, so a "
+        "page that resubscribes after a gap refreshes instead of replaying what it missed",
+        type(layer).__name__, exc, what,
+    )
+
+
 def enabled(layer: Any) -> bool:
     """Whether offsets are kept for this layer: ``OFFSETS`` on and a channels_redis layer (the
-    in-memory layer of tests and ``runserver`` has no Redis to keep them in)."""
-    return conf.get().OFFSETS and placement.shard_of(layer, "") is not None
+    in-memory layer of tests and ``runserver`` has no Redis to keep them in). A channels_redis layer
+    whose placement cannot be read (an internal changed) counts as neither, with an ERROR log line:
+    frames still go out, without positions."""
+    if not conf.get().OFFSETS:
+        return False
+    try:
+        return placement.shard_of(layer, "") is not None
+    except Exception as exc:  # a channels_redis internal moved: deliver without offsets, loudly
+        _unreadable_layer(layer, exc, "frames go out")
+        return False
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -288,9 +313,8 @@ def _render_host(layer: Any, group: str) -> dict[str, Any] | None:
     no loop here."""
     try:
         return placement.host_of(layer, group)
-    except Exception as exc:
-        logger.warning("could not find the Redis of %s in the channel layer's configuration (%r); "
-                       "the page renders without its stream position", group, exc)
+    except Exception as exc:  # a channels_redis internal moved: the page still renders
+        _unreadable_layer(layer, exc, "pages render")
         return None
 
 

@@ -43,16 +43,38 @@ def hosts(layer: Any) -> list[dict[str, Any]] | None:
         from channels_redis.utils import decode_hosts  # type: ignore[import-untyped]
 
         # The proxy builds each loop's layer (and its shards) from these arguments, in this order.
-        kwargs: dict[str, Any] = getattr(layer, "_kwargs", None) or {}
-        args: tuple[Any, ...] = getattr(layer, "_args", None) or ()
+        kwargs, args = _pubsub_arguments(layer)
         decoded: list[dict[str, Any]] = decode_hosts(kwargs.get("hosts", args[0] if args else None))
         return decoded
     return None
 
 
+class LayerInternalsChanged(RuntimeError):
+    """channels_redis no longer keeps what :func:`hosts` reads (its pub/sub layer's constructor
+    arguments): guessing would put positions on the wrong Redis, so the caller is told instead."""
+
+
+def _pubsub_arguments(layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The ``(kwargs, args)`` a ``RedisPubSubChannelLayer`` was built with (its private ``_kwargs``
+    and ``_args``, pinned by tests/test_layers.py). A layer without them raises
+    :class:`LayerInternalsChanged`: defaulting to channels_redis' default host would read and write
+    positions on a Redis the layer may not use."""
+    # Read from the instance itself: the layer's __getattr__ forwards unknown names to its
+    # per-loop layer, which needs a running loop and has no such attributes either.
+    own: dict[str, Any] = getattr(layer, "__dict__", {})
+    kwargs, args = own.get("_kwargs"), own.get("_args")
+    if not isinstance(kwargs, dict) or not isinstance(args, tuple):
+        raise LayerInternalsChanged(
+            f"{type(layer).__name__} has no _kwargs/_args (dict and tuple) to read its hosts from: this "
+            "channels_redis is newer than turbo_async knows. Pin channels-redis to a version turbo_async "
+            "supports, or set TURBO_ASYNC['OFFSETS'] = False."
+        )
+    return kwargs, args
+
+
 def group_prefix(layer: Any) -> str:
     """The prefix of ``RedisPubSubChannelLayer``'s group channels (``"asgi"`` by default)."""
-    kwargs: dict[str, Any] = getattr(layer, "_kwargs", None) or {}
+    kwargs, _ = _pubsub_arguments(layer)
     prefix = kwargs.get("prefix", "asgi")
     return prefix if isinstance(prefix, str) else "asgi"
 

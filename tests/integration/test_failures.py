@@ -181,6 +181,45 @@ def test_save_returns_when_the_broker_hangs(
     assert elapsed < 20, f"the save hung for {elapsed:.1f}s"
 
 
+# The transport's socket_timeout in tests/settings.py; redis-py sends a timed-out command once more.
+BROKER_SOCKET_TIMEOUT = 2
+
+
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_without_the_outbox_the_save_returns_within_the_publish_bound(
+    live_stack: FaultStack, settings: LazySettings, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """``PUBLISH_IN_BACKGROUND: False``: the save publishes itself, at most ``PUBLISH_MAX_RETRIES +
+    1`` attempts (3) with ``PUBLISH_MAX_RETRIES * PUBLISH_RETRY_INTERVAL`` (0.4 s) between them. A
+    stopped Redis refuses at once; a frozen one (SIGSTOP) holds each attempt for the transport's
+    socket_timeout, twice. The bounds docs/guarantees.rst states, plus 5 s of slack; run with -s to
+    see the time measured."""
+    settings.TURBO_ASYNC = {"PUBLISH_IN_BACKGROUND": False}
+    with suppress():
+        room = RoomFactory()
+    attempts, waits = 3, 0.4
+    bound = waits + (attempts * 2 * BROKER_SOCKET_TIMEOUT if fault == "frozen" else 0) + 5
+    if fault == "stopped":
+        live_stack.broker.stop()
+    else:
+        assert live_stack.broker.process is not None
+        live_stack.broker.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        message = MessageFactory(room=room)
+        elapsed = time.monotonic() - started
+    finally:
+        if fault == "frozen":
+            assert live_stack.broker.process is not None
+            live_stack.broker.process.send_signal(signal.SIGCONT)
+        else:
+            live_stack.broker.start()
+    print(f"\nbroker {fault}, no outbox: the save returned after {elapsed:.2f} s (bound {bound:.1f} s)")
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert f"could not queue the broadcast of testapp.message pk={message.pk}" in caplog.text
+    assert elapsed < bound, f"the save took {elapsed:.1f}s"
+
+
 def test_inline_policy_runs_the_hook_in_the_saving_process_when_the_broker_is_down(
     live_stack: FaultStack, settings: LazySettings
 ) -> None:
@@ -548,7 +587,10 @@ def test_every_change_saved_while_the_broker_is_down_reaches_the_page_after_it_r
         saved = {MessageFactory(room=room, text=f"down {i}").pk for i in range(50)}
         time.sleep(BROKER_DOWN_SECONDS)
         live_stack.broker.start()
+        returned = time.monotonic()
         seen = collect_message_ids(client, 50, timeout=60)
+        print(f"\nbroker down {BROKER_DOWN_SECONDS:.0f} s: {len(seen & saved)} of 50 on the socket "
+              f"{time.monotonic() - returned:.1f} s after it returned")
     assert seen == saved, f"{len(saved - seen)} of 50 lost"
     assert "the broker is reachable again after" in caplog.text
     assert outbox.flush(timeout=5)
@@ -577,7 +619,10 @@ def test_a_web_process_killed_after_its_commit_loses_nothing_with_the_database_o
             saved = set(Message.objects.filter(room=room).values_list("pk", flat=True))
             left = OutboxEntry.objects.count()  # what the killed process had not published
             sweeper.start()
+            ready = time.monotonic()
             seen = collect_message_ids(client, 200, timeout=60)
+            print(f"\nweb killed after its commit ({left} rows left): {len(seen & saved)} of 200 on the socket "
+                  f"{time.monotonic() - ready:.1f} s after a sweeping worker was ready")
         assert len(saved) == 200
         assert seen == saved, f"{len(saved - seen)} of 200 lost ({left} rows were left behind)"
         wait_until(lambda: not OutboxEntry.objects.exists(), what="an empty outbox table")
@@ -631,6 +676,7 @@ def test_exit_with_the_broker_down_waits_at_most_the_exit_timeout_and_logs_what_
     )
     elapsed = time.monotonic() - started
     live_stack.broker.start()
+    print(f"\nexit with the broker down (OUTBOX_EXIT_TIMEOUT 2): the process took {elapsed:.1f} s in all")
     assert web.returncode == 0, web.stderr
     assert "exiting with 5 broadcast(s) not published after 2 s (OUTBOX_EXIT_TIMEOUT)" in web.stderr
     assert "testapp.message pk=" in web.stderr

@@ -79,6 +79,7 @@ def test_uuid_primary_key(live: Uvicorn) -> None:
     )
 
 
+@pytest.mark.layer  # the core layer blocks on reads: redis-py's 5 s socket_timeout would cut it
 def test_idle_socket_still_receives_after_12_seconds(live: Uvicorn) -> None:
     room = RoomFactory()
     with subscribed(live, room.stream.signed_stream_name) as client:
