@@ -9,10 +9,11 @@ sends them under load) and one task per change, against a raw loop. The fan-out 
 case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS``, for turbo_async
 and for turbo-django (in its venv). Offsets and history (bench_history.py): worker broadcasts/s
 with history writes on and off, and the catch-up time of 100 missed frames. Metrics
-(``TURBO_ASYNC["METRICS"]``): worker changes/s (batched) and the fan-out p99 of ``METRICS_CASE``,
-on against off, ``METRICS_ROUNDS`` processes of each, alternating, in the same run, and the cost
-of the metrics calls alone against the CPU a change or a frame costs (bench_metrics_calls.py)
-(``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
+(``TURBO_ASYNC["METRICS"]``), on against off, paired (bench_metrics.py): ``METRICS_ROUNDS`` rounds
+of two workers draining the same changes side by side, and of the fan-out of ``METRICS_CASE``
+served by two web processes at once, one with metrics on; each row the median over the rounds of
+on against off of the same round; and the cost of the metrics calls alone against the CPU a change
+or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
 the goals' "Met" column only reports them.
 """
 
@@ -54,7 +55,7 @@ LAYERS = os.environ.get("BENCH_LAYERS", "core,pubsub").split(",")
 """The channels_redis layers the fan-out is measured with (settings.py's ``BENCH_LAYER``)."""
 ROUNDS = 3
 METRICS_CASE = os.environ.get("BENCH_METRICS_CASE", "1x200@50")
-METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "4"))
+METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
 METRICS_GOAL = 0.03
 """Issue 24: metrics may cost at most 3% of worker throughput and of the fan-out p99."""
 """Processes of each request variant compared within one database, alternating, whose medians
