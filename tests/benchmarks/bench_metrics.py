@@ -96,6 +96,7 @@ def worker_round(on: int) -> dict[str, Any]:
     # Started without waiting for each to be ready, so that neither drains alone for long.
     for worker in workers:
         worker.start_in(ROOT)
+    profilers = profile([w.process.pid for w in workers if w.process is not None], logs, "worker")
     marks: list[list[list[float]]] = [[], []]
     try:
         deadline = time.monotonic() + 240
@@ -108,6 +109,8 @@ def worker_round(on: int) -> dict[str, Any]:
             time.sleep(0.05)
         logs_text = [worker.log() for worker in workers]
     finally:
+        for profiler in profilers:
+            profiler.wait(60)
         for worker in workers:
             worker.stop()
     if any("Traceback" in text for text in logs_text):
@@ -171,7 +174,7 @@ def fanout_round(on: int) -> dict[str, Any]:
         for seq in range(warmup + saves):
             if seq == warmup:
                 cpu_before = [cpu_seconds(pid) for pid in pids]
-                profilers = profile(pids, logs)
+                profilers = profile(pids, logs, "web")
             delay = start + seq / RATE - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -207,9 +210,10 @@ def fanout_round(on: int) -> dict[str, Any]:
     return result
 
 
-def profile(pids: list[int], logs: Path) -> list[subprocess.Popen[bytes]]:
-    """With ``BENCH_PROFILE=DIR``: py-spy (the dev extra) samples each web process while the
-    measured saves run, into ``DIR/web-<index>.txt`` (collapsed stacks, one line per stack)."""
+def profile(pids: list[int], logs: Path, name: str) -> list[subprocess.Popen[bytes]]:
+    """With ``BENCH_PROFILE=DIR``: py-spy (the dev extra) samples each worker from its start, or
+    each web process while the measured saves run, for ``BENCH_SECONDS``, into
+    ``DIR/<name>-<index>.txt`` (collapsed stacks, one line per stack and its count)."""
     where = os.environ.get("BENCH_PROFILE")
     if not where:
         return []
@@ -217,8 +221,8 @@ def profile(pids: list[int], logs: Path) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-             "--duration", str(SECONDS), "--rate", "200", "--output", str(Path(where) / f"web-{i}.txt")],
-            stdout=(logs / f"py-spy-{i}.log").open("wb"), stderr=subprocess.STDOUT,
+             "--duration", str(SECONDS), "--rate", "200", "--output", str(Path(where) / f"{name}-{i}.txt")],
+            stdout=(logs / f"py-spy-{name}-{i}.log").open("wb"), stderr=subprocess.STDOUT,
         )
         for i, pid in enumerate(pids)
     ]
