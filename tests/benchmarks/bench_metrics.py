@@ -125,6 +125,8 @@ def worker_round(on: int) -> dict[str, Any]:
         first, last = warm[0], warm[-1]
         result[f"{state}_cpu_ms"] = (last[3] - first[3]) / (last[0] - first[0]) * 1000
         both = [mark for mark in warm if begin <= mark[1] <= end]
+        if len(both) < 2:  # hardly ran together (one started late): its own rate, alone
+            both = warm
         result[f"{state}_per_s"] = (both[-1][0] - both[0][0]) / (both[-1][1] - both[0][1])
     return result
 
