@@ -1,11 +1,14 @@
 """What turbo_async's metrics add per call, metrics on against off, in one process (run by run.py;
 ``python -m tests.benchmarks.bench_metrics_calls`` alone):
 
-- ``metrics.frame_sent``, the web process's one call per frame and socket, 60,000 calls a turn;
+- ``metrics.frame_sent``, the web process's one call per frame and socket, 2,000 calls a turn;
 - the worker's Celery task signals (``task_prerun`` / ``task_postrun``) around a batch of 100
-  changes, 400 batches a turn, per change.
+  changes, 20 batches a turn, per change.
 
-Each is timed with ``timeit``, off and on taking turns, 7 turns each, the minimum of each kept; ``time.time()`` is in both figures of
+Each is timed with ``timeit``, off and on taking turns, 101 turns each, the minimum of each kept:
+turns of about a millisecond, so that some run while no other process takes the CPU even on a
+loaded machine (turns of 60,000 calls came out up to three times slower there). ``time.time()``
+is in both figures of
 ``frame_sent`` (as its caller passes a commit time). Nothing but the calls runs: no sockets, no
 Celery.
 """
@@ -19,10 +22,10 @@ from typing import Any
 
 from tests.benchmarks.common import setup_django, write_result
 
-FRAME_CALLS = 60_000
-BATCHES = 400
+FRAME_CALLS = 2_000
+BATCHES = 20
 BATCH = 100
-REPEATS = 7
+REPEATS = 101
 
 
 def main() -> None:
