@@ -6,18 +6,21 @@ the process that has metrics on).
 - ``worker``: two Celery worker processes (``--pool solo``), one with ``TURBO_ASYNC["METRICS"]``
   on, one off, each on its own Redis database (broker and channel layer), drain the same
   ``BENCH_TASKS`` changes queued as the outbox batches them under load (``turbo_async.batch``
-  tasks, sent once and copied to both queues), side by side. For each: its CPU seconds per change
-  and its rate after the first 1,000 changes (tests/benchmarks/worker.py's marks).
+  tasks, sent once and copied to both queues), side by side. For each, after its first 1,000
+  changes: its CPU seconds per change, and its rate while both drain (tests/benchmarks/worker.py's
+  marks, every 100 changes).
 - ``fanout``: two uvicorn processes, one with metrics on, one off, share the subscribers of
   ``BENCH_ROOMS`` rooms x ``BENCH_SUBSCRIBERS`` (client i on process i mod 2, as
   bench_latency.py spreads them), and one worker and the saving process (metrics on both, so the
   frames carry their commit time) send them ``BENCH_RATE`` saves/s for ``BENCH_SECONDS`` s after a
   second of warm-up. For each process: the p99 of commit to frame read by its subscribers, and
-  its CPU time (:func:`cpu_seconds`) from the first measured save to the last
-  frame read, per frame its subscribers read; its CPU time for start-up and the subscribers
-  connecting; and its whole CPU time per frame (start-up, connections and warm-up included, as
-  bench_latency.py counts it). ``BENCH_PROFILE=DIR`` also samples each web process with py-spy
-  while the measured saves run (:func:`profile`).
+  its CPU time (:func:`cpu_seconds`) from the first measured save to the last frame read, per
+  frame its subscribers read; its CPU time for start-up and the subscribers connecting; and its
+  whole CPU time per frame (start-up, connections and warm-up included, as bench_latency.py counts
+  it).
+
+``BENCH_PROFILE=DIR`` also samples each worker, or each web process while the measured saves run,
+with py-spy (:func:`profile`).
 
 Nothing timed is asserted: the result is each figure of each process; run.py compares them.
 """

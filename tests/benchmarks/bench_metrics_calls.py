@@ -8,9 +8,8 @@
 Each is timed with ``timeit``, off and on taking turns, 101 turns each, the minimum of each kept:
 turns of about a millisecond, so that some run while no other process takes the CPU even on a
 loaded machine (turns of 60,000 calls came out up to three times slower there). ``time.time()``
-is in both figures of
-``frame_sent`` (as its caller passes a commit time). Nothing but the calls runs: no sockets, no
-Celery.
+is in both figures of ``frame_sent`` (as its caller passes a commit time). Nothing but the calls
+runs: no sockets, no Celery.
 """
 
 from __future__ import annotations
