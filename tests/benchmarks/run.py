@@ -13,8 +13,8 @@ with history writes on and off, and the catch-up time of 100 missed frames. Metr
 of two workers draining the same changes side by side, and of the fan-out of ``METRICS_CASE``
 served by two web processes at once, one with metrics on; each row the median over the rounds of
 on against off of the same round; and the cost of the metrics calls alone against the CPU a change
-or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
-the goals' "Met" column only reports them.
+or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). Nothing
+timed is asserted: the figures are printed, and the goals' "Met" column only reports them.
 """
 
 from __future__ import annotations
