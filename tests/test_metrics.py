@@ -98,6 +98,21 @@ def test_frames_and_lag_are_counted_once_flushed(metrics_on: None) -> None:
     assert value("turbo_async_broadcast_lag_seconds_sum") >= 0.004
 
 
+def test_a_commit_time_ahead_of_this_clock_is_observed_as_no_lag(metrics_on: None) -> None:
+    """A committing host whose clock is ahead of the web host's (docs/monitoring.rst, clock skew):
+    the frame is observed in the first bucket and adds nothing to the sum."""
+    m = metrics.active()
+    assert m is not None
+    metrics.flush(m)
+    lags, first = value("turbo_async_broadcast_lag_seconds_count"), value("turbo_async_broadcast_lag_seconds_bucket", le="0.001")
+    total = value("turbo_async_broadcast_lag_seconds_sum")
+    metrics.frame_sent(100, time.time() + 5.0)
+    metrics.flush(m)
+    assert value("turbo_async_broadcast_lag_seconds_count") == lags + 1
+    assert value("turbo_async_broadcast_lag_seconds_bucket", le="0.001") == first + 1
+    assert value("turbo_async_broadcast_lag_seconds_sum") == total
+
+
 @pytest.mark.parametrize(
     ("text", "label"),
     [

@@ -151,7 +151,7 @@ def main() -> None:
             worker.stop()
     if errors:
         raise RuntimeError("a server logged an error:\n" + "\n".join(e[-3000:] for e in errors))
-    latencies = [(arrived - committed[seq]) * 1000 for seq, arrived in arrivals if seq >= warmup]
+    latencies = [(arrived - committed[seq]) * 1000 for seq, arrived, _server in arrivals if seq >= warmup]
     nothing = [float("nan")]
     write_result(
         {

@@ -6,7 +6,7 @@
 Client i subscribes to the (i mod rooms)-th signed name on the (i mod servers)-th server.
 PROTOCOL is ``turbo_async`` (each subscription is answered with ``subscribed``) or
 ``turbo_django`` (no answer: the process waits a moment instead; the warm-up saves cover the rest).
-Prints ``ready`` once every client is subscribed, then records ``(seq, arrival time)`` for each
+Prints ``ready`` once every client is subscribed, then records ``(seq, arrival time, server index)`` for each
 frame until every client has ``EXPECTED`` frames numbered ``WARMUP`` or more (or 60 s pass) and
 writes them to OUT as JSON. One WebSocket message may carry several frames (turbo_async batches
 the saves that queued up): each ``seq-N`` in it counts, with the message's arrival time.
@@ -162,7 +162,7 @@ async def main() -> None:
         await asyncio.sleep(1 + len(sockets) / 500)
     arrivals: list[tuple[int, float]] = []
 
-    async def read(ws: Socket) -> None:
+    async def read(ws: Socket, server: int) -> None:
         got = 0
         while got < wanted:
             texts = await ws.messages()
@@ -171,11 +171,11 @@ async def main() -> None:
                 for found in SEQ.findall(text):
                     seq = int(found)
                     if seq >= first:
-                        arrivals.append((seq, now))
+                        arrivals.append((seq, now, server))
                         got += 1
 
     print("ready", flush=True)
-    readers = [asyncio.ensure_future(read(ws)) for ws in sockets]
+    readers = [asyncio.ensure_future(read(ws, i % len(servers))) for i, ws in enumerate(sockets)]
     await asyncio.wait(readers, timeout=60)
     for reader in readers:
         reader.cancel()

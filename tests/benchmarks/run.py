@@ -9,11 +9,12 @@ sends them under load) and one task per change, against a raw loop. The fan-out 
 case of ``BENCH_LATENCY_CASES`` with each channels_redis layer of ``BENCH_LAYERS``, for turbo_async
 and for turbo-django (in its venv). Offsets and history (bench_history.py): worker broadcasts/s
 with history writes on and off, and the catch-up time of 100 missed frames. Metrics
-(``TURBO_ASYNC["METRICS"]``): worker changes/s (batched) and the fan-out p99 of ``METRICS_CASE``,
-on against off, ``METRICS_ROUNDS`` processes of each, alternating, in the same run, and the cost
-of the metrics calls alone against the CPU a change or a frame costs (bench_metrics_calls.py)
-(``BENCH_ONLY=metrics`` runs these rows alone). Nothing timed is asserted: the figures are printed, and
-the goals' "Met" column only reports them.
+(``TURBO_ASYNC["METRICS"]``), on against off, paired (bench_metrics.py): ``METRICS_ROUNDS`` rounds
+of two workers draining the same changes side by side, and of the fan-out of ``METRICS_CASE``
+served by two web processes at once, one with metrics on; each row the median over the rounds of
+on against off of the same round; and the cost of the metrics calls alone against the CPU a change
+or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). Nothing
+timed is asserted: the figures are printed, and the goals' "Met" column only reports them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ LAYERS = os.environ.get("BENCH_LAYERS", "core,pubsub").split(",")
 """The channels_redis layers the fan-out is measured with (settings.py's ``BENCH_LAYER``)."""
 ROUNDS = 3
 METRICS_CASE = os.environ.get("BENCH_METRICS_CASE", "1x200@50")
-METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "3"))
+METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
 METRICS_GOAL = 0.03
 """Issue 24: metrics may cost at most 3% of worker throughput and of the fan-out p99."""
 """Processes of each request variant compared within one database, alternating, whose medians
@@ -161,64 +162,64 @@ def create_database(port: int, name: str) -> None:
 
 
 def metrics_overhead(env: Any, redis: RedisServer) -> dict[str, list[dict[str, Any]]]:
-    """Worker throughput (batched, 5,000 changes) and the fan-out of ``METRICS_CASE`` (core layer)
-    with metrics off and on, ``METRICS_ROUNDS`` processes each, off and on alternating; and the
-    calls alone."""
+    """Metrics on against off, paired (bench_metrics.py): ``METRICS_ROUNDS`` rounds of two workers
+    draining the same 6,000 changes side by side, then as many rounds of the fan-out of
+    ``METRICS_CASE`` (core layer) served by two web processes at once, in each one of the two with
+    metrics on; which one swaps every round. And the metrics calls alone."""
     rooms, rest = METRICS_CASE.split("x")
     subscribers, rate = rest.split("@")
     results: dict[str, list[dict[str, Any]]] = {
         "calls": [run("tests.benchmarks.bench_metrics_calls", env("turbo_async", "metrics_calls"))]
     }
-    # The worker's runs first, then the fan-out's: interleaved, the worker runs that came right
-    # after a fan-out run measured up to 45% slower (rate; CPU per change unchanged) in some runs.
-    # Off and on swap places every round.
-    orders = [("off", "on") if rep % 2 == 0 else ("on", "off") for rep in range(METRICS_ROUNDS)]
-    for rep, order in enumerate(orders):
-        for state in order:
+    for kind, extra in (
+        ("worker", {}),
+        ("fanout", {"BENCH_LAYER": "core", "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate}),
+    ):
+        for rep in range(METRICS_ROUNDS):
             redis.flushall()
-            results.setdefault(f"worker {state}", []).append(run(
-                "tests.benchmarks.bench_worker",
-                {**env("turbo_async", f"metrics_worker_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
-                 "BENCH_TASKS": "5000", "BENCH_MODES": "batched", "BENCH_RAW": "0"},
-            ))
-    for rep, order in enumerate(orders):
-        for state in order:
-            redis.flushall()
-            results.setdefault(f"fanout {state}", []).append(run(
-                "tests.benchmarks.bench_latency",
-                {**env("turbo_async", f"metrics_fanout_{state}{rep}"), "BENCH_METRICS": "1" if state == "on" else "0",
-                 "BENCH_LAYER": "core", "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate},
+            results.setdefault(kind, []).append(run(
+                "tests.benchmarks.bench_metrics",
+                {**env("turbo_async", f"metrics_{kind}{rep}"), "BENCH_METRICS": "1", **extra}, sys.executable,
+                kind, str(rep % 2),
             ))
     return results
 
 
 def metrics_rows(overhead: dict[str, list[dict[str, Any]]]) -> list[tuple[str, ...]]:
-    """Metrics on against off: medians of the processes of each, and how much slower "on" is."""
+    """Metrics on against off: in each round, what "on" costs against "off" of the same round;
+    the median over the rounds is held against the goal, the rounds' spread beside it."""
 
     def median(key: str, field: str) -> float:
         return float(statistics.median(result[field] for result in overhead[key]))
 
+    def costlier(off: float, on: float) -> float:
+        return on / off - 1
+
     rows = []
-    for name, key, field, slower in (
-        ("worker, changes/s (batched)", "worker", "batched_per_s", lambda off, on: off / on - 1),
-        ("… worker CPU ms per change", "worker", "batched_cpu_ms", lambda off, on: on / off - 1),
-        (f"fan-out {METRICS_CASE.replace('x', ' x ')}, core, p99 ms", "fanout", "p99_ms", lambda off, on: on / off - 1),
-        ("… web CPU µs per frame written", "fanout", "web_cpu_us_per_frame", lambda off, on: on / off - 1),
+    # The last two are no goal's figures: they show what the unpaired rows counted besides frames.
+    for name, key, field, slower, goal in (
+        ("worker, changes/s (batched)", "worker", "per_s", lambda off, on: off / on - 1, True),
+        ("… worker CPU ms per change", "worker", "cpu_ms", costlier, True),
+        (f"fan-out {METRICS_CASE.replace('x', ' x ')}, core, p99 ms", "fanout", "p99_ms", costlier, True),
+        ("… web CPU µs per frame written", "fanout", "cpu_us_per_frame", costlier, True),
+        ("… web CPU s, start-up and subscribers connecting", "fanout", "start_cpu_s", costlier, False),
+        ("… web CPU µs per frame, whole process", "fanout", "whole_cpu_us_per_frame", costlier, False),
     ):
-        off, on = median(f"{key} off", field), median(f"{key} on", field)
-        cost = slower(off, on)
-        each = ", ".join(_figure(r[field]) for r in overhead[f"{key} on"])
-        each += " / off: " + ", ".join(_figure(r[field]) for r in overhead[f"{key} off"])
+        rounds = overhead[key]
+        costs = [slower(r[f"off_{field}"], r[f"on_{field}"]) for r in rounds]
+        cost = statistics.median(costs)
+        each = ", ".join(f"{c * 100:+.1f}%" for c in costs)
         rows.append((
-            f"7. metrics on vs off: {name}", f"off {_figure(off)}", f"on {_figure(on)}", "", "",
-            f"on costs {cost * 100:+.1f}% (medians of {len(overhead[f'{key} on'])}; on: {each})",
-            f"<= {METRICS_GOAL * 100:g}%", "yes" if cost <= METRICS_GOAL else "NO",
+            f"7. metrics on vs off: {name}", f"off {_figure(median(key, f'off_{field}'))}",
+            f"on {_figure(median(key, f'on_{field}'))}", "", "",
+            f"on costs {cost * 100:+.1f}% (median of {len(rounds)} paired rounds: {each})",
+            f"<= {METRICS_GOAL * 100:g}%" if goal else "", ("yes" if cost <= METRICS_GOAL else "NO") if goal else "",
         ))
     # The calls alone (bench_metrics_calls.py), against the CPU one frame or change costs above.
     calls = overhead["calls"][0]
     for name, key, per, field in (
-        ("frame_sent, µs per frame and socket", "frame_us", "fanout off", "web_cpu_us_per_frame"),
-        ("task signals, µs per change (batch of 100)", "change_us", "worker off", "batched_cpu_ms"),
+        ("frame_sent, µs per frame and socket", "frame_us", "fanout", "off_cpu_us_per_frame"),
+        ("task signals, µs per change (batch of 100)", "change_us", "worker", "off_cpu_ms"),
     ):
         added = calls[f"{key}_on"] - calls[f"{key}_off"]
         cpu = median(per, field) * (1000 if field.endswith("_ms") else 1)
