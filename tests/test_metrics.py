@@ -218,3 +218,29 @@ def test_metrics_without_prometheus_client_is_refused_at_start_up(monkeypatch: p
     assert str(error.value) == (
         "TURBO_ASYNC['METRICS'] is on but prometheus_client is not installed: pip install \"turbo-async[metrics]\"."
     )
+
+
+async def test_a_layer_without_the_internals_placement_reads_leaves_the_status_off_not_the_metrics(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real pub/sub layer object without the constructor arguments placement reads (a newer
+    channels_redis): the reporter logs an ERROR, writes no status, and keeps flushing the counts."""
+    import asyncio
+
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    settings.TURBO_ASYNC = {"METRICS": True, "STATUS_INTERVAL": 1}
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    del layer.__dict__["_kwargs"]
+    monkeypatch.setattr(metrics, "get_channel_layer", lambda: layer)
+    flushed: list[int] = []
+    monkeypatch.setattr(metrics, "flush", lambda m: flushed.append(1))
+    m = metrics.active()
+    assert m is not None
+    reporter = asyncio.create_task(metrics._report(m))
+    await asyncio.sleep(0.1)
+    assert not reporter.done(), reporter
+    reporter.cancel()
+    assert flushed
+    assert "this process's status is not reported to Redis" in caplog.text
+    assert any(record.levelname == "ERROR" for record in caplog.records)

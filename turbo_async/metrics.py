@@ -18,6 +18,11 @@ into the channel-layer message as ``"committed"`` (never sent to the browser); t
 observes ``time.time() - committed`` when it writes the frame to each socket. Clocks of different
 hosts must agree (NTP): a skew of the web host against the committing host adds to (or takes
 from) every observation.
+
+Over 500 lines, on purpose: the metric definitions, the one-call-per-event functions every layer
+above calls, the exposition and the status records share one switch (``_resolve``: off, or
+prometheus_client missing, means nothing is registered). Split, each part would import that
+switch and the definitions back, and a layer-1 module is what every caller may import.
 """
 
 from __future__ import annotations
@@ -575,7 +580,11 @@ async def _report(m: Metrics) -> None:
     the channel layer's Redis (a channels_redis layer only), kept for three intervals."""
     interval = conf.get().STATUS_INTERVAL
     layer = get_channel_layer()
-    if interval <= 0 or layer is None or placement.shard_of(layer, STATUS_GROUP) is None:
+    try:
+        if interval <= 0 or layer is None or placement.shard_of(layer, STATUS_GROUP) is None:
+            layer = None
+    except placement.LayerInternalsChanged as exc:
+        logger.error("this process's status is not reported to Redis: %s", exc)
         layer = None
     snapshots: deque[tuple[float, list[float], int]] = deque()
     warned = False
