@@ -147,13 +147,13 @@ def test_max_wait_shorter_than_debounce_is_refused() -> None:
 def test_a_change_carries_the_request_id_to_the_task_and_the_last_one_wins() -> None:
     with bound_request_id("req-1"):
         first = Change("testapp.probe", 1, "save", True, request_id="req-1")
-    assert publish.message(first, "default")[2] == {"request_id": "req-1"}
-    assert publish.message(Change("testapp.probe", 1, "save"), "default")[2] == {}  # unchanged
+    assert first.to_payload()["request_id"] == "req-1"
+    assert "request_id" not in Change("testapp.probe", 1, "save").to_payload()  # unchanged
     later = Change("testapp.probe", 1, "save", request_id="req-2")
     assert first.merge(later).request_id == "req-2"
     assert first.merge(Change("testapp.probe", 1, "save")).request_id == "req-1"
     assert first.merge(Change("testapp.probe", 1, "delete", snapshot={"id": 1})).request_id == "req-1"
-    json.dumps(publish.message(first, "default"))  # all a broker carries
+    json.dumps(publish.message([(first, "default")]))  # all a broker carries
 
 
 # -- declarative refreshes -------------------------------------------------------------------

@@ -284,7 +284,7 @@ def test_replace_and_update_morph_now_and_later(
 def test_morph_on_another_action_is_refused_before_anything_is_deferred(db: None) -> None:
     room = RoomFactory()
     with pytest.raises(ValueError, match="method='morph' applies to replace and update only"):
-        room.stream.later._send_action("append", text="x", id="y", method="morph")
+        room.stream.later.broadcast_action("append", text="x", id="y", method="morph")
     with pytest.raises(TypeError):
         room.stream.append(text="x", id="y", method="morph")  # type: ignore[call-arg]
 

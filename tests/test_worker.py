@@ -53,7 +53,7 @@ def test_save_reloads_the_row_and_runs_on_save(group_sends: list[Any]) -> None:
     receive = listen(message.room.stream)
     message.text = "not saved"  # the worker renders what the database holds
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 1, "streams": 1}
+    assert result == {"frames": 1, "streams": 1, "changes": 1}
     assert '<p class="message-text">stored</p>' in receive()
 
 
@@ -72,7 +72,7 @@ def test_delete_rebuilds_the_row_from_its_snapshot(group_sends: list[Any]) -> No
         pk = message.pk
         message.delete()
     receive = listen(Room.stream(values["room_id"]))
-    assert worker.broadcast_change("testapp.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("testapp.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1, "changes": 1}
     assert receive() == f'<turbo-stream action="remove" target="message-{pk}"><template></template></turbo-stream>'
 
 
@@ -96,7 +96,7 @@ def test_string_primary_key(group_sends: list[Any]) -> None:
 def test_a_row_gone_before_the_worker_is_skipped_quietly(caplog: pytest.LogCaptureFixture, group_sends: list[Any]) -> None:
     with caplog.at_level(logging.DEBUG, logger="turbo_async"):
         result = worker.broadcast_change("testapp.message", 999999, "save", True)
-    assert result == {"frames": 0, "streams": 0, "skipped": "row is gone"}
+    assert result == {"frames": 0, "streams": 0, "changes": 1, "skipped": "row is gone"}
     assert group_sends == []
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "testapp.message pk=999999 is gone; nothing to broadcast" in caplog.text
@@ -159,7 +159,7 @@ def test_frames_of_one_stream_go_out_in_one_group_send(
 
     monkeypatch.setattr(stream_class, "on_save", on_save)
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 3, "streams": 2}
+    assert result == {"frames": 3, "streams": 2, "changes": 1}
     assert [group for group, _ in group_sends] == [
         message.room.stream.broadcastable_stream_name,
         other_room.stream.broadcastable_stream_name,
@@ -219,7 +219,7 @@ def test_a_row_deleted_while_broadcast_is_removed_again(monkeypatch: pytest.Monk
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
     assert receive().startswith('<turbo-stream action="append" target="messages">')
     assert receive() == f'<turbo-stream action="remove" target="message-{message.pk}"><template></template></turbo-stream>'
-    assert result == {"frames": 2, "streams": 1}
+    assert result == {"frames": 2, "streams": 1, "changes": 1}
 
 
 def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
@@ -238,7 +238,7 @@ def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyP
 def test_an_unchanged_row_is_sent_once(group_sends: list[Any]) -> None:
     with turbo.suppress():
         message = MessageFactory()
-    assert worker.broadcast_change("testapp.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("testapp.message", message.pk, "save", True) == {"frames": 1, "streams": 1, "changes": 1}
     assert len(group_sends) == 1
 
 
@@ -261,7 +261,7 @@ def test_a_recheck_that_is_skipped_keeps_the_first_pass_counts(
     monkeypatch.setattr(MessageStream, "on_save", on_save)
     _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).update(text="new"))
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 1, "streams": 1, "skipped": "the room went away"}
+    assert result == {"frames": 1, "streams": 1, "changes": 1, "skipped": "the room went away"}
     assert len(calls) == 2
 
 
@@ -365,7 +365,7 @@ def test_refresh_stale_sends_a_refresh_frame_to_each_stream(group_sends: list[An
 
 def item(message: Any, event: str = "save", created: bool = True) -> dict[str, Any]:
     change = changes.Change.delete(message) if event == "delete" else changes.Change.save(message, created)
-    return change.payload("default")
+    return change.to_payload()
 
 
 def test_a_batch_sends_one_group_send_per_stream_in_commit_order(group_sends: list[Any]) -> None:
@@ -376,7 +376,7 @@ def test_a_batch_sends_one_group_send_per_stream_in_commit_order(group_sends: li
         gone = MessageFactory(room=room)
         gone_item = item(gone, "delete")
         gone.delete()
-    result = worker.broadcast_batch([item(first), item(elsewhere), item(second), gone_item])
+    result = worker.broadcast([item(first), item(elsewhere), item(second), gone_item])
     assert result == {"frames": 4, "streams": 2, "changes": 4}
     by_group = {group: message["data"] for group, message in group_sends}
     assert len(group_sends) == 2  # one per stream for the whole batch
@@ -393,7 +393,7 @@ def test_a_batch_loads_each_models_rows_with_one_query(group_sends: list[Any]) -
         room = RoomFactory()
         messages_ = [MessageFactory(room=room) for _ in range(5)]
     with CaptureQueriesContext(connection) as queries:
-        worker.broadcast_batch([item(m) for m in messages_])
+        worker.broadcast([item(m) for m in messages_])
     table = Message._meta.db_table
     reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT") and f'FROM "{table}"' in q["sql"]]
     assert len(reads) == 2, reads  # the load, and the re-check after sending
@@ -403,9 +403,9 @@ def test_a_failing_hook_fails_the_batch_after_the_others_frames_went_out(group_s
     with turbo.suppress():
         message = MessageFactory(text="delivered")
         probe = ProbeFactory(fail=True)
-    probe_item = changes.Change.save(probe, True).payload("default")
+    probe_item = changes.Change.save(probe, True).to_payload()
     with pytest.raises(worker.BatchHookError, match=rf"1 of 2 broadcasts of this batch failed .*testapp.probe pk={probe.pk} \(save\): RuntimeError"):
-        worker.broadcast_batch([probe_item, item(message)])
+        worker.broadcast([probe_item, item(message)])
     assert [message_["data"] for _, message_ in group_sends] and "delivered" in group_sends[0][1]["data"]
 
 
@@ -414,9 +414,19 @@ def test_a_failing_hook_shows_as_a_failed_batch_task_in_celery(group_sends: list
     from turbo_async import tasks
 
     with turbo.suppress():
-        probe = ProbeFactory(fail=True)
-    result = tasks.broadcast_batch.apply(([changes.Change.save(probe, True).payload("default")],), throw=False)
+        probe, message = ProbeFactory(fail=True), MessageFactory()
+    result = tasks.broadcast.apply(([changes.Change.save(probe, True).to_payload(), item(message)],), throw=False)
     assert result.state == "FAILURE" and isinstance(result.result, worker.BatchHookError)
+
+
+def test_a_lone_change_whose_hook_raises_fails_its_task_with_that_exception(group_sends: list[Any]) -> None:
+    """Eager Celery: a single change is a batch of one, and Flower shows the hook's own error."""
+    from turbo_async import tasks
+
+    with turbo.suppress():
+        probe = ProbeFactory(fail=True)
+    result = tasks.broadcast.apply(([changes.Change.save(probe, True).to_payload()],), throw=False)
+    assert result.state == "FAILURE" and type(result.result) is RuntimeError
 
 
 def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: list[Any]) -> None:
@@ -426,6 +436,6 @@ def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: li
         gone_item = item(gone)
         gone.delete()
     action = changes.StreamAction(room.stream.stream_name, [room.pk], {}, "update", {"text": "hi", "id": "greeting"})
-    result = worker.broadcast_batch([gone_item, action.payload("default")])
-    assert result == {"frames": 1, "streams": 1, "changes": 2}
+    result = worker.broadcast([gone_item, action.to_payload()])
+    assert result == {"frames": 1, "streams": 1, "changes": 2, "skipped": "row is gone"}
     assert group_sends[0][1]["data"] == '<turbo-stream action="update" target="greeting"><template>hi</template></turbo-stream>'

@@ -43,7 +43,7 @@ from django.dispatch import receiver
 
 from . import conf, history, placement
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK
-from .exceptions import DeliveryError
+from .exceptions import BatchHookError, DeliveryError
 
 try:
     import prometheus_client
@@ -411,8 +411,8 @@ def _task_ended(task: Any = None, **kwargs: Any) -> None:
 @task_failure.connect
 def _task_failed(sender: Any = None, exception: BaseException | None = None, **kwargs: Any) -> None:
     name = getattr(sender, "name", "")
-    if name not in (BROADCAST_TASK, STREAM_ACTION_TASK) or isinstance(exception, DeliveryError):
-        return  # a batch counts each failed hook itself; a delivery failure is not the hook's
+    if name not in (BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK) or isinstance(exception, (BatchHookError, DeliveryError)):  # noqa: E501
+        return  # a batch of several counts each failed hook itself; a delivery failure is not the hook's
     m = _on if _resolved else _resolve()
     if m is not None:
         m.hook_errors.inc()
