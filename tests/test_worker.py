@@ -439,3 +439,48 @@ def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: li
     result = worker.broadcast([gone_item, action.to_payload()])
     assert result == {"frames": 1, "streams": 1, "changes": 2, "skipped": "row is gone"}
     assert group_sends[0][1]["data"] == '<turbo-stream action="update" target="greeting"><template>hi</template></turbo-stream>'
+
+
+def test_an_item_that_cannot_be_read_fails_alone_after_the_others_went_out(
+    group_sends: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with turbo.suppress():
+        message = MessageFactory(text="delivered")
+    unreadable = {"v": 3, "label": "testapp.message", "pk": message.pk, "event": "save"}
+    with pytest.raises(worker.BatchHookError, match=r"1 of 2 broadcasts of this batch failed .*wire format version 3"):
+        worker.broadcast([unreadable, item(message)])
+    assert "delivered" in group_sends[0][1]["data"]
+
+
+def test_a_lone_item_that_cannot_be_read_fails_with_what_is_wrong() -> None:
+    with pytest.raises(changes.PayloadError, match="A broadcast item has no 'pk'"):
+        worker.broadcast([{"v": 2, "label": "testapp.message", "event": "save"}])
+
+
+def test_a_0_1_0_batch_item_is_broadcast(group_sends: list[Any]) -> None:
+    """Items without ``"v"``, queued by 0.1.0 before an upgrade, are read until 0.3.0."""
+    with turbo.suppress():
+        message = MessageFactory(text="queued before the upgrade")
+    result = worker.broadcast([{"label": "testapp.message", "pk": message.pk, "event": "save", "created": True}])
+    assert result == {"frames": 1, "streams": 1, "changes": 1}
+    assert "queued before the upgrade" in group_sends[0][1]["data"]
+
+
+def test_a_hook_that_raises_in_a_batch_sends_nothing_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]
+) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        first, second = MessageFactory(room=room, text="first"), MessageFactory(room=room, text="second")
+    original = MessageStream.on_save
+
+    def on_save(self: Any, instance: Any, created: bool, *args: Any, **kwargs: Any) -> None:
+        original(self, instance, created, *args, **kwargs)
+        if instance.pk == first.pk:
+            raise KeyError("after its frame")
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    with pytest.raises(worker.BatchHookError):
+        worker.broadcast([item(first), item(second)])
+    [(_, sent)] = group_sends
+    assert "second" in sent["data"] and "first" not in sent["data"]

@@ -130,8 +130,8 @@ def schedule(group: str, stream_name: str, countdown: float) -> None:
     """Queue the delayed task that sends the refresh of ``group``, as broadcasts are published
     (:func:`turbo_async.publish.schedule`: the same queue, publish retries and commit time,
     which is the commit time of the task that asked for the refresh, when there is one)."""
-    task = get_current_task()
-    committed = task.request.get(metrics.HEADER) if task is not None else None
+    request = getattr(get_current_task(), "request", None)
+    committed = request.get(metrics.HEADER) if request is not None else None
     publish.schedule(
         REFRESH_TASK, [group, stream_name], f"{stream_name.replace(':', '.')}.refresh.debounced", countdown,
         committed if isinstance(committed, (int, float)) and not isinstance(committed, bool) else None,
