@@ -411,7 +411,8 @@ def _task_ended(task: Any = None, **kwargs: Any) -> None:
 @task_failure.connect
 def _task_failed(sender: Any = None, exception: BaseException | None = None, **kwargs: Any) -> None:
     name = getattr(sender, "name", "")
-    if name not in (BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK) or isinstance(exception, (BatchHookError, DeliveryError)):  # noqa: E501
+    ours = (BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK)
+    if name not in ours or isinstance(exception, (BatchHookError, DeliveryError)):
         return  # a batch of several counts each failed hook itself; a delivery failure is not the hook's
     m = _on if _resolved else _resolve()
     if m is not None:
