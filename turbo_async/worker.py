@@ -239,7 +239,7 @@ def _recheck(saved: Saved) -> dict[str, Any]:
                     skipped = str(exc)
                 except Exception:  # the first pass already reported this row's hook
                     logger.exception("re-checking %s failed", what)
-    result = _deliver(outgoing) if outgoing.frames else {"frames": 0, "streams": 0}  # mostly nothing changed
+    result: dict[str, Any] = _deliver(outgoing) if outgoing.frames else {"frames": 0, "streams": 0}  # mostly unchanged
     if skipped:
         result["skipped"] = skipped
     return result
