@@ -114,6 +114,7 @@ def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
     assert result["frames"] == 0
     assert "Room matching query does not exist" in result["skipped"]
     assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert f"testapp.message pk={pk} delete skipped: Room matching query does not exist" in caplog.text
     assert group_sends == []
 
 

@@ -75,7 +75,7 @@ def broadcast(payload: Sequence[Any]) -> dict[str, Any]:
                         skipped += _apply(entry[0], entry[1], loaded, saved)
                 _merge(outgoing, own)
             except ObjectDoesNotExist as exc:  # a later task brings the page there
-                logger.info("%s skipped: %s", what, exc)
+                logger.info("%s skipped: %s", _skipped(entry, what), exc)
                 skipped.append(str(exc))
             except Exception as exc:
                 if lone:  # the task fails with it; Celery's task_failure signal counts it
@@ -167,6 +167,13 @@ def _describe(entry: tuple[Item, str] | Exception, data: Any) -> str:
     if isinstance(data, dict):
         return f"{data.get('label')} pk={data.get('pk')!r} ({data.get('event')})"
     return repr(data)[:100]
+
+
+def _skipped(entry: tuple[Item, str] | Exception, what: str) -> str:
+    """A skipped item for its log line: ``chat.message pk=5 delete`` (as 0.1.0 wrote it)."""
+    if isinstance(entry, tuple) and isinstance(entry[0], Change):
+        return f"{entry[0].label} pk={entry[0].pk!r} {entry[0].event}"
+    return what
 
 
 def _python_pk(model: type[models.Model], label: str, pk: Any) -> Any:
