@@ -203,15 +203,16 @@ def test_a_batch_name_always_shows_its_first_hook_whole() -> None:
     )
 
 
-def test_a_batch_lists_each_change_as_its_own_task_would_and_actions_by_name() -> None:
+def test_a_batch_lists_each_change_and_action_by_what_identifies_it() -> None:
     items: list[tuple[Change | StreamAction, str]] = [
         (Change("chat.message", 42, "save", True, shadow="chat.MessageStream.on_save"), "default"),
         (StreamAction("chat:RoomListStream", [], {}, "refresh", {}, shadow="chat.RoomListStream.refresh"), "default"),
         (Change("chat.message", "a-b", "delete", snapshot={"id": "a-b"}), "other"),
+        (StreamAction("chat:RoomStream", [5], {"tab": "all"}, "append", {"text": "x", "id": "m"}), "default"),
     ]
     assert publish.describe_batch(items) == (
-        "('chat.message', 42, 'save', True); chat.RoomListStream.refresh; "
-        "('chat.message', 'a-b', 'delete', False)"
+        "('chat.message', 42, 'save', True); ('chat:RoomListStream', [], 'refresh'); "
+        "('chat.message', 'a-b', 'delete', False); ('chat:RoomStream', [5], {'tab': 'all'}, 'append')"
     )
 
 

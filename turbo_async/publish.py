@@ -100,16 +100,16 @@ def batch_name(names: Sequence[str], limit: int = BATCH_NAME_MAX_LENGTH) -> str:
 def describe_batch(
     items: Sequence[tuple[Change | StreamAction, str]], limit: int = BATCH_ARGSREPR_MAX_LENGTH
 ) -> str:
-    """What a batch carries, for Flower's args column: each change as the args of its own task
-    read (``('chat.message', 42, 'save', True)``), each action by name, in commit order::
+    """What a task carries, for Flower's args column: each change as ``(label, pk, event,
+    created)``, each action as ``(stream, args[, kwargs], action)``, in commit order::
 
-        ('chat.message', 42, 'save', True); chat.RoomListStream.refresh
+        ('chat.message', 42, 'save', True); ('chat:RoomListStream', [], 'refresh')
 
     Beyond ``limit`` characters the remaining items are counted (``; and 12 more``).
     """
     parts = [
         repr((item.label, item.pk, item.event, item.created)) if isinstance(item, Change)
-        else item.shadow or item.describe()
+        else repr((item.stream_name, item.args, *([item.kwargs] if item.kwargs else []), item.action))
         for item, _ in items
     ]
     text = "; ".join(parts)
