@@ -90,10 +90,18 @@ def each_layer(request: pytest.FixtureRequest) -> str:
 
 
 class Published(list[dict[str, Any]]):
-    """The broadcast tasks queued so far: ``{"args", "kwargs", "options"}`` as a broker carries them."""
+    """The broadcast tasks queued so far: ``{"args", "kwargs", "options"}`` as a broker carries them
+    (each task's one argument is its list of items, turbo_async.changes' wire format)."""
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every item of every task, in publish order."""
+        return [item for call in self for item in call["args"][0]]
 
     def events(self) -> list[tuple[str, Any, str, bool]]:
-        return [tuple(call["args"]) for call in self]  # type: ignore[misc]
+        """Each change published, as ``(label, pk, event, created)``."""
+        return [
+            (item["label"], item["pk"], item["event"], item["created"]) for item in self.items() if "label" in item
+        ]
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """``turbo_async.changes``: what one committed change carries to a worker (JSON only), how two
-changes of one object merge, and how a deleted row is rebuilt from its snapshot."""
+changes of one object merge, how a deleted row is rebuilt from its snapshot, and the wire format
+(versioned items, 0.1.0's read until 0.3.0)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,7 +13,8 @@ import turbo_async as turbo
 from tests.conftest import Published
 from tests.testapp.factories import DocumentFactory, MessageFactory, TagFactory
 from turbo_async import changes
-from turbo_async.changes import Change, snapshot
+from turbo_async.changes import Change, StreamAction, snapshot
+from turbo_async.exceptions import PayloadError
 
 
 def test_a_save_carries_label_pk_event_created_and_flower_name() -> None:
@@ -105,3 +108,86 @@ def test_rebuilt_instance_has_its_field_values() -> None:
 def test_a_rebuilt_instance_belongs_to_its_database() -> None:
     rebuilt = changes.rebuild(type(MessageFactory.build()), {"id": 3, "room_id": 4, "text": "t"}, "other")
     assert (rebuilt.pk, rebuilt.room_id, rebuilt._state.db) == (3, 4, "other")
+
+
+# -- the wire format ---------------------------------------------------------------------------
+
+
+def test_a_change_travels_as_a_versioned_item_and_comes_back_whole() -> None:
+    change = Change("testapp.message", 5, "delete", snapshot={"id": 5, "room_id": 2}, request_id="r1")
+    item = change.to_payload("other")
+    assert item == {
+        "v": 2, "label": "testapp.message", "pk": 5, "event": "delete", "created": False,
+        "using": "other", "snapshot": {"id": 5, "room_id": 2}, "request_id": "r1",
+    }
+    back, using = changes.from_payload(json.loads(json.dumps(item)))
+    assert (back, back.request_id, using) == (change, "r1", "other")
+
+
+def test_a_save_on_the_default_database_carries_only_what_it_has() -> None:
+    assert Change("testapp.message", 5, "save", True).to_payload() == {
+        "v": 2, "label": "testapp.message", "pk": 5, "event": "save", "created": True,
+    }
+
+
+def test_a_stream_action_travels_with_its_request_id_beside_its_options() -> None:
+    action = StreamAction("testapp:RoomStream", [1], {}, "refresh", {"selector": None, "id": None}, request_id="r1")
+    item = action.to_payload()
+    assert item == {
+        "v": 2, "stream": "testapp:RoomStream", "args": [1], "kwargs": {}, "action": "refresh",
+        "options": {"selector": None, "id": None}, "request_id": "r1",
+    }
+    back, using = changes.from_payload(item)
+    assert (back, back.request_id, using) == (action, "r1", "default")
+
+
+def test_0_1_0_items_without_a_version_are_read_until_0_3_0() -> None:
+    change, using = changes.from_payload({"label": "testapp.message", "pk": 5, "event": "save", "created": True})
+    assert (change, using) == (Change("testapp.message", 5, "save", True), "default")
+    action, _ = changes.from_payload({
+        "stream": "testapp:RoomStream", "args": [1], "kwargs": {}, "action": "refresh",
+        "options": {"selector": None, "id": None, "request_id": "r0"},  # 0.1.0 kept it here
+    })
+    assert isinstance(action, StreamAction)
+    assert (action.options, action.request_id) == ({"selector": None, "id": None}, "r0")
+
+
+def test_0_1_0_one_change_tasks_become_items() -> None:
+    assert changes.payload_of_message(
+        "turbo_async.broadcast", ["testapp.message", 7, "delete", False], {"snapshot": {"id": 7}, "using": "other"}
+    ) == [{"label": "testapp.message", "pk": 7, "event": "delete", "created": False, "snapshot": {"id": 7},
+           "using": "other"}]
+    assert changes.payload_of_message("turbo_async.stream_action", ["s:S", [], {}, "append", {"text": "x"}], {}) == [
+        {"stream": "s:S", "args": [], "kwargs": {}, "action": "append", "options": {"text": "x"}}
+    ]
+    assert changes.payload_of_message("turbo_async.batch", [[{"v": 2}]], {}) == [{"v": 2}]
+
+
+def test_a_later_wire_version_is_refused_with_what_to_do() -> None:
+    with pytest.raises(PayloadError) as error:
+        changes.from_payload({"v": 3, "label": "testapp.message", "pk": 5, "event": "save"})
+    assert str(error.value) == (
+        "A broadcast item of wire format version 3; this worker reads versions 1 and 2. Upgrade the "
+        "workers before the web processes that send it."
+    )
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    (["testapp.message", 5, "save"], "A broadcast item must be a JSON object, not ['testapp.message', 5, 'save']"),
+    ({"v": 2, "pk": 5, "event": "save"}, "A broadcast item has no 'label': "),
+    ({"v": 2, "label": "testapp.message", "event": "save"}, "A broadcast item has no 'pk': "),
+    ({"v": 2, "label": 5, "pk": 5, "event": "save"}, "A broadcast item's 'label' must be a str, not 5"),
+    ({"v": 2, "label": "x.y", "pk": 5, "event": "explode"}, "Unknown broadcast event 'explode'; expected 'save' or"),
+    ({"v": 2, "label": "x.y", "pk": 5, "event": "delete", "snapshot": [1]}, "x.y pk=5: 'snapshot' must be an object"),
+    ({"v": 2, "stream": "s:S", "action": "append", "options": {"html": "<x>"}},
+     "A stream action carries unknown options ['html']: "),
+])
+def test_a_malformed_item_is_refused_naming_what_is_wrong(item: Any, message: str) -> None:
+    with pytest.raises(PayloadError) as error:
+        changes.from_payload(item)
+    assert str(error.value).startswith(message)
+
+
+def test_a_message_that_is_no_broadcast_is_refused() -> None:
+    with pytest.raises(PayloadError, match=r"Not a broadcast message: task 'turbo_async.broadcast' with args \['x'\]"):
+        changes.payload_of_message("turbo_async.broadcast", ["x"], {})

@@ -3,9 +3,9 @@
 The test app's ``MessageStream`` (tests/testapp/streams.py) appends a created message to ``#messages``,
 replaces an edited one and removes a deleted one. Hypothesis generates create/update/delete
 sequences on a few messages of one room, each committed on its own (``transactional_db``), so each
-publishes one ``turbo_async.broadcast`` task. The tasks are recorded at the publish seam
+publishes one ``turbo_async.batch`` task of one item. The tasks are recorded at the publish seam
 (``broadcast.apply_async``, JSON round trip as a broker would) instead of being sent, then run with
-``turbo_async.worker.broadcast_change`` - the worker's code - in a random order, with random duplicates (Celery
+``turbo_async.worker.broadcast`` - the worker's code - in a random order, with random duplicates (Celery
 delivers at least once), while ``turbo_async.testing.capture_broadcasts`` records the frames. The
 frames are applied to a small model of Turbo 8's stream actions on the ``#messages`` container,
 and the result is compared with the container as rendered from the final database state.
@@ -154,7 +154,7 @@ def rendered_page(room: Room) -> Dom:
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[Task]:
     """The broadcast tasks published at commit, in publish order, as a broker hands them to a
-    worker (JSON): ``worker.broadcast_change(*args, **kwargs)`` runs one as the worker does."""
+    worker (JSON): ``worker.broadcast(*args, **kwargs)`` runs one as the worker does."""
     recorded: list[Task] = []
 
     def apply_async(args: Any, kwargs: Any = None, **options: Any) -> None:
@@ -168,7 +168,7 @@ def run_tasks(room: Room, schedule: list[Task], dom: Dom) -> None:
     """Run tasks as workers would, one after another, applying the room's frames to ``dom``."""
     for args, kwargs in schedule:
         with capture_broadcasts(room, on_commit=False) as frames:
-            worker.broadcast_change(*args, **kwargs)
+            worker.broadcast(*args, **kwargs)
         for frame in frames:
             dom.apply(frame)
 
@@ -269,12 +269,12 @@ def test_each_committed_change_publishes_one_task(published: list[Task]) -> None
     message.text = "b"
     message.save()
     message.delete()
-    assert [(args[0], args[2], args[3]) for args, _ in published] == [
+    assert [(item["label"], item["event"], item["created"]) for (items,), _ in published for item in items] == [
         ("testapp.message", "save", True),
         ("testapp.message", "save", False),
         ("testapp.message", "delete", False),
     ]
-    assert set(published[2][1]) == {"snapshot"}
+    assert set(published[2][0][0][0]) == {"v", "label", "pk", "event", "created", "snapshot"}
 
 
 def test_a_duplicated_create_does_not_show_the_message_twice(published: list[Task]) -> None:

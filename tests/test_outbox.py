@@ -43,21 +43,20 @@ def not_eager() -> Iterator[None]:
 
 
 def unbatched(args: Any) -> list[Any]:
-    """The args of each change a message carries: itself, or each item of a batch."""
-    if len(args) == 1 and isinstance(args[0], list):  # turbo_async.batch([item, ...])
-        return [
-            (item["label"], item["pk"], item["event"], item["created"]) if "label" in item
-            else (item["stream"], item["args"], item["kwargs"], item["action"], item["options"])
-            for item in args[0]
-        ]
-    return [args]
+    """Each item a ``turbo_async.batch`` message carries, as a tuple: ``(label, pk, event,
+    created)`` for a change, ``(stream, args, kwargs, action, options)`` for an action."""
+    return [
+        (item["label"], item["pk"], item["event"], item["created"]) if "label" in item
+        else (item["stream"], item["args"], item["kwargs"], item["action"], item["options"])
+        for item in args[0]
+    ]
 
 
 @pytest.fixture
 def messages(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> list[tuple[str, Any, dict[str, Any]]]:
     """Every task message sent: (task name, args, options)."""
     sent: list[tuple[str, Any, dict[str, Any]]] = []
-    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
+    for task in (tasks.broadcast,):
         def apply_async(args: Any, kwargs: Any = None, producer: Any = None, *, _name: str = task.name, **options: Any) -> None:
             json.dumps([args, kwargs])  # what Celery's JSON serializer would refuse
             sent.append((_name, args, options | {"producer": producer}))
@@ -75,8 +74,7 @@ def published(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> list[tuple[An
         json.dumps([args, kwargs])  # what Celery's JSON serializer would refuse
         calls.extend((one, threading.current_thread().name, producer) for one in unbatched(args))
 
-    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
-        monkeypatch.setattr(task, "apply_async", apply_async)
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
     return calls
 
 
@@ -95,10 +93,10 @@ def test_queued_changes_share_one_producer(published: list[Any]) -> None:
     outbox._outbox.put([outbox.Entry(Change("testapp.message", 0, "save", True), "default")])
     original = publish.send
 
-    def slow_send(change: Change, alias: str = "default", producer: Any = None) -> None:
-        if change.pk == 0:
+    def slow_send(items: list[tuple[Change, str]], producer: Any = None) -> None:
+        if items[0][0].pk == 0:
             gate.wait(5)
-        original(change, alias, producer=producer)
+        original(items, producer=producer)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(publish, "send", slow_send)
@@ -162,9 +160,8 @@ def test_inline_hooks_on_the_outbox_thread_leave_no_connection_open(
         used.append(connections["default"])
         return {"frames": 0, "streams": 0}
 
-    for task in (tasks.broadcast, tasks.broadcast_batch):
-        monkeypatch.setattr(task, "apply_async", apply_async)
-    monkeypatch.setattr(worker, "broadcast_change", run)
+    monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
+    monkeypatch.setattr(worker, "broadcast", run)
     with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
         MessageFactory()
         assert outbox.flush(timeout=5)
@@ -197,8 +194,7 @@ class FlakyBroker:
 @pytest.fixture
 def flaky(monkeypatch: pytest.MonkeyPatch, not_eager: None) -> FlakyBroker:
     broker = FlakyBroker(failures=3)
-    for task in (tasks.broadcast, tasks.stream_action, tasks.broadcast_batch):
-        monkeypatch.setattr(task, "apply_async", broker)
+    monkeypatch.setattr(tasks.broadcast, "apply_async", broker)
     return broker
 
 
@@ -279,7 +275,6 @@ def test_publish_never_raises(
         raise RuntimeError("anything at all")
 
     monkeypatch.setattr(tasks.broadcast, "apply_async", apply_async)
-    monkeypatch.setattr(tasks.stream_action, "apply_async", apply_async)
     publish.publish(Change("testapp.message", 1, "save", shadow="x"), "default")
     publish.publish(StreamAction("testapp:RoomStream", [1], {}, "append", {}), "default")
     assert "could not queue the broadcast of testapp.message pk=1 (save): RuntimeError: anything at all" in caplog.text
@@ -325,8 +320,11 @@ def test_the_database_outbox_writes_a_row_in_the_saving_transaction(published: l
         with transaction.atomic():
             message = MessageFactory()
             [row] = OutboxEntry.objects.all()
-            assert (row.task, row.args, row.shadow) == (
-                "turbo_async.broadcast", ["testapp.message", message.pk, "save", True], "testapp.MessageStream.on_save",
+            assert (row.task, row.args, row.kwargs, row.shadow) == (
+                "turbo_async.batch",
+                [[{"v": 2, "label": "testapp.message", "pk": message.pk, "event": "save", "created": True}]],
+                {},
+                "testapp.MessageStream.on_save",
             )
         assert outbox.flush(timeout=5)
     assert [args[1] for args, _, _ in published] == [message.pk]
@@ -354,19 +352,67 @@ def test_a_rolled_back_save_leaves_no_outbox_row(published: list[Any]) -> None:
 
 
 @pytest.mark.database
-def test_the_sweep_publishes_rows_left_behind_in_commit_order(published: list[Any]) -> None:
-    left = [
-        OutboxEntry.objects.create(task="turbo_async.broadcast", args=["testapp.message", pk, "save", True])
-        for pk in (7, 3, 9)
-    ]
-    OutboxEntry.objects.filter(pk__in=[row.pk for row in left]).update(
-        created_at=timezone.now() - timedelta(minutes=1)
-    )
-    young = OutboxEntry.objects.create(task="turbo_async.broadcast", args=["testapp.message", 1, "save", True])
+def outbox_row(pk: Any) -> OutboxEntry:
+    """The outbox row a commit writes for a save of the message ``pk``."""
+    task, args, kwargs = publish.message([(Change("testapp.message", pk, "save", True), "default")])
+    return OutboxEntry.objects.create(task=task, args=list(args), kwargs=kwargs, shadow="testapp.MessageStream.on_save")
+
+
+def left_behind(rows: list[OutboxEntry]) -> None:
+    OutboxEntry.objects.filter(pk__in=[row.pk for row in rows]).update(created_at=timezone.now() - timedelta(minutes=1))
+
+
+@pytest.mark.database
+def test_the_sweep_publishes_rows_left_behind_in_commit_order(messages: list[Any]) -> None:
+    left_behind([outbox_row(pk) for pk in (7, 3, 9)])
+    young = outbox_row(1)
     with override_settings(TURBO_ASYNC=DATABASE):
         assert outbox.sweep() == 3
-    assert [args[1] for args, _, _ in published] == [7, 3, 9]
+    assert [(task, unbatched(args)[0][1], options["shadow"]) for task, args, options in messages] == [
+        ("turbo_async.batch", pk, "testapp.MessageStream.on_save") for pk in (7, 3, 9)
+    ]
     assert list(OutboxEntry.objects.all()) == [young]  # a live process's row: its own relay's
+
+
+@pytest.mark.database
+def test_the_sweep_publishes_rows_of_0_1_0_in_this_versions_format(messages: list[Any]) -> None:
+    """Rows written by 0.1.0 (one positional task per change or action) go out as this version's
+    one task (tests/integration/test_wire_compat.py runs them through a real worker)."""
+    left_behind([
+        OutboxEntry.objects.create(
+            task="turbo_async.broadcast", args=["testapp.message", 7, "delete", False],
+            kwargs={"snapshot": {"id": 7}, "using": "other"}, shadow="testapp.MessageStream.on_delete",
+        ),
+        OutboxEntry.objects.create(
+            task="turbo_async.stream_action", args=["testapp:RoomStream", [1], {}, "refresh", {"request_id": "r1"}],
+        ),
+    ])
+    with override_settings(TURBO_ASYNC=DATABASE):
+        assert outbox.sweep() == 2
+    assert [(task, args[0], options["shadow"]) for task, args, options in messages] == [
+        ("turbo_async.batch", [{
+            "v": 2, "label": "testapp.message", "pk": 7, "event": "delete", "created": False,
+            "using": "other", "snapshot": {"id": 7},
+        }], "testapp.MessageStream.on_delete"),
+        ("turbo_async.batch", [{
+            "v": 2, "stream": "testapp:RoomStream", "args": [1], "kwargs": {}, "action": "refresh", "options": {},
+            "request_id": "r1",
+        }], "testapp:RoomStream.refresh"),
+    ]
+    assert not OutboxEntry.objects.exists()
+
+
+@pytest.mark.database
+def test_an_outbox_row_that_cannot_be_read_is_logged_and_dropped(
+    messages: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = OutboxEntry.objects.create(task="turbo_async.broadcast", args=["testapp.message"])
+    left_behind([bad, outbox_row(5)])
+    with override_settings(TURBO_ASYNC=DATABASE), caplog.at_level(logging.ERROR, logger="turbo_async"):
+        assert outbox.sweep() == 2
+    assert [unbatched(args)[0][1] for _, args, _ in messages] == [5]
+    assert f"outbox row {bad.pk} cannot be read and is dropped: Not a broadcast message" in caplog.text
+    assert not OutboxEntry.objects.exists()
 
 
 @pytest.mark.database  # a second alias
@@ -392,11 +438,11 @@ def hold_first_send(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     original = publish.send
     calls = {"n": 0}
 
-    def held(item: Any, alias: str = "default", producer: Any = None) -> None:
+    def held(items: Any, producer: Any = None) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             gate.wait(5)
-        original(item, alias, producer)
+        original(items, producer)
 
     monkeypatch.setattr(publish, "send", held)
     return gate
@@ -412,8 +458,9 @@ def test_changes_that_queue_up_go_in_one_batch_and_a_lone_change_stays_its_hook(
     gate.set()
     assert outbox.flush(timeout=5)
     (lone_task, lone_args, lone_options), (task, args, options) = messages[0], messages[-1]
-    assert (lone_task, lone_args[1], lone_options["shadow"]) == (
-        "turbo_async.broadcast", first.pk, "testapp.MessageStream.on_save",
+    assert (lone_task, unbatched(lone_args), lone_options["shadow"], lone_options["argsrepr"]) == (
+        "turbo_async.batch", [("testapp.message", first.pk, "save", True)], "testapp.MessageStream.on_save",
+        f"('testapp.message', {first.pk}, 'save', True)",
     )
     assert task == "turbo_async.batch"
     assert [item["pk"] for item in args[0]] == queued
@@ -458,7 +505,7 @@ def test_changes_saved_back_to_back_wait_for_each_other_and_a_lone_change_goes_a
         assert len(messages) == 1, "a change right after a publish went alone instead of waiting"
         assert outbox.flush(timeout=5)
     (lone_task, lone_args, _), (task, args, _) = messages
-    assert (lone_task, lone_args[1]) == ("turbo_async.broadcast", first.pk)
+    assert (lone_task, unbatched(lone_args)[0][1]) == ("turbo_async.batch", first.pk)
     assert task == "turbo_async.batch"
     assert [item["pk"] for item in args[0]] == burst
 
@@ -470,9 +517,8 @@ def test_batch_max_size_bounds_a_batch(messages: list[Any], monkeypatch: pytest.
         queued = [MessageFactory(room=room).pk for _ in range(3)]
         gate.set()
         assert outbox.flush(timeout=5)
-    assert [(task, [item["pk"] for item in args[0]] if task == "turbo_async.batch" else args[1])
-            for task, args, _ in messages[1:]] == [
-        ("turbo_async.batch", queued[:2]), ("turbo_async.broadcast", queued[2]),
+    assert [(task, [item["pk"] for item in args[0]]) for task, args, _ in messages[1:]] == [
+        ("turbo_async.batch", queued[:2]), ("turbo_async.batch", queued[2:]),
     ]
 
 

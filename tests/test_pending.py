@@ -74,7 +74,7 @@ def test_delete_supersedes_saves(published: Published) -> None:
         message.save()
         message.delete()
     assert published.events() == [("testapp.message", pk, "delete", False)]
-    snapshot = published[0]["kwargs"]["snapshot"]
+    snapshot = published.items()[0]["snapshot"]
     assert snapshot["id"] == pk
     assert snapshot["room_id"] == room_id
     assert snapshot["text"] == "edited"
@@ -151,4 +151,4 @@ def test_changes_are_published_on_commit_of_their_own_alias(published: Published
             pass  # committing default publishes nothing of "other"
         assert published == []
     assert published.events() == [("testapp.message", message.pk, "save", True)]
-    assert published[0]["kwargs"] == {"using": "other"}
+    assert published.items()[0]["using"] == "other"

@@ -1,5 +1,6 @@
-"""``turbo_async.publish``: queue the Celery task of one committed change or ``stream.later``
-action; never raise because the broker is down.
+"""``turbo_async.publish``: queue the one Celery task of committed changes and ``stream.later``
+actions (a single change is a batch of one), and the delayed task of a debounced refresh with the
+same options; never raise because the broker is down.
 
 The broadcast task's ``apply_async`` is the seam: the ``published`` fixture (tests/conftest.py)
 records what it would send, other tests make it fail as a broker that is down does.
@@ -17,7 +18,8 @@ from tests.conftest import Published
 from tests.testapp.factories import MessageFactory
 from tests.testapp.models import Message
 from turbo_async import conf, publish, tasks, worker
-from turbo_async.changes import BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
+from turbo_async.changes import BATCH_TASK, Change, StreamAction
+from turbo_async.refreshes import REFRESH_TASK
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,14 +34,14 @@ def broker_down(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def broadcasts_run_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """The task bodies that ran in this process (the task itself is left as it is)."""
+    """The payloads of the task bodies that ran in this process (the task itself is left as it is)."""
     ran: list[tuple[Any, ...]] = []
 
-    def broadcast_change(*args: Any) -> dict[str, Any]:
-        ran.append(args)
+    def broadcast(payload: list[Any]) -> dict[str, Any]:
+        ran.append(tuple(payload))
         return {"frames": 0, "streams": 0}
 
-    monkeypatch.setattr(worker, "broadcast_change", broadcast_change)
+    monkeypatch.setattr(worker, "broadcast", broadcast)
     return ran
 
 
@@ -82,16 +84,16 @@ def test_on_publish_error_inline_runs_the_broadcast_in_this_process(
 ) -> None:
     with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}):
         publish.publish(Change("testapp.message", 42, "save", True))
-    assert broadcasts_run_here == [("testapp.message", 42, "save", True, "default", None)]
+    assert broadcasts_run_here == [({"v": 2, "label": "testapp.message", "pk": 42, "event": "save", "created": True},)]
 
 
 def test_a_failing_inline_broadcast_is_logged_not_raised(
     broker_down: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broadcast_change(*args: Any) -> dict[str, Any]:
+    def broadcast(payload: list[Any]) -> dict[str, Any]:
         raise LookupError("hook failed")
 
-    monkeypatch.setattr(worker, "broadcast_change", broadcast_change)
+    monkeypatch.setattr(worker, "broadcast", broadcast)
     with override_settings(TURBO_ASYNC={"ON_PUBLISH_ERROR": "inline"}), caplog.at_level(
         logging.ERROR, logger="turbo_async"
     ):
@@ -113,7 +115,7 @@ def test_default_queue_unless_configured(published: Published) -> None:
 def test_the_task_carries_the_hooks_flower_name_and_argsrepr(published: Published) -> None:
     publish.publish(Change("testapp.message", 42, "save", True, shadow="testapp.MessageStream.on_save"))
     [call] = published
-    assert call["args"] == ["testapp.message", 42, "save", True]
+    assert call["args"] == [[{"v": 2, "label": "testapp.message", "pk": 42, "event": "save", "created": True}]]
     assert call["options"]["shadow"] == "testapp.MessageStream.on_save"
     assert call["options"]["argsrepr"] == "('testapp.message', 42, 'save', True)"
 
@@ -126,28 +128,39 @@ def test_publishing_retries_as_the_settings_say() -> None:
     }
 
 
-def test_a_change_on_the_default_database_carries_its_four_fields() -> None:
-    assert publish.message(Change("testapp.message", 5, "save", True), "default") == (
-        BROADCAST_TASK, ("testapp.message", 5, "save", True), {},
+def test_a_lone_change_is_a_task_of_one_item() -> None:
+    assert publish.message([(Change("testapp.message", 5, "save", True), "default")]) == (
+        BATCH_TASK, ([{"v": 2, "label": "testapp.message", "pk": 5, "event": "save", "created": True}],), {},
     )
 
 
-def test_a_change_on_another_database_names_it() -> None:
-    assert publish.message(Change("testapp.message", 5, "save"), "other") == (
-        BROADCAST_TASK, ("testapp.message", 5, "save", False), {"using": "other"},
-    )
-
-
-def test_a_delete_carries_its_snapshot() -> None:
-    change = Change("testapp.message", 5, "delete", snapshot={"id": 5, "text": "t"})
-    assert publish.message(change, "default")[2] == {"snapshot": {"id": 5, "text": "t"}}
-
-
-def test_a_stream_action_goes_to_the_stream_action_task() -> None:
+def test_changes_and_actions_of_several_databases_go_in_one_task_in_order() -> None:
     action = StreamAction("testapp:RoomListStream", [], {}, "append", {"id": "rooms", "text": "x"})
-    assert publish.message(action, "default") == (
-        STREAM_ACTION_TASK, ("testapp:RoomListStream", [], {}, "append", {"id": "rooms", "text": "x"}), {},
+    name, (items,), kwargs = publish.message([(Change("testapp.message", 5, "save"), "other"), (action, "default")])
+    assert (name, kwargs) == (BATCH_TASK, {})
+    assert items == [
+        {"v": 2, "label": "testapp.message", "pk": 5, "event": "save", "created": False, "using": "other"},
+        {"v": 2, "stream": "testapp:RoomListStream", "args": [], "kwargs": {}, "action": "append",
+         "options": {"id": "rooms", "text": "x"}},
+    ]
+
+
+def test_a_refresh_is_scheduled_with_the_options_of_every_broadcast(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """Queue, publish retries, Flower name, and the commit time the lag metric starts from."""
+    sent: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        conf.celery_app().tasks[REFRESH_TASK], "apply_async",
+        lambda args, **options: sent.append((args, options)),
     )
+    settings.TURBO_ASYNC = {"QUEUE": "broadcasts", "METRICS": True, "STATUS_INTERVAL": 0}
+    publish.schedule(REFRESH_TASK, ["g", "testapp:RoomStream"], "testapp.RoomStream.refresh.debounced", 0.4, 1234.5)
+    [(args, options)] = sent
+    assert args == ("g", "testapp:RoomStream")
+    expected = publish.options("testapp.RoomStream.refresh.debounced", conf.get())
+    assert {key: options[key] for key in expected} == expected and expected["queue"] == "broadcasts"
+    assert options["countdown"] == 0.4 and options["headers"] == {"turbo_async_committed": 1234.5}
 
 
 def test_commits_publish_by_themselves_in_eager_mode() -> None:
@@ -190,15 +203,16 @@ def test_a_batch_name_always_shows_its_first_hook_whole() -> None:
     )
 
 
-def test_a_batch_lists_each_change_as_its_own_task_would_and_actions_by_name() -> None:
+def test_a_batch_lists_each_change_and_action_by_what_identifies_it() -> None:
     items: list[tuple[Change | StreamAction, str]] = [
         (Change("chat.message", 42, "save", True, shadow="chat.MessageStream.on_save"), "default"),
         (StreamAction("chat:RoomListStream", [], {}, "refresh", {}, shadow="chat.RoomListStream.refresh"), "default"),
         (Change("chat.message", "a-b", "delete", snapshot={"id": "a-b"}), "other"),
+        (StreamAction("chat:RoomStream", [5], {"tab": "all"}, "append", {"text": "x", "id": "m"}), "default"),
     ]
     assert publish.describe_batch(items) == (
-        "('chat.message', 42, 'save', True); chat.RoomListStream.refresh; "
-        "('chat.message', 'a-b', 'delete', False)"
+        "('chat.message', 42, 'save', True); ('chat:RoomListStream', [], 'refresh'); "
+        "('chat.message', 'a-b', 'delete', False); ('chat:RoomStream', [5], {'tab': 'all'}, 'append')"
     )
 
 

@@ -141,19 +141,38 @@ def test_max_wait_shorter_than_debounce_is_refused() -> None:
         conf.load({"REFRESH_DEBOUNCE": 0.5, "REFRESH_MAX_WAIT": 0.1})
 
 
+def test_the_delayed_task_is_published_with_the_commit_time_of_the_task_that_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lag metric of a debounced refresh starts at the commit that caused it (the header the
+    running broadcast task was sent with), as a broadcast's does; queue, publish retries and
+    Flower name are publish.schedule's (tests/test_publish.py)."""
+    scheduled: list[tuple[Any, ...]] = []
+    running = type("Task", (), {"request": {"turbo_async_committed": 1234.5}})()
+    monkeypatch.setattr(refreshes, "get_current_task", lambda: running)
+    monkeypatch.setattr(publish, "schedule", lambda *args: scheduled.append(args))
+    refreshes.schedule(GROUP, "testapp:RoomStream", 0.3)
+    assert scheduled == [
+        (refreshes.REFRESH_TASK, [GROUP, "testapp:RoomStream"], "testapp.RoomStream.refresh.debounced", 0.3, 1234.5)
+    ]
+    monkeypatch.setattr(refreshes, "get_current_task", lambda: None)
+    refreshes.schedule(GROUP, "testapp:RoomStream", 0.3)
+    assert scheduled[-1][-1] is None  # outside a task: publish.schedule stamps now
+
+
 # -- request ids on changes ------------------------------------------------------------------
 
 
 def test_a_change_carries_the_request_id_to_the_task_and_the_last_one_wins() -> None:
     with bound_request_id("req-1"):
         first = Change("testapp.probe", 1, "save", True, request_id="req-1")
-    assert publish.message(first, "default")[2] == {"request_id": "req-1"}
-    assert publish.message(Change("testapp.probe", 1, "save"), "default")[2] == {}  # unchanged
+    assert first.to_payload()["request_id"] == "req-1"
+    assert "request_id" not in Change("testapp.probe", 1, "save").to_payload()  # unchanged
     later = Change("testapp.probe", 1, "save", request_id="req-2")
     assert first.merge(later).request_id == "req-2"
     assert first.merge(Change("testapp.probe", 1, "save")).request_id == "req-1"
     assert first.merge(Change("testapp.probe", 1, "delete", snapshot={"id": 1})).request_id == "req-1"
-    json.dumps(publish.message(first, "default"))  # all a broker carries
+    json.dumps(publish.message([(first, "default")]))  # all a broker carries
 
 
 # -- declarative refreshes -------------------------------------------------------------------

@@ -128,7 +128,7 @@ def _fixture(tmp_path: Any) -> str:
 def test_raw_saves_from_fixtures_broadcast_after_commit_as_in_turbo_django(published: Published, tmp_path: Any) -> None:
     call_command("loaddata", _fixture(tmp_path), verbosity=0)
     assert Message.objects.filter(pk=51).exists()
-    assert [p["args"] for p in published] == [["testapp.message", 51, "save", True]]
+    assert published.events() == [("testapp.message", 51, "save", True)]
 
 
 def test_fixtures_loaded_inside_suppress_publish_nothing(published: Published, tmp_path: Any) -> None:

@@ -284,7 +284,7 @@ def test_replace_and_update_morph_now_and_later(
 def test_morph_on_another_action_is_refused_before_anything_is_deferred(db: None) -> None:
     room = RoomFactory()
     with pytest.raises(ValueError, match="method='morph' applies to replace and update only"):
-        room.stream.later._send_action("append", text="x", id="y", method="morph")
+        room.stream.later.broadcast_action("append", text="x", id="y", method="morph")
     with pytest.raises(TypeError):
         room.stream.append(text="x", id="y", method="morph")  # type: ignore[call-arg]
 
@@ -346,3 +346,41 @@ def test_later_refresh_carries_the_request_id_to_the_task(django_capture_on_comm
 
     sent = later_frames(room, refresh, django_capture_on_commit_callbacks)
     assert sent == '<turbo-stream action="refresh" request-id="from-the-request"></turbo-stream>'
+
+
+# -- broadcast_action: the one call every action is, now and later ------------------------------
+
+
+def test_every_action_is_broadcast_action_with_its_keywords(db: None) -> None:
+    room = RoomFactory()
+    direct = frames_of(room.stream, "replace", text="x", id="y", method="morph")
+    with delivery.collect() as outgoing:
+        room.stream.broadcast_action("replace", text="x", id="y", method="morph")
+    assert "".join(outgoing.frames[room.stream.broadcastable_stream_name]) == direct
+
+
+def test_later_records_the_keywords_of_broadcast_action(monkeypatch: pytest.MonkeyPatch, db: None) -> None:
+    """What a worker makes is ``stream.broadcast_action(action, **options)``: the deferred call,
+    with the same keywords (as turbo-rails' ``broadcast_*_later`` jobs)."""
+    from turbo_async import pending
+
+    recorded: list[Any] = []
+    monkeypatch.setattr(pending, "defer", recorded.append)
+    room = RoomFactory()
+    room.stream.later.update(text="hi", id="greeting", method="morph")
+    [action] = recorded
+    assert (action.stream_name, action.args, action.action) == ("testapp:RoomStream", [room.pk], "update")
+    assert action.options == {"selector": None, "id": "greeting", "template": None, "context": None, "text": "hi",
+                              "method": "morph"}
+    with delivery.collect() as outgoing:
+        RoomStream(room.pk).broadcast_action(action.action, **action.options)
+    assert "".join(outgoing.frames[room.stream.broadcastable_stream_name]) == (
+        '<turbo-stream action="update" target="greeting" method="morph"><template>hi</template></turbo-stream>'
+    )
+
+
+def test_an_unknown_action_is_refused_naming_the_known_ones(db: None) -> None:
+    room = RoomFactory()
+    with pytest.raises(ValueError, match=r"Unknown stream action 'explode'; expected one of append, prepend, .*refresh, "
+                                         r"or custom=True for a custom action."):
+        room.stream.broadcast_action("explode", text="x", id="y")

@@ -53,7 +53,7 @@ def test_save_reloads_the_row_and_runs_on_save(group_sends: list[Any]) -> None:
     receive = listen(message.room.stream)
     message.text = "not saved"  # the worker renders what the database holds
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 1, "streams": 1}
+    assert result == {"frames": 1, "streams": 1, "changes": 1}
     assert '<p class="message-text">stored</p>' in receive()
 
 
@@ -72,7 +72,7 @@ def test_delete_rebuilds_the_row_from_its_snapshot(group_sends: list[Any]) -> No
         pk = message.pk
         message.delete()
     receive = listen(Room.stream(values["room_id"]))
-    assert worker.broadcast_change("testapp.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("testapp.message", pk, "delete", snapshot=values) == {"frames": 1, "streams": 1, "changes": 1}
     assert receive() == f'<turbo-stream action="remove" target="message-{pk}"><template></template></turbo-stream>'
 
 
@@ -96,7 +96,7 @@ def test_string_primary_key(group_sends: list[Any]) -> None:
 def test_a_row_gone_before_the_worker_is_skipped_quietly(caplog: pytest.LogCaptureFixture, group_sends: list[Any]) -> None:
     with caplog.at_level(logging.DEBUG, logger="turbo_async"):
         result = worker.broadcast_change("testapp.message", 999999, "save", True)
-    assert result == {"frames": 0, "streams": 0, "skipped": "row is gone"}
+    assert result == {"frames": 0, "streams": 0, "changes": 1, "skipped": "row is gone"}
     assert group_sends == []
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "testapp.message pk=999999 is gone; nothing to broadcast" in caplog.text
@@ -115,6 +115,7 @@ def test_cascade_deleted_parent_in_on_delete_is_logged_at_info(
     assert result["frames"] == 0
     assert "Room matching query does not exist" in result["skipped"]
     assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert f"testapp.message pk={pk} delete skipped: Room matching query does not exist" in caplog.text
     assert group_sends == []
 
 
@@ -160,7 +161,7 @@ def test_frames_of_one_stream_go_out_in_one_group_send(
 
     monkeypatch.setattr(stream_class, "on_save", on_save)
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 3, "streams": 2}
+    assert result == {"frames": 3, "streams": 2, "changes": 1}
     assert [group for group, _ in group_sends] == [
         message.room.stream.broadcastable_stream_name,
         other_room.stream.broadcastable_stream_name,
@@ -220,7 +221,7 @@ def test_a_row_deleted_while_broadcast_is_removed_again(monkeypatch: pytest.Monk
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
     assert receive().startswith('<turbo-stream action="append" target="messages">')
     assert receive() == f'<turbo-stream action="remove" target="message-{message.pk}"><template></template></turbo-stream>'
-    assert result == {"frames": 2, "streams": 1}
+    assert result == {"frames": 2, "streams": 1, "changes": 1}
 
 
 def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]) -> None:
@@ -239,7 +240,7 @@ def test_a_row_changed_while_broadcast_is_sent_again(monkeypatch: pytest.MonkeyP
 def test_an_unchanged_row_is_sent_once(group_sends: list[Any]) -> None:
     with turbo.suppress():
         message = MessageFactory()
-    assert worker.broadcast_change("testapp.message", message.pk, "save", True) == {"frames": 1, "streams": 1}
+    assert worker.broadcast_change("testapp.message", message.pk, "save", True) == {"frames": 1, "streams": 1, "changes": 1}
     assert len(group_sends) == 1
 
 
@@ -262,7 +263,7 @@ def test_a_recheck_that_is_skipped_keeps_the_first_pass_counts(
     monkeypatch.setattr(MessageStream, "on_save", on_save)
     _during_first_send(monkeypatch, lambda: type(message).objects.filter(pk=message.pk).update(text="new"))
     result = worker.broadcast_change("testapp.message", message.pk, "save", True)
-    assert result == {"frames": 1, "streams": 1, "skipped": "the room went away"}
+    assert result == {"frames": 1, "streams": 1, "changes": 1, "skipped": "the room went away"}
     assert len(calls) == 2
 
 
@@ -366,7 +367,7 @@ def test_refresh_stale_sends_a_refresh_frame_to_each_stream(group_sends: list[An
 
 def item(message: Any, event: str = "save", created: bool = True) -> dict[str, Any]:
     change = changes.Change.delete(message) if event == "delete" else changes.Change.save(message, created)
-    return change.payload("default")
+    return change.to_payload()
 
 
 def test_a_batch_sends_one_group_send_per_stream_in_commit_order(group_sends: list[Any]) -> None:
@@ -377,7 +378,7 @@ def test_a_batch_sends_one_group_send_per_stream_in_commit_order(group_sends: li
         gone = MessageFactory(room=room)
         gone_item = item(gone, "delete")
         gone.delete()
-    result = worker.broadcast_batch([item(first), item(elsewhere), item(second), gone_item])
+    result = worker.broadcast([item(first), item(elsewhere), item(second), gone_item])
     assert result == {"frames": 4, "streams": 2, "changes": 4}
     by_group = {group: message["data"] for group, message in group_sends}
     assert len(group_sends) == 2  # one per stream for the whole batch
@@ -394,7 +395,7 @@ def test_a_batch_loads_each_models_rows_with_one_query(group_sends: list[Any]) -
         room = RoomFactory()
         messages_ = [MessageFactory(room=room) for _ in range(5)]
     with CaptureQueriesContext(connection) as queries:
-        worker.broadcast_batch([item(m) for m in messages_])
+        worker.broadcast([item(m) for m in messages_])
     table = Message._meta.db_table
     reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT") and f'FROM "{table}"' in q["sql"]]
     assert len(reads) == 2, reads  # the load, and the re-check after sending
@@ -404,9 +405,9 @@ def test_a_failing_hook_fails_the_batch_after_the_others_frames_went_out(group_s
     with turbo.suppress():
         message = MessageFactory(text="delivered")
         probe = ProbeFactory(fail=True)
-    probe_item = changes.Change.save(probe, True).payload("default")
+    probe_item = changes.Change.save(probe, True).to_payload()
     with pytest.raises(worker.BatchHookError, match=rf"1 of 2 broadcasts of this batch failed .*testapp.probe pk={probe.pk} \(save\): RuntimeError"):
-        worker.broadcast_batch([probe_item, item(message)])
+        worker.broadcast([probe_item, item(message)])
     assert [message_["data"] for _, message_ in group_sends] and "delivered" in group_sends[0][1]["data"]
 
 
@@ -415,9 +416,19 @@ def test_a_failing_hook_shows_as_a_failed_batch_task_in_celery(group_sends: list
     from turbo_async import tasks
 
     with turbo.suppress():
-        probe = ProbeFactory(fail=True)
-    result = tasks.broadcast_batch.apply(([changes.Change.save(probe, True).payload("default")],), throw=False)
+        probe, message = ProbeFactory(fail=True), MessageFactory()
+    result = tasks.broadcast.apply(([changes.Change.save(probe, True).to_payload(), item(message)],), throw=False)
     assert result.state == "FAILURE" and isinstance(result.result, worker.BatchHookError)
+
+
+def test_a_lone_change_whose_hook_raises_fails_its_task_with_that_exception(group_sends: list[Any]) -> None:
+    """Eager Celery: a single change is a batch of one, and Flower shows the hook's own error."""
+    from turbo_async import tasks
+
+    with turbo.suppress():
+        probe = ProbeFactory(fail=True)
+    result = tasks.broadcast.apply(([changes.Change.save(probe, True).to_payload()],), throw=False)
+    assert result.state == "FAILURE" and type(result.result) is RuntimeError
 
 
 def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: list[Any]) -> None:
@@ -427,6 +438,51 @@ def test_a_batch_runs_later_actions_and_skips_rows_that_are_gone(group_sends: li
         gone_item = item(gone)
         gone.delete()
     action = changes.StreamAction(room.stream.stream_name, [room.pk], {}, "update", {"text": "hi", "id": "greeting"})
-    result = worker.broadcast_batch([gone_item, action.payload("default")])
-    assert result == {"frames": 1, "streams": 1, "changes": 2}
+    result = worker.broadcast([gone_item, action.to_payload()])
+    assert result == {"frames": 1, "streams": 1, "changes": 2, "skipped": "row is gone"}
     assert group_sends[0][1]["data"] == '<turbo-stream action="update" target="greeting"><template>hi</template></turbo-stream>'
+
+
+def test_an_item_that_cannot_be_read_fails_alone_after_the_others_went_out(
+    group_sends: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with turbo.suppress():
+        message = MessageFactory(text="delivered")
+    unreadable = {"v": 3, "label": "testapp.message", "pk": message.pk, "event": "save"}
+    with pytest.raises(worker.BatchHookError, match=r"1 of 2 broadcasts of this batch failed .*wire format version 3"):
+        worker.broadcast([unreadable, item(message)])
+    assert "delivered" in group_sends[0][1]["data"]
+
+
+def test_a_lone_item_that_cannot_be_read_fails_with_what_is_wrong() -> None:
+    with pytest.raises(changes.PayloadError, match="A broadcast item has no 'pk'"):
+        worker.broadcast([{"v": 2, "label": "testapp.message", "event": "save"}])
+
+
+def test_a_0_1_0_batch_item_is_broadcast(group_sends: list[Any]) -> None:
+    """Items without ``"v"``, queued by 0.1.0 before an upgrade, are read until 0.3.0."""
+    with turbo.suppress():
+        message = MessageFactory(text="queued before the upgrade")
+    result = worker.broadcast([{"label": "testapp.message", "pk": message.pk, "event": "save", "created": True}])
+    assert result == {"frames": 1, "streams": 1, "changes": 1}
+    assert "queued before the upgrade" in group_sends[0][1]["data"]
+
+
+def test_a_hook_that_raises_in_a_batch_sends_nothing_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, group_sends: list[Any]
+) -> None:
+    with turbo.suppress():
+        room = RoomFactory()
+        first, second = MessageFactory(room=room, text="first"), MessageFactory(room=room, text="second")
+    original = MessageStream.on_save
+
+    def on_save(self: Any, instance: Any, created: bool, *args: Any, **kwargs: Any) -> None:
+        original(self, instance, created, *args, **kwargs)
+        if instance.pk == first.pk:
+            raise KeyError("after its frame")
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    with pytest.raises(worker.BatchHookError):
+        worker.broadcast([item(first), item(second)])
+    [(_, sent)] = group_sends
+    assert "second" in sent["data"] and "first" not in sent["data"]

@@ -20,3 +20,13 @@ class DeliveryError(Exception):
     def __init__(self, message: str, streams: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.streams: dict[str, str] = dict(streams or {})
+
+
+class PayloadError(ValueError):
+    """An item of a broadcast task that this worker cannot read: malformed, or of a wire format
+    version it does not know (:mod:`turbo_async.changes`). The item fails without a retry."""
+
+
+class BatchHookError(Exception):
+    """Hooks of a broadcast task of several items raised; the others' frames were delivered.
+    Fails the task (Flower shows it), without a retry."""

@@ -48,7 +48,7 @@ from django.dispatch import receiver
 
 from . import conf, history, placement
 from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK
-from .exceptions import DeliveryError
+from .exceptions import BatchHookError, DeliveryError
 
 try:
     import prometheus_client
@@ -421,8 +421,9 @@ def _task_ended(task: Any = None, **kwargs: Any) -> None:
 @task_failure.connect
 def _task_failed(sender: Any = None, exception: BaseException | None = None, **kwargs: Any) -> None:
     name = getattr(sender, "name", "")
-    if name not in (BROADCAST_TASK, STREAM_ACTION_TASK) or isinstance(exception, DeliveryError):
-        return  # a batch counts each failed hook itself; a delivery failure is not the hook's
+    ours = (BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK)
+    if name not in ours or isinstance(exception, (BatchHookError, DeliveryError)):
+        return  # a batch of several counts each failed hook itself; a delivery failure is not the hook's
     m = _on if _resolved else _resolve()
     if m is not None:
         m.hook_errors.inc()

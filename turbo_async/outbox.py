@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import FrameType
 from typing import Any
@@ -43,7 +43,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from . import conf, metrics, publish
 from .broker import describe_broker
-from .changes import Change, StreamAction
+from .changes import Change, StreamAction, from_payload, payload_of_message
 
 logger = logging.getLogger("turbo_async")
 
@@ -293,12 +293,12 @@ class Outbox:
 
     @staticmethod
     def _send(run: list[Entry], producer: Any) -> None:
-        """Send a run as one task (a lone change stays a task named after its hook); raises
-        the broker's errors. Anything else fails only the entry it concerns."""
+        """Send a run as one task (a lone change's is named after its hook); raises the
+        broker's errors. Anything else fails only the entry it concerns."""
         metrics.publishing(run)
         if len(run) > 1:
             try:
-                publish.send_batch([(entry.item, entry.alias) for entry in run], producer)
+                publish.send([(entry.item, entry.alias) for entry in run], producer)
                 return
             except BROKER_ERRORS:
                 raise
@@ -306,7 +306,7 @@ class Outbox:
                 logger.debug("a batch of %d could not be sent; sending its items one by one", len(run))
         for entry in run:
             try:
-                publish.send(entry.item, entry.alias, producer)
+                publish.send([(entry.item, entry.alias)], producer)
             except BROKER_ERRORS:
                 raise
             except Exception as exc:  # not the broker's fault: retrying would not help
@@ -368,9 +368,26 @@ def _sweep_chunk(model: Any, alias: str, age: float) -> int:
         taken = list(rows[:SWEEP_CHUNK])
         with conf.celery_app().producer_or_acquire() as producer:
             for row in taken:
-                publish.send_message(row.task, row.args, row.kwargs, row.shadow, producer)
+                items = _items_of(row)
+                if items:
+                    publish.send(items, producer)
         model._base_manager.using(alias).filter(id__in=[row.id for row in taken]).delete()
     return len(taken)
+
+
+def _items_of(row: Any) -> list[tuple[Change | StreamAction, str]]:
+    """The items an outbox row stands for, with the row's Flower name: rows of this version, or
+    of 0.1.0 (until 0.3.0, :func:`~turbo_async.changes.payload_of_message`). A row that cannot be
+    read is logged and dropped: it would fail the same way every time."""
+    try:
+        items = [from_payload(data) for data in payload_of_message(row.task, row.args, row.kwargs)]
+    except ValueError as exc:
+        logger.error("outbox row %s cannot be read and is dropped: %s", row.id, exc)
+        return []
+    if len(items) == 1 and row.shadow:
+        item, using = items[0]
+        items = [(replace(item, shadow=row.shadow), using)]
+    return items
 
 
 _outbox = Outbox()

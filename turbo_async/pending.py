@@ -128,7 +128,7 @@ def _write_row(alias: str, item: Item) -> int | None:
     """With the database outbox, the item as an outbox row in the current transaction."""
     if conf.get().OUTBOX != "database" or recording.active() or conf.celery_app().conf.task_always_eager:
         return None
-    name, args, kwargs = publish.message(item, alias)
+    name, args, kwargs = publish.message([(item, alias)])
     model = apps.get_model("turbo_async", "OutboxEntry")
     row = model._base_manager.using(alias).create(task=name, args=list(args), kwargs=kwargs, shadow=item.shadow)
     return int(row.pk)

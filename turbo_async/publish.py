@@ -1,9 +1,12 @@
-"""Layer 3, request side: queue the Celery task of one committed change or ``stream.later`` action.
+"""Layer 3, request side: queue the Celery task of committed changes and ``stream.later`` actions.
 
-The tasks are addressed by name (``turbo_async.broadcast``, ``turbo_async.stream_action``) through
-the process's Celery app, as Celery producers do: the request side never imports the worker code.
-Each item carries its Flower name (``shadow``), bound once when its stream was registered, so
-publishing never looks anything up in the stream registry.
+Every broadcast is one task, ``turbo_async.batch``, carrying its items in the wire format of
+:mod:`turbo_async.changes` (one item, or several that queued up in the outbox). The tasks are
+addressed by name through the process's Celery app, as Celery producers do: the request side never
+imports the worker code. Each item carries its Flower name (``shadow``), bound once when its
+stream was registered, so publishing never looks anything up in the stream registry. The delayed
+task of a debounced refresh goes out with the same options (:func:`schedule`): queue, publish
+retries, Flower name, and the commit time metrics measure the lag from.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 from celery._state import get_current_task
 from django.db import DEFAULT_DB_ALIAS
 
-from . import conf, metrics, recording
+from . import broker, conf, metrics, recording
 from .broker import describe_broker
-from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, Change, StreamAction
+from .changes import BATCH_TASK, Change, StreamAction, to_payload
 
 logger = logging.getLogger("turbo_async")
 
@@ -35,30 +38,24 @@ def publish(item: Change | StreamAction, alias: str = DEFAULT_DB_ALIAS) -> None:
         run_here(item, alias, throw=True)
         return
     try:
-        send(item, alias)
+        send([(item, alias)])
     except Exception as exc:
         failed(item, alias, exc)
 
 
-def send(item: Change | StreamAction, alias: str, producer: Any = None) -> None:
-    """Send the task of ``item`` to the broker; raises what the broker raised."""
-    name, args, kwargs = message(item, alias)
-    send_message(name, args, kwargs, item.shadow, producer)
+def send(items: Sequence[tuple[Change | StreamAction, str]], producer: Any = None) -> None:
+    """Send ``items`` (each with its database alias) as one ``turbo_async.batch`` task; raises
+    what the broker raised.
 
-
-def send_batch(items: Sequence[tuple[Change | StreamAction, str]], producer: Any = None) -> None:
-    """Send several committed items as one ``turbo_async.batch`` task; raises on failure.
-
-    Flower shows it under the names of the hooks it runs (:func:`batch_name`, for example
+    Flower shows it under the names of the hooks it runs (:func:`batch_name`: a lone change's
+    hook, ``chat.MessageStream.on_save``, or for example
     ``chat.MessageStream.on_save + chat.RoomListStream.refresh``), never as ``turbo_async.batch``,
-    and lists its changes in the args column as single broadcasts show theirs
+    and lists its changes in the args column as ``(label, pk, event, created)``
     (:func:`describe_batch`), so one search finds a row's broadcasts whatever the batching.
     """
-    payload = [item.payload(alias) for item, alias in items]
     shadow = batch_name([item.shadow or item.describe() for item, _ in items])
-    task = conf.celery_app().tasks[BATCH_TASK]
-    task.apply_async(
-        (payload,), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()),
+    conf.celery_app().tasks[BATCH_TASK].apply_async(
+        (to_payload(items),), argsrepr=describe_batch(items), producer=producer, **options(shadow, conf.get()),
         **metrics.headers(),
     )
 
@@ -103,16 +100,16 @@ def batch_name(names: Sequence[str], limit: int = BATCH_NAME_MAX_LENGTH) -> str:
 def describe_batch(
     items: Sequence[tuple[Change | StreamAction, str]], limit: int = BATCH_ARGSREPR_MAX_LENGTH
 ) -> str:
-    """What a batch carries, for Flower's args column: each change as the args of its own task
-    read (``('chat.message', 42, 'save', True)``), each action by name, in commit order::
+    """What a task carries, for Flower's args column: each change as ``(label, pk, event,
+    created)``, each action as ``(stream, args[, kwargs], action)``, in commit order::
 
-        ('chat.message', 42, 'save', True); chat.RoomListStream.refresh
+        ('chat.message', 42, 'save', True); ('chat:RoomListStream', [], 'refresh')
 
     Beyond ``limit`` characters the remaining items are counted (``; and 12 more``).
     """
     parts = [
         repr((item.label, item.pk, item.event, item.created)) if isinstance(item, Change)
-        else item.shadow or item.describe()
+        else repr((item.stream_name, item.args, *([item.kwargs] if item.kwargs else []), item.action))
         for item, _ in items
     ]
     text = "; ".join(parts)
@@ -128,21 +125,26 @@ def describe_batch(
     return "".join(part + "; " for part in kept) + f"and {len(parts) - len(kept)} more"
 
 
-def send_message(
-    name: str, args: Sequence[Any], kwargs: dict[str, Any], shadow: str, producer: Any = None
+def schedule(
+    name: str, args: Sequence[Any], shadow: str, countdown: float, committed: float | None = None
 ) -> None:
-    """Send one task message as it is (the database outbox stores these); raises on failure."""
-    task = conf.celery_app().tasks[name]
-    # argsrepr: Celery's default, saferepr(), costs a tenth of the publish; these are plain.
-    task.apply_async(
-        tuple(args), kwargs, argsrepr=repr(tuple(args)), producer=producer, **options(shadow, conf.get()),
-        **metrics.headers(),
+    """Queue the delayed task ``name`` (a debounced refresh) in ``countdown`` seconds, with the
+    options of every broadcast (:func:`options`: queue, publish retries, Flower name) and the
+    commit time ``committed`` of the change that caused it (now, when ``None``); raises what the
+    broker raised."""
+    app = conf.celery_app()
+    headers = metrics.headers()
+    if headers and committed is not None:
+        headers = {"headers": {metrics.HEADER: committed}}
+    app.tasks[name].apply_async(
+        tuple(args), argsrepr=repr(tuple(args)), countdown=broker.countdown(app, max(countdown, 0.0)),
+        **options(shadow, conf.get()), **headers,
     )
 
 
 def run_here(item: Change | StreamAction, alias: str, *, throw: bool) -> None:
     """Run the task of ``item`` in this process (tests; ``ON_PUBLISH_ERROR="inline"``)."""
-    name, args, kwargs = message(item, alias)
+    name, args, kwargs = message([(item, alias)])
     conf.celery_app().tasks[name].apply(args, kwargs, throw=throw)
 
 
@@ -160,18 +162,10 @@ def failed(item: Change | StreamAction, alias: str, exc: BaseException) -> None:
             logger.exception("inline broadcast of %s failed", item.describe())
 
 
-def message(item: Change | StreamAction, alias: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-    """The task name, args and kwargs that carry ``item`` (JSON only)."""
-    if isinstance(item, StreamAction):
-        return STREAM_ACTION_TASK, (item.stream_name, item.args, item.kwargs, item.action, item.options), {}
-    kwargs: dict[str, Any] = {}
-    if alias != DEFAULT_DB_ALIAS:
-        kwargs["using"] = alias
-    if item.snapshot is not None:
-        kwargs["snapshot"] = item.snapshot
-    if item.request_id:  # Turbo's X-Turbo-Request-Id, for the refresh frame (issue 14)
-        kwargs["request_id"] = item.request_id
-    return BROADCAST_TASK, (item.label, item.pk, item.event, item.created), kwargs
+def message(items: Sequence[tuple[Change | StreamAction, str]]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The task name, args and kwargs that carry ``items`` (JSON only): what the database
+    outbox stores."""
+    return BATCH_TASK, (to_payload(items),), {}
 
 
 @lru_cache(maxsize=512)

@@ -31,7 +31,7 @@ from typing import Any
 from celery._state import get_current_task
 from redis.exceptions import RedisError
 
-from . import broker, conf, delivery, metrics, placement, recording
+from . import conf, delivery, metrics, placement, publish, recording
 from .frames import REFRESH, frame_markup
 
 logger = logging.getLogger("turbo_async")
@@ -127,17 +127,15 @@ def send(group: str, stream_name: str, request_id: str = "") -> None:
 
 
 def schedule(group: str, stream_name: str, countdown: float) -> None:
-    """Queue the delayed task that sends the refresh of ``group``, by name (as publishing does)."""
-    options: dict[str, Any] = {
-        "countdown": max(countdown, 0.0),
-        "shadow": f"{stream_name.replace(':', '.')}.refresh.debounced",
-    }
-    queue = conf.get().QUEUE
-    if queue:
-        options["queue"] = queue
-    app = conf.celery_app()
-    options["countdown"] = broker.countdown(app, options["countdown"])
-    app.send_task(REFRESH_TASK, args=[group, stream_name], **options)
+    """Queue the delayed task that sends the refresh of ``group``, as broadcasts are published
+    (:func:`turbo_async.publish.schedule`: the same queue, publish retries and commit time,
+    which is the commit time of the task that asked for the refresh, when there is one)."""
+    request = getattr(get_current_task(), "request", None)
+    committed = request.get(metrics.HEADER) if request is not None else None
+    publish.schedule(
+        REFRESH_TASK, [group, stream_name], f"{stream_name.replace(':', '.')}.refresh.debounced", countdown,
+        committed if isinstance(committed, (int, float)) and not isinstance(committed, bool) else None,
+    )
 
 
 def debouncing(group: str) -> bool:

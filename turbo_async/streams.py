@@ -36,6 +36,7 @@ from django.utils.functional import classproperty
 from . import codec, delivery, names, pending, refreshes
 from .changes import DELETE, SAVE, StreamAction, current_request_id
 from .frames import (
+    ACTIONS,
     AFTER,
     APPEND,
     BEFORE,
@@ -158,7 +159,7 @@ class Stream:
         if (selector is None) == (id is None):
             raise ValueError("Either selector or id can be used as a parameter.")
 
-    def _send_action(
+    def broadcast_action(
         self,
         action: str,
         template: str | None = None,
@@ -171,10 +172,20 @@ class Stream:
         attributes: dict[str, Any] | None = None,
         custom: bool = False,
     ) -> None:
-        """Where every action goes: render and send now, or, deferred, record it for a worker.
+        """Render the frame of ``action`` and send it (as turbo-rails' ``broadcast_action_to``):
+        every action method (:meth:`append`, ..., :meth:`refresh`, :meth:`action`) is this call.
+
+        Through :attr:`later` the same call is recorded, with these keyword arguments, in the
+        current transaction, and a worker makes it after the commit
+        (``stream.broadcast_action(action, **options)``, as turbo-rails' ``broadcast_*_later``
+        jobs do)::
+
+            room.stream.broadcast_action("append", "chat/message.html", {"message": m}, id="messages")
+            # is room.stream.append("chat/message.html", {"message": m}, id="messages")
 
         ``custom`` is :meth:`action`'s: any valid name, the target optional, ``attributes`` on
-        the frame. Names, methods and attributes are checked here, before anything is deferred.
+        the frame. Names, methods and attributes are checked here, before anything is deferred: a
+        ``ValueError`` says what is wrong.
         """
         if custom:
             check_action_name(action)
@@ -182,6 +193,11 @@ class Stream:
             if selector is not None and id is not None:
                 raise ValueError("Pass target= or targets=, not both.")
         else:
+            if action not in (*ACTIONS, REFRESH):
+                raise ValueError(
+                    f"Unknown stream action {action!r}; expected one of {', '.join((*ACTIONS, REFRESH))}, "
+                    "or custom=True for a custom action."
+                )
             if action != REFRESH:
                 self._check_target(selector, id)
             if action not in (REFRESH, REMOVE) and not text and template is None:
@@ -195,8 +211,6 @@ class Stream:
                 options["method"] = method
             if custom:
                 options.update(custom=True, attributes=attributes or {})
-            if action == REFRESH and current_request_id():
-                options["request_id"] = current_request_id()
             self._defer(action, options)
         elif custom:
             html = self._get_frame(template, context, text).inner_html if (text or template) else ""
@@ -220,41 +234,42 @@ class Stream:
                 action,
                 codec.encode(options),
                 shadow=f"{self.stream_name.replace(':', '.')}.{action}",
+                request_id=current_request_id(),
             )
         )
 
     def append(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
         """Append rendered ``template`` (or ``text``) to the element ``id`` / ``selector``."""
-        self._send_action(APPEND, template, context, text, selector, id)
+        self.broadcast_action(APPEND, template, context, text, selector, id)
 
     def prepend(self, template: str | None = None, context: dict[str, Any] | None = None,
                 text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._send_action(PREPEND, template, context, text, selector, id)
+        self.broadcast_action(PREPEND, template, context, text, selector, id)
 
     def replace(self, template: str | None = None, context: dict[str, Any] | None = None,
                 text: str | None = None, selector: str | None = None, id: str | None = None,
                 method: str | None = None) -> None:
         """Replace the element; ``method="morph"`` morphs it into the new one (Turbo 8)."""
-        self._send_action(REPLACE, template, context, text, selector, id, method=method)
+        self.broadcast_action(REPLACE, template, context, text, selector, id, method=method)
 
     def update(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None,
                method: str | None = None) -> None:
         """Update the element's content; ``method="morph"`` morphs it (Turbo 8)."""
-        self._send_action(UPDATE, template, context, text, selector, id, method=method)
+        self.broadcast_action(UPDATE, template, context, text, selector, id, method=method)
 
     def before(self, template: str | None = None, context: dict[str, Any] | None = None,
                text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._send_action(BEFORE, template, context, text, selector, id)
+        self.broadcast_action(BEFORE, template, context, text, selector, id)
 
     def after(self, template: str | None = None, context: dict[str, Any] | None = None,
               text: str | None = None, selector: str | None = None, id: str | None = None) -> None:
-        self._send_action(AFTER, template, context, text, selector, id)
+        self.broadcast_action(AFTER, template, context, text, selector, id)
 
     def remove(self, selector: str | None = None, id: str | None = None) -> None:
         """Remove the element ``id`` (or every element matching ``selector``)."""
-        self._send_action(REMOVE, selector=selector, id=id)
+        self.broadcast_action(REMOVE, selector=selector, id=id)
 
     def refresh(self) -> None:
         """Ask subscribed pages to refresh (Turbo 8 ``refresh`` action).
@@ -263,7 +278,7 @@ class Stream:
         (``REFRESH_DEBOUNCE``, ``REFRESH_MAX_WAIT``); the frame carries the ``request-id`` of the
         request that caused it, which that request's page ignores.
         """
-        self._send_action(REFRESH)
+        self.broadcast_action(REFRESH)
 
     def action(
         self,
@@ -284,7 +299,7 @@ class Stream:
         ``name`` and the attribute names are checked (a ``ValueError`` names a bad one); the
         values and the content are escaped. The target is optional.
         """
-        self._send_action(name, template, context, text, targets, target, attributes=attributes, custom=True)
+        self.broadcast_action(name, template, context, text, targets, target, attributes=attributes, custom=True)
 
     def stream(self, frame: TurboRender | str) -> None:
         """Send a rendered :class:`TurboRender` (or its markup) to the subscribers."""

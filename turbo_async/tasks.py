@@ -1,9 +1,12 @@
 """Layer 8: the Celery task declarations that ``app.autodiscover_tasks()`` finds.
 
-One task per changed object carries ``(label, pk, event, created)`` and, for deletes, a snapshot of
-the row; Flower shows it under its hook's name (``chat.MessageStream.on_save``). The bodies live in
-:mod:`turbo_async.worker`; the request side publishes to these names
-(:mod:`turbo_async.publish`) without importing this module.
+Every broadcast is one task, :func:`broadcast` (``turbo_async.batch``): the changes and
+``stream.later`` actions of one or more commits, in commit order, in the wire format of
+:mod:`turbo_async.changes` (a single change is a batch of one). Flower shows it under its hooks'
+names (``chat.MessageStream.on_save``). :func:`refresh` is the delayed task of a debounced refresh.
+The bodies live in :mod:`turbo_async.worker`; the request side publishes to these names
+(:mod:`turbo_async.publish`) without importing this module. 0.1.0's one-change tasks are still
+declared, for messages queued before an upgrade, until 0.3.0.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from celery.signals import worker_ready
 from django.db import DEFAULT_DB_ALIAS
 
 from . import conf, delivery, outbox, worker
-from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, bound_request_id
+from .changes import BATCH_TASK, BROADCAST_TASK, STREAM_ACTION_TASK, from_payload, payload_of_message
 from .exceptions import DeliveryError
 from .refreshes import REFRESH_TASK
 
-# Both tasks: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
+# Every task: acknowledged after they ran (a killed worker's task is redelivered; tasks converge,
 # so running one twice is harmless), results only in the task events Flower reads. Retries are
 # bounded by worker.retry (DELIVERY_MAX_AGE), not by Celery's count.
 TASK_OPTIONS: dict[str, Any] = {
@@ -46,8 +49,35 @@ def _run(
         worker.retry(task, exc, what)
 
 
-@shared_task(name=BROADCAST_TASK, **TASK_OPTIONS)
+@shared_task(name=BATCH_TASK, **TASK_OPTIONS)
 def broadcast(
+    self: Task[Any, Any],
+    items: list[Any],
+    failing_since: float | None = None,
+    stale: list[list[str]] | None = None,
+    groups: list[str] | None = None,
+) -> dict[str, Any]:
+    """Broadcast ``items`` (:func:`worker.broadcast`): changes and actions in commit order, one
+    query per model, one ``group_send`` per stream for the whole task."""
+    return _run(self, _what(items), lambda: worker.broadcast(items), failing_since, stale, groups)
+
+
+def _what(items: list[Any]) -> str:
+    """The broadcast, for log lines: its change (``chat.message pk=5 (save)``) or its size."""
+    if len(items) == 1:
+        try:
+            return from_payload(items[0])[0].describe()
+        except ValueError:
+            pass
+    return f"a batch of {len(items)}"
+
+
+# 0.1.0's tasks of one change and of one action (positional arguments), declared so that their
+# messages still queued at an upgrade are broadcast, by the same path: remove in 0.3.0.
+
+
+@shared_task(name=BROADCAST_TASK, **TASK_OPTIONS)
+def broadcast_v1(
     self: Task[Any, Any],
     label: str,
     pk: Any,
@@ -60,17 +90,15 @@ def broadcast(
     stale: list[list[str]] | None = None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Reload the row (or rebuild a deleted one), run its stream's hook, deliver the frames."""
-
-    def body() -> dict[str, Any]:
-        with bound_request_id(request_id):  # the refreshes it causes carry it
-            return worker.broadcast_change(label, pk, event, created, using, snapshot)
-
-    return _run(self, f"{label} pk={pk!r} ({event})", body, failing_since, stale, groups)
+    """0.1.0's ``turbo_async.broadcast(label, pk, event, created)``, until 0.3.0."""
+    items = payload_of_message(
+        BROADCAST_TASK, (label, pk, event, created), {"using": using, "snapshot": snapshot, "request_id": request_id}
+    )
+    return _run(self, _what(items), lambda: worker.broadcast(items), failing_since, stale, groups)
 
 
 @shared_task(name=STREAM_ACTION_TASK, **TASK_OPTIONS)
-def stream_action(
+def stream_action_v1(
     self: Task[Any, Any],
     stream_name: str,
     args: list[Any],
@@ -81,26 +109,9 @@ def stream_action(
     stale: list[list[str]] | None = None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run ``stream.later.<action>(...)`` in a worker."""
-    return _run(
-        self, f"{stream_name}.{action}",
-        lambda: worker.perform_action(stream_name, args, kwargs, action, options), failing_since, stale, groups,
-    )
-
-
-@shared_task(name=BATCH_TASK, **TASK_OPTIONS)
-def broadcast_batch(
-    self: Task[Any, Any],
-    items: list[dict[str, Any]],
-    failing_since: float | None = None,
-    stale: list[list[str]] | None = None,
-    groups: list[str] | None = None,
-) -> dict[str, Any]:
-    """Several changes and actions that queued up in a web process's outbox, in commit order:
-    one query per model, one ``group_send`` per stream for the whole batch."""
-    return _run(
-        self, f"a batch of {len(items)}", lambda: worker.broadcast_batch(items), failing_since, stale, groups
-    )
+    """0.1.0's ``turbo_async.stream_action(stream, args, kwargs, action, options)``, until 0.3.0."""
+    items = payload_of_message(STREAM_ACTION_TASK, (stream_name, args, kwargs, action, options), {})
+    return _run(self, _what(items), lambda: worker.broadcast(items), failing_since, stale, groups)
 
 
 @shared_task(name=REFRESH_TASK, **TASK_OPTIONS)

@@ -1,7 +1,7 @@
 """Worker throughput and memory: one Celery worker process (solo pool, task events on) drains
 10,000 queued broadcasts of the chat stream, first as the outbox publishes them under load
 (``turbo_async.batch`` tasks of ``BATCH_MAX_SIZE`` changes, sent with
-``turbo_async.publish.send_batch``), then as one task per change (a fresh worker); a raw loop
+``turbo_async.publish.send``), then as one task per change (a fresh worker); a raw loop
 does the same reload + render + group_send per change without Celery. Rates are per change.
 Run by run.py (variant turbo_async). ``BENCH_MODES`` (``batched,single``) and ``BENCH_RAW``
 (``1``) choose what runs; ``BENCH_METRICS=1`` turns turbo_async's metrics on (settings.py).
@@ -70,18 +70,14 @@ def drain(pks: list[int], size: int) -> tuple[list[float], dict[int, int], float
 
     from tests.services import CeleryWorker
     from turbo_async.changes import Change
-    from turbo_async.publish import send, send_batch
+    from turbo_async.publish import send
 
     broker = redis.Redis.from_url(settings.REDIS_URL)
     broker.delete("celery", "bench:marks")
     changes = [Change("chat.message", pk, "save", True) for pk in pks]
     # Queued before the worker starts, so that the worker never waits for the producer.
-    if size == 1:
-        for change in changes:
-            send(change, "default")  # raises if the broker fails
-    else:
-        for start in range(0, len(changes), size):
-            send_batch([(change, "default") for change in changes[start : start + size]])
+    for start in range(0, len(changes), size):  # a task of one change when size is 1
+        send([(change, "default") for change in changes[start : start + size]])  # raises if the broker fails
     messages = -(-len(pks) // size)
     assert broker.llen("celery") == messages, broker.llen("celery")
 

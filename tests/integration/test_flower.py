@@ -135,7 +135,7 @@ def test_broadcast_shows_up_under_its_hook_name_with_label_and_pk(
 def test_broadcast_result_counts_frames_and_streams(flower: Flower, saved_message: Any) -> None:
     # The task ignores results (no backend writes), yet the task-succeeded event carries it.
     task = flower.wait_for_task("chat.MessageStream.on_save", f"('chat.message', {saved_message.pk}, ")
-    assert task["result"] == "{'frames': 1, 'streams': 1}"
+    assert task["result"] == "{'frames': 1, 'streams': 1, 'changes': 1}"
 
 
 @pytest.mark.browser
@@ -192,14 +192,14 @@ def test_the_demos_actions_show_up_under_hook_names_batched_or_not(
         assert outbox.flush(timeout=10)
 
     act("/rooms/new/", {"name": "Batched in Flower"})
-    flower.wait_for_task("chat.RoomListStream.append", "('chat:RoomListStream', ")
+    flower.wait_for_task("chat.RoomListStream.append", "('chat:RoomListStream', [], 'append')")
     room = Room.objects.get(name="Batched in Flower")
     act(f"/rooms/{room.pk}/messages/new/", {"author": "Ann", "text": "Two hooks"}, atomic=True)
     message = Message.objects.get(room=room)
     # What docs/monitoring.rst tells a reader to type: a row's broadcasts, batched or not...
     row = f"args:\"('chat.message', {message.pk},\""
     posted = flower.wait_for_search(row, "chat.MessageStream.on_save + chat.RoomListStream.refresh")
-    assert posted["args"] == f"('chat.message', {message.pk}, 'save', True); chat.RoomListStream.refresh"
+    assert posted["args"] == f"('chat.message', {message.pk}, 'save', True); ('chat:RoomListStream', [], 'refresh')"
     assert posted["result"] == "{'frames': 1, 'streams': 1, 'changes': 2}"
     # Each action once the previous one reached the worker: a row deleted first is skipped.
     act(f"/messages/{message.pk}/edit/", {"text": "Edited"})

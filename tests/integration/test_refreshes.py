@@ -93,7 +93,7 @@ def test_a_burst_of_refreshes_is_one_frame_per_stream(publishing: Uvicorn, refre
         assert frame == f'<turbo-stream action="refresh" request-id="{request_id}"></turbo-stream>'
         assert request_id in sent[name]
     # Both worker processes took part: each ran refresh tasks whose frame the debounce absorbed.
-    absorbed = re.compile(r"Task testapp\.RoomStream\.refresh\[[^\]]+\] succeeded in \S+ \{'frames': 0, 'streams': 0\}")
+    absorbed = re.compile(r"Task testapp\.RoomStream\.refresh\[[^\]]+\] succeeded in \S+ \{'frames': 0, 'streams': 0, 'changes': 1\}")
     for process in refresh_workers:
         assert absorbed.search(process.log()), process.log()[-3000:]
 
