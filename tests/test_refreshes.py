@@ -106,6 +106,22 @@ def test_a_layer_that_is_not_channels_redis_means_no_debounce(
     assert "refreshes are not debounced: the channel layer (InMemoryChannelLayer) is not channels_redis" in caplog.text
 
 
+def test_a_layer_whose_internals_placement_cannot_read_sends_refreshes_at_once(
+    in_a_task: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real pub/sub layer object without the constructor arguments placement reads (a newer
+    channels_redis): no debounce window on a guessed Redis, one ERROR line saying why."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:7001/0"])
+    del layer.__dict__["_kwargs"]
+    monkeypatch.setattr(refreshes.delivery, "channel_layer", lambda: layer)
+    monkeypatch.setattr(refreshes, "_warned", set())
+    assert not refreshes.debouncing(GROUP)
+    assert not refreshes.debouncing(GROUP)
+    assert caplog.text.count("refreshes are not debounced (each is sent at once): RedisPubSubChannelLayer has no") == 1
+
+
 @pytest.mark.parametrize("broker_url", ["redis://127.0.0.1:1/0", "amqp://guest@localhost//", "sentinel://127.0.0.1:1"])
 def test_any_broker_debounces_in_the_layer_shard_of_the_stream(
     in_a_task: None, monkeypatch: pytest.MonkeyPatch, broker_url: str

@@ -147,8 +147,14 @@ def debouncing(group: str) -> bool:
     app: Any = conf.celery_app()
     if app.conf.task_always_eager or get_current_task() is None:
         return False
-    if layer_host(group) is not None:
-        return True
+    try:
+        if layer_host(group) is not None:
+            return True
+    except placement.LayerInternalsChanged as exc:
+        if "internals" not in _warned:
+            _warned.add("internals")
+            logger.error("refreshes are not debounced (each is sent at once): %s", exc)
+        return False
     _warn_once(type(delivery.channel_layer()).__name__)
     return False
 
