@@ -1171,3 +1171,24 @@ async def test_fan_out_off_joins_each_socket_with_its_own_channel(layer: Any, mo
     for socket in sockets:
         assert (await socket.receive_json_from(timeout=2))["data"] == "<p/>"
         await socket.disconnect()
+
+
+async def test_a_batch_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
+    """Two workers number their batches and send them in two steps, so batch 5 may reach a web
+    process after batch 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
+    audit, which replays from the sent position, must not find it behind and send 6 again."""
+    from turbo_async import history
+
+    consumer = socket_with([], sent=4)
+    consumer.subscriptions = {"g": {"n"}}
+    consumer.replayed = {}
+    written: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        written.append(json.loads(message["text"]))
+
+    consumer.frame_send = send
+    for event in queued([6, 5]):
+        await consumer.turbo_stream(event)
+    assert [message["offset"] for message in written] == [6, 5]  # the client puts them in order
+    assert consumer.sent["g"] == history.Position("e1", 6)

@@ -515,7 +515,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         finally:
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
-            self.sent[group] = history.Position(epoch, offset)
+            position = history.Position(epoch, offset)
+            # Two workers number and send their batches in two steps, so a batch may reach the
+            # layer after a later one: the socket was still sent the later one, and the audit
+            # must not think it behind (it would replay frames the page has).
+            if history.after(position, self.sent.get(group)):
+                self.sent[group] = position
 
     async def turbo_reset(self, event: dict[str, Any]) -> None:
         """The process missed frames of a group that the history cannot give back: every page
