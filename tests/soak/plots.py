@@ -1,0 +1,77 @@
+"""The soak's figures (matplotlib, the dev extra): memory and keys over the run, and connection
+attempts per second, as PNG files for docs/soak.rst."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def draw(
+    samples: list[dict[str, Any]], restarts: dict[str, float], total: dict[str, Any], started: float,
+    directory: Path, duration: float, name: str = "soak",
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    minutes = [s["t"] / 60 for s in samples]
+    label = f"{duration / 60:.0f} min"
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    rss = axes[0][0]
+    for process in sorted({p for s in samples for p in s["rss_mb"]}):
+        points = [(s["t"] / 60, s["rss_mb"][process]) for s in samples if process in s["rss_mb"]]
+        rss.plot([t for t, _ in points], [v for _, v in points], label=process)
+    rss.set_title("RSS per process (MB; a worker with its pool)")
+    rss.set_ylim(bottom=0)
+    rss.legend(fontsize=7, ncol=2)
+    redis = axes[0][1]
+    redis.plot(minutes, [s["layer_used_memory"] / 2**20 for s in samples], label="channel layer")
+    redis.plot(minutes, [s["broker_used_memory"] / 2**20 for s in samples], label="broker")
+    redis.set_title("Redis used_memory (MiB)")
+    redis.set_ylim(bottom=0)
+    redis.legend(fontsize=7)
+    counts = axes[1][0]
+    for key, text in (("layer_keys", "layer keys"), ("broker_keys", "broker keys"), ("groups", "groups (pub/sub channels)"),
+                      ("subscriptions", "subscriptions"), ("outbox", "outbox backlog")):
+        counts.plot(minutes, [s[key] for s in samples], label=text)
+    counts.set_title("Keys, groups, subscriptions, outbox")
+    counts.set_ylim(bottom=0)
+    counts.legend(fontsize=7)
+    counts.set_xlabel("minutes")
+    histories = axes[1][1]
+    histories.plot(minutes, [s["history_entries"] for s in samples])
+    histories.set_title("History entries (all streams)")
+    histories.set_ylim(bottom=0)
+    histories.set_xlabel("minutes")
+    for axis in (rss, redis, counts, histories):
+        for process, at in restarts.items():
+            axis.axvline(at / 60, color="grey", linestyle=":", linewidth=1)
+            axis.text(at / 60, axis.get_ylim()[1] * 0.02, f" {process} restarted", fontsize=6, rotation=90, color="grey")
+    figure.suptitle(f"Soak, {label}: memory and keys every {samples[1]['t'] - samples[0]['t']:.0f} s" if len(samples) > 1 else "Soak")
+    figure.tight_layout()
+    memory = directory / f"{name}-{int(duration)}s-memory.png"
+    figure.savefig(memory, dpi=80)
+    plt.close(figure)
+
+    attempts = attempts_per_second(total.get("attempts", []), started)
+    figure, axis = plt.subplots(figsize=(11, 3))
+    axis.bar([t / 60 for t in attempts], list(attempts.values()), width=1 / 60)
+    axis.set_title(f"Connection attempts per second (reconnections after churn, resets and restarts), {label}")
+    axis.set_xlabel("minutes")
+    figure.tight_layout()
+    connections = directory / f"{name}-{int(duration)}s-attempts.png"
+    figure.savefig(connections, dpi=80)
+    plt.close(figure)
+    return [memory, connections]
+
+
+def attempts_per_second(attempts: list[float], started: float) -> dict[int, int]:
+    """Connection attempts (``time.monotonic()`` values) counted per whole second since ``started``."""
+    per_second: dict[int, int] = {}
+    for at in attempts:
+        second = int(at - started)
+        per_second[second] = per_second.get(second, 0) + 1
+    return dict(sorted(per_second.items()))
