@@ -227,7 +227,11 @@ class FanOut:
         """Remember the position of a numbered frame handed to the sockets (see :meth:`audit`)."""
         group, epoch, offset = message.get("group"), message.get("epoch"), message.get("offset")
         if isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int):
-            self.received[group] = history.Position(epoch, offset)
+            position = history.Position(epoch, offset)
+            # Batches of two workers can arrive 6 then 5 (each is numbered, then sent): the
+            # process has 6, and the audit must not replay it as missed.
+            if history.after(position, self.received.get(group)):
+                self.received[group] = position
 
     async def upkeep(self, channel: str, interval: float) -> None:
         """Every ``interval`` seconds, or when woken (the layer answers again): join the process's
