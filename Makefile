@@ -12,7 +12,7 @@ LOWEST_STAMP := $(LOWEST_VENV)/.installed
 # Prometheus (tests/integration/test_metrics.py starts its own server).
 APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose prometheus
 
-.PHONY: demo test test-lowest bench lint docs install system-deps clean screenshots soak soak-short
+.PHONY: demo test test-lowest bench lint docs install system-deps clean screenshots soak soak-short soak-storm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ soak: system-deps install
 
 soak-short: system-deps install
 	$(PY) -m tests.soak.run --duration $(SOAK_SHORT_DURATION) --sample-every 5
+
+# 2,000 pages on one web process, which is killed: reconnection times, refreshes, attempts per second.
+soak-storm: system-deps install
+	$(PY) -m tests.soak.storm --plots docs/_static
 
 demo: $(DEMO_STAMP)
 	$(PY) demo/run.py

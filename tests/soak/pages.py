@@ -110,6 +110,7 @@ class SoakPage(PageClient):
         self.stale_up_to = self.position[1] if self.position else -1
         self.last_applied = self.position
         after = self.position
+        self.notes.append(f"refresh ({reason}) of room {self.room.pk} at {time.time():.1f}: {before} -> {after}")
         if before and after and before[0] == after[0]:
             self.covered += max(0, after[1] - before[1])
         elif before and after:
@@ -234,7 +235,7 @@ async def serve(config: dict[str, Any]) -> dict[str, Any]:
         group_of = pages[batch:batch + 50]
         await asyncio.gather(*(page.load() for page in group_of))
         for page in group_of:
-            page.start(random.choice(urls))
+            page.start(config.get("first_url") or random.choice(urls))
         await asyncio.wait_for(asyncio.gather(*(page.subscribed.wait() for page in group_of)), 120)
     (control / f"ready-{config['index']}").touch()
 
@@ -317,7 +318,7 @@ def tally(
         "attempts": [round(a, 3) for page in pages for a in page.stats.attempts],
         "silent": silent,
         "mismatched": mismatched,
-        "notes": [note for page in pages for note in page.notes][:20],
+        "notes": [note for page in pages for note in page.notes][:40],
     }
 
 

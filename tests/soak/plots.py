@@ -1,8 +1,14 @@
 """The soak's figures (matplotlib, the dev extra): memory and keys over the run, and connection
-attempts per second, as PNG files for docs/soak.rst."""
+attempts per second, as PNG files for docs/soak.rst.
+
+``python -m tests.soak.plots RUN_DIRECTORY OUTPUT_DIRECTORY`` draws them again from a run's
+``samples.json`` and ``result.json`` (a run in the background, say).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +81,44 @@ def attempts_per_second(attempts: list[float], started: float) -> dict[int, int]
         second = int(at - started)
         per_second[second] = per_second.get(second, 0) + 1
     return dict(sorted(per_second.items()))
+
+
+def draw_storm(total: dict[str, Any], killed_at: float, directory: Path, pages: int) -> Path:
+    """Connection attempts per second after the kill, and the reconnection times' distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    per_second = attempts_per_second(total.get("attempts", []), killed_at)
+    figure, (attempts, spread) = plt.subplots(1, 2, figsize=(11, 3.5))
+    attempts.bar(list(per_second), list(per_second.values()), width=0.9)
+    attempts.set_title(f"Connection attempts per second after the kill ({pages} pages)")
+    attempts.set_xlabel("seconds after the web process was killed")
+    reconnects = sorted(total.get("reconnects", []))
+    spread.plot(reconnects, [(n + 1) / len(reconnects) for n in range(len(reconnects))])
+    spread.axvline(2.0, color="grey", linestyle=":", linewidth=1)
+    spread.set_title("Pages back (subscribed again), cumulative")
+    spread.set_xlabel("seconds from the socket closing")
+    spread.set_ylim(0, 1.02)
+    figure.tight_layout()
+    path = directory / f"storm-{pages}-pages.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def main() -> None:
+    run, output = Path(sys.argv[1]), Path(sys.argv[2])
+    sampled = json.loads((run / "samples.json").read_text())
+    result = json.loads((run / "result.json").read_text())
+    attempts = result["total"].get("attempts", [])
+    started = result.get("started", min(attempts, default=0.0))
+    duration = result.get("duration", max((s["t"] for s in sampled["samples"]), default=0.0))
+    for path in draw(sampled["samples"], sampled["restarts"], result["total"], started, output, duration):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

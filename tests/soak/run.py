@@ -111,13 +111,17 @@ class Soak:
             process.start()
         return rooms
 
-    def start_clients(self, rooms: list[int], duration: float) -> None:
+    def start_clients(self, rooms: list[int], **overrides: Any) -> None:
+        """The client processes, each with its share of the pages, until all are subscribed.
+        ``overrides``: keys of their configuration (``first_url``: where every page connects
+        first; ``urls``: where they reconnect)."""
         for index in range(self.clients):
             config = {
                 "urls": [web.ws_url for web in self.webs], "rooms": rooms, "pages": self.pages // self.clients,
                 "index": index, "processes": self.clients, "churn_per_minute": CHURN_PER_MINUTE,
                 "drop_every": DROP_EVERY_S, "drop_fraction": DROP_FRACTION, "control": str(self.control),
                 "result": str(self.dir / f"client{index}.json"), "layer_url": self.layer.url, "settle_s": SETTLE_S,
+                **overrides,
             }
             path = self.dir / f"client{index}.config.json"
             path.write_text(json.dumps(config))
@@ -134,9 +138,9 @@ class Soak:
                 raise TimeoutError("the pages did not open within 180 s")
             time.sleep(0.5)
 
-    def start_writer(self, rooms: list[int]) -> None:
+    def start_writer(self, rooms: list[int], rate: float = RATE) -> None:
         self.writer = Process(
-            "writer", [sys.executable, "-m", "tests.soak.writer", str(self.dir / "writer.json"), str(RATE),
+            "writer", [sys.executable, "-m", "tests.soak.writer", str(self.dir / "writer.json"), str(rate),
                        *map(str, rooms)],
             self.logs, subprocess_env(**self.env),
         )
@@ -288,7 +292,7 @@ def report(total: dict[str, Any], writer: dict[str, Any], events: list[str], dur
     print("\nsoak: " + "; ".join(events))
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    for line in total["silent"][:5] + total["mismatched"][:5] + total["notes"][:10]:
+    for line in total["silent"][:5] + total["mismatched"][:5] + total["notes"][:20]:
         print(f"    {line}")
     failed = []
     if silent or total["silent"] or total["mismatched"]:
@@ -321,7 +325,7 @@ def main() -> int:
     events: list[str] = []
     try:
         rooms = soak.start()
-        soak.start_clients(rooms, args.duration)
+        soak.start_clients(rooms)
         soak.start_writer(rooms)
         started = time.monotonic()
         watch = sampler.Sampler(soak, started, args.sample_every)
@@ -332,7 +336,7 @@ def main() -> int:
             if schedule and now >= schedule[0][0]:
                 _, process = schedule.pop(0)
                 seconds = restart(process)
-                events.append(f"{process.name} restarted at {now:.0f} s (took {seconds:.1f} s)")
+                events.append(f"{process.name} restarted at {now:.0f} s (took {seconds:.1f} s; Unix time {time.time():.0f})")
                 watch.restarted(process.name, now)
                 print(f"  {events[-1]}", flush=True)
             time.sleep(0.5)
@@ -352,7 +356,8 @@ def main() -> int:
     failed = report(total, writer, events, duration)
     trend = watch.check()
     failed += trend
-    (directory / "result.json").write_text(json.dumps({"total": total, "writer": writer, "events": events}))
+    (directory / "result.json").write_text(json.dumps(
+        {"total": total, "writer": writer, "events": events, "started": started, "duration": duration}))
     watch.save(directory / "samples.json")
     if args.plots is not None:
         from tests.soak import plots
