@@ -741,6 +741,7 @@ async def test_a_subscribe_waits_for_a_pooled_connection_instead_of_failing(laye
 
     consumer.send = fake_send  # type: ignore[method-assign]
     consumer.subscriptions = {}
+    consumer.joined = {}
     from turbo_async.security import RefusalLog, TokenBucket
 
     consumer.budget = TokenBucket(20, 200)

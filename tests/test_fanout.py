@@ -31,3 +31,38 @@ def test_a_new_epoch_is_received_whatever_its_offset() -> None:
     fan_out.note(frame(40))
     fan_out.note(frame(1, epoch="e2"))
     assert fan_out.received["g"] == history.Position("e2", 1)
+
+
+async def test_a_socket_does_not_share_a_history_read_that_began_before_it_joined(monkeypatch: Any) -> None:
+    """Pages of one stream coming back together share one read of the history. A socket that
+    joined the group after that read began must not take its answer: a batch sent between the read
+    and the join would reach it neither way (the soak's reconnection storm saw two pages refresh
+    on that gap). It gets a read of its own, which the sockets after it share."""
+    import asyncio
+
+    from turbo_async import fanout
+
+    reads: list[asyncio.Event] = []
+
+    async def since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+        release = asyncio.Event()
+        reads.append(release)
+        number = len(reads)
+        await release.wait()
+        return history.Replay(history.Position("e1", 9), [(9, f"<read{number}/>")])
+
+    monkeypatch.setattr(history, "since", since)
+    loop = asyncio.get_running_loop()
+    seen = history.Position("e1", 8)
+    first = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time()))
+    await asyncio.sleep(0)
+    joined_before = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time() - 60))
+    await asyncio.sleep(0.01)
+    joined_after = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time()))
+    later = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time() - 0.001))
+    await asyncio.sleep(0.01)
+    assert len(reads) == 2
+    for release in reads:
+        release.set()
+    answers = [(await f).frames[0][1] for f in (first, joined_before, joined_after, later)]
+    assert answers == ["<read1/>", "<read1/>", "<read2/>", "<read2/>"]

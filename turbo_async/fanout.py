@@ -328,20 +328,35 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
 
 
 _reading: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], asyncio.Future[history.Replay]]
+    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], tuple[float, asyncio.Future[history.Replay]]]
 ] = weakref.WeakKeyDictionary()
 
 
-async def shared_since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+async def shared_since(
+    layer: Any, group: str, seen: history.Position, joined: float | None = None
+) -> history.Replay:
     """:func:`history.since` through the process's gate (:func:`pooled_call`), one read for all the
     sockets that ask for the same group and position at the same time: when a web process goes
     away, its pages come back together, most of a stream's pages from the same position, and each
     would otherwise make its own reads (beyond the connection pool's limit, measured: pages then
-    refreshed with "the history cannot be read now")."""
-    reading = _reading.setdefault(asyncio.get_running_loop(), {})
+    refreshed with "the history cannot be read now").
+
+    ``joined``: when the socket joined the group (a time of the running loop). A read that started
+    before then is not shared with it: a batch sent between that read and the join reached neither
+    (the soak's reconnection storm saw pages refresh on that gap); a new read is made, which later
+    sockets share."""
+    loop = asyncio.get_running_loop()
+    reading = _reading.setdefault(loop, {})
     key = (group, seen)
-    shared = reading.get(key)
-    if shared is None:
-        shared = reading[key] = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
-        shared.add_done_callback(lambda done: reading.pop(key, None))
-    return await asyncio.shield(shared)
+    entry = reading.get(key)
+    if entry is None or (joined is not None and entry[0] <= joined):
+        shared = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
+        entry = reading[key] = (loop.time(), shared)
+
+        def done(future: asyncio.Future[history.Replay]) -> None:
+            current = reading.get(key)
+            if current is not None and current[1] is future:
+                del reading[key]
+
+        shared.add_done_callback(done)
+    return await asyncio.shield(entry[1])
