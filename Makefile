@@ -76,12 +76,12 @@ test-lowest: system-deps $(LOWEST_STAMP)
 # SOAK_SHORT_DURATION seconds, no figures (.ci/run runs it); both fail on a silent gap, an order
 # violation, a duplicate or a memory trend over its bound.
 DURATION ?= 600
-SOAK_SHORT_DURATION ?= 75
+SOAK_SHORT_DURATION ?= 90
 soak: system-deps install
 	$(PY) -m tests.soak.run --duration $(DURATION) --plots docs/_static
 
 soak-short: system-deps install
-	$(PY) -m tests.soak.run --duration $(SOAK_SHORT_DURATION) --sample-every 5
+	$(PY) -m tests.soak.run --duration $(SOAK_SHORT_DURATION) --sample-every 2
 
 # 2,000 pages on one web process, which is killed: reconnection times, refreshes, attempts per second.
 soak-storm: system-deps install

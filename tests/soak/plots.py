@@ -41,8 +41,10 @@ def draw(
     redis.legend(fontsize=7)
     counts = axes[1][0]
     for key, text in (("layer_keys", "layer keys"), ("broker_keys", "broker keys"), ("groups", "groups (pub/sub channels)"),
-                      ("subscriptions", "subscriptions"), ("outbox", "outbox backlog")):
-        counts.plot(minutes, [s[key] for s in samples], label=text)
+                      ("subscriptions", "subscriptions"), ("outbox", "outbox backlog"),
+                      ("broker_queue", "tasks waiting for a worker")):
+        if all(key in s for s in samples):  # (a series a run did not sample is left out)
+            counts.plot(minutes, [s[key] for s in samples], label=text)
     counts.set_title("Keys, groups, subscriptions, outbox")
     counts.set_ylim(bottom=0)
     counts.legend(fontsize=7)

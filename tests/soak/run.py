@@ -117,7 +117,7 @@ class Soak:
         first; ``urls``: where they reconnect)."""
         for index in range(self.clients):
             config = {
-                "urls": [web.ws_url for web in self.webs], "rooms": rooms, "pages": self.pages // self.clients,
+                "urls": [web.ws_url for web in self.webs], "rooms": rooms, "pages": self.pages // self.clients + (index < self.pages % self.clients),
                 "index": index, "processes": self.clients, "churn_per_minute": CHURN_PER_MINUTE,
                 "drop_every": DROP_EVERY_S, "drop_fraction": DROP_FRACTION, "control": str(self.control),
                 "result": str(self.dir / f"client{index}.json"), "layer_url": self.layer.url, "settle_s": SETTLE_S,

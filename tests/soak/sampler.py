@@ -1,6 +1,6 @@
 """Memory and keys over a soak, sampled every ``interval`` seconds in a thread of the orchestrator:
 the RSS of every web and worker process (a prefork worker with its pool processes), the channel
-layer's and the broker's Redis (``used_memory``, key count), the layer's groups (pub/sub channels
+layer's and the broker's Redis (``used_memory``, key count; the broker's queue of waiting tasks), the layer's groups (pub/sub channels
 with a subscriber, or ``asgi:group:*`` keys under the core layer), the sockets and subscriptions the
 web processes report (their status records, ``TURBO_ASYNC["METRICS"]``, as ``manage.py
 turbo_streams --status`` reads them), the writer's outbox backlog and the history entries of every
@@ -33,6 +33,13 @@ COUNTS = ("layer_keys", "broker_keys", "groups")
 COUNT_SLACK = 3
 """Key and group counts may also move by this many: the broker's queue keys come and go with each
 task, a web process's status key with its restart."""
+SHOWN = {
+    "layer_clients_memory": "client buffers come and go with each reply",
+    "broker_clients_memory": "client buffers come and go with each reply",
+    "broker_used_memory": "Celery's broker: it follows the queue's backlog, which follows the machine's load",
+    "broker_queue": "tasks waiting for a worker: the machine's load decides it",
+}
+"""Series sampled and drawn but not held to the bound, and why."""
 OUTBOX_BOUND = 500
 """Changes the writer's outbox may hold at once (ten seconds of writes): the broker keeps up."""
 
@@ -105,6 +112,7 @@ class Sampler:
             "layer_keys": int(layer.dbsize()),
             "broker_used_memory": int(broker.info("memory")["used_memory"]),
             "broker_keys": int(broker.dbsize()),
+            "broker_queue": int(broker.llen("celery")),  # tasks waiting for a worker
             # Client buffers (of pub/sub readers, say) count in used_memory: apart, to tell them from data.
             "layer_clients_memory": int(layer.info("memory").get("mem_clients_normal", 0)),
             "broker_clients_memory": int(broker.info("memory").get("mem_clients_normal", 0)),
@@ -141,9 +149,10 @@ class Sampler:
               f"its mean (counts: or within {COUNT_SLACK})")
         failed = []
         for name, points in self.series().items():
-            if name.endswith("_clients_memory"):
-                # Client buffers come and go with each reply: shown for what used_memory holds.
-                print(f"  {name:<24} mean {sum(v for _, v in points) / len(points):,.0f} (shown, not checked)")
+            if name in SHOWN:
+                first, last = points[0][1], points[-1][1]
+                print(f"  {name:<24} {first:,.0f} at {points[0][0]:.0f} s, {last:,.0f} at {points[-1][0]:.0f} s "
+                      f"(shown, not checked: {SHOWN[name]})")
                 continue
             if name == "outbox":
                 peak = max(value for _, value in points)
