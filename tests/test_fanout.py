@@ -66,3 +66,83 @@ async def test_a_socket_does_not_share_a_history_read_that_began_before_it_joine
         release.set()
     answers = [(await f).frames[0][1] for f in (first, joined_before, joined_after, later)]
     assert answers == ["<read1/>", "<read1/>", "<read2/>", "<read2/>"]
+
+
+class SlowJoinLayer:
+    """A layer whose ``group_add`` waits until the test lets it through (or fails it)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.through = asyncio.Event()
+        self.fail = False
+        self.adds = 0
+
+    async def new_channel(self) -> str:
+        return "process!1"
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        import asyncio
+
+        await asyncio.Event().wait()  # nothing comes
+        raise AssertionError
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.adds += 1
+        await self.through.wait()
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the layer failed this join")
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        pass
+
+
+class Socket:
+    def push(self, message: dict[str, Any]) -> None:
+        pass
+
+
+async def test_a_second_socket_waits_for_the_first_ones_join_before_reading_the_history() -> None:
+    """The group's second socket skips the Redis round trip, but not the first socket's join still
+    under way: it reads the history next, and a batch sent before the process is in the group
+    would reach it neither from the history nor live (the soak's storm: pages refreshed on gaps)."""
+    import asyncio
+
+    layer = SlowJoinLayer()
+    fan_out = FanOut(layer)
+    first = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    layer.through.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert layer.adds == 1  # one round trip for the process
+    for task in (fan_out.reader, fan_out.keeper):
+        if task is not None:
+            task.cancel()
+
+
+async def test_a_second_socket_joins_itself_when_the_first_ones_join_failed() -> None:
+    import asyncio
+
+    import pytest
+
+    layer = SlowJoinLayer()
+    layer.fail = True
+    fan_out = FanOut(layer)
+    first = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    second_socket = Socket()
+    second = asyncio.ensure_future(fan_out.join("g", second_socket))
+    await asyncio.sleep(0.01)
+    layer.through.set()
+    with pytest.raises(RuntimeError):
+        await first
+    await asyncio.wait_for(second, 5)
+    assert layer.adds == 2
+    assert fan_out.members["g"] == {second_socket}
+    for task in (fan_out.reader, fan_out.keeper):
+        if task is not None:
+            task.cancel()

@@ -86,6 +86,8 @@ class FanOut:
         # last check that found the process behind it.
         self.received: dict[str, history.Position] = {}
         self.behind: dict[str, history.Position] = {}
+        # group -> the first socket's join while it is under way (the others wait for it: joined?).
+        self.joining: dict[str, asyncio.Future[bool]] = {}
         self.wake = asyncio.Event()
         # The core layer keeps group membership in Redis only: it is renewed on every upkeep.
         self.membership_in_redis = not hasattr(layer, "_get_layer")
@@ -124,15 +126,28 @@ class FanOut:
             # RENEW_INTERVAL): no Redis round trip for the group's second and later sockets, which
             # a reconnection storm of thousands of pages would otherwise pay one each.
             members.add(consumer)
-            return
+            joining = self.joining.get(group)
+            # ... but not before the first socket's join is through: this socket reads the history
+            # next, and a batch sent before the process is in the group would reach it neither way
+            # (the soak's reconnection storm saw pages refresh on that gap). If that join failed,
+            # this socket joins itself.
+            if joining is None or await asyncio.shield(joining):
+                return
         # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
         # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
         members.add(consumer)
+        joining = self.joining[group] = asyncio.get_running_loop().create_future()
+        joined = False
         try:
             await pooled_call(self.layer.group_add, group, channel)
+            joined = True
         except BaseException:
             self._drop(group, consumer)
             raise
+        finally:
+            joining.set_result(joined)
+            if self.joining.get(group) is joining:
+                del self.joining[group]
 
     async def renew(self, group: str, deadline: float) -> None:
         """A socket's heartbeat renewal: nothing to do while :meth:`upkeep` renews for the process."""

@@ -313,6 +313,7 @@ def tally(
         "new_epochs": sum(page.epochs for page in pages),
         "refreshes": dict(Counter(reason for page in pages for reason in page.stats.refreshes)),
         "reconnects": [round(r, 4) for page in pages for r in page.stats.reconnects],
+        "handshakes": [round(h, 4) for page in pages for h in page.stats.handshakes],
         "replays": [round(r, 4) for page in pages for r in page.replays],
         "replays_refreshed": sum(page.replays_refreshed for page in pages),
         "attempts": [round(a, 3) for page in pages for a in page.stats.attempts],

@@ -66,6 +66,9 @@ def main() -> int:
     print(f"\nstorm: {len(reconnects)} reconnections of {args.pages} pages: p50 {percentile(reconnects, 0.5):.2f} s, "
           f"p95 {p95:.2f} s (goal {GOAL_S} s: {'met' if p95 <= GOAL_S else 'missed'}), max {max(reconnects, default=0):.2f} s; "
           f"refreshes: {sum(total['refreshes'].values())} (goal 0)")
+    handshakes = total.get("handshakes", [])
+    print(f"of which the WebSocket handshake (connect to open socket): p50 {percentile(handshakes, 0.5):.2f} s, "
+          f"p95 {percentile(handshakes, 0.95):.2f} s")
     print(f"connection attempts per second after the kill: {per_second}")
     if len(reconnects) < args.pages:
         failed.append(f"only {len(reconnects)} of {args.pages} pages reconnected")
