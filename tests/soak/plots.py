@@ -35,6 +35,9 @@ def draw(
     rss.legend(fontsize=7, ncol=2)
     redis = axes[0][1]
     redis.plot(minutes, [s["layer_used_memory"] / 2**20 for s in samples], label="channel layer")
+    if all("layer_clients_memory" in s for s in samples):
+        redis.plot(minutes, [(s["layer_used_memory"] - s["layer_clients_memory"]) / 2**20 for s in samples],
+                   label="channel layer, without client buffers")
     redis.plot(minutes, [s["broker_used_memory"] / 2**20 for s in samples], label="broker")
     redis.set_title("Redis used_memory (MiB)")
     redis.set_ylim(bottom=0)
@@ -93,10 +96,13 @@ def draw_storm(total: dict[str, Any], killed_at: float, directory: Path, pages: 
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    per_second = attempts_per_second(total.get("attempts", []), killed_at)
+    tenths: dict[float, int] = {}
+    for at in total.get("attempts", []):
+        tenth = int((at - killed_at) * 10) / 10
+        tenths[tenth] = tenths.get(tenth, 0) + 10  # per second
     figure, (attempts, spread) = plt.subplots(1, 2, figsize=(11, 3.5))
-    attempts.bar(list(per_second), list(per_second.values()), width=0.9)
-    attempts.set_title(f"Connection attempts per second after the kill ({pages} pages)")
+    attempts.bar(list(tenths), list(tenths.values()), width=0.09, align="edge")
+    attempts.set_title(f"Connection attempts per second (0.1 s bins) after the kill ({pages} pages)")
     attempts.set_xlabel("seconds after the web process was killed")
     reconnects = sorted(total.get("reconnects", []))
     spread.plot(reconnects, [(n + 1) / len(reconnects) for n in range(len(reconnects))])

@@ -34,6 +34,7 @@ COUNT_SLACK = 3
 """Key and group counts may also move by this many: the broker's queue keys come and go with each
 task, a web process's status key with its restart."""
 SHOWN = {
+    "layer_used_memory": "it counts the client buffers too (layer_memory_kept is held to the bound)",
     "layer_clients_memory": "client buffers come and go with each reply",
     "broker_clients_memory": "client buffers come and go with each reply",
     "broker_used_memory": "Celery's broker: it follows the queue's backlog, which follows the machine's load",
@@ -132,6 +133,10 @@ class Sampler:
             for name, value in sample.items():
                 if name not in ("t", "rss_mb"):
                     found.setdefault(name, []).append((sample["t"], float(value)))
+            if "layer_clients_memory" in sample:
+                # What the layer's Redis keeps, without the buffers of its clients' replies.
+                kept = sample["layer_used_memory"] - sample["layer_clients_memory"]
+                found.setdefault("layer_memory_kept", []).append((sample["t"], float(kept)))
         return found
 
     def check(self) -> list[str]:
