@@ -158,7 +158,7 @@ class Soak:
         self.writer.process.wait(60)
         return self.writer_status()
 
-    def wait_drained(self, timeout: float = 60) -> None:
+    def wait_drained(self, timeout: float = 300) -> None:
         """Until the broker's queue is empty and the workers have had a moment to send."""
         redis = self.broker.client()
         deadline = time.monotonic() + timeout
