@@ -12,7 +12,7 @@ LOWEST_STAMP := $(LOWEST_VENV)/.installed
 # Prometheus (tests/integration/test_metrics.py starts its own server).
 APT_PACKAGES := redis-server rabbitmq-server chromium postgresql docker-compose prometheus
 
-.PHONY: demo test test-lowest bench lint docs install system-deps clean screenshots
+.PHONY: demo test test-lowest bench lint docs install system-deps clean screenshots soak soak-short soak-storm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,23 @@ test-lowest: system-deps $(LOWEST_STAMP)
 	  | grep -i -E "^($$(sed 's/==.*//' $(LOWEST_VENV)/constraints.txt | paste -sd'|'))=="
 	$(LOWEST_VENV)/bin/python scripts/run_tests.py --only-marked "not browser" --ignore=tests/test_quality.py \
 	  --ignore=tests/test_packaging.py $(PYTEST_ARGS)
+
+# The soak (docs/soak.rst): DURATION seconds (10 minutes by default) of 500 pages on 50 streams with
+# churn, socket resets, a worker and a web restart and 50 changes a second; prints the table and
+# the memory trend, draws the figures into docs/_static/. soak-short: the same checks for
+# SOAK_SHORT_DURATION seconds, no figures (.ci/run runs it); both fail on a silent gap, an order
+# violation, a duplicate or a memory trend over its bound.
+DURATION ?= 600
+SOAK_SHORT_DURATION ?= 90
+soak: system-deps install
+	$(PY) -m tests.soak.run --duration $(DURATION) --plots docs/_static
+
+soak-short: system-deps install
+	$(PY) -m tests.soak.run --duration $(SOAK_SHORT_DURATION) --sample-every 2
+
+# 2,000 pages on one web process, which is killed: reconnection times, refreshes, attempts per second.
+soak-storm: system-deps install
+	$(PY) -m tests.soak.storm --plots docs/_static
 
 demo: $(DEMO_STAMP)
 	$(PY) demo/run.py

@@ -741,6 +741,7 @@ async def test_a_subscribe_waits_for_a_pooled_connection_instead_of_failing(laye
 
     consumer.send = fake_send  # type: ignore[method-assign]
     consumer.subscriptions = {}
+    consumer.joined = {}
     from turbo_async.security import RefusalLog, TokenBucket
 
     consumer.budget = TokenBucket(20, 200)
@@ -1198,3 +1199,24 @@ async def test_a_socket_that_connects_while_the_pubsub_layer_is_down_is_closed_w
     assert closed["type"] == "websocket.close" and closed["code"] == 1011, closed
     assert closed["reason"] == protocol.LAYER_DOWN_REASON
     assert 4 <= elapsed < 10, f"closed after {elapsed:.1f} s"
+
+
+async def test_a_batch_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
+    """Two workers number their batches and send them in two steps, so batch 5 may reach a web
+    process after batch 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
+    audit, which replays from the sent position, must not find it behind and send 6 again."""
+    from turbo_async import history
+
+    consumer = socket_with([], sent=4)
+    consumer.subscriptions = {"g": {"n"}}
+    consumer.replayed = {}
+    written: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        written.append(json.loads(message["text"]))
+
+    consumer.frame_send = send
+    for event in queued([6, 5]):
+        await consumer.turbo_stream(event)
+    assert [message["offset"] for message in written] == [6, 5]  # the client puts them in order
+    assert consumer.sent["g"] == history.Position("e1", 6)

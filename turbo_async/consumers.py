@@ -216,6 +216,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.subscriptions: dict[str, set[str]] = {}
         # group -> the last offset a replay sent: live copies up to it are dropped.
         self.replayed: dict[str, int] = {}
+        # group -> when this socket joined it (a time of the loop): see fanout.shared_since.
+        self.joined: dict[str, float] = {}
         # group -> the last position this socket was sent, and where the stream stood at the last
         # heartbeat that found the socket behind (see audit()).
         self.sent: dict[str, history.Position] = {}
@@ -398,6 +400,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if group not in self.subscriptions:
             try:
                 await self.membership.join(group, self)
+                self.joined[group] = asyncio.get_running_loop().time()
             except LAYER_ERRORS as exc:
                 self.refusals.warning("could not join the group of %r: %r", stream_name, exc)
                 metrics.refused("layer_unavailable")
@@ -420,7 +423,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         frames wait until this handler returns: in the socket's list, see :meth:`receive`, or
         in its channel); or tell it to refresh."""
         try:
-            missed = await shared_since(self.channel_layer, group, seen)
+            missed = await shared_since(self.channel_layer, group, seen, self.joined.get(group))
         except history.BadOffset as exc:
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
@@ -515,7 +518,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         finally:
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
-            self.sent[group] = history.Position(epoch, offset)
+            position = history.Position(epoch, offset)
+            # Two workers number and send their batches in two steps, so a batch may reach the
+            # layer after a later one: the socket was still sent the later one, and the audit
+            # must not think it behind (it would replay frames the page has).
+            if history.after(position, self.sent.get(group)):
+                self.sent[group] = position
 
     async def turbo_reset(self, event: dict[str, Any]) -> None:
         """The process missed frames of a group that the history cannot give back: every page

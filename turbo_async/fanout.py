@@ -86,6 +86,8 @@ class FanOut:
         # last check that found the process behind it.
         self.received: dict[str, history.Position] = {}
         self.behind: dict[str, history.Position] = {}
+        # group -> the first socket's join while it is under way (the others wait for it: joined?).
+        self.joining: dict[str, asyncio.Future[bool]] = {}
         self.wake = asyncio.Event()
         # The core layer keeps group membership in Redis only: it is renewed on every upkeep.
         self.membership_in_redis = not hasattr(layer, "_get_layer")
@@ -124,15 +126,28 @@ class FanOut:
             # RENEW_INTERVAL): no Redis round trip for the group's second and later sockets, which
             # a reconnection storm of thousands of pages would otherwise pay one each.
             members.add(consumer)
-            return
+            joining = self.joining.get(group)
+            # ... but not before the first socket's join is through: this socket reads the history
+            # next, and a batch sent before the process is in the group would reach it neither way
+            # (the soak's reconnection storm saw pages refresh on that gap). If that join failed,
+            # this socket joins itself.
+            if joining is None or await asyncio.shield(joining):
+                return
         # A member before the layer confirms: frames that arrive meanwhile wait in the socket's
         # list (it is holding, see TurboStreamsConsumer.receive) and are checked when written.
         members.add(consumer)
+        joining = self.joining[group] = asyncio.get_running_loop().create_future()
+        joined = False
         try:
             await pooled_call(self.layer.group_add, group, channel)
+            joined = True
         except BaseException:
             self._drop(group, consumer)
             raise
+        finally:
+            joining.set_result(joined)
+            if self.joining.get(group) is joining:
+                del self.joining[group]
 
     async def renew(self, group: str, deadline: float) -> None:
         """A socket's heartbeat renewal: nothing to do while :meth:`upkeep` renews for the process."""
@@ -227,7 +242,11 @@ class FanOut:
         """Remember the position of a numbered frame handed to the sockets (see :meth:`audit`)."""
         group, epoch, offset = message.get("group"), message.get("epoch"), message.get("offset")
         if isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int):
-            self.received[group] = history.Position(epoch, offset)
+            position = history.Position(epoch, offset)
+            # Batches of two workers can arrive 6 then 5 (each is numbered, then sent): the
+            # process has 6, and the audit must not replay it as missed.
+            if history.after(position, self.received.get(group)):
+                self.received[group] = position
 
     async def upkeep(self, channel: str, interval: float) -> None:
         """Every ``interval`` seconds, or when woken (the layer answers again): join the process's
@@ -324,20 +343,35 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
 
 
 _reading: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], asyncio.Future[history.Replay]]
+    asyncio.AbstractEventLoop, dict[tuple[str, history.Position], tuple[float, asyncio.Future[history.Replay]]]
 ] = weakref.WeakKeyDictionary()
 
 
-async def shared_since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+async def shared_since(
+    layer: Any, group: str, seen: history.Position, joined: float | None = None
+) -> history.Replay:
     """:func:`history.since` through the process's gate (:func:`pooled_call`), one read for all the
     sockets that ask for the same group and position at the same time: when a web process goes
     away, its pages come back together, most of a stream's pages from the same position, and each
     would otherwise make its own reads (beyond the connection pool's limit, measured: pages then
-    refreshed with "the history cannot be read now")."""
-    reading = _reading.setdefault(asyncio.get_running_loop(), {})
+    refreshed with "the history cannot be read now").
+
+    ``joined``: when the socket joined the group (a time of the running loop). A read that started
+    before then is not shared with it: a batch sent between that read and the join reached neither
+    (the soak's reconnection storm saw pages refresh on that gap); a new read is made, which later
+    sockets share."""
+    loop = asyncio.get_running_loop()
+    reading = _reading.setdefault(loop, {})
     key = (group, seen)
-    shared = reading.get(key)
-    if shared is None:
-        shared = reading[key] = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
-        shared.add_done_callback(lambda done: reading.pop(key, None))
-    return await asyncio.shield(shared)
+    entry = reading.get(key)
+    if entry is None or (joined is not None and entry[0] <= joined):
+        shared = asyncio.ensure_future(pooled_call(history.since, layer, group, seen))
+        entry = reading[key] = (loop.time(), shared)
+
+        def done(future: asyncio.Future[history.Replay]) -> None:
+            current = reading.get(key)
+            if current is not None and current[1] is future:
+                del reading[key]
+
+        shared.add_done_callback(done)
+    return await asyncio.shield(entry[1])

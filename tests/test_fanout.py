@@ -1,0 +1,148 @@
+"""The fan-out's own state (:mod:`turbo_async.fanout`); its behaviour with real processes is in
+tests/integration/test_fanout.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer
+
+from turbo_async import history
+from turbo_async.fanout import FanOut
+from turbo_async.protocol import MESSAGE_TYPE
+
+
+def frame(offset: int, epoch: str = "e1") -> dict[str, Any]:
+    return {"type": MESSAGE_TYPE, "group": "g", "data": f"<f{offset}/>", "epoch": epoch, "offset": offset}
+
+
+def test_a_batch_that_arrives_after_a_later_one_does_not_move_the_received_position_back() -> None:
+    """Two workers number their batches and send them in two steps, so batch 5 may reach the
+    process after batch 6 (the soak saw it, tests/soak). The process has 6: its upkeep's audit
+    compares the stream's position with this one, and would hand 6 to every socket again."""
+    fan_out = FanOut(InMemoryChannelLayer())
+    for offset in (6, 5):
+        fan_out.note(frame(offset))
+    assert fan_out.received["g"] == history.Position("e1", 6)
+
+
+def test_a_new_epoch_is_received_whatever_its_offset() -> None:
+    fan_out = FanOut(InMemoryChannelLayer())
+    fan_out.note(frame(40))
+    fan_out.note(frame(1, epoch="e2"))
+    assert fan_out.received["g"] == history.Position("e2", 1)
+
+
+async def test_a_socket_does_not_share_a_history_read_that_began_before_it_joined(monkeypatch: Any) -> None:
+    """Pages of one stream coming back together share one read of the history. A socket that
+    joined the group after that read began must not take its answer: a batch sent between the read
+    and the join would reach it neither way (the soak's reconnection storm saw two pages refresh
+    on that gap). It gets a read of its own, which the sockets after it share."""
+    import asyncio
+
+    from turbo_async import fanout
+
+    reads: list[asyncio.Event] = []
+
+    async def since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+        release = asyncio.Event()
+        reads.append(release)
+        number = len(reads)
+        await release.wait()
+        return history.Replay(history.Position("e1", 9), [(9, f"<read{number}/>")])
+
+    monkeypatch.setattr(history, "since", since)
+    loop = asyncio.get_running_loop()
+    seen = history.Position("e1", 8)
+    first = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time()))
+    await asyncio.sleep(0)
+    joined_before = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time() - 60))
+    await asyncio.sleep(0.01)
+    joined_after = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time()))
+    later = asyncio.ensure_future(fanout.shared_since(None, "g", seen, joined=loop.time() - 0.001))
+    await asyncio.sleep(0.01)
+    assert len(reads) == 2
+    for release in reads:
+        release.set()
+    answers = [(await f).frames[0][1] for f in (first, joined_before, joined_after, later)]
+    assert answers == ["<read1/>", "<read1/>", "<read2/>", "<read2/>"]
+
+
+class SlowJoinLayer:
+    """A layer whose ``group_add`` waits until the test lets it through (or fails it)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.through = asyncio.Event()
+        self.fail = False
+        self.adds = 0
+
+    async def new_channel(self) -> str:
+        return "process!1"
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        import asyncio
+
+        await asyncio.Event().wait()  # nothing comes
+        raise AssertionError
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.adds += 1
+        await self.through.wait()
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the layer failed this join")
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        pass
+
+
+class Socket:
+    def push(self, message: dict[str, Any]) -> None:
+        pass
+
+
+async def test_a_second_socket_waits_for_the_first_ones_join_before_reading_the_history() -> None:
+    """The group's second socket skips the Redis round trip, but not the first socket's join still
+    under way: it reads the history next, and a batch sent before the process is in the group
+    would reach it neither from the history nor live (the soak's storm: pages refreshed on gaps)."""
+    import asyncio
+
+    layer = SlowJoinLayer()
+    fan_out = FanOut(layer)
+    first = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    layer.through.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert layer.adds == 1  # one round trip for the process
+    for task in (fan_out.reader, fan_out.keeper):
+        if task is not None:
+            task.cancel()
+
+
+async def test_a_second_socket_joins_itself_when_the_first_ones_join_failed() -> None:
+    import asyncio
+
+    import pytest
+
+    layer = SlowJoinLayer()
+    layer.fail = True
+    fan_out = FanOut(layer)
+    first = asyncio.ensure_future(fan_out.join("g", Socket()))
+    await asyncio.sleep(0.01)
+    second_socket = Socket()
+    second = asyncio.ensure_future(fan_out.join("g", second_socket))
+    await asyncio.sleep(0.01)
+    layer.through.set()
+    with pytest.raises(RuntimeError):
+        await first
+    await asyncio.wait_for(second, 5)
+    assert layer.adds == 2
+    assert fan_out.members["g"] == {second_socket}
+    for task in (fan_out.reader, fan_out.keeper):
+        if task is not None:
+            task.cancel()
