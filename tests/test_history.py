@@ -86,6 +86,33 @@ def test_another_epoch_or_a_flushed_redis_resets(run: Any, redis_server: RedisSe
     assert again.offset == 1 and again.epoch != first.epoch
 
 
+@pytest.mark.parametrize("read", ["append", "current", "mark"])
+def test_a_counter_written_by_another_run_of_redis_gets_a_new_epoch(
+    run: Any, redis_server: RedisServer, read: str
+) -> None:
+    """A position whose ``run`` is not this server's ``run_id`` (a restart from an older snapshot, a
+    promoted replica) is never continued: each script that reads it starts a new epoch at 0, with
+    an empty history."""
+    name = group()
+    run(history.append, name, "<1/>")
+    first = run(history.append, name, "<2/>")
+    redis_server.client().hset(history.position_key(name), "run", "0" * 40)
+    if read == "append":
+        after = run(history.append, name, "<3/>")
+        assert after.offset == 1
+    elif read == "current":
+        after = run(history.current, name)
+        assert after.offset == 0
+    else:
+        after = history.at_render(
+            RedisChannelLayer(hosts=[{"address": redis_server.url, "socket_timeout": None}]), name
+        )
+        assert after is not None and after.offset == 0
+    assert after.epoch != first.epoch
+    assert redis_server.client().hget(history.position_key(name), "run") != b"0" * 40
+    assert run(history.since, name, first).reset is not None
+
+
 def test_an_offset_beyond_the_last_is_refused(run: Any) -> None:
     name = group()
     first = run(history.append, name, "<1/>")

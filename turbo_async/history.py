@@ -47,25 +47,30 @@ MAX_OFFSET = 2**53 - 1
 
 MAX_EPOCH_LENGTH = 64
 
+_RUN_ID = """
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+"""
+"""The ``run_id`` of this Redis server, new at every start (one ``INFO`` per script). The position
+hash keeps it in its ``run`` field."""
+
 _EPOCH = """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 local stored = redis.call('HMGET', KEYS[1], 'epoch', 'run')
 local epoch = stored[1]
 local started = false
-if (not epoch) or stored[2] ~= run then
+if (not epoch) or stored[2] ~= run_id then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'run', run)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'run', run_id)
   started = true
 end
 """
-"""The start of the scripts: the stream's epoch, or a new one (ARGV[1]) at offset 0 with an empty
-history when the stream has none (never sent, expired, or flushed) **or when its counter was
-written by another run of Redis** (``run_id``, new at every start of a server): a Redis restarted
-from an older snapshot, or a replica promoted by a failover, may hold an older offset than the
-pages have applied, and reusing it would give one offset to two different frames."""
+"""The start of the scripts that number: the stream's epoch, or a new one (ARGV[1]) at offset 0
+with an empty history when the stream has none (never sent, expired, or flushed) **or when its
+counter was written by another run of Redis** (:data:`_RUN_ID`): a Redis restarted from an older
+snapshot, or a replica promoted by a failover, may hold an older offset than the pages have
+applied, and reusing it would give one offset to two different frames."""
 
-APPEND = _EPOCH + """
+APPEND_SCRIPT = _RUN_ID + _EPOCH + """
 if tonumber(ARGV[7]) > 0 and not started then
   local last = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
   if last >= tonumber(ARGV[7]) then
@@ -81,35 +86,35 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {epoch, offset}
 """
+"""Numbers one entry of the stream and appends it to the stream's history (:func:`append`)."""
 
-
-MARK = _EPOCH + """
+_POSITION = """
 if started then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {epoch, 0}
 end
 return {epoch, redis.call('HGET', KEYS[1], 'offset') or 0}
 """
-"""The stream's position, made (offset 0 of a new epoch) when the stream has none yet: a page
-rendered before a stream's first batch must still be able to ask for that batch."""
 
-CURRENT = """
-local stored = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'run')
-if not stored[1] then
+MARK_SCRIPT = _RUN_ID + _EPOCH + _POSITION
+"""The stream's position, made (offset 0 of a new epoch) when the stream has none yet: a page
+rendered before a stream's first entry must still be able to ask for that entry."""
+
+CURRENT_SCRIPT = _RUN_ID + """
+local known = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'run')
+if not known[1] then
   return false
 end
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-if stored[3] == run then
-  return {stored[1], stored[2] or 0}
+if known[3] == run_id then
+  return {known[1], known[2] or 0}
 end
-""" + MARK.split("\n", 1)[1]
+""" + _EPOCH + _POSITION
 """The stream's position, or nil when it has none; a counter of another run of Redis is
 replaced by a new epoch first (as :data:`_EPOCH` does), so the pages behind it are told."""
 
-REPLACE = """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+REPLACE_SCRIPT = _RUN_ID + """
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'run', run)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'run', run_id)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return ARGV[1]
 """
@@ -222,7 +227,7 @@ async def append(layer: Any, group: str, data: str, quiet_since: float | None = 
     settings = conf.get()
     redis = client(layer, group)
     epoch, offset = await redis.eval(
-        APPEND, 2, position_key(group), history_key(group),
+        APPEND_SCRIPT, 2, position_key(group), history_key(group),
         secrets.token_hex(8), data, settings.HISTORY_SIZE, f"{time.time():.3f}",
         max(1, int(settings.HISTORY_MAX_AGE)), EPOCH_TTL, f"{quiet_since or 0:.3f}",
     )
@@ -245,9 +250,9 @@ def parse(epoch: Any, offset: Any) -> Position | None:
 
 async def current(layer: Any, group: str) -> Position | None:
     """Where ``group``'s stream stands; ``None`` when it has no position (never sent, expired or
-    flushed). A counter that another run of Redis wrote gets a new epoch first (:data:`CURRENT`)."""
+    flushed). A counter that another run of Redis wrote gets a new epoch first (:data:`CURRENT_SCRIPT`)."""
     raw = await client(layer, group).eval(
-        CURRENT, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+        CURRENT_SCRIPT, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
     )
     if not raw:
         return None
@@ -258,7 +263,7 @@ async def replace_epoch(layer: Any, group: str) -> Position:
     """Give ``group``'s stream a new epoch (offset 0, empty history): every page of the stream
     refreshes at its next frame or heartbeat audit, since its epoch no longer matches."""
     epoch = await client(layer, group).eval(
-        REPLACE, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+        REPLACE_SCRIPT, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
     )
     return _position(epoch, 0)
 
@@ -343,7 +348,7 @@ def at_render(layer: Any, group: str) -> Position | None:
 
     try:
         epoch, offset = _render_client(host).eval(
-            MARK, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
+            MARK_SCRIPT, 2, position_key(group), history_key(group), secrets.token_hex(8), EPOCH_TTL,
         )
     except (redis.RedisError, OSError) as exc:
         _render_down_until = time.monotonic() + RENDER_RETRY_AFTER
