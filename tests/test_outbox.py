@@ -480,7 +480,7 @@ def test_a_commit_of_a_change_and_an_action_goes_as_one_batch_named_after_both_h
     assert task == "turbo_async.batch"
     assert options["shadow"] == "testapp.MessageStream.on_save + testapp.TagListStream.refresh"
     assert options["argsrepr"] == (
-        f"('testapp.message', {message.pk}, 'save', True); testapp.TagListStream.refresh"
+        f"('testapp.message', {message.pk}, 'save', True); ('testapp:TagListStream', [], 'refresh')"
     )
 
 

@@ -27,7 +27,7 @@ from turbo_async.security import (
     RefusalLog,
     TokenBucket,
     accepts_any_origin,
-    origin_check_of,
+    origin_validator_of,
     parse_origin,
 )
 
@@ -268,10 +268,10 @@ unguarded = ProtocolTypeRouter({"websocket": inner})
 
 
 def test_the_origin_check_is_found_through_the_router_and_middleware() -> None:
-    assert isinstance(origin_check_of(guarded), OriginValidator)
-    assert origin_check_of(unguarded) is None
-    assert not accepts_any_origin(origin_check_of(guarded))
-    assert accepts_any_origin(origin_check_of(unguarded))
+    assert isinstance(origin_validator_of(guarded), OriginValidator)
+    assert origin_validator_of(unguarded) is None
+    assert not accepts_any_origin(origin_validator_of(guarded))
+    assert accepts_any_origin(origin_validator_of(unguarded))
 
 
 def test_no_warning_without_a_star_in_allowed_hosts(settings: Any) -> None:

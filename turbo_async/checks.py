@@ -30,7 +30,7 @@ from .broker import (
     without_password,
 )
 from .registry import dotted_path as _dotted, stream_registry
-from .security import accepts_any_origin, origin_check_of
+from .security import accepts_any_origin, origin_validator_of
 from .streams import ModelStream
 
 HOOKS = tuple(ModelStream.hooks.values())
@@ -362,7 +362,7 @@ def check_origins(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any)
     """With ``ALLOWED_HOSTS = ["*"]``, is the WebSocket route of ``ASGI_APPLICATION`` guarded by
     an origin check that does not read ALLOWED_HOSTS? Any other site could otherwise open a
     socket with the visitor's cookies. The route is found by importing ``ASGI_APPLICATION``
-    and following its ``"websocket"`` entry through the middleware (:func:`origin_check_of`);
+    and following its ``"websocket"`` entry through the middleware (:func:`origin_validator_of`);
     when that cannot be done the check says so, since it cannot prove the route safe."""
     if "*" not in list(getattr(settings, "ALLOWED_HOSTS", [])):
         return []
@@ -383,7 +383,7 @@ def check_origins(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any)
         except Exception as exc:  # an import error of the user's module: report it, do not crash
             problem = f"ASGI_APPLICATION {path!r} could not be imported ({exc!r}) to see its origin check."
         else:
-            if not accepts_any_origin(origin_check_of(application)):
+            if not accepts_any_origin(origin_validator_of(application)):
                 return []
             problem = (
                 f"The WebSocket route of {path} accepts every origin (no origin check, or "

@@ -140,7 +140,7 @@ class TurboAsyncSettings:
     STATUS_INTERVAL: float = 5.0
 
 
-def _check(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
+def _validate(name: str, value: Any, expected: type | tuple[type, ...], *, nullable: bool) -> None:
     if value is None and nullable:
         return
     if isinstance(value, bool) or not isinstance(value, expected):
@@ -172,11 +172,11 @@ def load(raw: Any) -> TurboAsyncSettings:
             if not isinstance(value, bool):
                 raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must be True or False, not {value!r}.")
         elif isinstance(default, str) or name == "QUEUE":
-            _check(name, value, str, nullable=nullable)
+            _validate(name, value, str, nullable=nullable)
         elif isinstance(default, float):
-            _check(name, value, (int, float), nullable=nullable)
+            _validate(name, value, (int, float), nullable=nullable)
         else:
-            _check(name, value, int, nullable=nullable)
+            _validate(name, value, int, nullable=nullable)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ImproperlyConfigured(f"TURBO_ASYNC[{name!r}] must not be negative, not {value!r}.")
         if name in AT_LEAST_ONE and value < 1:

@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .broker import broker_is_redis, fallback_app
-from .security import accepts_any_origin, origin_check_of
+from .security import accepts_any_origin, origin_validator_of
 
 TAG = "turbo_async"
 DEMO_SETTINGS = "demo.settings"
@@ -41,7 +41,7 @@ def check_websocket_origins(
         application = import_string(path)
     except Exception:  # W009 and the server report an application that does not import
         return []
-    check = origin_check_of(application)
+    check = origin_validator_of(application)
     if not accepts_any_origin(check):
         return []
     return [

@@ -50,7 +50,7 @@ RESERVED_ATTRIBUTES = frozenset({"action", "target", "targets"})
 """Attributes an action's own arguments write; ``attributes=`` may not set them again."""
 
 
-def check_action_name(name: Any) -> str:
+def validate_action_name(name: Any) -> str:
     """``name`` if it can be a custom action's name, else a ValueError naming it."""
     if not isinstance(name, str) or not _ACTION_NAME.fullmatch(name):
         raise ValueError(
@@ -60,7 +60,7 @@ def check_action_name(name: Any) -> str:
     return name
 
 
-def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str]:
+def validate_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str]:
     """The ``attributes=`` of an action as ``{name: text}``; refuses names that are not plain
     attribute names, event handlers (``on...``) and the reserved ``action``/``target(s)``."""
     checked: dict[str, str] = {}
@@ -88,7 +88,7 @@ def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str]:
     return checked
 
 
-def check_method(action: str, method: str | None) -> None:
+def validate_method(action: str, method: str | None) -> None:
     """Refuse a ``method=`` other than ``"morph"``, or on an action other than replace/update."""
     if method is None:
         return
@@ -125,7 +125,7 @@ def frame_markup(
         return mark_safe(f'<turbo-stream action="{REFRESH}"{extra}></turbo-stream>')
     if (target is None) == (targets is None):
         raise ValueError("Either selector or id can be used as a parameter.")
-    check_method(action, method)
+    validate_method(action, method)
     attribute, value = ("target", target) if targets is None else ("targets", targets)
     extra = f' method="{method}"' if method else ""
     inner = "" if action == REMOVE else conditional_escape(html)
@@ -150,7 +150,7 @@ def action_markup(
     >>> action_markup("notify", target="alerts", html="Saved", attributes={"data-level": "info"})
     '<turbo-stream action="notify" target="alerts" data-level="info"><template>Saved</template></turbo-stream>'
     """
-    check_action_name(name)
+    validate_action_name(name)
     if target is not None and targets is not None:
         raise ValueError("Pass target= or targets=, not both.")
     targeting = ""
@@ -158,7 +158,7 @@ def action_markup(
         targeting = f' target="{escape(target)}"'
     elif targets is not None:
         targeting = f' targets="{escape(targets)}"'
-    extra = _attributes_markup(check_attributes(attributes))
+    extra = _attributes_markup(validate_attributes(attributes))
     markup = (
         f'<turbo-stream action="{name}"{targeting}{extra}>\n'
         f"  <template>{conditional_escape(html)}</template>\n</turbo-stream>"

@@ -13,7 +13,7 @@ everyone else.
   from the page's own origin (scheme, host **and** port of the request) or one of
   ``CSRF_TRUSTED_ORIGINS``; everything else (another port or scheme, ``null``, no ``Origin``) is
   refused with 403 and a log line.
-- :func:`origin_check_of`: finds the origin check in front of an ASGI application's WebSocket
+- :func:`origin_validator_of`: finds the origin validator in front of an ASGI application's WebSocket
   route (used by the system check ``turbo_async.W009``).
 
 It reads settings only; nothing here imports the rest of the library but :mod:`turbo_async.conf`.
@@ -364,8 +364,8 @@ TrustedOriginValidator = OriginValidator
 _origin_log = LogBudget("refused WebSocket handshakes", 20)
 
 
-def origin_check_of(application: Any, depth: int = 12) -> Any:
-    """The origin check in front of ``application``'s WebSocket route: an :class:`OriginValidator`,
+def origin_validator_of(application: Any, depth: int = 12) -> Any:
+    """The origin validator in front of ``application``'s WebSocket route: an :class:`OriginValidator`,
     a Channels ``OriginValidator`` (``AllowedHostsOriginValidator`` makes one), or ``None``.
 
     Follows ``ProtocolTypeRouter``'s ``"websocket"`` entry and middleware's ``inner`` /
@@ -388,10 +388,10 @@ def origin_check_of(application: Any, depth: int = 12) -> Any:
     return None
 
 
-def accepts_any_origin(check: Any) -> bool:
-    """Whether an origin check found by :func:`origin_check_of` lets every origin in."""
-    if check is None:
+def accepts_any_origin(validator: Any) -> bool:
+    """Whether an origin validator found by :func:`origin_validator_of` lets every origin in."""
+    if validator is None:
         return True
-    if isinstance(check, OriginValidator):
+    if isinstance(validator, OriginValidator):
         return False
-    return "*" in getattr(check, "allowed_origins", ())
+    return "*" in getattr(validator, "allowed_origins", ())

@@ -47,9 +47,9 @@ from .frames import (
     UPDATE,
     TurboRender,
     action_markup,
-    check_action_name,
-    check_attributes,
-    check_method,
+    validate_action_name,
+    validate_attributes,
+    validate_method,
 )
 
 RAW = "raw"
@@ -155,7 +155,7 @@ class Stream:
         return TurboRender.init_from_template(template, context)
 
     @staticmethod
-    def _check_target(selector: str | None, id: str | None) -> None:
+    def _validate_target(selector: str | None, id: str | None) -> None:
         if (selector is None) == (id is None):
             raise ValueError("Either selector or id can be used as a parameter.")
 
@@ -188,8 +188,8 @@ class Stream:
         ``ValueError`` says what is wrong.
         """
         if custom:
-            check_action_name(action)
-            check_attributes(attributes)
+            validate_action_name(action)
+            validate_attributes(attributes)
             if selector is not None and id is not None:
                 raise ValueError("Pass target= or targets=, not both.")
         else:
@@ -199,10 +199,10 @@ class Stream:
                     "or custom=True for a custom action."
                 )
             if action != REFRESH:
-                self._check_target(selector, id)
+                self._validate_target(selector, id)
             if action not in (REFRESH, REMOVE) and not text and template is None:
                 raise ValueError("Pass a template name or text= to render a frame.")
-            check_method(action, method)
+            validate_method(action, method)
         if self._deferred:
             options: dict[str, Any] = {"selector": selector, "id": id}
             if custom or action not in (REFRESH, REMOVE):
