@@ -207,7 +207,7 @@ DOCUMENTED_CONSTANTS = [
     ("turbo_async.protocol", "MERGE_FRAMES", 64, "docs/client.rst", "``MERGE_FRAMES`` (64)"),
     ("turbo_async.protocol", "MERGE_BYTES", 256 * 1024, "docs/client.rst", "``MERGE_BYTES`` (256 KB)"),
     ("turbo_async.layers", "FORGET_AGAIN_AFTER", 5.0, "docs/architecture.rst", "dropped at the close and again 5 s later"),
-    ("turbo_async.history", "EPOCH_TTL", 7 * 24 * 3600, "docs/settings.rst", "kept 7 days after the stream's last batch"),
+    ("turbo_async.history", "EPOCH_TTL", 7 * 24 * 3600, "docs/settings.rst", "kept 7 days after the stream's last publication"),
 ]
 
 

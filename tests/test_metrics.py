@@ -118,7 +118,7 @@ def test_a_commit_time_ahead_of_this_clock_is_observed_as_no_lag(metrics_on: Non
     [
         ("the stream's offsets are gone (Redis flushed or restarted)", "offsets_gone"),
         ("the stream's epoch changed (its offsets were reset)", "epoch_changed"),
-        ("120 batches missed; the history keeps 100", "too_far_behind"),
+        ("120 publications missed; the history keeps 100", "too_far_behind"),
         ("the missed frames are no longer in the history (trimmed or too old)", "trimmed"),
         ("the history cannot be read now", "history_unreadable"),
     ],

@@ -63,7 +63,7 @@ def redis_layer(request: pytest.FixtureRequest, redis_server: RedisServer, setti
 
 
 def append(url: str, group: str, data: str) -> history.Position:
-    """What a worker does for one frame batch: numbered and kept in the history."""
+    """What a worker does for one publication: numbered and kept in the history."""
     from channels_redis.core import RedisChannelLayer
 
     async def go() -> history.Position:

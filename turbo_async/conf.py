@@ -40,9 +40,9 @@ Every key is optional::
         # Delivery to the page (docs/guarantees.rst, "Delivery to the page"):
         "HEARTBEAT_INTERVAL": 10.0,     # seconds between pings (and group renewals) per socket; 0: off
         "RENEW_INTERVAL": 1.0,          # seconds between a web process's group renewals and gap checks; 0: off
-        "OFFSETS": True,                # give each frame batch its stream's (epoch, offset)
-        "HISTORY_SIZE": 100,            # frame batches per stream kept in Redis for catch-up (0: none)
-        "HISTORY_MAX_AGE": 300.0,       # seconds a batch stays replayable
+        "OFFSETS": True,                # give each publication its stream's (epoch, offset)
+        "HISTORY_SIZE": 100,            # publications per stream kept in Redis for catch-up (0: none)
+        "HISTORY_MAX_AGE": 300.0,       # seconds a publication stays replayable
         # Metrics (turbo_async.metrics, docs/monitoring.rst); need pip install "turbo-async[metrics]":
         "METRICS": False,               # Prometheus metrics and the status records of --status
         "METRICS_PATH": "/metrics",     # where a web process serves them (turbo_async.routing.with_metrics)

@@ -169,7 +169,7 @@ def group_send(group: str, msg: dict[str, Any]) -> int:
     if dropped:
         metrics.capacity_dropped(dropped)
         logger.warning(
-            "the channel layer dropped the frames of %s (%d frame batch, offset %s) for %d web "
+            "the channel layer dropped the frames of %s (%d publication, offset %s) for %d web "
             "process(es): their channel was full (CHANNEL_LAYERS capacity, per web process); "
             "their pages catch up or refresh",
             msg.get("stream", group), 1, msg.get("offset", "-"), dropped,
@@ -187,7 +187,7 @@ _retrying_groups: contextvars.ContextVar[frozenset[str] | None] = contextvars.Co
 def waited_since(since: float | None, groups: list[str] | None = None) -> Iterator[None]:
     """Frames sent inside the block belong to a change that has waited for the channel layer since
     ``since`` (a Unix time; ``None``: it did not wait). Each of its streams that numbered other
-    batches meanwhile gets a refresh instead (:func:`send_numbered`): sent now, its frames would
+    publications meanwhile gets a refresh instead (:func:`send_numbered`): sent now, its frames would
     land after those of later changes, and the page would show rows out of order. ``groups``:
     the only groups :func:`deliver` sends (those that failed before; ``None``: all)."""
     token = _waited_since.set(since)
@@ -202,12 +202,12 @@ def waited_since(since: float | None, groups: list[str] | None = None) -> Iterat
 async def send_numbered(
     layer: BaseChannelLayer, group: str, msg: dict[str, Any], since: float | None = None
 ) -> int:
-    """``group_send``, with the batch first given its stream's ``(epoch, offset)`` and kept in
+    """``group_send``, with the publication first given its stream's ``(epoch, offset)`` and kept in
     the stream's history (:mod:`turbo_async.history`) when the layer is Redis. A retried task
-    numbers its batch again: the client applies both copies in order, and frames converge.
+    numbers its publication again: the client applies both copies in order, and frames converge.
     Returns how many web processes the layer dropped it for.
 
-    Frames that waited for the layer (:func:`waited_since`) go out only if no other batch of the
+    Frames that waited for the layer (:func:`waited_since`) go out only if no other publication of the
     stream was numbered meanwhile; otherwise the stream gets a new epoch and a refresh frame, and
     every page of it refreshes. ``since``: when they began waiting (see :func:`waited_since`)."""
     if msg.get("type") == MESSAGE_TYPE and history.enabled(layer):

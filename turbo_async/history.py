@@ -1,10 +1,10 @@
 """Layer 1 (beside :mod:`turbo_async.recording`): offsets and a bounded history per stream, kept in
 the channel layer's Redis, so that a page can resume where it was.
 
-Each frame batch sent to a stream's group gets that stream's ``(epoch, offset)``: ``offset`` counts
-the stream's batches (1, 2, 3...), ``epoch`` names the counter (a random string, new whenever the
+Each publication sent to a stream's group gets that stream's ``(epoch, offset)``: ``offset`` counts
+the stream's publications (1, 2, 3...), ``epoch`` names the counter (a random string, new whenever the
 counter is lost: a Redis flush or restart without persistence, or a stream idle for
-``EPOCH_TTL``). One Lua script assigns the offset and appends the batch to the stream's history in
+``EPOCH_TTL``). One Lua script assigns the offset and appends the publication to the stream's history in
 one step, so two workers never interleave them. The history is a Redis Stream whose entry ids
 are the offsets (``<offset>-0``), trimmed to ``HISTORY_SIZE`` entries; entries older than
 ``HISTORY_MAX_AGE`` seconds are not replayed.
@@ -13,11 +13,11 @@ Keys, on the shard of the channel layer that holds the stream's group (the layer
 connection pool with ``RedisChannelLayer``; a pool of this module on the same host with
 ``RedisPubSubChannelLayer``)::
 
-    turbo_async:pos:<group>    hash {epoch, offset, run, at}   expires EPOCH_TTL after the last batch
+    turbo_async:pos:<group>    hash {epoch, offset, run, at}   expires EPOCH_TTL after the last publication
                                (run: the run_id of the Redis that wrote it; at: the Unix time of
-                               the last batch)
+                               the last publication)
     turbo_async:hist:<group>   stream <offset>-0 {d: frames, t: unix time}
-                               expires HISTORY_MAX_AGE after the last batch
+                               expires HISTORY_MAX_AGE after the last publication
 
 It reads settings only; :mod:`turbo_async.delivery` (worker side) and
 :mod:`turbo_async.consumers` (replay) call it, and ``{% turbo_subscribe %}`` reads the position a
@@ -39,7 +39,7 @@ from . import conf, placement
 logger = logging.getLogger("turbo_async")
 
 EPOCH_TTL = 7 * 24 * 3600
-"""Seconds a stream's counter outlives its last batch. A page that saw no frame of its stream for
+"""Seconds a stream's counter outlives its last publication. A page that saw no frame of its stream for
 longer than that refreshes on the next one (the epoch changed): a week, as long as a tab stays open."""
 
 MAX_OFFSET = 2**53 - 1
@@ -222,7 +222,7 @@ async def append(layer: Any, group: str, data: str, quiet_since: float | None = 
     """Give ``data`` the next offset of ``group`` and keep it in the history, atomically.
 
     ``quiet_since`` (a Unix time) is for frames that waited for the layer since then: they are
-    numbered only if no other batch of the stream was numbered since (else ``None`` is returned
+    numbered only if no other publication of the stream was numbered since (else ``None`` is returned
     and nothing is kept: sent now, they would land after frames of later changes)."""
     settings = conf.get()
     redis = client(layer, group)
@@ -289,7 +289,7 @@ async def since(layer: Any, group: str, seen: Position) -> Replay:
         return Replay(now, [])
     if seen.offset + settings.HISTORY_SIZE < now.offset:
         missed = now.offset - seen.offset
-        return Replay(now, [], reset=f"{missed} batches missed; the history keeps {settings.HISTORY_SIZE}")
+        return Replay(now, [], reset=f"{missed} publications missed; the history keeps {settings.HISTORY_SIZE}")
     entries = await client(layer, group).xrange(history_key(group), f"{seen.offset + 1}-0", f"{now.offset}-0")
     oldest = time.time() - settings.HISTORY_MAX_AGE
     frames: list[tuple[int, str]] = []
@@ -330,7 +330,7 @@ def _render_client(host: dict[str, Any]) -> Any:
 
 def at_render(layer: Any, group: str) -> Position | None:
     """The position of ``group`` now, for a page being rendered: its first subscribe sends it,
-    and the server replays the batches sent after it (or asks for a refresh when they are gone).
+    and the server replays the publications sent after it (or asks for a refresh when they are gone).
 
     One Redis call. ``None`` (the page renders without a position, as before) when offsets or
     the history are off, the layer is not channels_redis, or Redis cannot be reached within

@@ -93,7 +93,7 @@ class Metrics:
         self.lag = p.Histogram(prefix + "broadcast_lag_seconds",
                                "From the commit of a change to its frame written to a socket.", buckets=LAG_BUCKETS)
         self.replays = p.Counter(prefix + "replays", "Replays from the history that sent frames.")
-        self.replayed = p.Counter(prefix + "replayed_frames", "Frame batches sent by replays.")
+        self.replayed = p.Counter(prefix + "replayed_frames", "Publications sent by replays.")
         self.resets = p.Counter(prefix + "resets", "Pages told to refresh because a replay was impossible.",
                                 ["reason"])
         self.refused = p.Counter(prefix + "refused_subscriptions", "Subscriptions refused.", ["reason"])
@@ -108,10 +108,10 @@ class Metrics:
                                   buckets=TIME_BUCKETS)
         self.send = p.Histogram(prefix + "send_seconds", "Time of delivering a task's frames (group_sends).",
                                 buckets=TIME_BUCKETS)
-        self.history = p.Histogram(prefix + "history_append_seconds", "Time of numbering a batch in Redis.",
+        self.history = p.Histogram(prefix + "history_append_seconds", "Time of numbering a publication in Redis.",
                                    buckets=TIME_BUCKETS)
         self.drops = p.Counter(prefix + "capacity_drops",
-                               "Web processes a frame batch was dropped for (channel over capacity).")
+                               "Web processes a publication was dropped for (channel over capacity).")
         self.refreshes = p.Counter(prefix + "refreshes", "Refresh frames sent.", ["reason"])
         # -- request side --
         self.waiting = p.Gauge(prefix + "outbox_waiting", "Committed changes waiting for the broker.",
@@ -281,7 +281,7 @@ def replayed(frames: int) -> None:
 RESETS = (
     ("offsets are gone", "offsets_gone"),
     ("epoch changed", "epoch_changed"),
-    ("batches missed", "too_far_behind"),
+    ("publications missed", "too_far_behind"),
     ("no longer in the history", "trimmed"),
     ("cannot be read", "history_unreadable"),
 )

@@ -3,7 +3,7 @@
 What a client sends (``{"type": "subscribe" | "unsubscribe", "signed_channel_name": "...",
 "epoch": "...", "offset": n, "ranges": true}``) is parsed by :func:`parse`; what the server sends
 is made here: a frame message (:func:`frame_message`, byte for byte turbo-django's
-``{"signed_channel_name": ..., "data": ...}`` with the batch's position after it), and the frames
+``{"signed_channel_name": ..., "data": ...}`` with the publication's position after it), and the frames
 queued for one socket merged into one message (:func:`merge`). The message types and close codes
 both ends know are named here, as is the ``type`` of the messages workers send through the
 channel layer (:data:`MESSAGE_TYPE`). No I/O: :mod:`turbo_async.consumers` speaks it.
@@ -156,7 +156,7 @@ def frame_message(
     """``json.dumps({"signed_channel_name": signed_name, "data": data})``, byte for byte, with
     the frames JSON-encoded once per process however many sockets of the process receive them
     (the cache's key is the frames' text: with the pub/sub layer, one shared string); with the
-    batch's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
+    publication's ``"epoch"`` and ``"offset"`` after them when it has them (a turbo-django client
     ignores extra fields), and ``"from_offset"``, the first offset, when ``data`` holds several
     numbered frames (:func:`merge`)."""
     run = isinstance(from_offset, int) and isinstance(offset, int) and from_offset < offset

@@ -18,7 +18,7 @@
  *                     carrying several frames, below)
  *                     {"type": "unsubscribe", "signed_channel_name": "..."}
  *   server -> client  {"signed_channel_name": "...", "data": "<turbo-stream ...>...</turbo-stream>",
- *                      "epoch": "...", "offset": n} (epoch/offset: the batch's position in its
+ *                      "epoch": "...", "offset": n} (epoch/offset: the publication's position in its
  *                     stream; applied once, in order; a gap refreshes the page)
  *                     the same with "from_offset": m (frames m to n in one message: those that
  *                     queued up for this socket while the server was writing; sent only to a
@@ -384,7 +384,7 @@
     render(name, message.data);
   };
 
-  // Frames that came ahead of a missing offset, per name: two workers may number batches 5 and 6
+  // Frames that came ahead of a missing offset, per name: two workers may number publications 5 and 6
   // and send 6 first, so a jump waits GAP_WAIT_MS for the missing ones before it counts as lost.
   const GAP_WAIT_MS = 2000;
   /** @type {Map<string, {frames: Map<number, {to: number, data: string}>, timer: number}>} */
