@@ -51,7 +51,7 @@ from . import conf, history, metrics
 from .exceptions import InvalidSubscription, UnknownStream
 from .fanout import FanOut, OwnChannel, shared_since, stream_position
 from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
-from .names import group_name, readable, unsign
+from .names import readable, unsign_with_group
 from .protocol import (
     ABUSE_REASON,
     BAD_OFFSET,
@@ -81,6 +81,14 @@ SOCKET_BACKLOG = 1000
 network stalled) before it is closed with code 1013: the page reconnects and catches up by offset
 from the history (or refreshes). The process's other sockets never wait for it."""
 
+OVER_BUDGET = "turbo_async.over_budget"
+"""The ``type`` of the message :meth:`TurboStreamsConsumer.read_client` queues behind the last
+client message within the budget: the dispatch closes the socket for abuse when it comes to it."""
+
+CLIENT_TEXTS = "turbo_async.client_texts"
+"""The ``type`` of the message :meth:`TurboStreamsConsumer.client_messages` hands the dispatch for
+client messages that arrived together (``"messages"``: their ASGI ``websocket.receive`` events)."""
+
 NEW_CHANNEL_WAIT = 5.0
 """Seconds a new socket waits for the channel layer to open its channel before the handshake is
 refused (the client reconnects with backoff; a page should not hang on a dead Redis)."""
@@ -99,6 +107,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """How this socket's groups reach it (set in ``__call__``; Channels' own ``groups`` is the
     list of groups a consumer joins at connect, which this consumer leaves empty)."""
     holding = False  # while a client message is handled, frames wait (order after a replay)
+    pumped = False  # the client's messages are read by read_client (which spends the budget)
+    over_budget = False  # read_client found the budget spent: what follows is dropped
+    prechecked: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
+    """signed name -> the answers of its permission checks asked ahead (:meth:`precheck`), for
+    the client messages being answered."""
     closer: asyncio.Future[None] | None = None  # the close of a socket too far behind, or abusive
     frame_send: ASGISend | None = None  # see past_session_saving
     ranges = False
@@ -129,14 +142,59 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.pending: deque[dict[str, Any]] = deque()
         self.ready = asyncio.Event()
         writer = asyncio.create_task(self.write_frames())
-        sources: list[Any] = [receive, self.layer_receive]
+        # The client's messages, read as they arrive (see read_client), handed out in runs.
+        self.inbox: deque[dict[str, Any]] = deque()
+        self.arrived = asyncio.Event()
+        self.pumped = True
+        reader = asyncio.create_task(self.read_client(receive))
+        sources: list[Any] = [self.client_messages, self.layer_receive]
         try:
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
         finally:
+            reader.cancel()
             writer.cancel()
             await forget(layer, self.channel_name)
+
+    async def read_client(self, receive: Any) -> None:
+        """Read the client's messages as they arrive, into :attr:`inbox`, spending the socket's
+        budget on each (an abuser is closed before anything it sent is parsed).
+
+        Read one by one as they are handled, a page's burst of subscribes (100 after a deploy)
+        filled the ASGI server's queue of the socket's messages (uvicorn's ``ws_max_queue``, 32),
+        the server stopped reading the socket, and the client's pong behind the burst went
+        unread: with thousands of pages resubscribing at once, uvicorn closed them with 1011
+        "keepalive ping timeout" before their turn came (docs/benchmarks.rst, the avalanche). The
+        budget (``MESSAGE_BURST``, ``MAX_MESSAGES_PER_SECOND``) bounds what waits here."""
+        while True:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "websocket.receive":
+                budget: TokenBucket | None = getattr(self, "budget", None)
+                if self.closing or self.over_budget:
+                    continue  # closed for abuse: what still arrives before the close handshake is dropped
+                if budget is not None and not budget.take():
+                    # Closed once the messages before it, within the budget, are answered.
+                    self.over_budget = True
+                    message = {"type": OVER_BUDGET}
+            self.inbox.append(message)
+            self.arrived.set()
+            if kind == "websocket.disconnect":
+                return
+
+    async def client_messages(self) -> dict[str, Any]:
+        """The next client message for :meth:`dispatch`; the texts that arrived together come as
+        one :data:`CLIENT_TEXTS` message (:meth:`receive_texts`)."""
+        while not self.inbox:
+            self.arrived.clear()
+            await self.arrived.wait()
+        run = [self.inbox.popleft()]
+        if run[0].get("type") != "websocket.receive":
+            return run[0]
+        while self.inbox and self.inbox[0].get("type") == "websocket.receive":
+            run.append(self.inbox.popleft())
+        return run[0] if len(run) == 1 else {"type": CLIENT_TEXTS, "messages": run}
 
     def push(self, message: dict[str, Any]) -> None:
         """A message of one of this socket's groups, from the process's :class:`FanOut`: queued
@@ -317,11 +375,32 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return  # closed for abuse: what still arrives before the close handshake is dropped
-        # The rate first: it costs a clock read, and an abuser is cut off before anything is parsed.
-        if not self.budget.take():
+        # The rate first (unless read_client spent it): it costs a clock read, and an abuser is
+        # cut off before anything is parsed.
+        if not self.pumped and not self.budget.take():
             await self.close_for_abuse()
             return
+        await self.receive_texts([text_data])
+
+    async def receive_texts(self, texts: list[str | None]) -> None:
+        """Answer client messages that arrived together, in order, each as if it came alone; frames
+        wait until the last is answered. The permission checks of their subscriptions are asked
+        in one hop to the database thread (:meth:`precheck`) instead of one hop each."""
         self.holding = True
+        try:
+            if len(texts) > 1:
+                await self.precheck(texts)
+            for text in texts:
+                if self.closing:
+                    return
+                await self.answer(text)
+        finally:
+            self.prechecked = {}
+            self.holding = False
+            if self.pending:
+                self.ready.set()
+
+    async def answer(self, text_data: str | None) -> None:
         try:
             await self.handle(text_data)
         except OSError as exc:
@@ -332,10 +411,43 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             # A safety net: whatever a client sends, the socket and the process stay up.
             self.refusals.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
-        finally:
-            self.holding = False
-            if self.pending:
-                self.ready.set()
+
+    async def precheck(self, texts: list[str | None]) -> None:
+        """Ask, in one hop to the database thread, the ``user_passes_test`` of every subscribe in
+        ``texts`` that :meth:`handle` will ask (a valid signature of a known stream that is not open
+        to everyone, within ``MAX_SUBSCRIPTIONS``, with a valid position); :meth:`allowed` takes
+        the answers in order. What this skips, :meth:`handle` asks alone, as before: each message is
+        answered as if it came alone, refusals included."""
+        settings = conf.get()
+        held = sum(len(names) for names in self.subscriptions.values())
+        new: set[str] = set()
+        asks: list[tuple[str, str, list[Any], dict[str, Any]]] = []
+        for text in texts:
+            try:
+                content = parse(text, settings.MAX_MESSAGE_BYTES)
+                if content.type == UNSUBSCRIBE:
+                    continue
+                (stream_name, args, kwargs), group = unsign_with_group(content.signed_name)
+                history.parse(content.epoch, content.offset)
+                stream_class = stream_registry.get_stream(stream_name)
+            except (ProtocolError, InvalidSubscription, history.BadOffset, UnknownStream):
+                continue
+            signed_name = content.signed_name
+            if signed_name not in self.subscriptions.get(group, ()) and signed_name not in new:
+                if held >= settings.MAX_SUBSCRIPTIONS:
+                    # Refused for the cap, unless an unsubscribe before it frees a place: asked alone then.
+                    continue
+                held += 1
+                new.add(signed_name)
+            if not open_to_everyone(stream_class):
+                asks.append((signed_name, stream_name, args, kwargs))
+        if not asks:
+            return
+        answers = await self.check_many([(stream_name, args, kwargs) for _, stream_name, args, kwargs in asks])
+        prechecked: dict[str, deque[tuple[bool, str]]] = {}
+        for (signed_name, *_), answer in zip(asks, answers, strict=True):
+            prechecked.setdefault(signed_name, deque()).append(answer)
+        self.prechecked = prechecked
 
     async def close_for_abuse(self) -> None:
         settings = conf.get()
@@ -362,7 +474,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         signed_name = content.signed_name
         try:
-            stream_name, args, kwargs = unsign(signed_name)
+            (stream_name, args, kwargs), group = unsign_with_group(signed_name)
         except InvalidSubscription as exc:
             self.refusals.warning("refused a subscription to %s: %s", readable(signed_name), exc)
             # The client refreshes the page on this code: only a new render signs anew.
@@ -370,7 +482,6 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             metrics.refused(code or "invalid_signature")
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
-        group = group_name(stream_name, args, kwargs)
         if content.type == UNSUBSCRIBE:
             await self.unsubscribe(group, signed_name)
             return
@@ -390,7 +501,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             metrics.refused(BAD_OFFSET)
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
-        allowed, reason = await self.allowed(stream_name, args, kwargs)
+        allowed, reason = await self.allowed(signed_name, stream_name, args, kwargs)
         if not allowed:
             metrics.refused(reason)
             await self.error(reason, signed_name)
@@ -441,10 +552,13 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if history.after(last, self.sent.get(group)):
                 self.sent[group] = last
 
-    async def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+    async def allowed(
+        self, signed_name: str, stream_name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[bool, str]:
         """Whether the scope's user may subscribe. A stream open to everyone (``Stream``'s own
         ``user_passes_test`` and a constructor of ours) is answered here; any other is rebuilt
-        and asked in Django's database thread, one subscribe at a time."""
+        and asked in Django's database thread: answered already when :meth:`precheck` asked it
+        with the messages that came with it, else now."""
         try:
             stream_class = stream_registry.get_stream(stream_name)
         except UnknownStream:
@@ -452,11 +566,26 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return False, f"unknown stream {stream_name!r}"
         if open_to_everyone(stream_class):
             return True, ""
+        answers = self.prechecked.get(signed_name)
+        if answers:
+            return answers.popleft()
         return await self.check(stream_name, args, kwargs)
 
-    @database_sync_to_async
-    def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
-        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user."""
+    async def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user, in Django's
+        database thread (which closes stale database connections before and after)."""
+        return (await self.check_many([(stream_name, args, kwargs)]))[0]
+
+    async def check_many(self, asks: list[tuple[str, list[Any], dict[str, Any]]]) -> list[tuple[bool, str]]:
+        """:meth:`check_now` of each of ``asks``, in one hop to the database thread."""
+        answers: list[tuple[bool, str]] = await database_sync_to_async(
+            lambda: [self.check_now(*ask) for ask in asks]
+        )()
+        return answers
+
+    def check_now(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user (in the
+        database thread)."""
         user = self.scope.get("user")
         try:
             stream = stream_registry.get_stream(stream_name)(*args, **kwargs)
@@ -485,14 +614,26 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.leave_groups([group])
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Frames from the layer go straight to :meth:`turbo_stream`. They touch no database, and
-        Channels' own dispatch runs ``close_old_connections()`` in a worker thread before every
-        handler: about half of a web process's time per frame and socket (docs/benchmarks.rst)."""
+        """Frames from the layer go straight to :meth:`turbo_stream`, and client messages to
+        :meth:`receive_texts`. Channels' own dispatch runs ``close_old_connections()`` in a worker
+        thread before every handler: about half of a web process's time per frame and socket, and
+        a fifth of its time per subscription (docs/benchmarks.rst). Frames touch no database; a
+        client message touches it only in :meth:`check_many`, whose thread (Channels'
+        ``database_sync_to_async``) closes stale connections before and after."""
         if message.get("type") == MESSAGE_TYPE:
             await self.turbo_stream(message)
             return
         if message.get("type") == RESET_MESSAGE_TYPE:
             await self.turbo_reset(message)
+            return
+        if message.get("type") == CLIENT_TEXTS:
+            await self.receive_texts([part.get("text") for part in message["messages"]])
+            return
+        if message.get("type") == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        if message.get("type") == OVER_BUDGET:
+            await self.close_for_abuse()
             return
         await super().dispatch(message)
 
