@@ -109,6 +109,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     holding = False  # while a client message is handled, frames wait (order after a replay)
     pumped = False  # the client's messages are read by read_client (which spends the budget)
     over_budget = False  # read_client found the budget spent: what follows is dropped
+    gone = False  # read_client read the client's disconnect
     prechecked: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
     """signed name -> the answers of its permission checks asked ahead (:meth:`precheck`), for
     the client messages being answered."""
@@ -181,6 +182,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.inbox.append(message)
             self.arrived.set()
             if kind == "websocket.disconnect":
+                self.gone = True  # what is still to be answered is not (see receive_texts)
                 return
 
     async def client_messages(self) -> dict[str, Any]:
@@ -390,8 +392,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         try:
             if len(texts) > 1:
                 await self.precheck(texts)
-            for text in texts:
-                if self.closing:
+            for index, text in enumerate(texts):
+                if index:
+                    # Let the loop run between two answers: a subscribe's awaits seldom suspend,
+                    # and thousands of sockets answering 100 each without a pause held the loop
+                    # for longer than uvicorn waits for a pong (20 s): the pongs, read by other
+                    # tasks, came too late and the sockets were closed with 1011.
+                    await asyncio.sleep(0)
+                if self.closing or self.gone:
                     return
                 await self.answer(text)
         finally:

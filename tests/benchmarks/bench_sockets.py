@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks.bench_latency import cpu_seconds
 from tests.benchmarks.bench_subscribers import CLOSE, Socket, client_frame, frame_at
 from tests.benchmarks.common import percentile, rss_kb, setup_django, write_result
 
@@ -95,29 +96,38 @@ class Counting(Socket):
             del self.buffer[:at]
         self.done_at = time.time()
 
-    async def idle(self, until: float) -> None:
-        """Read (and answer pings) until ``until``, noting a close."""
-        while self.closed is None:
-            remaining = until - time.time()
-            if remaining <= 0:
-                return
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(1 << 16), remaining)
-            except TimeoutError:
-                return
-            if not chunk:
-                self.closed = -1
-                return
-            self.buffer += chunk
-            at = 0
-            while (frame := frame_at(self.buffer, at)) is not None:
-                first, start, end = frame
-                at = end
-                if first & 0x0F == 0x9:
-                    self.writer.write(client_frame(0xA, bytes(self.buffer[start:end])))
-                elif first & 0x0F == CLOSE:
-                    self.closed = int.from_bytes(self.buffer[start:start + 2], "big") if end - start >= 2 else 1005
-            del self.buffer[:at]
+    async def idle(self, stop: asyncio.Event) -> None:
+        """Read (and answer pings) until ``stop`` is set, noting a close."""
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while self.closed is None:
+                read = asyncio.ensure_future(self.reader.read(1 << 16))
+                await asyncio.wait([read, stopper], return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return
+                chunk = read.result()
+                if not chunk:
+                    self.closed = -1
+                    return
+                self.buffer += chunk
+                at = 0
+                while (frame := frame_at(self.buffer, at)) is not None:
+                    first, start, end = frame
+                    at = end
+                    if first & 0x0F == 0x9:
+                        self.writer.write(client_frame(0xA, bytes(self.buffer[start:end])))
+                    elif first & 0x0F == CLOSE:
+                        self.closed = int.from_bytes(self.buffer[start:start + 2], "big") if end - start >= 2 else 1005
+                del self.buffer[:at]
+        finally:
+            stopper.cancel()
+
+    async def answered_then_idle(self, wanted: int, started: float, stop: asyncio.Event) -> None:
+        """Read the answers, then go on reading (pings are answered) until ``stop``."""
+        await self.answers(wanted, started)
+        if self.closed is None:
+            await self.idle(stop)
 
 
 async def client(
@@ -142,10 +152,17 @@ async def client(
         ))
         if MODE == "memory":
             await asyncio.sleep(0.005)
-    waits = [asyncio.ensure_future(ws.answers(len(mine), started)) for ws, mine in zip(sockets, names, strict=True)]
-    await asyncio.wait(waits, timeout=DEADLINE)
-    until = time.time() + hold
-    await asyncio.gather(*(ws.idle(until) for ws in sockets))
+    stop = asyncio.Event()
+    readers = [
+        asyncio.ensure_future(ws.answered_then_idle(len(mine), started, stop))
+        for ws, mine in zip(sockets, names, strict=True)
+    ]
+    # Every socket answered (or closed), or the deadline: then all stay open ``hold`` seconds more.
+    while time.time() < started + DEADLINE and any(ws.done_at is None and ws.closed is None for ws in sockets):
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(hold)
+    stop.set()
+    await asyncio.wait(readers, timeout=30)
     results.put({
         "answered": sum(ws.answered for ws in sockets),
         "refused": sum(ws.refused for ws in sockets),
@@ -220,6 +237,7 @@ def main() -> None:
         connect_s = time.monotonic() - began
         time.sleep(1)
         profiler = profile(web.process.pid)
+        cpu_before = cpu_seconds(web.process.pid)
         started = time.time()
         for _ in shares:
             go.put(started)
@@ -227,6 +245,7 @@ def main() -> None:
         got = [results.get(timeout=DEADLINE + hold + 60) for _ in range(2 * len(shares))]
         reports = [item for item in got if item != "rss"]
         rss_after = rss_kb(web.process.pid)
+        cpu = cpu_seconds(web.process.pid) - cpu_before
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
@@ -261,6 +280,8 @@ def main() -> None:
         "sockets_done": len(done),
         "all_answered_s": last if len(done) == len(per_socket) else None,
         "per_s": answered / last if done else 0.0,
+        "web_cpu_s": cpu,
+        "per_cpu_s": answered / cpu if cpu else 0.0,
         "socket_p50_s": percentile(done or [float("nan")], 50),
         "socket_p99_s": percentile(done or [float("nan")], 99),
         "closed": len(closed),
