@@ -99,7 +99,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     closing = False  # set when the socket is closed for abuse
     layer_down = False  # set while the channel layer fails, so that an outage is logged once
-    heartbeat: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None  # a heartbeat being sent (see beat_later)
+    heartbeat_timer: asyncio.TimerHandle | None = None  # the next heartbeat
     fan_out = True
     """Receive the groups' frames through the process's :class:`~turbo_async.fanout.FanOut`
     (False: each socket joins the groups with its own channel, as Channels does)."""
@@ -110,6 +111,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     pumped = False  # the client's messages are read by read_client (which spends the budget)
     over_budget = False  # read_client found the budget spent: what follows is dropped
     gone = False  # read_client read the client's disconnect
+    writer: asyncio.Task[None] | None = None  # writing what push() queued, while there is some
+    arrived: asyncio.Future[None] | None = None  # client_messages waiting for read_client
     prechecked: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
     """signed name -> the answers of its permission checks asked ahead (:meth:`precheck`), for
     the client messages being answered."""
@@ -139,23 +142,25 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.base_send = send
         self.frame_send = past_session_saving(send)
         self.membership = FanOut.of(layer) if self.fan_out else OwnChannel(layer, channel_name)
-        # What the fan-out hands this socket (push), written in order by one task.
+        # What the fan-out hands this socket (push), written in order by one task at a time.
         self.pending: deque[dict[str, Any]] = deque()
-        self.ready = asyncio.Event()
-        writer = asyncio.create_task(self.write_frames())
         # The client's messages, read as they arrive (see read_client), handed out in runs.
-        self.inbox: deque[dict[str, Any]] = deque()
-        self.arrived = asyncio.Event()
+        self.inbox: list[dict[str, Any]] = []
         self.pumped = True
         reader = asyncio.create_task(self.read_client(receive))
-        sources: list[Any] = [self.client_messages, self.layer_receive]
+        # With the process's fan-out nothing is sent to the socket's own channel: it is not read
+        # (a task and a channels_redis queue per socket, a tenth of an idle socket's memory).
         try:
-            await await_many_dispatch(sources, self.dispatch)
+            if self.fan_out:  # one source: no task and no asyncio.wait per message
+                while True:
+                    await self.dispatch(await self.client_messages())
+            await await_many_dispatch([self.client_messages, self.layer_receive], self.dispatch)
         except StopConsumer:
             pass
         finally:
             reader.cancel()
-            writer.cancel()
+            if self.writer is not None:
+                self.writer.cancel()
             await forget(layer, self.channel_name)
 
     async def read_client(self, receive: Any) -> None:
@@ -180,7 +185,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                     self.over_budget = True
                     message = {"type": OVER_BUDGET}
             self.inbox.append(message)
-            self.arrived.set()
+            if self.arrived is not None and not self.arrived.done():
+                self.arrived.set_result(None)
             if kind == "websocket.disconnect":
                 self.gone = True  # what is still to be answered is not (see receive_texts)
                 return
@@ -189,14 +195,20 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         """The next client message for :meth:`dispatch`; the texts that arrived together come as
         one :data:`CLIENT_TEXTS` message (:meth:`receive_texts`)."""
         while not self.inbox:
-            self.arrived.clear()
-            await self.arrived.wait()
-        run = [self.inbox.popleft()]
-        if run[0].get("type") != "websocket.receive":
-            return run[0]
-        while self.inbox and self.inbox[0].get("type") == "websocket.receive":
-            run.append(self.inbox.popleft())
-        return run[0] if len(run) == 1 else {"type": CLIENT_TEXTS, "messages": run}
+            self.arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self.arrived
+            finally:
+                self.arrived = None
+        inbox = self.inbox
+        if inbox[0].get("type") != "websocket.receive":
+            return inbox.pop(0)
+        count = 1
+        while count < len(inbox) and inbox[count].get("type") == "websocket.receive":
+            count += 1
+        run = inbox[:count]
+        del inbox[:count]
+        return run[0] if count == 1 else {"type": CLIENT_TEXTS, "messages": run}
 
     def push(self, message: dict[str, Any]) -> None:
         """A message of one of this socket's groups, from the process's :class:`FanOut`: queued
@@ -215,23 +227,27 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         self.pending.append(message)
         if not self.holding:
-            self.ready.set()
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Start the writer (:meth:`write_frames`) unless it is running: one at a time per socket,
+        started when there is something to write (an idle socket keeps no task for it)."""
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(self.write_frames())
 
     async def write_frames(self) -> None:
-        """Send what :meth:`push` queued, in order; one long-lived task per socket."""
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.pending and not self.holding:
-                message = self.coalesce(self.pending.popleft())
-                try:
-                    await self.dispatch(message)
-                except OSError:  # the client is gone; disconnect() follows
-                    self.pending.clear()
-                    return
-                except Exception:  # a handler's bug must not stop this socket's frames
-                    logger.exception("sending a %r message to the WebSocket from %s failed",
-                                     message.get("type"), peer(self.scope))
+        """Send what :meth:`push` queued, in order, until nothing is left (or a client message is
+        being answered: :meth:`receive_texts` starts it again)."""
+        while self.pending and not self.holding:
+            message = self.coalesce(self.pending.popleft())
+            try:
+                await self.dispatch(message)
+            except OSError:  # the client is gone; disconnect() follows
+                self.pending.clear()
+                return
+            except Exception:  # a handler's bug must not stop this socket's frames
+                logger.exception("sending a %r message to the WebSocket from %s failed",
+                                 message.get("type"), peer(self.scope))
 
     def coalesce(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` and the frames queued right behind it, as one message, for a client that
@@ -288,31 +304,43 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         metrics.socket_opened()
         await self.accept()
         if settings.HEARTBEAT_INTERVAL > 0:
-            self.heartbeat = asyncio.create_task(self.beat(settings.HEARTBEAT_INTERVAL))
+            self.beat_later(settings.HEARTBEAT_INTERVAL)
+
+    def beat_later(self, interval: float) -> None:
+        """The next heartbeat in ``interval`` seconds (none at connect: a turbo-django client's
+        first message must stay the server's answer). A timer, not a task asleep: an idle socket
+        keeps no task for its heartbeat."""
+        self.heartbeat_timer = asyncio.get_running_loop().call_later(interval, self.beat_now, interval)
+
+    def beat_now(self, interval: float) -> None:
+        self.heartbeat_timer = None
+        self.heartbeat = asyncio.ensure_future(self.beat(interval))
 
     async def beat(self, interval: float) -> None:
-        """Every ``interval`` seconds, ping the client and join the groups again. (Not at
-        connect: a turbo-django client's first message must stay the server's answer.)"""
+        """Ping the client, join the groups again and audit the socket; then schedule the next."""
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
+        try:
+            await self.send(json.dumps({"type": PING, "t": round(time.time(), 3), "interval": interval}))
+        except OSError:  # the client is gone; disconnect() follows
+            return
+        deadline = loop.time() + interval  # a renewal never outlasts the next beat
+        for group in list(self.subscriptions):
             try:
-                await self.send(json.dumps({"type": PING, "t": round(time.time(), 3), "interval": interval}))
-            except OSError:  # the client is gone; disconnect() follows
-                return
-            deadline = loop.time() + interval  # a renewal never outlasts the next beat
-            for group in list(self.subscriptions):
-                try:
-                    await self.membership.renew(group, deadline)
-                except LAYER_ERRORS as exc:
-                    self.layer_failed("could not renew the channel-layer groups", exc)
-                    break
-                except Exception:  # a safety net: the heartbeat must outlive any layer bug
-                    logger.exception("renewing the groups of the WebSocket from %s failed", peer(self.scope))
-                    break
-                else:
-                    self.layer_recovered()
+                await self.membership.renew(group, deadline)
+            except LAYER_ERRORS as exc:
+                self.layer_failed("could not renew the channel-layer groups", exc)
+                break
+            except Exception:  # a safety net: the heartbeat must outlive any layer bug
+                logger.exception("renewing the groups of the WebSocket from %s failed", peer(self.scope))
+                break
+            else:
+                self.layer_recovered()
+        try:
             await self.audit(interval)
+        finally:
+            if self.heartbeat is not None:  # not stopped by disconnect()
+                self.heartbeat = None
+                self.beat_later(interval)
 
     async def audit(self, interval: float) -> None:
         """Once per heartbeat, compare each stream's position with what this socket was sent. A
@@ -361,9 +389,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         metrics.socket_closed(code, getattr(self, "subscriptions", None))
+        if self.heartbeat_timer is not None:
+            self.heartbeat_timer.cancel()
+            self.heartbeat_timer = None
         if self.heartbeat is not None:
-            self.heartbeat.cancel()
-            self.heartbeat = None
+            heartbeat, self.heartbeat = self.heartbeat, None
+            heartbeat.cancel()
         groups: list[str] = list(getattr(self, "subscriptions", {}))
         self.subscriptions = {}
         refusals: RefusalLog | None = getattr(self, "refusals", None)
@@ -406,7 +437,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.prechecked = {}
             self.holding = False
             if self.pending:
-                self.ready.set()
+                self.write_pending()
 
     async def answer(self, text_data: str | None) -> None:
         try:

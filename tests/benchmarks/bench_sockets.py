@@ -12,7 +12,8 @@ p99), answers that are not ``subscribed``, sockets the server closed (with their
 "keepalive ping timeout" is uvicorn's), and the server log's tracebacks.
 
 ``BENCH_MODE=memory``: ``BENCH_SOCKETS`` sockets (default 10,000) open and subscribe to 5 streams
-each, at a modest pace, then stay idle; the web process's RSS after a warm-up of
+each, at a modest pace, then stay idle (``BENCH_VARIANT=raw``: against the hand-written fan-out of
+raw_asgi.py, the floor of uvicorn and ``websockets`` alone); the web process's RSS after a warm-up of
 ``MEMORY_WARMUP`` sockets (imports, caches, pools: what a process pays once) is compared with its
 RSS once all are subscribed and idle: the difference over the sockets added is the cost of one.
 
@@ -58,50 +59,22 @@ errors: Counter[str] = Counter()
 
 
 class Counting(Socket):
-    """A client socket that counts the answers to its subscriptions and notes a close."""
+    """A client socket that answers the server's pings from the moment it is open, counts the
+    answers to its subscriptions and notes a close by the server."""
 
+    wanted = -1  # answers expected: set when the subscribes are sent
     answered = 0
     refused = 0
     internal = 0
     closed: int | None = None
     done_at: float | None = None
 
-    async def answers(self, wanted: int, started: float) -> None:
-        while self.answered < wanted:
-            chunk = await self.reader.read(1 << 20)
-            if not chunk:
-                self.closed = self.closed or -1
-                return
-            self.buffer += chunk
-            at = 0
-            while (frame := frame_at(self.buffer, at)) is not None:
-                first, start, end = frame
-                at = end
-                opcode = first & 0x0F
-                payload = bytes(self.buffer[start:end])
-                if opcode == 0x9:  # ping
-                    self.writer.write(client_frame(0xA, payload))
-                elif opcode == CLOSE:
-                    self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                    return
-                elif opcode == 0x1:
-                    kind = json.loads(payload).get("type")
-                    if kind == "subscribed":
-                        self.answered += 1
-                    elif kind == "error":
-                        self.answered += 1
-                        self.refused += 1
-                        self.internal += b"internal error" in payload
-                        errors[json.loads(payload).get("error", "")[:120]] += 1
-            del self.buffer[:at]
-        self.done_at = time.time()
-
-    async def idle(self, stop: asyncio.Event) -> None:
-        """Read (and answer pings) until ``stop`` is set, noting a close."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read until ``stop`` is set or the server closes the socket."""
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while self.closed is None:
-                read = asyncio.ensure_future(self.reader.read(1 << 16))
+                read = asyncio.ensure_future(self.reader.read(1 << 20))
                 await asyncio.wait([read, stopper], return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
                     read.cancel()
@@ -110,59 +83,69 @@ class Counting(Socket):
                 if not chunk:
                     self.closed = -1
                     return
-                self.buffer += chunk
-                at = 0
-                while (frame := frame_at(self.buffer, at)) is not None:
-                    first, start, end = frame
-                    at = end
-                    if first & 0x0F == 0x9:
-                        self.writer.write(client_frame(0xA, bytes(self.buffer[start:end])))
-                    elif first & 0x0F == CLOSE:
-                        self.closed = int.from_bytes(self.buffer[start:start + 2], "big") if end - start >= 2 else 1005
-                del self.buffer[:at]
+                self.take(chunk)
+        except ConnectionError:
+            self.closed = -1
         finally:
             stopper.cancel()
 
-    async def answered_then_idle(self, wanted: int, started: float, stop: asyncio.Event) -> None:
-        """Read the answers, then go on reading (pings are answered) until ``stop``."""
-        await self.answers(wanted, started)
-        if self.closed is None:
-            await self.idle(stop)
+    def take(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        at = 0
+        while (frame := frame_at(self.buffer, at)) is not None:
+            first, start, end = frame
+            at = end
+            opcode = first & 0x0F
+            payload = bytes(self.buffer[start:end])
+            if opcode == 0x9:  # ping
+                self.writer.write(client_frame(0xA, payload))
+            elif opcode == CLOSE:
+                self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            elif opcode == 0x1:
+                kind = json.loads(payload).get("type")
+                if kind in ("subscribed", "error"):
+                    self.answered += 1
+                if kind == "error":
+                    self.refused += 1
+                    self.internal += b"internal error" in payload
+                    errors[json.loads(payload).get("error", "")[:120]] += 1
+                if self.answered == self.wanted:
+                    self.done_at = time.time()
+        del self.buffer[:at]
 
 
 async def client(
     index: int, url: str, origin: str, names: list[list[str]], connected: Any, go: Any, results: Any, hold: float,
 ) -> None:
-    """One client process's sockets: connect them all, wait for ``go`` (the same moment in every
-    process), send each socket's subscribes in one write, read the answers, then stay ``hold``
-    seconds longer reading (pings answered: a close by the server is noted)."""
+    """One client process's sockets: connect them all (each answers pings from then on), wait
+    for ``go`` (the same moment in every process), send each socket's subscribes in one write,
+    count the answers, then keep the sockets open ``hold`` seconds longer (a close by the server
+    is noted)."""
+    stop = asyncio.Event()
     sockets: list[Counting] = []
+    readers = []
     for start in range(0, len(names), CONNECT_AT_ONCE):
         batch = [Counting.connect(url, origin) for _ in names[start:start + CONNECT_AT_ONCE]]
-        sockets += await asyncio.gather(*batch)  # type: ignore[arg-type]
+        opened: list[Counting] = await asyncio.gather(*batch)  # type: ignore[arg-type]
+        sockets += opened
+        readers += [asyncio.ensure_future(ws.run(stop)) for ws in opened]
         if MODE == "memory":
             await asyncio.sleep(0.05)
     connected.release()
     loop = asyncio.get_running_loop()
     started = float(await loop.run_in_executor(None, go.get))
     for ws, mine in zip(sockets, names, strict=True):
+        ws.wanted = len(mine)
         ws.writer.write(b"".join(
             client_frame(0x1, json.dumps({"type": "subscribe", "signed_channel_name": name}).encode())
             for name in mine
         ))
         if MODE == "memory":
             await asyncio.sleep(0.005)
-    stop = asyncio.Event()
-    readers = [
-        asyncio.ensure_future(ws.answered_then_idle(len(mine), started, stop))
-        for ws, mine in zip(sockets, names, strict=True)
-    ]
     # Every socket answered (or closed), or the deadline: then all stay open ``hold`` seconds more.
     while time.time() < started + DEADLINE and any(ws.done_at is None and ws.closed is None for ws in sockets):
         await asyncio.sleep(0.2)
     await asyncio.sleep(hold)
-    stop.set()
-    await asyncio.wait(readers, timeout=30)
     results.put({
         "answered": sum(ws.answered for ws in sockets),
         "refused": sum(ws.refused for ws in sockets),
@@ -173,6 +156,8 @@ async def client(
     })
     results.put("rss")  # the parent reads the server's RSS now, then says "close"
     await loop.run_in_executor(None, go.get)
+    stop.set()
+    await asyncio.wait(readers, timeout=30)
     for ws in sockets:
         ws.writer.write(client_frame(CLOSE, (1000).to_bytes(2, "big")))
         ws.writer.close()
@@ -207,10 +192,13 @@ def main() -> None:
 
     from tests.services import Uvicorn
 
-    pool = signed_names()
-    per_socket = [[pool[(i * SUBSCRIPTIONS + j) % len(pool)] for j in range(SUBSCRIPTIONS)] for i in range(SOCKETS)]
+    raw = settings.VARIANT == "raw"
+    pool = [str(i) for i in range(STREAMS)] if raw else signed_names()
+    count = SOCKETS + (MEMORY_WARMUP if MODE == "memory" else 0)
+    per_socket = [[pool[(i * SUBSCRIPTIONS + j) % len(pool)] for j in range(SUBSCRIPTIONS)] for i in range(count)]
     logs = Path(tempfile.mkdtemp(prefix="bench_sockets_"))
-    web = Uvicorn(logs, name="web", app="tests.benchmarks.asgi:application")
+    app = "tests.benchmarks.raw_asgi:application" if raw else "tests.benchmarks.asgi:application"
+    web = Uvicorn(logs, name="web", app=app)
     context = multiprocessing.get_context("spawn")
     processes = []
     try:
@@ -266,6 +254,7 @@ def main() -> None:
     last = max(done) if done else float("nan")
     result: dict[str, Any] = {
         "mode": MODE,
+        "variant": settings.VARIANT,
         "layer": settings.LAYER,
         "sockets": len(per_socket),
         "subscriptions": SUBSCRIPTIONS,
@@ -319,11 +308,16 @@ def warm_up(web: Any, names: list[list[str]]) -> int:
         for ws, mine in zip(sockets, names, strict=True):
             for name in mine:
                 ws.send_text(json.dumps({"type": "subscribe", "signed_channel_name": name}))
-        await asyncio.gather(*(ws.answers(len(mine), time.time()) for ws, mine in zip(sockets, names, strict=True)))
+        stop = asyncio.Event()
+        readers = [asyncio.ensure_future(ws.run(stop)) for ws in sockets]
+        for ws, mine in zip(sockets, names, strict=True):
+            ws.wanted = len(mine)
+        while any(ws.done_at is None for ws in sockets):
+            await asyncio.sleep(0.1)
         await asyncio.sleep(2)
         rss.append(rss_kb(web.process.pid))
         ready.set()
-        await asyncio.sleep(3600)
+        await asyncio.wait(readers)  # open until the process ends
 
     threading.Thread(target=lambda: asyncio.run(hold()), daemon=True).start()
     if not ready.wait(120):
