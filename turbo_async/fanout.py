@@ -322,7 +322,7 @@ async def stream_position(layer: Any, group: str, max_age: float) -> history.Pos
     reading = _position_reads.setdefault(loop, {})
     shared = reading.get(group)
     if shared is None:
-        shared = reading[group] = asyncio.ensure_future(layer_call(history.current, layer, group))
+        shared = reading[group] = asyncio.ensure_future(pooled_call(history.current, layer, group))
         shared.add_done_callback(lambda done: _read_position(reading, group, now, done))
     position: history.Position | None = await asyncio.shield(shared)
     return position

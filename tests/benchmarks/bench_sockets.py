@@ -164,7 +164,13 @@ async def client(
 
 
 def run_client(*args: Any) -> None:
-    asyncio.run(client(*args))
+    """A client process; an error is reported to the parent rather than leaving it waiting."""
+    os.environ.setdefault("BENCH_HANDSHAKE_TIMEOUT", "300")  # thousands of handshakes on a loaded machine
+    try:
+        asyncio.run(client(*args))
+    except Exception as exc:
+        args[-2].put({"error": f"client {args[0]}: {exc!r}"})
+        raise
 
 
 def signed_names() -> list[str]:
@@ -230,8 +236,13 @@ def main() -> None:
         for _ in shares:
             go.put(started)
         # Each client puts its report, then "rss" (it is holding its sockets open, idle).
-        got = [results.get(timeout=DEADLINE + hold + 60) for _ in range(2 * len(shares))]
+        got = []
+        while len(got) < 2 * len(shares) and not any("error" in item for item in got if isinstance(item, dict)):
+            got.append(results.get(timeout=DEADLINE + hold + 60))
         reports = [item for item in got if item != "rss"]
+        failed = [item["error"] for item in reports if "error" in item]
+        if failed:
+            raise RuntimeError(f"a client failed: {failed}")
         rss_after = rss_kb(web.process.pid)
         cpu = cpu_seconds(web.process.pid) - cpu_before
         if profiler is not None:

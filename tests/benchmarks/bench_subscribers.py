@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 SEQ = re.compile(rb"seq-(\d+)")
 CONNECT_AT_ONCE = 50
+HANDSHAKE_TIMEOUT = float(os.environ.get("BENCH_HANDSHAKE_TIMEOUT", "60"))
 READ_TIMEOUT = 60 + float(os.environ.get("BENCH_SECONDS", "5"))
 """Seconds the sockets read frames after ``ready`` (the saves last ``BENCH_SECONDS``)."""
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
@@ -97,7 +98,7 @@ class Socket:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=2**22)
         writer.write(handshake(url, origin))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANDSHAKE_TIMEOUT)
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:200]!r}")
         return cls(reader, writer)
