@@ -23,8 +23,14 @@ socket. On each heartbeat the socket is also audited (:meth:`TurboStreamsConsume
 socket still behind where its stream stood one heartbeat earlier, with no frame in flight, is sent
 what it missed from the history or told to reset.
 
-At about 580 lines this module is over the package's 500: it is one class, the socket's lifecycle
-(connect, subscribe with its checks and replay, the writer, the heartbeat and audit, close), whose
+Client messages are read as they arrive (:meth:`TurboStreamsConsumer.read_client`) and those that
+arrived together are answered in order, with one hop to the database thread for their permission
+checks (:meth:`TurboStreamsConsumer.receive_texts`): thousands of pages resubscribing at once
+(docs/benchmarks.rst, "At scale").
+
+At about 780 lines this module is over the package's 500: it is one class, the socket's lifecycle
+(connect, the client's messages read and answered in runs, subscribe with its checks and replay,
+the writer, the heartbeat and audit, close), whose
 protocol, channel-layer calls and fan-out already live in :mod:`~turbo_async.protocol`,
 :mod:`~turbo_async.layers` and :mod:`~turbo_async.fanout`.
 """
@@ -154,7 +160,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if self.fan_out:  # one source: no task and no asyncio.wait per message
                 while True:
                     await self.dispatch(await self.client_messages())
-            await await_many_dispatch([self.client_messages, self.layer_receive], self.dispatch)
+            sources: list[Any] = [self.client_messages, self.layer_receive]
+            await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
         finally:
@@ -669,7 +676,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.receive_texts([part.get("text") for part in message["messages"]])
             return
         if message.get("type") == "websocket.receive":
-            await self.websocket_receive(message)
+            await self.websocket_receive(message)  # type: ignore[arg-type]
             return
         if message.get("type") == OVER_BUDGET:
             await self.close_for_abuse()
