@@ -1147,6 +1147,33 @@ async def test_the_sockets_of_a_stream_share_one_position_read(monkeypatch: pyte
     fanout._positions.clear()
 
 
+async def test_an_idle_socket_keeps_no_writer_heartbeat_or_channel_reading_task(settings: Any, layer: Any) -> None:
+    """Memory per idle socket: with the process's fan-out a socket reads no channel of its own, its
+    writer runs while frames wait and its heartbeat is a timer; frames and pings still come."""
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.3}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    stream = room_stream(43)
+    group = stream.broadcastable_stream_name
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<one/>"))
+    assert (await communicator.receive_json_from(timeout=2))["data"] == "<one/>"
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "ping"
+    kept = {"TurboStreamsConsumer.write_frames", "TurboStreamsConsumer.beat", "TurboStreamsConsumer.layer_receive"}
+    for _ in range(40):  # the heartbeat that sent the ping ends
+        running = {task.get_coro().__qualname__ for task in asyncio.all_tasks()} & kept  # type: ignore[union-attr]
+        if not running:
+            break
+        await asyncio.sleep(0.02)
+    assert not running
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<two/>"))
+    while (message := await communicator.receive_json_from(timeout=2)).get("type") == "ping":
+        pass
+    assert message["data"] == "<two/>"
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "ping"  # the next heartbeat
+    await communicator.disconnect()
+
+
 async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames and subscribes to open streams touch no database: no thread hop to
     close_old_connections() per frame and socket, nor per client message (a permission check
