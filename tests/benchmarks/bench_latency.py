@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(web: Any, worker: Any) -> list[subprocess.Popen[bytes]]:
+    """``BENCH_PROFILE=PREFIX``: py-spy records the first web process (PREFIX-web.svg) and the
+    worker (PREFIX-worker.svg) while the saves run (docs/benchmarks.rst's flame graphs)."""
+    prefix = os.environ.get("BENCH_PROFILE")
+    if not prefix:
+        return []
+    spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen([str(spy), "record", "-p", str(process.process.pid), "-o", f"{prefix}-{name}.svg",
+                          "-r", "50", "--nonblocking"])
+        for name, process in (("web", web), ("worker", worker)) if process is not None
+    ]
 
 
 def main() -> None:
@@ -129,6 +144,7 @@ def main() -> None:
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the subscribers did not connect:\n{''.join(w.log() for w in webs)}")
         connected = time.monotonic() - began
+        profilers = profile(webs[0], worker)
         committed: dict[int, float] = {}
         start = time.perf_counter()
         for seq in range(total):
@@ -144,6 +160,9 @@ def main() -> None:
                 message = Message.objects.create(room=rooms[seq % ROOMS], text=f"seq-{seq}")
                 if publish is not None:
                     transaction.on_commit(lambda message=message: publish(message))
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its flame graph
+            profiler.wait(60)
         for process in subscribers:
             process.wait(90 + SECONDS)
         reads = [json.loads(out.read_text()) for out in outs]
