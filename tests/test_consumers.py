@@ -843,11 +843,19 @@ async def test_heartbeat_zero_sends_no_ping(settings: Any, layer: Any) -> None:
     await communicator.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("fan_out", "logged"),
+    [(True, "could not read this process's frames from the channel layer"),
+     (False, "could not read from the channel layer")],
+)
 async def test_a_failing_layer_read_does_not_end_the_consumer(
-    layer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    layer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fan_out: bool, logged: str
 ) -> None:
     """Channels awaits ``receive`` bare: a Redis restart used to end the consumer with
-    "Exception in ASGI application". Now it is retried, and logged once."""
+    "Exception in ASGI application". Now it is retried, and logged once: by the process's fan-out
+    (the only reader of the layer: a socket does not read its own channel then), or by the socket
+    that joins its groups with its own channel."""
+    monkeypatch.setattr(TurboStreamsConsumer, "fan_out", fan_out)
     original = type(layer).receive
     failures = {"left": 3}
 
@@ -867,7 +875,7 @@ async def test_a_failing_layer_read_does_not_end_the_consumer(
         await layer.group_send(group, layer_message(group, stream.stream_name, "<still-here/>"))
         assert (await communicator.receive_json_from(timeout=3))["data"] == "<still-here/>"
     assert failures["left"] == 0
-    warnings = [r for r in caplog.records if "could not read from the channel layer" in r.getMessage()]
+    warnings = [r for r in caplog.records if logged in r.getMessage()]
     assert len(warnings) == 1
     assert any("answers again" in r.getMessage() for r in caplog.records)
     await communicator.disconnect()
@@ -1020,9 +1028,158 @@ async def test_an_open_stream_subscribes_without_asking_the_check(monkeypatch: p
     await communicator.disconnect()
 
 
+# -- client messages that arrive together (a page resubscribing after a deploy) -----------------
+
+
+def a_mixed_burst() -> list[str]:
+    """Subscribes, refusals of every kind and an unsubscribe, as one page might send them."""
+    private = PrivateStream().signed_stream_name
+    room = [room_stream(pk).signed_stream_name for pk in range(9)]
+
+    def sub(name: str, **extra: Any) -> str:
+        return json.dumps({"type": "subscribe", "signed_channel_name": name, **extra})
+
+    return [
+        sub(room[1]),
+        sub(private),  # asked in the database thread: refused (anonymous)
+        sub(room[2][:-3] + "xyz"),  # tampered
+        sub(room[2], epoch="!!", offset=1),  # bad position
+        "not json",
+        sub(room[3]),
+        sub(private),  # asked again, refused again
+        json.dumps({"type": "unsubscribe", "signed_channel_name": room[1]}),
+        *(sub(room[pk]) for pk in (4, 5, 6, 7)),
+        sub(room[8]),  # a sixth: over MAX_SUBSCRIPTIONS (5)
+        sub(room[3]),  # held already: does not count
+    ]
+
+
+async def answers_to(texts: list[str], together: bool) -> list[dict[str, Any]]:
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    replies = []
+    for text in texts:
+        await send(communicator, text)
+        if not together and '"unsubscribe"' not in text:
+            replies.append(json.loads(await communicator.receive_from(timeout=2)))
+    while len(replies) < len(texts) - 1:  # the unsubscribe is not answered
+        replies.append(json.loads(await communicator.receive_from(timeout=2)))
+    assert await communicator.receive_nothing()
+    await communicator.disconnect()
+    return replies
+
+
+async def test_messages_that_arrive_together_are_answered_as_one_by_one_with_one_thread_hop(
+    settings: Any, layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message of a burst gets the answer it gets alone, in order, refusals included; the
+    permission checks of the burst are asked in one hop to the database thread."""
+    settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 5}
+    hops: list[int] = []
+    original = TurboStreamsConsumer.check_many
+
+    async def counted(self: TurboStreamsConsumer, asks: list[Any]) -> list[tuple[bool, str]]:
+        hops.append(len(asks))
+        return await original(self, asks)
+
+    monkeypatch.setattr(TurboStreamsConsumer, "check_many", counted)
+    burst = a_mixed_burst()  # signed once: names signed a second apart differ
+    alone = await answers_to(burst, together=False)
+    assert hops == [1, 1]  # the two PrivateStream subscribes, each its own hop
+    hops.clear()
+    together = await answers_to(burst, together=True)
+    assert together == alone
+    assert hops == [2]  # both asked in one hop
+    kinds = [(reply["type"], reply.get("code") or reply.get("error", "")[:20]) for reply in alone]
+    assert kinds == [
+        ("subscribed", ""), ("error", "permission denied"), ("error", "invalid signed_chann"),
+        ("error", "bad_offset"), ("error", "message is not valid"), ("subscribed", ""),
+        ("error", "permission denied"), *[("subscribed", "")] * 4, ("error", "too many subscriptio"),
+        ("subscribed", ""),
+    ]
+
+
+async def test_the_client_messages_are_read_while_one_is_answered(layer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst is read off the socket as it arrives, not as it is answered: the ASGI server's queue
+    of the socket's messages never fills up, so it keeps reading the socket (a pong behind a
+    burst of subscribes would otherwise wait, and uvicorn closes the socket with 1011)."""
+    gate = asyncio.Event()
+    original = TurboStreamsConsumer.check_many
+
+    async def waiting(self: TurboStreamsConsumer, asks: list[Any]) -> list[tuple[bool, str]]:
+        await gate.wait()
+        return await original(self, asks)
+
+    monkeypatch.setattr(TurboStreamsConsumer, "check_many", waiting)
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({"type": "subscribe", "signed_channel_name": PrivateStream().signed_stream_name})
+    await asyncio.sleep(0.05)  # its check waits at the gate
+    rooms = [room_stream(pk).signed_stream_name for pk in range(50)]
+    for name in rooms:
+        await communicator.send_json_to({"type": "subscribe", "signed_channel_name": name})
+    await asyncio.sleep(0.05)
+    assert communicator.input_queue.empty()  # all read, none answered yet
+    assert await communicator.receive_nothing(timeout=0.05)
+    gate.set()
+    assert (await communicator.receive_json_from())["error"] == "permission denied"
+    for name in rooms:
+        assert await communicator.receive_json_from() == {"type": "subscribed", "signed_channel_name": name}
+    await communicator.disconnect()
+
+
+async def test_the_sockets_of_a_stream_share_one_position_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of sockets auditing one stream whose cached position expired make one Redis read."""
+    from turbo_async import fanout, history
+
+    reads: list[str] = []
+
+    async def current(layer: Any, group: str) -> history.Position:
+        reads.append(group)
+        await asyncio.sleep(0.01)
+        return history.Position("e1", 3)
+
+    monkeypatch.setattr(history, "current", current)
+    fanout._positions.clear()
+    found = await asyncio.gather(*(fanout.stream_position(object(), "g", 5.0) for _ in range(50)))
+    assert found == [history.Position("e1", 3)] * 50
+    assert reads == ["g"]
+    assert await fanout.stream_position(object(), "g", 5.0) == history.Position("e1", 3)  # cached
+    assert reads == ["g"]
+    fanout._positions.clear()
+
+
+async def test_an_idle_socket_keeps_no_writer_heartbeat_or_channel_reading_task(settings: Any, layer: Any) -> None:
+    """Memory per idle socket: with the process's fan-out a socket reads no channel of its own, its
+    writer runs while frames wait and its heartbeat is a timer; frames and pings still come."""
+    settings.TURBO_ASYNC = {"HEARTBEAT_INTERVAL": 0.3}
+    communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
+    assert (await communicator.connect())[0]
+    stream = room_stream(43)
+    group = stream.broadcastable_stream_name
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<one/>"))
+    assert (await communicator.receive_json_from(timeout=2))["data"] == "<one/>"
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "ping"
+    kept = {"TurboStreamsConsumer.write_frames", "TurboStreamsConsumer.beat", "TurboStreamsConsumer.layer_receive"}
+    for _ in range(40):  # the heartbeat that sent the ping ends
+        running = {task.get_coro().__qualname__ for task in asyncio.all_tasks()} & kept  # type: ignore[union-attr]
+        if not running:
+            break
+        await asyncio.sleep(0.02)
+    assert not running
+    await layer.group_send(group, layer_message(group, stream.stream_name, "<two/>"))
+    while (message := await communicator.receive_json_from(timeout=2)).get("type") == "ping":
+        pass
+    assert message["data"] == "<two/>"
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "ping"  # the next heartbeat
+    await communicator.disconnect()
+
+
 async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A frame touches no database: no thread hop to close_old_connections() per frame and socket
-    (client messages, which may check user_passes_test, still get it)."""
+    """Frames and subscribes to open streams touch no database: no thread hop to
+    close_old_connections() per frame and socket, nor per client message (a permission check
+    runs in database_sync_to_async, which closes stale connections itself)."""
     import channels.consumer
 
     calls: list[str] = []
@@ -1035,11 +1192,11 @@ async def test_frames_skip_channels_close_old_connections(monkeypatch: pytest.Mo
     monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
     communicator = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/")
     assert (await communicator.connect())[0]
+    before = len(calls)  # the connect's
     stream = RoomListStream()
     signed, group = stream.signed_stream_name, stream.broadcastable_stream_name
     await communicator.send_to(text_data=json.dumps({"type": "subscribe", "signed_channel_name": signed}))
     await communicator.receive_from(timeout=2)
-    before = len(calls)
     for n in range(5):
         await get_channel_layer().group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
         assert json.loads(await communicator.receive_from(timeout=2))["data"] == f"<p>{n}</p>"

@@ -8,7 +8,7 @@ import pytest
 from django.core import signing
 from django.test import override_settings
 
-from turbo_async import names
+from turbo_async import conf, names
 from turbo_async.exceptions import InvalidSubscription
 
 
@@ -97,3 +97,40 @@ def test_a_tampered_or_expired_name_still_says_what_it_asked_for() -> None:
 @pytest.mark.parametrize("garbage", ["", "not a name", "a:b:c", signing.dumps({"x": 1}), signing.dumps([1, [], {}])])
 def test_what_is_not_a_signed_name_reads_as_unreadable(garbage: str) -> None:
     assert names.readable(garbage) == "an unreadable name"
+
+
+def test_a_remembered_signature_still_expires_with_max_age() -> None:
+    """unsign remembers valid signatures (a reconnection storm verifies the same names thousands
+    of times); the age is still checked on every call."""
+    past = datetime.datetime.now().timestamp() - 120
+    signer = signing.TimestampSigner(salt=conf.get().SIGNING_SALT)
+    signer.timestamp = lambda: signing.b62_encode(int(past))  # type: ignore[method-assign]
+    signed = signer.sign_object(["testapp:RoomStream", [5], {}], compress=True)
+    assert names.unsign(signed) == ("testapp:RoomStream", [5], {})  # no max age: valid, remembered
+    with override_settings(TURBO_ASYNC={"SIGNATURE_MAX_AGE": 60}), pytest.raises(
+        InvalidSubscription, match="^signature expired"
+    ):
+        names.unsign(signed)
+
+
+def test_a_remembered_signature_is_refused_under_another_secret_key() -> None:
+    signed = names.sign("testapp:RoomStream", [6], {})
+    assert names.unsign(signed)[1] == [6]
+    with override_settings(SECRET_KEY="another-secret-key-entirely-of-fifty-characters-x"), pytest.raises(
+        InvalidSubscription, match="bad signature"
+    ):
+        names.unsign(signed)
+    with override_settings(TURBO_ASYNC={"SIGNING_SALT": "another salt"}), pytest.raises(
+        InvalidSubscription, match="bad signature"
+    ):
+        names.unsign(signed)
+
+
+def test_each_unsign_returns_its_own_payload() -> None:
+    """What one caller changes in the args it got is not what the next caller gets."""
+    signed = names.sign("testapp:RoomStream", [7], {"a": [1]})
+    _, args, kwargs = names.unsign(signed)
+    args.append(8)
+    kwargs["a"].append(2)
+    assert names.unsign(signed) == ("testapp:RoomStream", [7], {"a": [1]})
+    assert names.unsign_with_group(signed)[1] == names.group_name("testapp:RoomStream", [7], {"a": [1]})

@@ -23,8 +23,14 @@ socket. On each heartbeat the socket is also audited (:meth:`TurboStreamsConsume
 socket still behind where its stream stood one heartbeat earlier, with no frame in flight, is sent
 what it missed from the history or told to reset.
 
-At about 580 lines this module is over the package's 500: it is one class, the socket's lifecycle
-(connect, subscribe with its checks and replay, the writer, the heartbeat and audit, close), whose
+Client messages are read as they arrive (:meth:`TurboStreamsConsumer.read_client`) and those that
+arrived together are answered in order, with one hop to the database thread for their permission
+checks (:meth:`TurboStreamsConsumer.receive_texts`): thousands of pages resubscribing at once
+(docs/benchmarks.rst, "At scale").
+
+At about 780 lines this module is over the package's 500: it is one class, the socket's lifecycle
+(connect, the client's messages read and answered in runs, subscribe with its checks and replay,
+the writer, the heartbeat and audit, close), whose
 protocol, channel-layer calls and fan-out already live in :mod:`~turbo_async.protocol`,
 :mod:`~turbo_async.layers` and :mod:`~turbo_async.fanout`.
 """
@@ -51,7 +57,7 @@ from . import conf, history, metrics
 from .exceptions import InvalidSubscription, UnknownStream
 from .fanout import FanOut, OwnChannel, shared_since, stream_position
 from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
-from .names import group_name, readable, unsign
+from .names import readable, unsign_with_group
 from .protocol import (
     ABUSE_REASON,
     BAD_OFFSET,
@@ -81,6 +87,14 @@ SOCKET_BACKLOG = 1000
 network stalled) before it is closed with code 1013: the page reconnects and catches up by offset
 from the history (or refreshes). The process's other sockets never wait for it."""
 
+OVER_BUDGET = "turbo_async.over_budget"
+"""The ``type`` of the message :meth:`TurboStreamsConsumer.read_client` queues behind the last
+client message within the budget: the dispatch closes the socket for abuse when it comes to it."""
+
+CLIENT_TEXTS = "turbo_async.client_texts"
+"""The ``type`` of the message :meth:`TurboStreamsConsumer.client_messages` hands the dispatch for
+client messages that arrived together (``"messages"``: their ASGI ``websocket.receive`` events)."""
+
 NEW_CHANNEL_WAIT = 5.0
 """Seconds a new socket waits for the channel layer to open its channel before the handshake is
 refused (the client reconnects with backoff; a page should not hang on a dead Redis)."""
@@ -91,7 +105,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     closing = False  # set when the socket is closed for abuse
     layer_down = False  # set while the channel layer fails, so that an outage is logged once
-    heartbeat: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None  # a heartbeat being sent (see beat_later)
+    heartbeat_timer: asyncio.TimerHandle | None = None  # the next heartbeat
     fan_out = True
     """Receive the groups' frames through the process's :class:`~turbo_async.fanout.FanOut`
     (False: each socket joins the groups with its own channel, as Channels does)."""
@@ -99,6 +114,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """How this socket's groups reach it (set in ``__call__``; Channels' own ``groups`` is the
     list of groups a consumer joins at connect, which this consumer leaves empty)."""
     holding = False  # while a client message is handled, frames wait (order after a replay)
+    pumped = False  # the client's messages are read by read_client (which spends the budget)
+    over_budget = False  # read_client found the budget spent: what follows is dropped
+    gone = False  # read_client read the client's disconnect
+    writer: asyncio.Task[None] | None = None  # writing what push() queued, while there is some
+    arrived: asyncio.Future[None] | None = None  # client_messages waiting for read_client
+    prechecked: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
+    """signed name -> the answers of its permission checks asked ahead (:meth:`precheck`), for
+    the client messages being answered."""
     closer: asyncio.Future[None] | None = None  # the close of a socket too far behind, or abusive
     frame_send: ASGISend | None = None  # see past_session_saving
     ranges = False
@@ -125,18 +148,74 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.base_send = send
         self.frame_send = past_session_saving(send)
         self.membership = FanOut.of(layer) if self.fan_out else OwnChannel(layer, channel_name)
-        # What the fan-out hands this socket (push), written in order by one task.
+        # What the fan-out hands this socket (push), written in order by one task at a time.
         self.pending: deque[dict[str, Any]] = deque()
-        self.ready = asyncio.Event()
-        writer = asyncio.create_task(self.write_frames())
-        sources: list[Any] = [receive, self.layer_receive]
+        # The client's messages, read as they arrive (see read_client), handed out in runs.
+        self.inbox: list[dict[str, Any]] = []
+        self.pumped = True
+        reader = asyncio.create_task(self.read_client(receive))
+        # With the process's fan-out nothing is sent to the socket's own channel: it is not read
+        # (a task and a channels_redis queue per socket, a tenth of an idle socket's memory).
         try:
+            if self.fan_out:  # one source: no task and no asyncio.wait per message
+                while True:
+                    await self.dispatch(await self.client_messages())
+            sources: list[Any] = [self.client_messages, self.layer_receive]
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
         finally:
-            writer.cancel()
+            reader.cancel()
+            if self.writer is not None:
+                self.writer.cancel()
             await forget(layer, self.channel_name)
+
+    async def read_client(self, receive: Any) -> None:
+        """Read the client's messages as they arrive, into :attr:`inbox`, spending the socket's
+        budget on each (an abuser is closed before anything it sent is parsed).
+
+        Read one by one as they are handled, a page's burst of subscribes (100 after a deploy)
+        filled the ASGI server's queue of the socket's messages (uvicorn's ``ws_max_queue``, 32),
+        the server stopped reading the socket, and the client's pong behind the burst went
+        unread: with thousands of pages resubscribing at once, uvicorn closed them with 1011
+        "keepalive ping timeout" before their turn came (docs/benchmarks.rst, the avalanche). The
+        budget (``MESSAGE_BURST``, ``MAX_MESSAGES_PER_SECOND``) bounds what waits here."""
+        while True:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "websocket.receive":
+                budget: TokenBucket | None = getattr(self, "budget", None)
+                if self.closing or self.over_budget:
+                    continue  # closed for abuse: what still arrives before the close handshake is dropped
+                if budget is not None and not budget.take():
+                    # Closed once the messages before it, within the budget, are answered.
+                    self.over_budget = True
+                    message = {"type": OVER_BUDGET}
+            self.inbox.append(message)
+            if self.arrived is not None and not self.arrived.done():
+                self.arrived.set_result(None)
+            if kind == "websocket.disconnect":
+                self.gone = True  # what is still to be answered is not (see receive_texts)
+                return
+
+    async def client_messages(self) -> dict[str, Any]:
+        """The next client message for :meth:`dispatch`; the texts that arrived together come as
+        one :data:`CLIENT_TEXTS` message (:meth:`receive_texts`)."""
+        while not self.inbox:
+            self.arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self.arrived
+            finally:
+                self.arrived = None
+        inbox = self.inbox
+        if inbox[0].get("type") != "websocket.receive":
+            return inbox.pop(0)
+        count = 1
+        while count < len(inbox) and inbox[count].get("type") == "websocket.receive":
+            count += 1
+        run = inbox[:count]
+        del inbox[:count]
+        return run[0] if count == 1 else {"type": CLIENT_TEXTS, "messages": run}
 
     def push(self, message: dict[str, Any]) -> None:
         """A message of one of this socket's groups, from the process's :class:`FanOut`: queued
@@ -155,23 +234,27 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         self.pending.append(message)
         if not self.holding:
-            self.ready.set()
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Start the writer (:meth:`write_frames`) unless it is running: one at a time per socket,
+        started when there is something to write (an idle socket keeps no task for it)."""
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(self.write_frames())
 
     async def write_frames(self) -> None:
-        """Send what :meth:`push` queued, in order; one long-lived task per socket."""
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.pending and not self.holding:
-                message = self.coalesce(self.pending.popleft())
-                try:
-                    await self.dispatch(message)
-                except OSError:  # the client is gone; disconnect() follows
-                    self.pending.clear()
-                    return
-                except Exception:  # a handler's bug must not stop this socket's frames
-                    logger.exception("sending a %r message to the WebSocket from %s failed",
-                                     message.get("type"), peer(self.scope))
+        """Send what :meth:`push` queued, in order, until nothing is left (or a client message is
+        being answered: :meth:`receive_texts` starts it again)."""
+        while self.pending and not self.holding:
+            message = self.coalesce(self.pending.popleft())
+            try:
+                await self.dispatch(message)
+            except OSError:  # the client is gone; disconnect() follows
+                self.pending.clear()
+                return
+            except Exception:  # a handler's bug must not stop this socket's frames
+                logger.exception("sending a %r message to the WebSocket from %s failed",
+                                 message.get("type"), peer(self.scope))
 
     def coalesce(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` and the frames queued right behind it, as one message, for a client that
@@ -230,31 +313,43 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         metrics.socket_opened()
         await self.accept()
         if settings.HEARTBEAT_INTERVAL > 0:
-            self.heartbeat = asyncio.create_task(self.beat(settings.HEARTBEAT_INTERVAL))
+            self.beat_later(settings.HEARTBEAT_INTERVAL)
+
+    def beat_later(self, interval: float) -> None:
+        """The next heartbeat in ``interval`` seconds (none at connect: a turbo-django client's
+        first message must stay the server's answer). A timer, not a task asleep: an idle socket
+        keeps no task for its heartbeat."""
+        self.heartbeat_timer = asyncio.get_running_loop().call_later(interval, self.beat_now, interval)
+
+    def beat_now(self, interval: float) -> None:
+        self.heartbeat_timer = None
+        self.heartbeat = asyncio.ensure_future(self.beat(interval))
 
     async def beat(self, interval: float) -> None:
-        """Every ``interval`` seconds, ping the client and join the groups again. (Not at
-        connect: a turbo-django client's first message must stay the server's answer.)"""
+        """Ping the client, join the groups again and audit the socket; then schedule the next."""
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
+        try:
+            await self.send(json.dumps({"type": PING, "t": round(time.time(), 3), "interval": interval}))
+        except OSError:  # the client is gone; disconnect() follows
+            return
+        deadline = loop.time() + interval  # a renewal never outlasts the next beat
+        for group in list(self.subscriptions):
             try:
-                await self.send(json.dumps({"type": PING, "t": round(time.time(), 3), "interval": interval}))
-            except OSError:  # the client is gone; disconnect() follows
-                return
-            deadline = loop.time() + interval  # a renewal never outlasts the next beat
-            for group in list(self.subscriptions):
-                try:
-                    await self.membership.renew(group, deadline)
-                except LAYER_ERRORS as exc:
-                    self.layer_failed("could not renew the channel-layer groups", exc)
-                    break
-                except Exception:  # a safety net: the heartbeat must outlive any layer bug
-                    logger.exception("renewing the groups of the WebSocket from %s failed", peer(self.scope))
-                    break
-                else:
-                    self.layer_recovered()
+                await self.membership.renew(group, deadline)
+            except LAYER_ERRORS as exc:
+                self.layer_failed("could not renew the channel-layer groups", exc)
+                break
+            except Exception:  # a safety net: the heartbeat must outlive any layer bug
+                logger.exception("renewing the groups of the WebSocket from %s failed", peer(self.scope))
+                break
+            else:
+                self.layer_recovered()
+        try:
             await self.audit(interval)
+        finally:
+            if self.heartbeat is not None:  # not stopped by disconnect()
+                self.heartbeat = None
+                self.beat_later(interval)
 
     async def audit(self, interval: float) -> None:
         """Once per heartbeat, compare each stream's position with what this socket was sent. A
@@ -303,9 +398,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         metrics.socket_closed(code, getattr(self, "subscriptions", None))
+        if self.heartbeat_timer is not None:
+            self.heartbeat_timer.cancel()
+            self.heartbeat_timer = None
         if self.heartbeat is not None:
-            self.heartbeat.cancel()
-            self.heartbeat = None
+            heartbeat, self.heartbeat = self.heartbeat, None
+            heartbeat.cancel()
         groups: list[str] = list(getattr(self, "subscriptions", {}))
         self.subscriptions = {}
         refusals: RefusalLog | None = getattr(self, "refusals", None)
@@ -319,11 +417,38 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return  # closed for abuse: what still arrives before the close handshake is dropped
-        # The rate first: it costs a clock read, and an abuser is cut off before anything is parsed.
-        if not self.budget.take():
+        # The rate first (unless read_client spent it): it costs a clock read, and an abuser is
+        # cut off before anything is parsed.
+        if not self.pumped and not self.budget.take():
             await self.close_for_abuse()
             return
+        await self.receive_texts([text_data])
+
+    async def receive_texts(self, texts: list[str | None]) -> None:
+        """Answer client messages that arrived together, in order, each as if it came alone; frames
+        wait until the last is answered. The permission checks of their subscriptions are asked
+        in one hop to the database thread (:meth:`precheck`) instead of one hop each."""
         self.holding = True
+        try:
+            if len(texts) > 1:
+                await self.precheck(texts)
+            for index, text in enumerate(texts):
+                if index:
+                    # Let the loop run between two answers: a subscribe's awaits seldom suspend,
+                    # and thousands of sockets answering 100 each without a pause held the loop
+                    # for longer than uvicorn waits for a pong (20 s): the pongs, read by other
+                    # tasks, came too late and the sockets were closed with 1011.
+                    await asyncio.sleep(0)
+                if self.closing or self.gone:
+                    return
+                await self.answer(text)
+        finally:
+            self.prechecked = {}
+            self.holding = False
+            if self.pending:
+                self.write_pending()
+
+    async def answer(self, text_data: str | None) -> None:
         try:
             await self.handle(text_data)
         except OSError as exc:
@@ -334,10 +459,43 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             # A safety net: whatever a client sends, the socket and the process stay up.
             self.refusals.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
-        finally:
-            self.holding = False
-            if self.pending:
-                self.ready.set()
+
+    async def precheck(self, texts: list[str | None]) -> None:
+        """Ask, in one hop to the database thread, the ``user_passes_test`` of every subscribe in
+        ``texts`` that :meth:`handle` will ask (a valid signature of a known stream that is not open
+        to everyone, within ``MAX_SUBSCRIPTIONS``, with a valid position); :meth:`allowed` takes
+        the answers in order. What this skips, :meth:`handle` asks alone, as before: each message is
+        answered as if it came alone, refusals included."""
+        settings = conf.get()
+        held = sum(len(names) for names in self.subscriptions.values())
+        new: set[str] = set()
+        asks: list[tuple[str, str, list[Any], dict[str, Any]]] = []
+        for text in texts:
+            try:
+                content = parse(text, settings.MAX_MESSAGE_BYTES)
+                if content.type == UNSUBSCRIBE:
+                    continue
+                (stream_name, args, kwargs), group = unsign_with_group(content.signed_name)
+                history.parse(content.epoch, content.offset)
+                stream_class = stream_registry.get_stream(stream_name)
+            except (ProtocolError, InvalidSubscription, history.BadOffset, UnknownStream):
+                continue
+            signed_name = content.signed_name
+            if signed_name not in self.subscriptions.get(group, ()) and signed_name not in new:
+                if held >= settings.MAX_SUBSCRIPTIONS:
+                    # Refused for the cap, unless an unsubscribe before it frees a place: asked alone then.
+                    continue
+                held += 1
+                new.add(signed_name)
+            if not open_to_everyone(stream_class):
+                asks.append((signed_name, stream_name, args, kwargs))
+        if not asks:
+            return
+        answers = await self.check_many([(stream_name, args, kwargs) for _, stream_name, args, kwargs in asks])
+        prechecked: dict[str, deque[tuple[bool, str]]] = {}
+        for (signed_name, *_), answer in zip(asks, answers, strict=True):
+            prechecked.setdefault(signed_name, deque()).append(answer)
+        self.prechecked = prechecked
 
     async def close_for_abuse(self) -> None:
         settings = conf.get()
@@ -364,7 +522,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         signed_name = content.signed_name
         try:
-            stream_name, args, kwargs = unsign(signed_name)
+            (stream_name, args, kwargs), group = unsign_with_group(signed_name)
         except InvalidSubscription as exc:
             self.refusals.warning("refused a subscription to %s: %s", readable(signed_name), exc)
             # The client refreshes the page on this code: only a new render signs anew.
@@ -372,7 +530,6 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             metrics.refused(code or "invalid_signature")
             await self.error(f"invalid signed_channel_name: {exc}", signed_name, code=code)
             return
-        group = group_name(stream_name, args, kwargs)
         if content.type == UNSUBSCRIBE:
             await self.unsubscribe(group, signed_name)
             return
@@ -392,7 +549,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             metrics.refused(BAD_OFFSET)
             await self.error(f"invalid position: {exc}", signed_name, code=BAD_OFFSET)
             return
-        allowed, reason = await self.allowed(stream_name, args, kwargs)
+        allowed, reason = await self.allowed(signed_name, stream_name, args, kwargs)
         if not allowed:
             metrics.refused(reason)
             await self.error(reason, signed_name)
@@ -444,10 +601,13 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if history.after(last, self.sent.get(group)):
                 self.sent[group] = last
 
-    async def allowed(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+    async def allowed(
+        self, signed_name: str, stream_name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[bool, str]:
         """Whether the scope's user may subscribe. A stream open to everyone (``Stream``'s own
         ``user_passes_test`` and a constructor of ours) is answered here; any other is rebuilt
-        and asked in Django's database thread, one subscribe at a time."""
+        and asked in Django's database thread: answered already when :meth:`precheck` asked it
+        with the messages that came with it, else now."""
         try:
             stream_class = stream_registry.get_stream(stream_name)
         except UnknownStream:
@@ -455,11 +615,26 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return False, f"unknown stream {stream_name!r}"
         if open_to_everyone(stream_class):
             return True, ""
+        answers = self.prechecked.get(signed_name)
+        if answers:
+            return answers.popleft()
         return await self.check(stream_name, args, kwargs)
 
-    @database_sync_to_async
-    def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
-        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user."""
+    async def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user, in Django's
+        database thread (which closes stale database connections before and after)."""
+        return (await self.check_many([(stream_name, args, kwargs)]))[0]
+
+    async def check_many(self, asks: list[tuple[str, list[Any], dict[str, Any]]]) -> list[tuple[bool, str]]:
+        """:meth:`check_now` of each of ``asks``, in one hop to the database thread."""
+        answers: list[tuple[bool, str]] = await database_sync_to_async(
+            lambda: [self.check_now(*ask) for ask in asks]
+        )()
+        return answers
+
+    def check_now(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+        """Rebuild the stream and ask its ``user_passes_test`` with the scope's user (in the
+        database thread)."""
         user = self.scope.get("user")
         try:
             stream = stream_registry.get_stream(stream_name)(*args, **kwargs)
@@ -488,14 +663,26 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.leave_groups([group])
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Frames from the layer go straight to :meth:`turbo_stream`. They touch no database, and
-        Channels' own dispatch runs ``close_old_connections()`` in a worker thread before every
-        handler: about half of a web process's time per frame and socket (docs/benchmarks.rst)."""
+        """Frames from the layer go straight to :meth:`turbo_stream`, and client messages to
+        :meth:`receive_texts`. Channels' own dispatch runs ``close_old_connections()`` in a worker
+        thread before every handler: about half of a web process's time per frame and socket, and
+        a fifth of its time per subscription (docs/benchmarks.rst). Frames touch no database; a
+        client message touches it only in :meth:`check_many`, whose thread (Channels'
+        ``database_sync_to_async``) closes stale connections before and after."""
         if message.get("type") == MESSAGE_TYPE:
             await self.turbo_stream(message)
             return
         if message.get("type") == RESET_MESSAGE_TYPE:
             await self.turbo_reset(message)
+            return
+        if message.get("type") == CLIENT_TEXTS:
+            await self.receive_texts([part.get("text") for part in message["messages"]])
+            return
+        if message.get("type") == "websocket.receive":
+            await self.websocket_receive(message)  # type: ignore[arg-type]
+            return
+        if message.get("type") == OVER_BUDGET:
+            await self.close_for_abuse()
             return
         await super().dispatch(message)
 

@@ -331,15 +331,38 @@ _positions: dict[str, tuple[float, history.Position | None]] = {}
 async def stream_position(layer: Any, group: str, max_age: float) -> history.Position | None:
     """Where ``group``'s stream stands, read from Redis at most once per ``max_age`` seconds per
     process (every socket of a stream audits it on each heartbeat)."""
-    now = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    now = loop.time()
     cached = _positions.get(group)
     if cached is not None and now - cached[0] < max_age:
         return cached[1]
-    position: history.Position | None = await layer_call(history.current, layer, group)
+    # One read at a time per group: the sockets of a stream whose cached position expired would
+    # otherwise each read it (thousands of heartbeats after a reconnection storm, measured).
+    reading = _position_reads.setdefault(loop, {})
+    shared = reading.get(group)
+    if shared is None:
+        shared = reading[group] = asyncio.ensure_future(pooled_call(history.current, layer, group))
+        shared.add_done_callback(lambda done: _read_position(reading, group, now, done))
+    position: history.Position | None = await asyncio.shield(shared)
+    return position
+
+
+def _read_position(
+    reading: dict[str, asyncio.Future[history.Position | None]], group: str, began: float,
+    done: asyncio.Future[history.Position | None],
+) -> None:
+    """Keep the position a shared read found (see :func:`stream_position`)."""
+    reading.pop(group, None)
+    if done.cancelled() or done.exception() is not None:
+        return
     if len(_positions) > 10_000:  # streams come and go: keep the cache from growing for ever
         _positions.clear()
-    _positions[group] = (now, position)
-    return position
+    _positions[group] = (began, done.result())
+
+
+_position_reads: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, asyncio.Future[history.Position | None]]
+] = weakref.WeakKeyDictionary()
 
 
 _reading: weakref.WeakKeyDictionary[

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,10 @@ RATE = int(os.environ.get("BENCH_RATE", "50"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROOMS = int(os.environ.get("BENCH_ROOMS", "10"))
 PER_ROOM = int(os.environ.get("BENCH_SUBSCRIBERS", "20"))
-WEBS = 2
+WEBS = int(os.environ.get("BENCH_WEBS", "2"))
+SUBSCRIBER_PROCESSES = int(os.environ.get("BENCH_SUBSCRIBER_PROCESSES", "1"))
+"""Processes the subscribers are spread over (bench_subscribers.py, one asyncio loop each): one
+loop reading 20,000 messages a second is the first thing to saturate (the 10,000-subscriber room)."""
 # turbo-django's consumer never leaves its groups and may send to a socket that the subscriber
 # process has closed at the end of a run: those tracebacks are not errors of the run.
 SEND_AFTER_CLOSE = "Unexpected ASGI message 'websocket.send', after sending 'websocket.close'"
@@ -66,6 +70,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(web: Any, worker: Any) -> list[subprocess.Popen[bytes]]:
+    """``BENCH_PROFILE=PREFIX``: py-spy records the first web process (PREFIX-web.svg) and the
+    worker (PREFIX-worker.svg) while the saves run (docs/benchmarks.rst's flame graphs)."""
+    prefix = os.environ.get("BENCH_PROFILE")
+    if not prefix:
+        return []
+    spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen([str(spy), "record", "-p", str(process.process.pid), "-o", f"{prefix}-{name}.svg",
+                          "-r", "50", "--nonblocking"])
+        for name, process in (("web", web), ("worker", worker)) if process is not None
+    ]
 
 
 def main() -> None:
@@ -99,27 +117,34 @@ def main() -> None:
     webs = [Uvicorn(logs, name=f"web-{i}", app=app) for i in range(WEBS)]
     names = [str(r.pk) if raw else r.stream.signed_stream_name for r in rooms]
     publish = raw_publisher() if raw else None
-    subscribers = None
+    subscribers: list[subprocess.Popen[str]] | None = None
     began = time.monotonic()
     try:
         if worker is not None:
             worker.start()
         for web in webs:
             web.start()
-        out = logs / "arrivals.json"
-        subscribers = subprocess.Popen(
-            [
-                sys.executable, "-m", "tests.benchmarks.bench_subscribers", str(out), str(clients),
-                str(warmup), str(saves // ROOMS), "turbo_django" if variant == "turbo_django" else "turbo_async",
-                "|".join(names),
-                *(f"{w.ws_url},{w.origin}" for w in webs),
-            ],
-            cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
-        )
-        assert subscribers.stdout is not None
-        if subscribers.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the subscribers did not connect:\n{''.join(w.log() for w in webs)}")
+        shares = [clients // SUBSCRIBER_PROCESSES + (i < clients % SUBSCRIBER_PROCESSES)
+                  for i in range(SUBSCRIBER_PROCESSES)]
+        outs = [logs / f"arrivals{i}.json" for i in range(SUBSCRIBER_PROCESSES)]
+        subscribers = [
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "tests.benchmarks.bench_subscribers", str(out), str(share),
+                    str(warmup), str(saves // ROOMS), "turbo_django" if variant == "turbo_django" else "turbo_async",
+                    "|".join(names),
+                    *(f"{w.ws_url},{w.origin}" for w in webs[i % WEBS:] + webs[:i % WEBS]),
+                ],
+                cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+            )
+            for i, (out, share) in enumerate(zip(outs, shares, strict=True))
+        ]
+        for process in subscribers:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the subscribers did not connect:\n{''.join(w.log() for w in webs)}")
         connected = time.monotonic() - began
+        profilers = profile(webs[0], worker)
         committed: dict[int, float] = {}
         start = time.perf_counter()
         for seq in range(total):
@@ -135,16 +160,22 @@ def main() -> None:
                 message = Message.objects.create(room=rooms[seq % ROOMS], text=f"seq-{seq}")
                 if publish is not None:
                     transaction.on_commit(lambda message=message: publish(message))
-        subscribers.wait(90)
-        arrivals = json.loads(out.read_text())
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its flame graph
+            profiler.wait(60)
+        for process in subscribers:
+            process.wait(90 + SECONDS)
+        reads = [json.loads(out.read_text()) for out in outs]
+        arrivals = [arrival for read in reads for arrival in read["arrivals"]]
         errors = [w.log() for w in webs if unexpected_errors(w.log())]
         # CPU seconds the web processes spent in all (less moved by other load than the p99).
         web_cpu = sum(cpu_seconds(w.process.pid) for w in webs if w.process is not None)
         if worker is not None and "Traceback" in worker.log():
             errors.append(worker.log())
     finally:
-        if subscribers is not None and subscribers.poll() is None:
-            subscribers.kill()
+        for process in subscribers or []:
+            if process.poll() is None:
+                process.kill()
         for web in webs:
             web.stop()
         if worker is not None:
@@ -167,6 +198,10 @@ def main() -> None:
             "subscribers": PER_ROOM,
             "rate": RATE,
             "connect_s": connected,
+            "out_of_order": sum(read["out_of_order"] for read in reads),
+            "sockets_complete": sum(read["complete"] for read in reads),
+            "sockets": sum(read["sockets"] for read in reads),
+            "webs": WEBS,
             "web_cpu_us_per_frame": web_cpu / max(1, len(arrivals)) * 1e6,
         }
     )

@@ -200,7 +200,7 @@ def fanout_round(on: int) -> dict[str, Any]:
         worker.stop()
     if errors:
         raise RuntimeError("a server logged an error:\n" + "\n".join(e[-3000:] for e in errors))
-    arrivals = json.loads(out.read_text())
+    arrivals = json.loads(out.read_text())["arrivals"]
     result: dict[str, Any] = {"on": on, "frames_expected": saves * PER_ROOM}
     for i, state in ((on, "on"), (1 - on, "off")):
         latencies = [(arrived - committed[seq]) * 1000 for seq, arrived, server in arrivals if server == i]

@@ -7,8 +7,10 @@ Client i subscribes to the (i mod rooms)-th signed name on the (i mod servers)-t
 PROTOCOL is ``turbo_async`` (each subscription is answered with ``subscribed``) or
 ``turbo_django`` (no answer: the process waits a moment instead; the warm-up saves cover the rest).
 Prints ``ready`` once every client is subscribed, then records ``(seq, arrival time, server index)`` for each
-frame until every client has ``EXPECTED`` frames numbered ``WARMUP`` or more (or 60 s pass) and
-writes them to OUT as JSON. One WebSocket message may carry several frames (turbo_async batches
+frame until every client has ``EXPECTED`` frames numbered ``WARMUP`` or more (or 60 s more than
+``BENCH_SECONDS`` pass) and writes them to OUT as JSON, with the count of frames that reached a
+socket after a later one (or twice): the frames of one room are numbered in commit order, so
+every socket must get them in that order. One WebSocket message may carry several frames (turbo_async batches
 the saves that queued up): each ``seq-N`` in it counts, with the message's arrival time.
 
 The clients speak just enough RFC 6455 to subscribe and read (handshake, masked text frames out,
@@ -32,6 +34,9 @@ from urllib.parse import urlsplit
 
 SEQ = re.compile(rb"seq-(\d+)")
 CONNECT_AT_ONCE = 50
+HANDSHAKE_TIMEOUT = float(os.environ.get("BENCH_HANDSHAKE_TIMEOUT", "60"))
+READ_TIMEOUT = 60 + float(os.environ.get("BENCH_SECONDS", "5"))
+"""Seconds the sockets read frames after ``ready`` (the saves last ``BENCH_SECONDS``)."""
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
 
@@ -93,7 +98,7 @@ class Socket:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=2**22)
         writer.write(handshake(url, origin))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANDSHAKE_TIMEOUT)
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:200]!r}")
         return cls(reader, writer)
@@ -160,10 +165,12 @@ async def main() -> None:
         sockets += await asyncio.gather(*batch)
     if protocol != "turbo_async":  # its group_add runs after the message: give it time
         await asyncio.sleep(1 + len(sockets) / 500)
-    arrivals: list[tuple[int, float]] = []
+    arrivals: list[tuple[int, float, int]] = []
+    # Per socket: frames that came after a later one (or twice), and sockets that got them all.
+    disorder = {"out_of_order": 0, "complete": 0}
 
     async def read(ws: Socket, server: int) -> None:
-        got = 0
+        got, last = 0, -1
         while got < wanted:
             texts = await ws.messages()
             now = time.time()
@@ -173,15 +180,18 @@ async def main() -> None:
                     if seq >= first:
                         arrivals.append((seq, now, server))
                         got += 1
+                        disorder["out_of_order"] += seq <= last
+                        last = max(last, seq)
+        disorder["complete"] += 1
 
     print("ready", flush=True)
     readers = [asyncio.ensure_future(read(ws, i % len(servers))) for i, ws in enumerate(sockets)]
-    await asyncio.wait(readers, timeout=60)
+    await asyncio.wait(readers, timeout=READ_TIMEOUT)
     for reader in readers:
         reader.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     with open(out, "w") as f:
-        json.dump(arrivals, f)
+        json.dump({"arrivals": arrivals, "sockets": len(sockets), **disorder}, f)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@ with history writes on and off, and the catch-up time of 100 missed frames. Metr
 of two workers draining the same changes side by side, and of the fan-out of ``METRICS_CASE``
 served by two web processes at once, one with metrics on; each row the median over the rounds of
 on against off of the same round; and the cost of the metrics calls alone against the CPU a change
-or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). Nothing
-timed is asserted: the figures are printed, and the goals' "Met" column only reports them.
+or a frame costs (bench_metrics_calls.py) (``BENCH_ONLY=metrics`` runs these rows alone). At scale
+(issue 22, :func:`scale_runs`, their own table; ``BENCH_ONLY=avalanche``, ``memory`` or
+``bigroom`` runs one alone): 2,000 sockets x 100 subscriptions arriving at once at one web process
+under each layer, the RSS of 10,000 idle sockets, and one stream x 10,000 subscribers over 4 web
+processes beside the floor. Nothing timed is asserted: the figures are printed, and the goals'
+"Met" column only reports them.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ METRICS_CASE = os.environ.get("BENCH_METRICS_CASE", "1x200@50")
 METRICS_ROUNDS = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
 METRICS_GOAL = 0.03
 """Issue 24: metrics may cost at most 3% of worker throughput and of the fan-out p99."""
+SCALE_ONLY = ("avalanche", "memory", "bigroom")
+"""The ``BENCH_ONLY`` values of the rows at scale (issue 22)."""
+AVALANCHE_GOAL_S = 60.0
+MEMORY_GOAL_KB = 50.0
+BIGROOM = os.environ.get("BENCH_BIGROOM", "1x10000@2")
+"""The big room: ``ROOMSxSUBSCRIBERS@SAVES_PER_SECOND``, over ``BIGROOM_WEBS`` web processes."""
+BIGROOM_SECONDS = os.environ.get("BENCH_BIGROOM_SECONDS", "50")
+BIGROOM_LAYER = os.environ.get("BENCH_BIGROOM_LAYER", "pubsub")
+BIGROOM_WEBS = "4"
+BIGROOM_GOAL_MS = 880.0
+"""Issue 22: AnyCable's published p99 for one stream x 10,000 subscribers at 2 messages/s."""
 """Processes of each request variant compared within one database, alternating, whose medians
 are taken: one process's figures move by more than the outboxes differ on a loaded machine."""
 
@@ -239,7 +254,8 @@ def main() -> None:
     began = time.monotonic()
     load_before = os.getloadavg()[0]
     # BENCH_ONLY=metrics needs no turbo-django
-    td_python = turbo_django_python() if os.environ.get("BENCH_ONLY") != "metrics" else Path(sys.executable)
+    only = os.environ.get("BENCH_ONLY")
+    td_python = turbo_django_python() if only not in ("metrics", *SCALE_ONLY) else Path(sys.executable)
     shm = Path("/dev/shm")
     tmp = Path(tempfile.mkdtemp(prefix="turbo_async_bench_", dir=shm if shm.is_dir() else None))
     redis = RedisServer(free_port(), tmp / "redis")
@@ -282,7 +298,15 @@ def main() -> None:
             print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
                   f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
             return
-        print("Running the benchmarks (about 15 minutes)", flush=True)
+        if only in SCALE_ONLY:
+            scale = scale_runs(env, redis, only)
+            (tmp / "results.json").write_text(json.dumps({"scale": scale}, indent=1))
+            print()
+            print(table_of([SCALE_HEADER, *scale_rows(scale)]))
+            print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
+                  f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+            return
+        print("Running the benchmarks (about 25 minutes)", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {}
         # SQLite: no streams, turbo_async with each outbox, ROUNDS processes each, alternating;
         # loading rows is measured in the first two only (the outbox does not change it).
@@ -344,19 +368,23 @@ def main() -> None:
                     # one case that cannot run (turbo-django's, say) must not lose the others
                     print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
                     latency[key] = {"error": str(exc)[-3000:]}
+        scale = scale_runs(env, redis)
     finally:
         postgres.stop()
         redis.stop()
         keep_only(tmp, "results.json")
     (tmp / "results.json").write_text(
         json.dumps(
-            {"runs": runs, "worker": worker, "latency": latency, "history": history, "metrics": overhead}, indent=1
+            {"runs": runs, "worker": worker, "latency": latency, "history": history, "metrics": overhead,
+             "scale": scale}, indent=1
         )
     )
     info = machine()
     info[-1] = info[-1].format(before=f"{load_before:.2f}", after=f"{os.getloadavg()[0]:.2f}")
     print()
     print(table(request, worker, latency, history, overhead))
+    print()
+    print(table_of([SCALE_HEADER, *scale_rows(scale)]))
     print()
     for line in info:
         print(line)
@@ -510,6 +538,114 @@ def table(
         *(metrics_rows(overhead) if overhead else []),
     ]
     return table_of(rows)
+
+
+SCALE_HEADER = ("At scale (issue 22)", "floor", "turbo_async", "Result", "Goal", "Met")
+
+
+def scale_runs(env: Any, redis: RedisServer, only: str | None = None) -> dict[str, dict[str, Any]]:
+    """The rows at scale (all, or the ``BENCH_ONLY`` one): the avalanche under each layer of
+    ``BENCH_LAYERS`` (bench_sockets.py), the memory of idle sockets (core layer), and the big room
+    with its floor (bench_latency.py, ``BENCH_BIGROOM``). A case that fails is reported, not fatal."""
+    cases: list[tuple[str, str, dict[str, str]]] = []
+    if only in (None, "avalanche"):
+        cases += [(f"avalanche {layer}", "tests.benchmarks.bench_sockets",
+                   {"BENCH_MODE": "avalanche", "BENCH_LAYER": layer}) for layer in LAYERS]
+    if only in (None, "memory"):
+        cases += [(key, "tests.benchmarks.bench_sockets", {"BENCH_MODE": "memory", "BENCH_LAYER": "core",
+                                                            "BENCH_VARIANT": variant})
+                  for key, variant in (("memory raw", "raw"), ("memory", "turbo_async"))]
+    if only in (None, "bigroom"):
+        rooms, rest = BIGROOM.split("x")
+        subscribers, rate = rest.split("@")
+        shape = {
+            "BENCH_LAYER": BIGROOM_LAYER, "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers,
+            "BENCH_RATE": rate, "BENCH_SECONDS": BIGROOM_SECONDS, "BENCH_WEBS": BIGROOM_WEBS,
+            "BENCH_SUBSCRIBER_PROCESSES": "4",
+        }
+        cases += [(f"bigroom {variant}", "tests.benchmarks.bench_latency", {**shape, "BENCH_VARIANT": variant})
+                  for variant in ("raw", "turbo_async")]
+    results: dict[str, dict[str, Any]] = {}
+    for key, module, extra in cases:
+        redis.flushall()
+        variant = extra.pop("BENCH_VARIANT", "turbo_async")
+        try:
+            results[key] = run(module, {**env(variant, key.replace(" ", "_")), **extra})
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
+            results[key] = {"error": str(exc)[-3000:]}
+    return results
+
+
+def scale_rows(scale: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The rows at scale, each beside its goal (and the floor, for the big room)."""
+    ok = lambda met: "yes" if met else "NO"  # noqa: E731
+    rows: list[tuple[str, ...]] = []
+    for layer in LAYERS:
+        result = scale.get(f"avalanche {layer}")
+        if result is None:
+            continue
+        name = f"8. avalanche, {result.get('sockets', 2000):,} sockets x {result.get('subscriptions', 100)} subs, {layer}"
+        if "error" in result:
+            rows.append((name, "", "failed", result["error"][-200:].replace("\n", " "), "", "NO"))
+            continue
+        last = result["all_answered_s"]
+        problems = result["closed"] + result["internal"] + result["tracebacks"]
+        rows.append((
+            name, "", f"{last:.1f} s" if last is not None else f"{result['sockets_done']} sockets done",
+            f"answered {result['answered']}/{result['expected']}, refused {result['refused']}; socket p50 "
+            f"{result['socket_p50_s']:.1f} s; closed {result['closed']} {result['closed_codes'] or ''}; "
+            f"internal errors {result['internal']}; tracebacks {result['tracebacks']}",
+            f"all <= {AVALANCHE_GOAL_S:g} s, none closed, no error",
+            ok(last is not None and last <= AVALANCHE_GOAL_S and problems == 0),
+        ))
+        rows.append((
+            f"8. … subscriptions/s per web process, {layer}", "", f"{result['per_s']:.0f}",
+            f"{result['per_cpu_s']:.0f} per CPU-second of the web process ({result['web_cpu_s']:.1f} s CPU)",
+            "", "",
+        ))
+    memory, memory_floor = scale.get("memory"), scale.get("memory raw")
+    if memory is not None:
+        name = f"9. RSS per idle socket, 5 subs, {memory.get('sockets', 10000):,} sockets, KB"
+        floor_kb = (f"{memory_floor['kb_per_socket']:.1f}"
+                    if memory_floor is not None and "kb_per_socket" in memory_floor else "")
+        if "error" in memory:
+            rows.append((name, floor_kb, "failed", memory["error"][-200:].replace("\n", " "), "", "NO"))
+        else:
+            rows.append((
+                name, floor_kb, f"{memory['kb_per_socket']:.1f}",
+                f"RSS {memory['rss_before_kb'] / 1024:.0f} MB after a warm-up, {memory['rss_after_kb'] / 1024:.0f} "
+                f"MB with the sockets; closed {memory['closed']}",
+                f"<= {MEMORY_GOAL_KB:g}", ok(memory["kb_per_socket"] <= MEMORY_GOAL_KB and memory["closed"] == 0),
+            ))
+    ours, floor = scale.get("bigroom turbo_async"), scale.get("bigroom raw")
+    if ours is not None or floor is not None:
+        rooms, rest = BIGROOM.split("x")
+        subscribers, rate = rest.split("@")
+
+        def figures(result: dict[str, Any] | None) -> str:
+            if result is None:
+                return "not run"
+            if "error" in result:
+                return "failed"
+            return f"p50 {result['p50_ms']:.0f} p99 {result['p99_ms']:.0f}"
+
+        result = ""
+        met = "NO"
+        if ours is not None and "error" not in ours:
+            in_order = ours["out_of_order"] == 0 and ours["frames"] == ours["frames_expected"]
+            result = (f"frames {ours['frames']}/{ours['frames_expected']}, out of order {ours['out_of_order']}, "
+                      f"sockets complete {ours['sockets_complete']}/{ours['sockets']}")
+            if floor is not None and "error" not in floor:
+                result += (f"; p99 {ours['p99_ms'] / floor['p99_ms']:.2f}x the floor's (floor frames "
+                           f"{floor['frames']}/{floor['frames_expected']}, out of order {floor['out_of_order']})")
+            met = ok(in_order and ours["p99_ms"] <= BIGROOM_GOAL_MS)
+        rows.append((
+            f"10. {rooms} x {int(subscribers):,} subs, {rate}/s, {BIGROOM_SECONDS} s, {BIGROOM_WEBS} webs, "
+            f"{BIGROOM_LAYER}, ms",
+            figures(floor), figures(ours), result, f"p99 <= {BIGROOM_GOAL_MS:g}, all, in order", met,
+        ))
+    return rows
 
 
 def table_of(rows: list[tuple[str, ...]]) -> str:
