@@ -733,7 +733,7 @@ async def test_a_subscribe_waits_for_a_pooled_connection_instead_of_failing(laye
     consumer.channel_layer = flaky  # type: ignore[assignment]
     consumer.channel_name = "test!chan"
     consumer.membership = OwnChannel(flaky, "test!chan")  # the socket joins with its own channel
-    consumer.pending = deque()
+    consumer.queued = deque()
     sent: list[str] = []
 
     async def fake_send(text_data: str | None = None, **kwargs: Any) -> None:
@@ -914,7 +914,7 @@ def queued(offsets: list[int], group: str = "g", epoch: str = "e1") -> list[dict
     ]
 
 
-def socket_with(pending: list[dict[str, Any]], sent: int | None = 4, ranges: bool = True) -> TurboStreamsConsumer:
+def socket_with(frames: list[dict[str, Any]], sent: int | None = 4, ranges: bool = True) -> TurboStreamsConsumer:
     """A consumer's state as its writer sees it (no socket: coalesce touches only this state)."""
     from collections import deque
 
@@ -923,7 +923,7 @@ def socket_with(pending: list[dict[str, Any]], sent: int | None = 4, ranges: boo
     consumer = TurboStreamsConsumer()
     consumer.ranges = ranges
     consumer.sent = {} if sent is None else {"g": history.Position("e1", sent)}
-    consumer.pending = deque(pending)
+    consumer.queued = deque(frames)
     return consumer
 
 
@@ -932,11 +932,11 @@ def test_frames_that_queued_up_go_as_one_message_for_a_client_that_applies_range
     consumer = socket_with(rest)
     merged = consumer.coalesce(first)
     assert (merged["from_offset"], merged["offset"], merged["data"]) == (5, 7, "<f5/><f6/><f7/>")
-    assert [m["offset"] for m in consumer.pending] == [9]
+    assert [m["offset"] for m in consumer.queued] == [9]
 
 
 @pytest.mark.parametrize(
-    ("why", "pending", "sent", "ranges"),
+    ("why", "behind", "sent", "ranges"),
     [
         ("a client that did not ask for ranges (turbo-django's)", queued([6, 7]), 4, False),
         ("nothing was sent to it yet: it may hold frames before these", queued([6, 7]), None, True),
@@ -946,12 +946,12 @@ def test_frames_that_queued_up_go_as_one_message_for_a_client_that_applies_range
     ],
 )
 def test_frames_go_one_by_one_when_merging_could_hide_something(
-    why: str, pending: list[dict[str, Any]], sent: int | None, ranges: bool
+    why: str, behind: list[dict[str, Any]], sent: int | None, ranges: bool
 ) -> None:
     first = queued([5])[0]
-    consumer = socket_with(pending, sent=sent, ranges=ranges)
+    consumer = socket_with(behind, sent=sent, ranges=ranges)
     assert consumer.coalesce(first) is first, why
-    assert len(consumer.pending) == len(pending)
+    assert len(consumer.queued) == len(behind)
 
 
 def test_a_merged_message_holds_at_most_merge_frames(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -959,7 +959,7 @@ def test_a_merged_message_holds_at_most_merge_frames(monkeypatch: pytest.MonkeyP
     first, *rest = queued([5, 6, 7, 8, 9])
     consumer = socket_with(rest)
     assert consumer.coalesce(first)["offset"] == 7
-    assert [m["offset"] for m in consumer.pending] == [8, 9]
+    assert [m["offset"] for m in consumer.queued] == [8, 9]
 
 
 def test_frames_skip_channels_session_saving_and_nothing_else() -> None:
@@ -979,7 +979,7 @@ def test_frames_skip_channels_session_saving_and_nothing_else() -> None:
     assert consumers.past_session_saving(other_middleware_send) is other_middleware_send
 
 
-async def test_live_frames_carry_their_batch_position(client: WebsocketCommunicator, layer: Any) -> None:
+async def test_live_frames_carry_their_publication_position(client: WebsocketCommunicator, layer: Any) -> None:
     stream = room_stream(43)
     signed = stream.signed_stream_name
     assert (await subscribe(client, signed))["type"] == "subscribed"
@@ -1019,7 +1019,7 @@ async def test_an_open_stream_subscribes_without_asking_the_check(monkeypatch: p
     async def check(self: Any, *args: Any) -> tuple[bool, str]:
         raise AssertionError("an open stream needs no check in the database thread")
 
-    monkeypatch.setattr(TurboStreamsConsumer, "check", check)
+    monkeypatch.setattr(TurboStreamsConsumer, "permits", check)
     communicator = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/")
     assert (await communicator.connect())[0]
     signed = RoomListStream().signed_stream_name
@@ -1076,13 +1076,13 @@ async def test_messages_that_arrive_together_are_answered_as_one_by_one_with_one
     permission checks of the burst are asked in one hop to the database thread."""
     settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 5}
     hops: list[int] = []
-    original = TurboStreamsConsumer.check_many
+    original = TurboStreamsConsumer.permits_many
 
     async def counted(self: TurboStreamsConsumer, asks: list[Any]) -> list[tuple[bool, str]]:
         hops.append(len(asks))
         return await original(self, asks)
 
-    monkeypatch.setattr(TurboStreamsConsumer, "check_many", counted)
+    monkeypatch.setattr(TurboStreamsConsumer, "permits_many", counted)
     burst = a_mixed_burst()  # signed once: names signed a second apart differ
     alone = await answers_to(burst, together=False)
     assert hops == [1, 1]  # the two PrivateStream subscribes, each its own hop
@@ -1104,13 +1104,13 @@ async def test_the_client_messages_are_read_while_one_is_answered(layer: Any, mo
     of the socket's messages never fills up, so it keeps reading the socket (a pong behind a
     burst of subscribes would otherwise wait, and uvicorn closes the socket with 1011)."""
     gate = asyncio.Event()
-    original = TurboStreamsConsumer.check_many
+    original = TurboStreamsConsumer.permits_many
 
     async def waiting(self: TurboStreamsConsumer, asks: list[Any]) -> list[tuple[bool, str]]:
         await gate.wait()
         return await original(self, asks)
 
-    monkeypatch.setattr(TurboStreamsConsumer, "check_many", waiting)
+    monkeypatch.setattr(TurboStreamsConsumer, "permits_many", waiting)
     communicator = WebsocketCommunicator(as_user(AnonymousUser()), "/ws/")
     assert (await communicator.connect())[0]
     await communicator.send_json_to({"type": "subscribe", "signed_channel_name": PrivateStream().signed_stream_name})
@@ -1358,9 +1358,9 @@ async def test_a_socket_that_connects_while_the_pubsub_layer_is_down_is_closed_w
     assert 4 <= elapsed < 10, f"closed after {elapsed:.1f} s"
 
 
-async def test_a_batch_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
-    """Two workers number their batches and send them in two steps, so batch 5 may reach a web
-    process after batch 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
+async def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
+    """Two workers number their publications and send them in two steps, so publication 5 may reach a web
+    process after publication 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
     audit, which replays from the sent position, must not find it behind and send 6 again."""
     from turbo_async import history
 

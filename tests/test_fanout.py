@@ -16,9 +16,9 @@ def frame(offset: int, epoch: str = "e1") -> dict[str, Any]:
     return {"type": MESSAGE_TYPE, "group": "g", "data": f"<f{offset}/>", "epoch": epoch, "offset": offset}
 
 
-def test_a_batch_that_arrives_after_a_later_one_does_not_move_the_received_position_back() -> None:
-    """Two workers number their batches and send them in two steps, so batch 5 may reach the
-    process after batch 6 (the soak saw it, tests/soak). The process has 6: its upkeep's audit
+def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_received_position_back() -> None:
+    """Two workers number their publications and send them in two steps, so publication 5 may reach the
+    process after publication 6 (the soak saw it, tests/soak). The process has 6: its upkeep's audit
     compares the stream's position with this one, and would hand 6 to every socket again."""
     fan_out = FanOut(InMemoryChannelLayer())
     for offset in (6, 5):
@@ -35,7 +35,7 @@ def test_a_new_epoch_is_received_whatever_its_offset() -> None:
 
 async def test_a_socket_does_not_share_a_history_read_that_began_before_it_joined(monkeypatch: Any) -> None:
     """Pages of one stream coming back together share one read of the history. A socket that
-    joined the group after that read began must not take its answer: a batch sent between the read
+    joined the group after that read began must not take its answer: a publication sent between the read
     and the join would reach it neither way (the soak's reconnection storm saw two pages refresh
     on that gap). It gets a read of its own, which the sockets after it share."""
     import asyncio
@@ -105,7 +105,7 @@ class Socket:
 
 async def test_a_second_socket_waits_for_the_first_ones_join_before_reading_the_history() -> None:
     """The group's second socket skips the Redis round trip, but not the first socket's join still
-    under way: it reads the history next, and a batch sent before the process is in the group
+    under way: it reads the history next, and a publication sent before the process is in the group
     would reach it neither from the history nor live (the soak's storm: pages refreshed on gaps)."""
     import asyncio
 

@@ -149,7 +149,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.frame_send = past_session_saving(send)
         self.membership = FanOut.of(layer) if self.fan_out else OwnChannel(layer, channel_name)
         # What the fan-out hands this socket (push), written in order by one task at a time.
-        self.pending: deque[dict[str, Any]] = deque()
+        self.queued: deque[dict[str, Any]] = deque()
         # The client's messages, read as they arrive (see read_client), handed out in runs.
         self.inbox: list[dict[str, Any]] = []
         self.pumped = True
@@ -222,21 +222,21 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         for :meth:`write_frames`. A socket ``SOCKET_BACKLOG`` messages behind is closed."""
         if self.closing:
             return
-        if len(self.pending) >= SOCKET_BACKLOG:
+        if len(self.queued) >= SOCKET_BACKLOG:
             self.closing = True
-            self.pending.clear()
+            self.queued.clear()
             logger.warning(
                 "closed the WebSocket from %s with code %d: %d frames were waiting to be written "
                 "to it (it reads too slowly); the page reconnects and catches up",
                 peer(self.scope), TRY_AGAIN_LATER, SOCKET_BACKLOG,
             )
-            self.closer = closing(self.close(code=TRY_AGAIN_LATER, reason=SLOW_READER_REASON))
+            self.closer = close_later(self.close(code=TRY_AGAIN_LATER, reason=SLOW_READER_REASON))
             return
-        self.pending.append(message)
+        self.queued.append(message)
         if not self.holding:
-            self.write_pending()
+            self.write_queued()
 
-    def write_pending(self) -> None:
+    def write_queued(self) -> None:
         """Start the writer (:meth:`write_frames`) unless it is running: one at a time per socket,
         started when there is something to write (an idle socket keeps no task for it)."""
         if self.writer is None or self.writer.done():
@@ -245,12 +245,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def write_frames(self) -> None:
         """Send what :meth:`push` queued, in order, until nothing is left (or a client message is
         being answered: :meth:`receive_texts` starts it again)."""
-        while self.pending and not self.holding:
-            message = self.coalesce(self.pending.popleft())
+        while self.queued and not self.holding:
+            message = self.coalesce(self.queued.popleft())
             try:
                 await self.dispatch(message)
             except OSError:  # the client is gone; disconnect() follows
-                self.pending.clear()
+                self.queued.clear()
                 return
             except Exception:  # a handler's bug must not stop this socket's frames
                 logger.exception("sending a %r message to the WebSocket from %s failed",
@@ -263,7 +263,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return message
         group = message.get("group")
         sent = self.sent.get(group) if isinstance(group, str) else None
-        return merge(message, self.pending, (sent.epoch, sent.offset) if sent else None)
+        return merge(message, self.queued, (sent.epoch, sent.offset) if sent else None)
 
     async def layer_receive(self) -> dict[str, Any]:
         """The next message of this socket's channel; waits out an unreachable layer."""
@@ -361,7 +361,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         and web process per half heartbeat (:func:`stream_position`)."""
         if not history.enabled(self.channel_layer):
             return
-        if self.writing or self.pending or asyncio.get_running_loop().time() - self.last_frame < interval:
+        if self.writing or self.queued or asyncio.get_running_loop().time() - self.last_frame < interval:
             # Frames are flowing (or a slow reader's are queued for it): a gap shows in their
             # offsets, which the client acts on. The audit is for streams that went quiet.
             self.behind.clear()
@@ -445,8 +445,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         finally:
             self.prechecked = {}
             self.holding = False
-            if self.pending:
-                self.write_pending()
+            if self.queued:
+                self.write_queued()
 
     async def answer(self, text_data: str | None) -> None:
         try:
@@ -491,7 +491,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 asks.append((signed_name, stream_name, args, kwargs))
         if not asks:
             return
-        answers = await self.check_many([(stream_name, args, kwargs) for _, stream_name, args, kwargs in asks])
+        answers = await self.permits_many([(stream_name, args, kwargs) for _, stream_name, args, kwargs in asks])
         prechecked: dict[str, deque[tuple[bool, str]]] = {}
         for (signed_name, *_), answer in zip(asks, answers, strict=True):
             prechecked.setdefault(signed_name, deque()).append(answer)
@@ -511,7 +511,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Not awaited in this handler: uvicorn's close waits for its reader, and the reader waits
         # for room in its queue of this client's messages, which only this consumer's next
         # receive() makes. Awaited, the close reached the client after the close timeout (10 s).
-        self.closer = closing(self.close(code=POLICY_VIOLATION, reason=ABUSE_REASON))
+        self.closer = close_later(self.close(code=POLICY_VIOLATION, reason=ABUSE_REASON))
 
     async def handle(self, text_data: str | None) -> None:
         settings = conf.get()
@@ -618,21 +618,21 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         answers = self.prechecked.get(signed_name)
         if answers:
             return answers.popleft()
-        return await self.check(stream_name, args, kwargs)
+        return await self.permits(stream_name, args, kwargs)
 
-    async def check(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+    async def permits(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
         """Rebuild the stream and ask its ``user_passes_test`` with the scope's user, in Django's
         database thread (which closes stale database connections before and after)."""
-        return (await self.check_many([(stream_name, args, kwargs)]))[0]
+        return (await self.permits_many([(stream_name, args, kwargs)]))[0]
 
-    async def check_many(self, asks: list[tuple[str, list[Any], dict[str, Any]]]) -> list[tuple[bool, str]]:
-        """:meth:`check_now` of each of ``asks``, in one hop to the database thread."""
+    async def permits_many(self, asks: list[tuple[str, list[Any], dict[str, Any]]]) -> list[tuple[bool, str]]:
+        """:meth:`permits_now` of each of ``asks``, in one hop to the database thread."""
         answers: list[tuple[bool, str]] = await database_sync_to_async(
-            lambda: [self.check_now(*ask) for ask in asks]
+            lambda: [self.permits_now(*ask) for ask in asks]
         )()
         return answers
 
-    def check_now(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
+    def permits_now(self, stream_name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, str]:
         """Rebuild the stream and ask its ``user_passes_test`` with the scope's user (in the
         database thread)."""
         user = self.scope.get("user")
@@ -648,7 +648,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return False, "permission denied"
         except Exception:
             self.refusals.exception("could not check the subscription to %r", stream_name)
-            return False, "subscription check failed"
+            return False, "permission test failed"
         self.refusals.warning("user %s may not subscribe to %r", user, stream_name)
         return False, "permission denied"
 
@@ -667,7 +667,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         :meth:`receive_texts`. Channels' own dispatch runs ``close_old_connections()`` in a worker
         thread before every handler: about half of a web process's time per frame and socket, and
         a fifth of its time per subscription (docs/benchmarks.rst). Frames touch no database; a
-        client message touches it only in :meth:`check_many`, whose thread (Channels'
+        client message touches it only in :meth:`permits_many`, whose thread (Channels'
         ``database_sync_to_async``) closes stale connections before and after."""
         if message.get("type") == MESSAGE_TYPE:
             await self.turbo_stream(message)
@@ -706,7 +706,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.writing = False
         if isinstance(offset, int) and isinstance(epoch, str):
             position = history.Position(epoch, offset)
-            # Two workers number and send their batches in two steps, so a batch may reach the
+            # Two workers number and send their publications in two steps, so a publication may reach the
             # layer after a later one: the socket was still sent the later one, and the audit
             # must not think it behind (it would replay frames the page has).
             if history.after(position, self.sent.get(group)):
@@ -784,7 +784,7 @@ def past_session_saving(send: ASGISend) -> ASGISend:
     return send
 
 
-def closing(close: Awaitable[None]) -> asyncio.Future[None]:
+def close_later(close: Awaitable[None]) -> asyncio.Future[None]:
     """A close scheduled rather than awaited; its error (the client went away first) is read here
     so that asyncio does not log it as never retrieved."""
     future = asyncio.ensure_future(close)

@@ -128,7 +128,7 @@ class FanOut:
             members.add(consumer)
             joining = self.joining.get(group)
             # ... but not before the first socket's join is through: this socket reads the history
-            # next, and a batch sent before the process is in the group would reach it neither way
+            # next, and a publication sent before the process is in the group would reach it neither way
             # (the soak's reconnection storm saw pages refresh on that gap). If that join failed,
             # this socket joins itself.
             if joining is None or await asyncio.shield(joining):
@@ -380,7 +380,7 @@ async def shared_since(
     refreshed with "the history cannot be read now").
 
     ``joined``: when the socket joined the group (a time of the running loop). A read that started
-    before then is not shared with it: a batch sent between that read and the join reached neither
+    before then is not shared with it: a publication sent between that read and the join reached neither
     (the soak's reconnection storm saw pages refresh on that gap); a new read is made, which later
     sockets share."""
     loop = asyncio.get_running_loop()

@@ -213,7 +213,7 @@ def unsubscribed(names: set[str], signed_name: str) -> None:
 
 REFUSALS = {
     "permission denied": "permission_denied",
-    "subscription check failed": "check_failed",
+    "permission test failed": "permission_error",
 }
 
 
