@@ -148,3 +148,26 @@ def test_the_pubsub_layer_keeps_offsets_on_its_shard(redis_server: RedisServer) 
 
     first, replay = asyncio.run(scenario())
     assert first.offset == 1 and replay.frames == [(2, "<two/>")]
+
+
+def test_an_audit_waits_one_round_before_it_finds_a_socket_behind() -> None:
+    """``history.fell_behind``, the rule a socket's heartbeat and a process's upkeep share: behind
+    once may be frames on their way; behind a mark not reached since is behind; even, or nothing
+    to compare, drops the mark."""
+    marks: dict[str, Position] = {}
+    had, now = Position("e", 4), Position("e", 6)
+    assert not history.fell_behind(marks, "g", now, had)  # first look: marked, wait
+    assert marks == {"g": now}
+    assert not history.fell_behind(marks, "g", now, Position("e", 6))  # caught up: even
+    assert marks == {}
+    assert not history.fell_behind(marks, "g", now, had)
+    assert not history.fell_behind(marks, "g", Position("e", 7), Position("e", 6))  # reached the mark: look again
+    assert marks == {"g": Position("e", 7)}
+    assert history.fell_behind(marks, "g", Position("e", 8), Position("e", 6))  # the mark not reached
+    assert marks == {}
+    assert not history.fell_behind(marks, "g", Position("e2", 1), Position("e", 9))  # another epoch: mark first
+    assert history.fell_behind(marks, "g", Position("e2", 1), Position("e", 9))
+    for now_, had_ in ((None, had), (now, None)):
+        marks = {"g": now}
+        assert not history.fell_behind(marks, "g", now_, had_)
+        assert marks == {}

@@ -373,21 +373,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 self.layer_failed("could not read the streams' positions", exc)
                 return
             sent = self.sent.get(group)
-            if now is None or sent is None:
-                # Nothing numbered since Redis lost the offsets (the next frame's new epoch tells
-                # the client), or nothing sent yet: what the socket has now is the baseline.
-                if now is not None:
-                    self.sent[group] = now
-                self.behind.pop(group, None)
+            if sent is None and now is not None:
+                self.sent[group] = now  # nothing sent yet: what the socket has now is the baseline
+            if not history.fell_behind(self.behind, group, now, sent):
                 continue
-            if now.epoch == sent.epoch and now.offset <= sent.offset:
-                self.behind.pop(group, None)
-                continue
-            mark = self.behind.get(group)
-            if mark is None or (sent.epoch == mark.epoch and sent.offset >= mark.offset):
-                self.behind[group] = now  # frames may still be on their way: look again next beat
-                continue
-            del self.behind[group]
+            assert now is not None and sent is not None
             logger.info(
                 "the WebSocket from %s missed frames of %s (sent %s/%d, the stream is at %s/%d); "
                 "replaying them", peer(self.scope), group, sent.epoch, sent.offset, now.epoch, now.offset,

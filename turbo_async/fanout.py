@@ -279,21 +279,11 @@ class FanOut:
         for group in list(self.members):
             now = await layer_call(history.current, self.layer, group)
             received = self.received.get(group)
-            if now is None or received is None:
-                # Nothing numbered since Redis lost the offsets (the next frame's new epoch tells
-                # the pages), or nothing received yet: what the process has now is the baseline.
-                if now is not None:
-                    self.received[group] = now
-                self.behind.pop(group, None)
+            if received is None and now is not None:
+                self.received[group] = now  # nothing received yet: what the process has now is the baseline
+            if not history.fell_behind(self.behind, group, now, received):
                 continue
-            if now.epoch == received.epoch and now.offset <= received.offset:
-                self.behind.pop(group, None)
-                continue
-            mark = self.behind.get(group)
-            if mark is None or not history.after(mark, received):
-                self.behind[group] = now  # frames may still be on their way: look again next time
-                continue
-            del self.behind[group]
+            assert now is not None and received is not None
             await self.catch_up(group, received, now)
 
     async def catch_up(self, group: str, received: history.Position, now: history.Position) -> None:

@@ -151,6 +151,23 @@ def after(position: Position, other: Position | None) -> bool:
     return other is None or position.epoch != other.epoch or position.offset > other.offset
 
 
+def fell_behind(marks: dict[str, Position], group: str, now: Position | None, had: Position | None) -> bool:
+    """One audit of ``group`` (a socket's heartbeat, a process's upkeep): whether what it ``had``
+    (sent, received) fell behind the stream's position ``now`` for good. Behind at one audit, it
+    may only be that frames are on their way: ``now`` is kept in ``marks`` and the next audit
+    decides; behind a mark it has not reached since, it fell behind (the mark is dropped; the caller
+    catches up). Even, or nothing to compare (no offsets in Redis, nothing had yet), the mark goes."""
+    if now is None or had is None or (now.epoch == had.epoch and now.offset <= had.offset):
+        marks.pop(group, None)
+        return False
+    mark = marks.get(group)
+    if mark is None or not after(mark, had):
+        marks[group] = now
+        return False
+    del marks[group]
+    return True
+
+
 class BadOffset(ValueError):
     """An epoch or offset a client sent that is malformed or beyond the stream's last offset."""
 
