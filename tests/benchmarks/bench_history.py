@@ -1,4 +1,4 @@
-"""Offsets and history (issue 12): what numbering and keeping each frame batch costs a worker,
+"""Offsets and history (issue 12): what numbering and keeping each publication costs a worker,
 and how long a page takes to catch up on 100 missed frames. Nothing is asserted; it prints a
 table, each figure against a baseline measured in the same run.
 

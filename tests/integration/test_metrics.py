@@ -114,7 +114,7 @@ def test_prometheus_scrapes_the_lag_and_the_frames(
         p99 = prometheus.value('histogram_quantile(0.99, sum by (le) (turbo_async_broadcast_lag_seconds_bucket{job="web"}))')
         assert p99 is not None and 0 < p99 <= 60
         assert prometheus.value('sum(turbo_async_render_seconds_count{job="worker"})') == SAVES
-        # Every frame batch was numbered in Redis and sent (a recheck may add sends, never fewer).
+        # Every publication was numbered in Redis and sent (a recheck may add sends, never fewer).
         for timing in ("send_seconds", "history_append_seconds"):
             count = prometheus.value(f'sum(turbo_async_{timing}_count{{job="worker"}})')
             assert count is not None and count >= SAVES, timing
