@@ -1073,7 +1073,7 @@ async def test_messages_that_arrive_together_are_answered_as_one_by_one_with_one
     settings: Any, layer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each message of a burst gets the answer it gets alone, in order, refusals included; the
-    permission checks of the burst are asked in one hop to the database thread."""
+    permission tests of the burst are asked in one hop to the database thread."""
     settings.TURBO_ASYNC = {"MAX_SUBSCRIPTIONS": 5}
     hops: list[int] = []
     original = TurboStreamsConsumer.permits_many

@@ -43,7 +43,7 @@ WIRE_VERSION = 2
 (:class:`~turbo_async.exceptions.PayloadError`) instead of guessing at it."""
 
 # Compatibility with 0.1.0's messages: remove in 0.3.0 (with payload_of_message, version 1 in
-# _check_version, and the tasks of these names in turbo_async.tasks).
+# _validate_version, and the tasks of these names in turbo_async.tasks).
 BROADCAST_TASK = "turbo_async.broadcast"
 """0.1.0's task of one :class:`Change`, ``(label, pk, event, created)``; read until 0.3.0."""
 STREAM_ACTION_TASK = "turbo_async.stream_action"
@@ -139,7 +139,7 @@ class Change:
     def from_payload(cls, item: Mapping[str, Any]) -> tuple[Change, str]:
         """The change an item of a broadcast task carries, and its database alias; raises
         :class:`~turbo_async.exceptions.PayloadError` naming what is wrong."""
-        _check_version(item)
+        _validate_version(item)
         label, event = _field(item, "label", str), _field(item, "event", str)
         if "pk" not in item:
             raise PayloadError(f"A broadcast item has no 'pk': {_show(item)}")
@@ -194,7 +194,7 @@ class StreamAction:
     def from_payload(cls, item: Mapping[str, Any]) -> tuple[StreamAction, str]:
         """The action an item of a broadcast task carries (and the default alias); raises
         :class:`~turbo_async.exceptions.PayloadError` naming what is wrong."""
-        version = _check_version(item)
+        version = _validate_version(item)
         options = dict(_field(item, "options", dict, {}))
         request_id = _field(item, "request_id", str, "")
         if version == 1:  # 0.1.0 kept a refresh's request id among the options; until 0.3.0
@@ -246,7 +246,7 @@ def payload_of_message(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]
     raise PayloadError(f"Not a broadcast message: task {task!r} with args {_show(list(args))}")
 
 
-def _check_version(item: Mapping[str, Any]) -> int:
+def _validate_version(item: Mapping[str, Any]) -> int:
     """The item's wire version: 2, or 1 for 0.1.0's items, which had no ``"v"`` (until 0.3.0)."""
     version = item.get("v", 1)
     if isinstance(version, bool) or version not in (1, WIRE_VERSION):

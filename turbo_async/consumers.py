@@ -24,12 +24,12 @@ socket still behind where its stream stood one heartbeat earlier, with no frame 
 what it missed from the history or told to reset.
 
 Client messages are read as they arrive (:meth:`TurboStreamsConsumer.read_client`) and those that
-arrived together are answered in order, with one hop to the database thread for their permission
-checks (:meth:`TurboStreamsConsumer.receive_texts`): thousands of pages resubscribing at once
+arrived together are answered in order, with one hop to the database thread for their
+permission tests (:meth:`TurboStreamsConsumer.receive_texts`): thousands of pages resubscribing at once
 (docs/benchmarks.rst, "At scale").
 
 At about 780 lines this module is over the package's 500: it is one class, the socket's lifecycle
-(connect, the client's messages read and answered in runs, subscribe with its checks and replay,
+(connect, the client's messages read and answered in runs, subscribe with its permission tests and replay,
 the writer, the heartbeat and audit, close), whose
 protocol, channel-layer calls and fan-out already live in :mod:`~turbo_async.protocol`,
 :mod:`~turbo_async.layers` and :mod:`~turbo_async.fanout`.
@@ -119,8 +119,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     gone = False  # read_client read the client's disconnect
     writer: asyncio.Task[None] | None = None  # writing what push() queued, while there is some
     arrived: asyncio.Future[None] | None = None  # client_messages waiting for read_client
-    prechecked: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
-    """signed name -> the answers of its permission checks asked ahead (:meth:`precheck`), for
+    answered_ahead: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
+    """signed name -> the answers of its permission tests asked ahead (:meth:`ask_ahead`), for
     the client messages being answered."""
     closer: asyncio.Future[None] | None = None  # the close of a socket too far behind, or abusive
     frame_send: ASGISend | None = None  # see past_session_saving
@@ -416,12 +416,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def receive_texts(self, texts: list[str | None]) -> None:
         """Answer client messages that arrived together, in order, each as if it came alone; frames
-        wait until the last is answered. The permission checks of their subscriptions are asked
-        in one hop to the database thread (:meth:`precheck`) instead of one hop each."""
+        wait until the last is answered. The permission tests of their subscriptions are asked
+        in one hop to the database thread (:meth:`ask_ahead`) instead of one hop each."""
         self.holding = True
         try:
             if len(texts) > 1:
-                await self.precheck(texts)
+                await self.ask_ahead(texts)
             for index, text in enumerate(texts):
                 if index:
                     # Let the loop run between two answers: a subscribe's awaits seldom suspend,
@@ -433,7 +433,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                     return
                 await self.answer(text)
         finally:
-            self.prechecked = {}
+            self.answered_ahead = {}
             self.holding = False
             if self.queued:
                 self.write_queued()
@@ -450,7 +450,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.refusals.exception("could not handle a WebSocket message")
             await self.error("internal error while handling the message")
 
-    async def precheck(self, texts: list[str | None]) -> None:
+    async def ask_ahead(self, texts: list[str | None]) -> None:
         """Ask, in one hop to the database thread, the ``user_passes_test`` of every subscribe in
         ``texts`` that :meth:`handle` will ask (a valid signature of a known stream that is not open
         to everyone, within ``MAX_SUBSCRIPTIONS``, with a valid position); :meth:`allowed` takes
@@ -482,10 +482,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if not asks:
             return
         answers = await self.permits_many([(stream_name, args, kwargs) for _, stream_name, args, kwargs in asks])
-        prechecked: dict[str, deque[tuple[bool, str]]] = {}
+        answered_ahead: dict[str, deque[tuple[bool, str]]] = {}
         for (signed_name, *_), answer in zip(asks, answers, strict=True):
-            prechecked.setdefault(signed_name, deque()).append(answer)
-        self.prechecked = prechecked
+            answered_ahead.setdefault(signed_name, deque()).append(answer)
+        self.answered_ahead = answered_ahead
 
     async def close_for_abuse(self) -> None:
         settings = conf.get()
@@ -596,7 +596,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     ) -> tuple[bool, str]:
         """Whether the scope's user may subscribe. A stream open to everyone (``Stream``'s own
         ``user_passes_test`` and a constructor of ours) is answered here; any other is rebuilt
-        and asked in Django's database thread: answered already when :meth:`precheck` asked it
+        and asked in Django's database thread: answered already when :meth:`ask_ahead` asked it
         with the messages that came with it, else now."""
         try:
             stream_class = stream_registry.get_stream(stream_name)
@@ -605,7 +605,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return False, f"unknown stream {stream_name!r}"
         if open_to_everyone(stream_class):
             return True, ""
-        answers = self.prechecked.get(signed_name)
+        answers = self.answered_ahead.get(signed_name)
         if answers:
             return answers.popleft()
         return await self.permits(stream_name, args, kwargs)
@@ -637,7 +637,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.refusals.warning("subscription to %r refused: %s", stream_name, exc)
             return False, "permission denied"
         except Exception:
-            self.refusals.exception("could not check the subscription to %r", stream_name)
+            self.refusals.exception("could not run the permission test of %r", stream_name)
             return False, "permission test failed"
         self.refusals.warning("user %s may not subscribe to %r", user, stream_name)
         return False, "permission denied"
