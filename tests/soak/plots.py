@@ -1,4 +1,4 @@
-"""The soak's figures (matplotlib, the dev extra): memory and keys over the run, and connection
+"""The soak's figures (matplotlib, the test extra): memory and keys over the run, and connection
 attempts per second, as PNG files for docs/soak.rst.
 
 ``python -m tests.soak.plots RUN_DIRECTORY OUTPUT_DIRECTORY`` draws them again from a run's
