@@ -142,7 +142,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     "socket_connect_timeout": 2,
 }
 if "TURBO_TEST_VISIBILITY_TIMEOUT" in os.environ:
-    CELERY_BROKER_TRANSPORT_OPTIONS |= {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    # The restore sweep's interval and throttle: 1 and 1 unless TURBO_TEST_UNACKED_RESTORE_INTERVAL /
+    # _THROTTLE say otherwise ("kombu" leaves kombu's default, 10), for the redelivery table of
+    # docs/guarantees.rst (tests/integration/test_redelivery.py computes its bound from them).
+    for option in ("unacked_restore_interval", "unacked_restore_throttle"):
+        value = os.environ.get(f"TURBO_TEST_{option.upper()}", "1")
+        if value != "kombu":
+            CELERY_BROKER_TRANSPORT_OPTIONS[option] = int(value)
 # A Sentinel broker (CELERY_BROKER_URL "sentinel://...;sentinel://..." in the environment) names its
 # master (tests/integration/test_sentinel.py).
 if "TURBO_TEST_SENTINEL_MASTER" in os.environ:

@@ -149,15 +149,16 @@ async def victim(url: str, origin: str, names: list[str], seconds: float) -> lis
     return times
 
 
-async def mass(url: str, origin: str, names: list[str], pid: int) -> dict[str, Any]:
+async def mass(url: str, origin: str, names: list[str], pid: int, sockets: int = SOCKETS) -> dict[str, Any]:
+    """``sockets`` sockets each subscribe to every one of ``names``, then all close."""
     from websockets.asyncio.client import connect
 
     replies: dict[str, int] = {}
     opened = []
     start = time.monotonic()
-    for batch in range(0, SOCKETS, 100):
+    for batch in range(0, sockets, 100):
         opened += await asyncio.gather(
-            *(connect(url, origin=origin, open_timeout=120, ping_interval=None) for _ in range(batch, min(SOCKETS, batch + 100)))  # type: ignore[arg-type]
+            *(connect(url, origin=origin, open_timeout=120, ping_interval=None) for _ in range(batch, min(sockets, batch + 100)))  # type: ignore[arg-type]
         )
 
     async def subscribe_all(ws: Any) -> None:

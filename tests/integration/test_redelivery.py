@@ -9,7 +9,9 @@ frame. The hook counts its runs: exactly two.
   since a worker took it, at the next restore sweep of a running worker, every
   ``unacked_restore_interval`` x ``unacked_restore_throttle`` seconds: the bound is their sum. The
   workers here get a short timeout (``TURBO_TEST_REDELIVERY_VISIBILITY_TIMEOUT``, 3 s) and, through
-  tests/settings.py, a sweep every second.
+  tests/settings.py, a sweep every second (``TURBO_TEST_UNACKED_RESTORE_INTERVAL`` and
+  ``TURBO_TEST_UNACKED_RESTORE_THROTTLE``, 1 and 1; ``kombu`` for kombu's 10: the other rows of the
+  table in docs/guarantees.rst are this test run with them).
 - RabbitMQ returns an unacknowledged message as soon as the connection of its consumer drops.
 
 ``TURBO_TEST_REDELIVERY_SLACK`` (3 s) is what the bound allows beyond that for the other worker to
