@@ -1377,3 +1377,27 @@ async def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_se
         await consumer.turbo_stream(event)
     assert [message["offset"] for message in written] == [6, 5]  # the client puts them in order
     assert consumer.sent["g"] == history.Position("e1", 6)
+
+
+async def test_a_live_copy_of_what_the_client_has_is_dropped_but_not_a_frame_of_a_new_epoch() -> None:
+    """A socket drops live frames the client has (it subscribed at them, or a replay or the
+    process's hole filling sent them: turbo_async.fanout.FanOut.fill), by position: a stream that
+    got a new epoch (Redis flushed, an outage past DELIVERY_MAX_AGE) numbers from 1 again, and its
+    first frames must reach the page, which refreshes on the new epoch. Compared by offset alone,
+    a socket that had been replayed up to 50 dropped the new epoch's first 50 frames."""
+    from turbo_async import history
+
+    consumer = socket_with([], sent=None)
+    consumer.subscriptions = {"g": {"n"}}
+    consumer.replayed = {}
+    written: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        written.append(json.loads(message["text"]))
+
+    consumer.frame_send = send
+    consumer.client_has("g", history.Position("e1", 50))
+    consumer.client_has("g", history.Position("e1", 40))  # an older position never moves it back
+    for event in [*queued([49, 50, 51]), *queued([1, 2], epoch="e2")]:
+        await consumer.turbo_stream(event)
+    assert [(message["epoch"], message["offset"]) for message in written] == [("e1", 51), ("e2", 1), ("e2", 2)]

@@ -297,8 +297,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # group -> the signed names this socket subscribed with (a page may hold several
         # signatures of one stream, made at different times).
         self.subscriptions: dict[str, set[str]] = {}
-        # group -> the last offset a replay sent: live copies up to it are dropped.
-        self.replayed: dict[str, int] = {}
+        # group -> the last position the client has (it subscribed at it, or a replay sent it):
+        # live copies up to it are dropped (a frame of another epoch is never a copy).
+        self.replayed: dict[str, history.Position] = {}
         # group -> when this socket joined it (a time of the loop): see fanout.shared_since.
         self.joined: dict[str, float] = {}
         # group -> the last position this socket was sent, and where the stream stood at the last
@@ -563,6 +564,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         await self.send(json.dumps({"type": "subscribed", "signed_channel_name": signed_name}))
         if seen is not None and history.enabled(self.channel_layer):
             self.sent.setdefault(group, seen)
+            self.client_has(group, seen)
             await self.replay(group, signed_name, seen)
 
     async def replay(self, group: str, signed_name: str, seen: history.Position) -> None:
@@ -586,10 +588,17 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         metrics.replayed(len(missed.frames))
         if missed.frames:
             # Live frames already queued for this socket carry these offsets again.
-            self.replayed[group] = max(self.replayed.get(group, 0), missed.frames[-1][0])
             last = history.Position(seen.epoch, missed.frames[-1][0])
+            self.client_has(group, last)
             if history.after(last, self.sent.get(group)):
                 self.sent[group] = last
+
+    def client_has(self, group: str, position: history.Position) -> None:
+        """The client has ``group``'s frames up to ``position``: a live copy of one is dropped
+        (one a worker sent late, or that the process filled from the history, see
+        :meth:`~turbo_async.fanout.FanOut.fill`)."""
+        if history.after(position, self.replayed.get(group)):
+            self.replayed[group] = position
 
     async def allowed(
         self, signed_name: str, stream_name: str, args: list[Any], kwargs: dict[str, Any]
@@ -680,9 +689,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         """Frames from the layer: sent once per signed name this socket subscribed with."""
         group = event.get("group", "")
         offset = event.get("offset")
-        if isinstance(offset, int) and offset <= self.replayed.get(group, 0):
-            return  # already sent by a replay
         epoch = event.get("epoch")
+        has = self.replayed.get(group)
+        if isinstance(offset, int) and has is not None and epoch == has.epoch and offset <= has.offset:
+            return  # the client has it: it subscribed after it, or a replay sent it
         self.last_frame = asyncio.get_running_loop().time()
         self.writing = True
         try:

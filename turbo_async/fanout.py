@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import deque
 from typing import Any, Protocol
 
 from . import conf, history
@@ -26,6 +27,15 @@ from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, layer_ca
 from .protocol import MESSAGE_TYPE, RESET_MESSAGE_TYPE
 
 logger = logging.getLogger("turbo_async")
+
+HOLE_WAIT = 0.5
+"""Seconds a process waits for a publication missing below one it received before reading it from
+the history (:meth:`FanOut.fill`): two workers' publications may arrive in either order, and one
+numbered by a worker stopped before its ``group_send`` never arrives. Well inside the 2 s a page
+holds the frames after a missing one before it refreshes (``turbo-async.js``)."""
+FILLED_KEPT = 256
+"""Offsets per group a process remembers having filled from the history: a late live copy of one
+of them is dropped instead of written twice."""
 
 
 class Member(Protocol):
@@ -86,6 +96,11 @@ class FanOut:
         # last check that found the process behind it.
         self.received: dict[str, history.Position] = {}
         self.behind: dict[str, history.Position] = {}
+        # group -> the offsets below the received one that have not arrived (holes), and those
+        # filled from the history; group -> the task that fills its holes after HOLE_WAIT.
+        self.missing: dict[str, set[int]] = {}
+        self.filled: dict[str, deque[int]] = {}
+        self.filling: dict[str, asyncio.Task[None]] = {}
         # group -> the first socket's join while it is under way (the others wait for it: joined?).
         self.joining: dict[str, asyncio.Future[bool]] = {}
         self.wake = asyncio.Event()
@@ -186,6 +201,8 @@ class FanOut:
                 keeper.cancel()
             self.received.clear()
             self.behind.clear()
+            self.missing.clear()
+            self.filled.clear()
             reader, self.reader = self.reader, None
             if reader is not None:
                 # Wait for the read to unwind before forgetting the channel: channels_redis'
@@ -206,6 +223,11 @@ class FanOut:
         del self.members[group]
         self.received.pop(group, None)
         self.behind.pop(group, None)
+        self.missing.pop(group, None)
+        self.filled.pop(group, None)
+        filling = self.filling.pop(group, None)
+        if filling is not None:
+            filling.cancel()
         return True
 
     async def read(self, channel: str) -> None:
@@ -233,20 +255,77 @@ class FanOut:
             backoff.reset()
             group = message.get("group")
             members = self.members.get(group) if isinstance(group, str) else None
-            if members:
-                self.note(message)
+            if members and self.note(message):
                 for consumer in members:
                     consumer.push(message)
 
-    def note(self, message: dict[str, Any]) -> None:
-        """Remember the position of a numbered frame handed to the sockets (see :meth:`audit`)."""
+    def note(self, message: dict[str, Any]) -> bool:
+        """Remember the position of a numbered frame for the sockets (see :meth:`audit`), and the
+        holes it leaves below it (see :meth:`fill`). Whether to hand it out: not when it is a late
+        copy of a publication already filled from the history."""
         group, epoch, offset = message.get("group"), message.get("epoch"), message.get("offset")
-        if isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int):
-            position = history.Position(epoch, offset)
-            # Batches of two workers can arrive 6 then 5 (each is numbered, then sent): the
-            # process has 6, and the audit must not replay it as missed.
-            if history.after(position, self.received.get(group)):
-                self.received[group] = position
+        if not (isinstance(group, str) and isinstance(epoch, str) and isinstance(offset, int)):
+            return True
+        received = self.received.get(group)
+        if history.after(history.Position(epoch, offset), received):
+            if received is None or received.epoch != epoch:
+                self.missing.pop(group, None)
+                self.filled.pop(group, None)
+            elif 1 < offset - received.offset <= 1 + conf.get().HISTORY_SIZE and history.enabled(self.layer):
+                self.missing.setdefault(group, set()).update(range(received.offset + 1, offset))
+                if group not in self.filling:
+                    self.filling[group] = asyncio.get_running_loop().create_task(self.fill(group))
+            self.received[group] = history.Position(epoch, offset)
+            return True
+        # Batches of two workers can arrive 6 then 5 (each is numbered, then sent): the process
+        # has 6, and the audit must not replay it as missed; 5 is handed out unless filled already.
+        missing = self.missing.get(group)
+        if missing is not None and offset in missing:
+            missing.discard(offset)
+            return True
+        return offset not in self.filled.get(group, ())
+
+    async def fill(self, group: str) -> None:
+        """After ``HOLE_WAIT``, hand the group's sockets, in order, the publications still missing
+        below the last one received, read once from the history. A worker stopped between
+        numbering a publication and sending it leaves such a hole (its task, run again, numbers it
+        anew): without this, every page of the stream would hold the frames after it for 2 s and
+        refresh. What the history cannot give is left to the pages (they refresh on the gap)."""
+        try:
+            while True:
+                await asyncio.sleep(HOLE_WAIT)
+                missing, received = self.missing.get(group), self.received.get(group)
+                if not missing or received is None or not self.members.get(group):
+                    return
+                epoch = received.epoch
+                replay = await layer_call(
+                    history.since, self.layer, group, history.Position(epoch, min(missing) - 1)
+                )
+                holes = sorted(missing)
+                wanted = [(offset, data) for offset, data in replay.frames if offset in missing]
+                missing.difference_update(holes)  # filled now, or left to the pages
+                filled = self.filled.setdefault(group, deque(maxlen=FILLED_KEPT))
+                members = self.members.get(group, set())
+                for offset, data in wanted:
+                    filled.append(offset)
+                    frame = {"type": MESSAGE_TYPE, "group": group, "data": data, "epoch": epoch, "offset": offset}
+                    for consumer in members:
+                        consumer.push(frame)
+                logger.info(
+                    "publication(s) %s of %s did not reach this process within %.1f s: %s", holes, group, HOLE_WAIT,
+                    f"{len(wanted)} filled from the history for {len(members)} socket(s)" if wanted
+                    else f"the history cannot give them ({replay.reset or 'not found'}); the pages refresh",
+                )
+        except LAYER_ERRORS as exc:
+            logger.warning("could not read the history of %s to fill a hole (%r): its pages refresh on the gap",
+                           group, exc)
+            self.missing.pop(group, None)
+        except Exception:  # a safety net: the pages refresh on the gap
+            logger.exception("filling a hole of %s from the history failed", group)
+            self.missing.pop(group, None)
+        finally:
+            if self.filling.get(group) is asyncio.current_task():
+                del self.filling[group]
 
     async def upkeep(self, channel: str, interval: float) -> None:
         """Every ``interval`` seconds, or when woken (the layer answers again): join the process's

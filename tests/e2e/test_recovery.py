@@ -230,11 +230,11 @@ def test_a_page_that_missed_more_than_the_history_refreshes_and_shows_the_databa
     expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
 
 
-def test_a_frame_lost_on_the_way_makes_the_page_refresh_and_show_the_database(
-    live_stack: RecoveryStack, open_page: OpenPage
-) -> None:
-    """A batch numbered but never delivered (what a capacity drop or a Redis fault does): the
-    next live frame's offset jumps, the client waits for the missing one, then refreshes."""
+def number_a_batch_nobody_gets(stack: RecoveryStack, room: Any, data: str, forget_it: bool) -> None:
+    """What a worker stopped between the history's script and ``group_send`` leaves (or a capacity
+    drop, or a Redis fault on the way): ``data`` numbered in the stream's history, sent to no web
+    process. ``forget_it``: its history entry is then deleted too (trimmed, or lost with Redis), so
+    that nothing can give it back."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -242,25 +242,72 @@ def test_a_frame_lost_on_the_way_makes_the_page_refresh_and_show_the_database(
 
     from turbo_async import history
 
-    with suppress():
-        room = RoomFactory()
-    page = open_page(room_url(live_stack, room))
-    page.evaluate("""() => {
-        window.__refreshes = [];
-        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
-    }""")
-    MessageFactory(room=room, text="seen")
-    expect(texts(page)).to_have_text(["seen"])
-    with suppress():
-        MessageFactory(room=room, text="its frame was lost")
-    async def number_a_batch_nobody_gets() -> None:
-        layer = RedisChannelLayer(hosts=[{"address": live_stack.layer.url, "socket_timeout": None}])
-        await history.append(layer, room.stream.broadcastable_stream_name, "<lost/>")
+    group = room.stream.broadcastable_stream_name
+
+    async def number() -> None:
+        layer = RedisChannelLayer(hosts=[{"address": stack.layer.url, "socket_timeout": None}])
+        position = await history.append(layer, group, data)
+        assert position is not None
+        if forget_it:
+            await history.client(layer, group).xdel(history.history_key(group), f"{position.offset}-0")
         await layer.close_pools()
 
     # On a thread of its own: Playwright's loop runs in this one.
     with ThreadPoolExecutor(1) as helper:
-        helper.submit(asyncio.run, number_a_batch_nobody_gets()).result()
+        helper.submit(asyncio.run, number()).result()
+
+
+def watch_refreshes(page: Any) -> None:
+    page.evaluate("""() => {
+        window.__refreshes = [];
+        document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
+    }""")
+
+
+def test_a_batch_numbered_but_never_sent_reaches_the_page_from_the_history_without_a_refresh(
+    live_stack: RecoveryStack, open_page: OpenPage
+) -> None:
+    """A worker stopped between numbering a batch and sending it: the next live frame's offset
+    jumps, and the web process, which received that frame but not the one before it, hands the
+    page the missing one from the history (``FanOut.fill``, after 0.5 s): the page shows both, in
+    order, and does not refresh."""
+    from django.template.loader import render_to_string
+
+    from demo.chat.models import Message
+    from turbo_async.frames import frame_markup
+
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    watch_refreshes(page)
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    with suppress():
+        lost = MessageFactory(room=room, text="its worker was stopped")
+    message = Message.objects.get(pk=lost.pk)
+    markup = frame_markup("append", target="messages", html=render_to_string("chat/message.html", {"message": message}))
+    number_a_batch_nobody_gets(live_stack, room, str(markup), forget_it=False)
+    MessageFactory(room=room, text="next")
+    expect(texts(page)).to_have_text(["seen", "its worker was stopped", "next"], timeout=BOUND_MS)
+    assert texts(page).all_inner_texts() == database_texts(room)
+    assert page.evaluate("window.__refreshes") == []
+
+
+def test_a_frame_lost_on_the_way_and_from_the_history_makes_the_page_refresh_and_show_the_database(
+    live_stack: RecoveryStack, open_page: OpenPage
+) -> None:
+    """A batch numbered but never delivered, and gone from the history too (trimmed, or lost with
+    a Redis fault): the next live frame's offset jumps, the web process finds nothing to fill the
+    hole with, and the client, which held that frame for the missing one, refreshes."""
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(live_stack, room))
+    watch_refreshes(page)
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    with suppress():
+        MessageFactory(room=room, text="its frame was lost")
+    number_a_batch_nobody_gets(live_stack, room, "<lost/>", forget_it=True)
     MessageFactory(room=room, text="next")
     expect(texts(page)).to_have_text(database_texts(room), timeout=BOUND_MS)
     assert page.evaluate("window.__refreshes") == ["gap"]
