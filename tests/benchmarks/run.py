@@ -255,7 +255,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     # BENCH_ONLY=metrics needs no turbo-django
     only = os.environ.get("BENCH_ONLY")
-    td_python = turbo_django_python() if only not in ("metrics", *SCALE_ONLY) else Path(sys.executable)
+    td_python = turbo_django_python() if only not in ("metrics", "floor", *SCALE_ONLY) else Path(sys.executable)
     shm = Path("/dev/shm")
     tmp = Path(tempfile.mkdtemp(prefix="turbo_async_bench_", dir=shm if shm.is_dir() else None))
     redis = RedisServer(free_port(), tmp / "redis")
@@ -295,6 +295,14 @@ def main() -> None:
             print()
             print(table_of([("Benchmark", "no streams", "turbo_async", "suppress()", "turbo-django", "Result",
                              "Goal", "Met"), *metrics_rows(overhead)]))
+            print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
+                  f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+            return
+        if only == "floor":
+            floor = floor_runs(env, redis)
+            (tmp / "results.json").write_text(json.dumps({"floor": floor}, indent=1))
+            print()
+            print(table_of([FLOOR_HEADER, *floor_rows(floor)]))
             print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
                   f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
             return
@@ -343,8 +351,6 @@ def main() -> None:
         overhead = metrics_overhead(env, redis)
         latency: dict[str, dict[str, Any]] = {}
         for case in LATENCY_CASES.split(","):
-            rooms, rest = case.split("x")
-            subscribers, rate = rest.split("@")
             # the hand-written floor (raw_asgi.py) reads Redis itself: no channel layer to vary
             runs_of_case = [("raw", sys.executable, "core")] + [
                 (variant, python, layer)
@@ -352,22 +358,8 @@ def main() -> None:
                 for variant, python in (("turbo_async", sys.executable), ("turbo_django", td_python))
             ]
             for variant, python, layer in runs_of_case:
-                redis.flushall()
                 key = f"raw {case}" if variant == "raw" else f"{variant} {layer} {case}"
-                try:
-                    latency[key] = run(
-                        "tests.benchmarks.bench_latency",
-                        {
-                            **env(variant, key.replace(" ", "_").replace("@", "_")),
-                            "BENCH_LAYER": layer, "BENCH_ROOMS": rooms,
-                            "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate,
-                        },
-                        python,
-                    )
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    # one case that cannot run (turbo-django's, say) must not lose the others
-                    print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
-                    latency[key] = {"error": str(exc)[-3000:]}
+                latency[key] = latency_run(env, redis, key, case, variant, layer, python)
         scale = scale_runs(env, redis)
     finally:
         postgres.stop()
@@ -389,6 +381,108 @@ def main() -> None:
     for line in info:
         print(line)
     print(f"make bench took {time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+
+
+def latency_run(
+    env: Any, redis: RedisServer, key: str, case: str, variant: str, layer: str, python: str | Path = sys.executable
+) -> dict[str, Any]:
+    """One fan-out case (``ROOMSxSUBSCRIBERS@RATE``) of ``variant`` under ``layer``, on a flushed
+    Redis and a fresh database named after ``key``; a case that fails gives ``{"error": ...}``
+    (turbo-django's, say: it must not lose the others)."""
+    rooms, rest = case.split("x")
+    subscribers, rate = rest.split("@")
+    redis.flushall()
+    try:
+        return run(
+            "tests.benchmarks.bench_latency",
+            {
+                **env(variant, key.replace(" ", "_").replace("@", "_")),
+                "BENCH_LAYER": layer, "BENCH_ROOMS": rooms, "BENCH_SUBSCRIBERS": subscribers, "BENCH_RATE": rate,
+            },
+            python,
+        )
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"  {key} failed: {str(exc)[-1500:]}", flush=True)
+        return {"error": str(exc)[-3000:]}
+
+
+FLOOR_RUNS = int(os.environ.get("BENCH_FLOOR_RUNS", "3"))
+FLOOR_RATIO_GOAL = 1.25
+FLOOR_PLUS_MS_GOAL = 5.0
+CORE_RATIO_GOAL = 1.5
+"""Issue 22, item 2: p99 <= 1.25x the floor's (1 x 200, 1 x 1,000), <= the floor's + 5 ms for
+10 x 20 (one task per lone change), and the core layer within 1.5x of pub/sub."""
+FLOOR_HEADER = ("Case", "Floor p99, ms", "pubsub p99, ms", "core p99, ms", "pubsub / floor", "core / floor",
+                "core / pubsub", "Frames", "Goal", "Met")
+
+
+def floor_runs(env: Any, redis: RedisServer) -> list[dict[str, dict[str, Any]]]:
+    """``BENCH_ONLY=floor``: ``BENCH_FLOOR_RUNS`` runs of every fan-out case, each the floor and
+    turbo_async under both layers back to back (the order turned each run), so that each ratio
+    compares figures of the same minutes and the table shows their spread over the runs."""
+    results: list[dict[str, dict[str, Any]]] = []
+    variants = [("raw", "core"), ("turbo_async", "pubsub"), ("turbo_async", "core")]
+    for number in range(FLOOR_RUNS):
+        one: dict[str, dict[str, Any]] = {}
+        for case in LATENCY_CASES.split(","):
+            for variant, layer in variants if number % 2 == 0 else variants[::-1]:
+                key = f"raw {case}" if variant == "raw" else f"{variant} {layer} {case}"
+                one[key] = latency_run(env, redis, f"{key} {number}", case, variant, layer)
+                print(f"  run {number + 1}: {key}: p99 {one[key].get('p99_ms', 'failed')}", flush=True)
+        results.append(one)
+    return results
+
+
+def floor_rows(results: list[dict[str, dict[str, Any]]]) -> list[tuple[str, ...]]:
+    """One row per fan-out case: each run's p99 of the floor and of turbo_async under each layer,
+    their ratios (each run's own), and whether every run met issue 22's goal."""
+
+    def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
+        if not values:
+            return "failed"
+        ordered = sorted(values)
+        median = ordered[len(ordered) // 2]
+        return f"{median:.{digits}f}{unit} ({ordered[0]:.{digits}f}-{ordered[-1]:.{digits}f})"
+
+    rows = []
+    for case in LATENCY_CASES.split(","):
+        p99: dict[str, list[float]] = {name: [] for name in ("raw", "pubsub", "core")}
+        ratios: dict[str, list[float]] = {name: [] for name in ("pubsub", "core", "core/pubsub", "plus")}
+        frames = []
+        for one in results:
+            got = {
+                "raw": one.get(f"raw {case}", {}),
+                "pubsub": one.get(f"turbo_async pubsub {case}", {}),
+                "core": one.get(f"turbo_async core {case}", {}),
+            }
+            if any("p99_ms" not in result for result in got.values()):
+                continue
+            for name, result in got.items():
+                p99[name].append(result["p99_ms"])
+                frames.append((result["frames"], result["frames_expected"]))
+            ratios["pubsub"].append(got["pubsub"]["p99_ms"] / got["raw"]["p99_ms"])
+            ratios["core"].append(got["core"]["p99_ms"] / got["raw"]["p99_ms"])
+            ratios["core/pubsub"].append(got["core"]["p99_ms"] / got["pubsub"]["p99_ms"])
+            ratios["plus"].append(got["pubsub"]["p99_ms"] - got["raw"]["p99_ms"])
+        lone = case.startswith("10x")
+        if lone:
+            goal = f"pubsub <= floor + {FLOOR_PLUS_MS_GOAL:g} ms; core <= {CORE_RATIO_GOAL:g}x pubsub; all"
+            met = bool(ratios["plus"]) and max(ratios["plus"]) <= FLOOR_PLUS_MS_GOAL
+        else:
+            goal = f"pubsub <= {FLOOR_RATIO_GOAL:g}x floor; core <= {CORE_RATIO_GOAL:g}x pubsub; all"
+            met = bool(ratios["pubsub"]) and max(ratios["pubsub"]) <= FLOOR_RATIO_GOAL
+        met = met and bool(ratios["core/pubsub"]) and max(ratios["core/pubsub"]) <= CORE_RATIO_GOAL
+        met = met and all(got == expected for got, expected in frames)
+        delivered = sum(got for got, _ in frames)
+        expected = sum(want for _, want in frames)
+        rows.append((
+            f"{case} ({len(ratios['pubsub'])} of {len(results)} runs)", spread(p99["raw"], 1), spread(p99["pubsub"], 1),
+            spread(p99["core"], 1),
+            spread(ratios["pubsub"], unit="x") + (f"; +{spread(ratios['plus'], 1, ' ms')}" if lone else ""),
+            spread(ratios["core"], unit="x"), spread(ratios["core/pubsub"], unit="x"),
+            f"{delivered}/{expected}", goal, "yes" if met else "NO",
+        ))
+    return rows
 
 
 def fanout_rows(latency: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
