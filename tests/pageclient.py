@@ -92,7 +92,11 @@ class PageClient:
                 # The page's own scheme, host and port (the server checks the Origin header).
                 origin = "http://" + target.split("://", 1)[1].split("/", 1)[0]
                 attempted = time.monotonic()
-                async with connect(target, origin=origin, open_timeout=10, ping_interval=None) as socket:  # type: ignore[arg-type]
+                # proxy=None: websockets otherwise reads the proxy settings of the environment
+                # at every connect, a sixth of a client process's time in a reconnection storm
+                # (py-spy, docs/soak.rst): the harness measured itself.
+                async with connect(target, origin=origin, open_timeout=10, ping_interval=None,  # type: ignore[arg-type]
+                                   proxy=None) as socket:
                     if self.closed_at is not None:
                         self.stats.handshakes.append(time.monotonic() - attempted)
                     self.socket, self.url = socket, target

@@ -277,6 +277,32 @@ async def test_a_user_who_passes_the_test_is_subscribed(layer: Any) -> None:
     await communicator.disconnect()
 
 
+async def test_a_socket_connects_and_closes_without_a_hop_to_the_database_thread(
+    layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channels' dispatch runs ``close_old_connections()`` in the database thread before the
+    connect handler, and its disconnect handler once more: two thread hops per socket that touch
+    no database, 4 % of a web process's time when thousands of pages reconnect at once
+    (docs/soak.rst, "Reconnection at scale"). The consumer makes neither; a subscribe that needs a
+    permission test still asks it (and gets the staff user's answer)."""
+    import channels.consumer
+    import channels.generic.websocket
+
+    hops: list[str] = []
+
+    async def counted() -> None:
+        hops.append("close_old_connections")
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    monkeypatch.setattr(channels.generic.websocket, "aclose_old_connections", counted)
+    communicator = WebsocketCommunicator(as_user(User(pk=8, username="ann", is_staff=True)), "/ws/")
+    assert (await communicator.connect())[0]
+    stream = PrivateStream()
+    assert (await subscribe(communicator, stream.signed_stream_name))["type"] == "subscribed"
+    await communicator.disconnect()
+    assert hops == []
+
+
 async def test_user_passes_test_is_asked_on_every_subscribe(client: WebsocketCommunicator, layer: Any) -> None:
     """Being allowed one stream on a socket grants nothing for the next subscribe."""
     assert (await subscribe(client, room_stream(1).signed_stream_name))["type"] == "subscribed"

@@ -402,6 +402,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             refusals.summary()
         await self.leave_groups(groups)
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:  # type: ignore[override]
+        """Channels' handler without its ``close_old_connections()`` hop to the database thread
+        after :meth:`disconnect` (see :meth:`dispatch`): closing a socket touches no database."""
+        for group in self.groups:  # Channels' own groups: none unless a subclass sets some
+            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
     async def leave_groups(self, groups: list[str]) -> None:
         await self.membership.leave(groups, self, peer(self.scope))
 
@@ -662,12 +670,15 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self.leave_groups([group])
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Frames from the layer go straight to :meth:`turbo_stream`, and client messages to
-        :meth:`receive_texts`. Channels' own dispatch runs ``close_old_connections()`` in a worker
-        thread before every handler: about half of a web process's time per frame and socket, and
-        a fifth of its time per subscription (docs/benchmarks.rst). Frames touch no database; a
-        client message touches it only in :meth:`permits_many`, whose thread (Channels'
-        ``database_sync_to_async``) closes stale connections before and after."""
+        """Frames from the layer go straight to :meth:`turbo_stream`, client messages to
+        :meth:`receive_texts`, and the socket's connect and disconnect to Channels' handlers.
+        Channels' own dispatch runs ``close_old_connections()`` in a worker thread before every
+        handler: about half of a web process's time per frame and socket, a fifth of its time per
+        subscription (docs/benchmarks.rst), and two thread hops per socket's handshake and close
+        (4 % of a web process's time in a reconnection storm, docs/soak.rst). Frames, connect and
+        disconnect touch no database; a client message touches it only in :meth:`permits_many`,
+        whose thread (Channels' ``database_sync_to_async``) closes stale connections before and
+        after."""
         if message.get("type") == MESSAGE_TYPE:
             await self.turbo_stream(message)
             return
@@ -682,6 +693,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return
         if message.get("type") == OVER_BUDGET:
             await self.close_for_abuse()
+            return
+        if message.get("type") == "websocket.connect":
+            await self.websocket_connect(message)  # type: ignore[arg-type]
+            return
+        if message.get("type") == "websocket.disconnect":
+            await self.websocket_disconnect(message)
             return
         await super().dispatch(message)
 

@@ -246,6 +246,8 @@ async def serve(config: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         for page in pages:
             await page.tick()
+        # The reconnections so far, for the storm's CPU window (tests/soak/storm.py).
+        (control / f"storm-{config['index']}").write_text(str(sum(len(page.stats.reconnects) for page in pages)))
         owed += len(pages) * config["churn_per_minute"] / 120  # per half second
         while owed >= 1:
             owed -= 1
