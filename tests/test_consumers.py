@@ -1342,6 +1342,105 @@ async def test_frames_that_arrive_while_a_subscribe_is_handled_follow_its_answer
     assert members(layer, group) == set()
 
 
+def fan_out_members(layer: Any, group: str) -> set[Any]:
+    """The consumers the process's fan-out hands ``group``'s frames to."""
+    from turbo_async.fanout import FanOut
+
+    return set(FanOut.of(layer).members.get(group, set()))
+
+
+async def test_frames_are_written_to_sockets_that_take_them_without_a_writer_task(layer: Any) -> None:
+    """The fan-out writes each frame to each socket in its own loop over them (issue 22): a socket
+    whose send does not wait is written to without a task of its own, and every socket still gets
+    every frame, in order."""
+    stream = room_stream(65)
+    group = stream.broadcastable_stream_name
+    sockets = [WebsocketCommunicator(as_user(AnonymousUser()), "/ws/") for _ in range(4)]
+    for socket in sockets:
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    for n in range(5):
+        await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+    for socket in sockets:
+        assert [(await socket.receive_json_from(timeout=2))["data"] for _ in range(5)] == [f"<p>{n}</p>" for n in range(5)]
+    consumers_ = fan_out_members(layer, group)
+    assert len(consumers_) == 4
+    assert [c.writer for c in consumers_] == [None] * 4  # no task was left for any of them
+    for socket in sockets:
+        await socket.disconnect()
+
+
+async def test_a_socket_whose_sends_wait_gets_every_frame_in_order_and_holds_up_no_other(layer: Any) -> None:
+    """One socket of four stops taking frames after its first (its client stopped reading) while
+    the fan-out goes on: the three others get each frame as it comes; the slow one's frames wait
+    in its own list, behind a writer task of its own, and reach it all, in order, once it reads
+    again."""
+    stream = room_stream(66)
+    group = stream.broadcastable_stream_name
+    released = asyncio.Event()
+    slow = WebsocketCommunicator(blocking_sends(as_user(AnonymousUser()), 2, released), "/ws/")
+    others = [WebsocketCommunicator(as_user(AnonymousUser()), "/ws/") for _ in range(3)]
+    for socket in (others[0], slow, *others[1:]):
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    for n in range(8):
+        await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+        for socket in others:
+            assert (await socket.receive_json_from(timeout=2))["data"] == f"<p>{n}</p>"
+    writers = [c.writer for c in fan_out_members(layer, group) if c.writer is not None]
+    assert len(writers) == 1 and not writers[0].done()  # the slow socket's, waiting on its send
+    released.set()
+    assert [(await slow.receive_json_from(timeout=2))["data"] for _ in range(8)] == [f"<p>{n}</p>" for n in range(8)]
+    await asyncio.wait_for(writers[0], 2)  # and it ends once the list is empty
+    for socket in (slow, *others):
+        await socket.disconnect()
+
+
+def closing_sends(app: ASGIApp, after: int) -> ASGIApp:
+    """``app`` whose ``websocket.send`` raises ``OSError`` (uvicorn's ``ClientDisconnected``: the
+    client went away) after ``after`` messages, without waiting."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def failing_send(message: dict[str, Any]) -> None:
+            nonlocal sent
+            if message["type"] == "websocket.send":
+                sent += 1
+                if sent > after:
+                    raise OSError("client disconnected")
+            await send(message)
+
+        await app(scope, receive, failing_send)
+
+    return wrapped
+
+
+async def test_a_socket_that_went_away_mid_fan_out_does_not_stop_the_others(
+    layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fan-out writes to the sockets one after another in one step: a socket whose client is
+    gone (its send raises) between two others leaves their frames untouched, keeps nothing queued,
+    and logs no error (the disconnect that follows leaves its groups)."""
+    stream = room_stream(67)
+    group = stream.broadcastable_stream_name
+    gone = WebsocketCommunicator(closing_sends(as_user(AnonymousUser()), 1), "/ws/")
+    others = [WebsocketCommunicator(as_user(AnonymousUser()), "/ws/") for _ in range(3)]
+    for socket in (others[0], gone, *others[1:]):
+        assert (await socket.connect())[0]
+        assert (await subscribe(socket, stream.signed_stream_name))["type"] == "subscribed"
+    with caplog.at_level(logging.ERROR, logger="turbo_async"):
+        for n in range(3):
+            await layer.group_send(group, layer_message(group, stream.stream_name, f"<p>{n}</p>"))
+        for socket in others:
+            assert [(await socket.receive_json_from(timeout=2))["data"] for _ in range(3)] == ["<p>0</p>", "<p>1</p>", "<p>2</p>"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await gone.receive_nothing()
+    assert [len(c.queued) for c in fan_out_members(layer, group)] == [0, 0, 0, 0]
+    for socket in (gone, *others):
+        await socket.disconnect()
+
+
 async def test_fan_out_off_joins_each_socket_with_its_own_channel(layer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TurboStreamsConsumer, "fan_out", False)
     stream = room_stream(64)

@@ -146,3 +146,105 @@ async def test_a_second_socket_joins_itself_when_the_first_ones_join_failed() ->
     for task in (fan_out.reader, fan_out.keeper):
         if task is not None:
             task.cancel()
+
+
+# -- start_now: the fan-out's writes without a task per socket -------------------------------
+
+
+async def test_a_write_that_does_not_wait_finishes_in_the_callers_step_without_a_task() -> None:
+    """What the fan-out does for each socket whose transport takes the frame at once: the write is
+    done when ``start_now`` returns, and no task was made for it (a fifth of a web process's time
+    in the 10,000-subscriber room was one task per socket and frame)."""
+    import asyncio
+
+    from turbo_async.fanout import start_now
+
+    written: list[int] = []
+    already = asyncio.get_running_loop().create_future()
+    already.set_result(None)
+
+    async def write(n: int) -> None:
+        await already  # a done future does not suspend (a transport with room in its buffer)
+        written.append(n)
+
+    tasks_before = len(asyncio.all_tasks())
+    assert [start_now(write(n)) for n in range(3)] == [None, None, None]
+    assert written == [0, 1, 2]
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_write_that_waits_goes_on_in_its_own_task_with_what_it_waited_for() -> None:
+    """A slow socket's send waits (its buffer is full): the caller gets a task at once and goes on
+    to the next socket; the task hands the write the values and errors of what it waits for, in
+    the order they come, as ``await`` would."""
+    import asyncio
+
+    from turbo_async.fanout import start_now
+
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    seen: list[Any] = []
+
+    async def write() -> None:
+        seen.append(await first)
+        try:
+            await second
+        except ValueError as exc:
+            seen.append(f"caught {exc}")
+        await asyncio.sleep(0)  # a bare yield
+        seen.append("done")
+
+    task = start_now(write())
+    assert task is not None and not task.done()
+    assert seen == []
+    first.set_result("drained")
+    await asyncio.sleep(0)
+    second.set_exception(ValueError("reset by peer"))
+    await asyncio.wait_for(task, 5)
+    assert seen == ["drained", "caught reset by peer", "done"]
+
+
+async def test_a_waiting_write_is_cancelled_like_a_task_and_cleans_up() -> None:
+    """A socket that closes cancels its writer: the cancellation reaches the write where it waits
+    (its ``finally`` runs) and the task ends cancelled."""
+    import asyncio
+
+    import pytest
+
+    from turbo_async.fanout import start_now
+
+    cleaned: list[str] = []
+
+    async def write() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()  # never done
+        finally:
+            cleaned.append("finally")
+
+    task = start_now(write())
+    assert task is not None
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["finally"]
+
+
+async def test_an_error_of_a_waiting_write_ends_its_task_with_it() -> None:
+    import asyncio
+
+    import pytest
+
+    from turbo_async.fanout import start_now
+
+    gate = asyncio.get_running_loop().create_future()
+
+    async def write() -> None:
+        await gate
+        raise OSError("the client went away")
+
+    task = start_now(write())
+    assert task is not None
+    gate.set_result(None)
+    with pytest.raises(OSError, match="went away"):
+        await asyncio.wait_for(task, 5)

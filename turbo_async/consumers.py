@@ -55,7 +55,7 @@ from django.core.exceptions import ObjectDoesNotExist
 
 from . import conf, history, metrics
 from .exceptions import InvalidSubscription, UnknownStream
-from .fanout import FanOut, OwnChannel, shared_since, stream_position
+from .fanout import FanOut, OwnChannel, shared_since, start_now, stream_position
 from .layers import LAYER_ERRORS, RECEIVE_BACKOFF_MAX, Backoff, forget, new_channel, pooled_call
 from .names import readable, unsign_with_group
 from .protocol import (
@@ -237,10 +237,19 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             self.write_queued()
 
     def write_queued(self) -> None:
-        """Start the writer (:meth:`write_frames`) unless it is running: one at a time per socket,
-        started when there is something to write (an idle socket keeps no task for it)."""
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.get_running_loop().create_task(self.write_frames())
+        """Write what :meth:`push` queued, unless the writer (:meth:`write_frames`) is at it: one
+        at a time per socket, in order. It runs at once, in the caller's step (the fan-out's loop
+        over its sockets, see :func:`~turbo_async.fanout.start_now`), as far as the socket takes the
+        frames without waiting; only a socket whose send must wait (a slow reader) gets a task,
+        until its list is empty. An idle socket keeps no task."""
+        if self.writer is not None and not self.writer.done():
+            return
+        self.writer = None
+        try:
+            self.writer = start_now(self.write_frames())
+        except Exception:  # a safety net: the fan-out's loop goes on to the other sockets
+            self.queued.clear()
+            logger.exception("writing to the WebSocket from %s failed", peer(self.scope))
 
     async def write_frames(self) -> None:
         """Send what :meth:`push` queued, in order, until nothing is left (or a client message is
@@ -248,7 +257,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         while self.queued and not self.holding:
             message = self.coalesce(self.queued.popleft())
             try:
-                await self.dispatch(message)
+                if message.get("type") == MESSAGE_TYPE:
+                    await self.turbo_stream(message)  # what dispatch() does, one coroutine less per frame
+                else:
+                    await self.dispatch(message)
             except OSError:  # the client is gone; disconnect() follows
                 self.queued.clear()
                 return
@@ -713,21 +725,19 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self.last_frame = asyncio.get_running_loop().time()
         self.writing = True
         try:
-            first = event.get("from_offset")
             send: ASGISend = self.frame_send or self.base_send  # type: ignore[assignment]
             for signed_name in self.subscriptions.get(group, ()):
-                text = frame_message(signed_name, event["data"], epoch, offset, first)
-                await send({"type": "websocket.send", "text": text})
-                metrics.frame_sent(len(text), event.get("committed"))
+                message = _shared.send_of(event, signed_name)
+                await send(message)
+                metrics.frame_sent(len(message["text"]), event.get("committed"))
         finally:
             self.writing = False
-        if isinstance(offset, int) and isinstance(epoch, str):
-            position = history.Position(epoch, offset)
-            # Two workers number and send their publications in two steps, so a publication may reach the
-            # layer after a later one: the socket was still sent the later one, and the audit
-            # must not think it behind (it would replay frames the page has).
-            if history.after(position, self.sent.get(group)):
-                self.sent[group] = position
+        position = _shared.position_of(event)
+        # Two workers number and send their publications in two steps, so a publication may reach the
+        # layer after a later one: the socket was still sent the later one, and the audit
+        # must not think it behind (it would replay frames the page has).
+        if position is not None and history.after(position, self.sent.get(group)):
+            self.sent[group] = position
 
     async def turbo_reset(self, event: dict[str, Any]) -> None:
         """The process missed frames of a group that the history cannot give back: every page
@@ -780,6 +790,47 @@ def open_to_everyone(stream_class: type[Stream]) -> bool:
     return stream_class.user_passes_test is Stream.user_passes_test and stream_class.__init__ in (
         object.__init__, ModelStream.__init__,
     )
+
+
+class SharedFrame:
+    """What the sockets of a process share of the publication being written: its ASGI
+    ``websocket.send`` message per signed name, and its position. The fan-out hands one
+    publication to its sockets one after another, and most of a stream's sockets subscribed with
+    the same signed name (one render): the message is made once per publication, signed name and
+    process instead of once per socket (ASGI servers read a ``send`` message, never change it).
+    Keyed by the publication's identity (a merged run is a message of its own); holds the last only."""
+
+    def __init__(self) -> None:
+        self.event: dict[str, Any] | None = None
+        self.sends: dict[str, dict[str, str]] = {}
+        self.position: history.Position | None = None
+
+    def _hold(self, event: dict[str, Any]) -> None:
+        if event is not self.event:
+            epoch, offset = event.get("epoch"), event.get("offset")
+            self.event, self.sends = event, {}
+            self.position = None
+            if isinstance(epoch, str) and isinstance(offset, int):
+                self.position = history.Position(epoch, offset)
+
+    def send_of(self, event: dict[str, Any], signed_name: str) -> dict[str, str]:
+        """The ``websocket.send`` of ``event`` for ``signed_name`` (:func:`~turbo_async.protocol.frame_message`)."""
+        self._hold(event)
+        message = self.sends.get(signed_name)
+        if message is None:
+            text = frame_message(
+                signed_name, event["data"], event.get("epoch"), event.get("offset"), event.get("from_offset")
+            )
+            message = self.sends[signed_name] = {"type": "websocket.send", "text": text}
+        return message
+
+    def position_of(self, event: dict[str, Any]) -> history.Position | None:
+        """Where ``event`` stands in its stream, if it is numbered."""
+        self._hold(event)
+        return self.position
+
+
+_shared = SharedFrame()
 
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]

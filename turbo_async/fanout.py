@@ -20,6 +20,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
 from . import conf, history
@@ -391,6 +392,56 @@ class FanOut:
 
 
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FanOut]] = weakref.WeakKeyDictionary()
+
+
+def start_now(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` in the caller's step until it first waits; ``None`` when it finished without
+    waiting, else the task that runs the rest (a task of its own: the caller never waits for it).
+
+    How the fan-out writes a frame to each of its sockets (``TurboStreamsConsumer.write_queued``):
+    a send that the socket's transport takes at once (its buffer has room, the common case)
+    finishes in the fan-out's own loop over the sockets, without a task per socket and frame
+    (starting one was a fifth of a web process's time in the 10,000-subscriber room, py-spy,
+    docs/benchmarks.rst); a send that must wait (a slow reader's buffer is full) goes on in its own
+    task, and the fan-out goes on to the next socket. Python 3.12's eager tasks do this too, still
+    making a task per call.
+
+    ``coro`` must not depend on which task runs it (``asyncio.current_task()``, ``asyncio.timeout``):
+    its first step runs in the caller's. Raises what that first step raises."""
+    try:
+        waits_on = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_Started(coro, waits_on))
+
+
+class _Started:
+    """A coroutine :func:`start_now` started, waiting on ``waits_on`` (a future, or ``None`` for a
+    bare yield): awaiting this goes on with it, as ``await coro`` would have (PEP 380's ``yield
+    from``: what the task sends or throws in goes to ``coro``)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waits_on: Any) -> None:
+        self.coro = coro
+        self.waits_on = waits_on
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waits_on = self.coro, self.waits_on
+        while True:
+            try:
+                sent = yield waits_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # CancelledError above all: it goes to the coroutine
+                try:
+                    waits_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waits_on = coro.send(sent)
+                except StopIteration:
+                    return
 
 
 _positions: dict[str, tuple[float, history.Position | None]] = {}
