@@ -117,7 +117,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     pumped = False  # the client's messages are read by read_client (which spends the budget)
     over_budget = False  # read_client found the budget spent: what follows is dropped
     gone = False  # read_client read the client's disconnect
-    writer: asyncio.Task[None] | None = None  # writing what push() queued, while there is some
+    writer: asyncio.Task[None] | None = None  # writing what push() queued, while a send waits (write_queued)
     arrived: asyncio.Future[None] | None = None  # client_messages waiting for read_client
     answered_ahead: dict[str, deque[tuple[bool, str]]] = {}  # replaced, never changed in place
     """signed name -> the answers of its permission tests asked ahead (:meth:`ask_ahead`), for

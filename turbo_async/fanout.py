@@ -70,9 +70,11 @@ class FanOut:
     again for each socket by channels_redis' pub/sub layer), a new task and an ``asyncio.wait``
     in ``await_many_dispatch``, then the handler. Here one channel of the process (per event loop
     and layer) joins each group that some socket of the process subscribed to; one task reads it
-    and appends each message to the waiting list of the group's sockets, whose own long-lived
-    writer task sends it (``TurboStreamsConsumer.write_frames``). A socket that does not keep
-    up only lengthens its own list, up to ``SOCKET_BACKLOG``.
+    and appends each message to the waiting list of the group's sockets, and writes it to each of
+    them in that same loop (``TurboStreamsConsumer.write_queued``, :func:`start_now`): no task per
+    socket and frame. Only a socket whose send must wait (its client reads too slowly) gets a
+    writer task of its own until its list is empty; a socket that does not keep up only lengthens
+    its own list, up to ``SOCKET_BACKLOG``, and the loop goes on to the next socket.
 
     Upkeep (:meth:`upkeep`), every ``RENEW_INTERVAL`` seconds and at once when the layer answers
     again after an error: the process joins its groups again (channels_redis' ``core`` layer keeps
