@@ -1262,24 +1262,30 @@ async def test_a_process_reads_each_frame_once_for_all_its_sockets(layer: Any, m
     assert members(layer, group) == set()  # the last socket out takes the process out
 
 
-def blocking_sends(app: ASGIApp, after: int, released: Any) -> ASGIApp:
-    """``app`` whose ``websocket.send`` blocks (a client that stopped reading) after ``after``
-    messages, until ``released`` is set; closes go through."""
+def faulty_sends(app: ASGIApp, after: int, fault: Any) -> ASGIApp:
+    """``app`` whose ``websocket.send`` awaits ``fault()`` first once ``after`` messages went
+    through; closes go through."""
 
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         sent = 0
 
-        async def stalling_send(message: dict[str, Any]) -> None:
+        async def faulty_send(message: dict[str, Any]) -> None:
             nonlocal sent
             if message["type"] == "websocket.send":
                 sent += 1
                 if sent > after:
-                    await released.wait()
+                    await fault()
             await send(message)
 
-        await app(scope, receive, stalling_send)
+        await app(scope, receive, faulty_send)
 
     return wrapped
+
+
+def blocking_sends(app: ASGIApp, after: int, released: Any) -> ASGIApp:
+    """``app`` whose ``websocket.send`` blocks (a client that stopped reading) after ``after``
+    messages, until ``released`` is set."""
+    return faulty_sends(app, after, released.wait)
 
 
 async def test_a_stalled_socket_does_not_hold_back_the_others_and_is_closed_when_too_far_behind(
@@ -1400,20 +1406,10 @@ def closing_sends(app: ASGIApp, after: int) -> ASGIApp:
     """``app`` whose ``websocket.send`` raises ``OSError`` (uvicorn's ``ClientDisconnected``: the
     client went away) after ``after`` messages, without waiting."""
 
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        sent = 0
+    async def gone() -> None:
+        raise OSError("client disconnected")
 
-        async def failing_send(message: dict[str, Any]) -> None:
-            nonlocal sent
-            if message["type"] == "websocket.send":
-                sent += 1
-                if sent > after:
-                    raise OSError("client disconnected")
-            await send(message)
-
-        await app(scope, receive, failing_send)
-
-    return wrapped
+    return faulty_sends(app, after, gone)
 
 
 async def test_a_socket_that_went_away_mid_fan_out_does_not_stop_the_others(
@@ -1483,13 +1479,9 @@ async def test_a_socket_that_connects_while_the_pubsub_layer_is_down_is_closed_w
     assert 4 <= elapsed < 10, f"closed after {elapsed:.1f} s"
 
 
-async def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
-    """Two workers number their publications and send them in two steps, so publication 5 may reach a web
-    process after publication 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
-    audit, which replays from the sent position, must not find it behind and send 6 again."""
-    from turbo_async import history
-
-    consumer = socket_with([], sent=4)
+def writing_socket(sent: int | None) -> tuple[TurboStreamsConsumer, list[dict[str, Any]]]:
+    """A consumer subscribed to group "g" (as "n") whose frames are written to the returned list."""
+    consumer = socket_with([], sent=sent)
     consumer.subscriptions = {"g": {"n"}}
     consumer.replayed = {}
     written: list[dict[str, Any]] = []
@@ -1498,6 +1490,16 @@ async def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_se
         written.append(json.loads(message["text"]))
 
     consumer.frame_send = send
+    return consumer, written
+
+
+async def test_a_publication_that_arrives_after_a_later_one_does_not_move_the_sent_position_back() -> None:
+    """Two workers number their publications and send them in two steps, so publication 5 may reach a web
+    process after publication 6 (the soak saw it, tests/soak). The socket has been sent 6: the heartbeat's
+    audit, which replays from the sent position, must not find it behind and send 6 again."""
+    from turbo_async import history
+
+    consumer, written = writing_socket(sent=4)
     for event in queued([6, 5]):
         await consumer.turbo_stream(event)
     assert [message["offset"] for message in written] == [6, 5]  # the client puts them in order
@@ -1512,15 +1514,7 @@ async def test_a_live_copy_of_what_the_client_has_is_dropped_but_not_a_frame_of_
     a socket that had been replayed up to 50 dropped the new epoch's first 50 frames."""
     from turbo_async import history
 
-    consumer = socket_with([], sent=None)
-    consumer.subscriptions = {"g": {"n"}}
-    consumer.replayed = {}
-    written: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        written.append(json.loads(message["text"]))
-
-    consumer.frame_send = send
+    consumer, written = writing_socket(sent=None)
     consumer.client_has("g", history.Position("e1", 50))
     consumer.client_has("g", history.Position("e1", 40))  # an older position never moves it back
     for event in [*queued([49, 50, 51]), *queued([1, 2], epoch="e2")]:

@@ -289,30 +289,26 @@ def main() -> None:
                 "tests.benchmarks.bench_request", {**env(variant, db, database, outbox), **extra}, python, *args
             )
 
-        if os.environ.get("BENCH_ONLY") == "metrics":
-            overhead = metrics_overhead(env, redis)
-            (tmp / "results.json").write_text(json.dumps({"metrics": overhead}, indent=1))
+        def alone(name: str, results: Any, rows: list[tuple[str, ...]]) -> None:
+            """A ``BENCH_ONLY`` run's end: its raw figures kept, its table printed."""
+            (tmp / "results.json").write_text(json.dumps({name: results}, indent=1))
             print()
-            print(table_of([("Benchmark", "no streams", "turbo_async", "suppress()", "turbo-django", "Result",
-                             "Goal", "Met"), *metrics_rows(overhead)]))
+            print(table_of(rows))
             print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
                   f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+
+        if only == "metrics":
+            overhead = metrics_overhead(env, redis)
+            alone("metrics", overhead, [("Benchmark", "no streams", "turbo_async", "suppress()", "turbo-django",
+                                         "Result", "Goal", "Met"), *metrics_rows(overhead)])
             return
         if only == "floor":
             floor = floor_runs(env, redis)
-            (tmp / "results.json").write_text(json.dumps({"floor": floor}, indent=1))
-            print()
-            print(table_of([FLOOR_HEADER, *floor_rows(floor)]))
-            print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
-                  f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+            alone("floor", floor, [FLOOR_HEADER, *floor_rows(floor)])
             return
         if only in SCALE_ONLY:
             scale = scale_runs(env, redis, only)
-            (tmp / "results.json").write_text(json.dumps({"scale": scale}, indent=1))
-            print()
-            print(table_of([SCALE_HEADER, *scale_rows(scale)]))
-            print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}; "
-                  f"{time.monotonic() - began:.0f}s; the raw figures: {tmp / 'results.json'}")
+            alone("scale", scale, [SCALE_HEADER, *scale_rows(scale)])
             return
         print("Running the benchmarks (about 25 minutes)", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {}

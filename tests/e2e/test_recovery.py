@@ -257,11 +257,18 @@ def number_a_batch_nobody_gets(stack: RecoveryStack, room: Any, data: str, forge
         helper.submit(asyncio.run, number()).result()
 
 
-def watch_refreshes(page: Any) -> None:
+def a_page_that_saw_one_message(stack: RecoveryStack, open_page: OpenPage) -> tuple[Any, Any]:
+    """A new room's page, counting its refreshes (``window.__refreshes``), after one live frame."""
+    with suppress():
+        room = RoomFactory()
+    page = open_page(room_url(stack, room))
     page.evaluate("""() => {
         window.__refreshes = [];
         document.addEventListener("turbo-async:refresh", (e) => window.__refreshes.push(e.detail.reason));
     }""")
+    MessageFactory(room=room, text="seen")
+    expect(texts(page)).to_have_text(["seen"])
+    return room, page
 
 
 def test_a_batch_numbered_but_never_sent_reaches_the_page_from_the_history_without_a_refresh(
@@ -276,12 +283,7 @@ def test_a_batch_numbered_but_never_sent_reaches_the_page_from_the_history_witho
     from demo.chat.models import Message
     from turbo_async.frames import frame_markup
 
-    with suppress():
-        room = RoomFactory()
-    page = open_page(room_url(live_stack, room))
-    watch_refreshes(page)
-    MessageFactory(room=room, text="seen")
-    expect(texts(page)).to_have_text(["seen"])
+    room, page = a_page_that_saw_one_message(live_stack, open_page)
     with suppress():
         lost = MessageFactory(room=room, text="its worker was stopped")
     message = Message.objects.get(pk=lost.pk)
@@ -299,12 +301,7 @@ def test_a_frame_lost_on_the_way_and_from_the_history_makes_the_page_refresh_and
     """A batch numbered but never delivered, and gone from the history too (trimmed, or lost with
     a Redis fault): the next live frame's offset jumps, the web process finds nothing to fill the
     hole with, and the client, which held that frame for the missing one, refreshes."""
-    with suppress():
-        room = RoomFactory()
-    page = open_page(room_url(live_stack, room))
-    watch_refreshes(page)
-    MessageFactory(room=room, text="seen")
-    expect(texts(page)).to_have_text(["seen"])
+    room, page = a_page_that_saw_one_message(live_stack, open_page)
     with suppress():
         MessageFactory(room=room, text="its frame was lost")
     number_a_batch_nobody_gets(live_stack, room, "<lost/>", forget_it=True)
