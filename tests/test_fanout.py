@@ -248,3 +248,27 @@ async def test_an_error_of_a_waiting_write_ends_its_task_with_it() -> None:
     gate.set_result(None)
     with pytest.raises(OSError, match="went away"):
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_live_copy_of_a_frame_the_upkeep_replayed_is_dropped(monkeypatch: Any) -> None:
+    """On a loaded machine the process's reader can be more than two upkeeps behind: the audit
+    finds the process behind its stream and replays 969-970 from the history to the group's
+    sockets, and the live 969-970, still on their way, come after. The hour-long soak saw pages
+    get such copies (140 duplicate arrivals, three bursts, the longest 67 frames; the client
+    dropped them): the process now drops them. A later frame still goes out."""
+    members: list[dict[str, Any]] = []
+
+    class Socket:
+        def push(self, message: dict[str, Any]) -> None:
+            members.append(message)
+
+    async def since(layer: Any, group: str, seen: history.Position) -> history.Replay:
+        return history.Replay(history.Position("e1", 970), [(969, "<f969/>"), (970, "<f970/>")])
+
+    monkeypatch.setattr(history, "since", since)
+    fan_out = FanOut(InMemoryChannelLayer())
+    fan_out.members["g"] = {Socket()}  # type: ignore[arg-type]
+    fan_out.note(frame(968))
+    await fan_out.catch_up("g", history.Position("e1", 968), history.Position("e1", 970))
+    assert [message["offset"] for message in members] == [969, 970]
+    assert [fan_out.note(frame(offset)) for offset in (969, 970, 971)] == [False, False, True]

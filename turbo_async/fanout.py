@@ -35,8 +35,8 @@ the history (:meth:`FanOut.fill`): two workers' publications may arrive in eithe
 numbered by a worker stopped before its ``group_send`` never arrives. Well inside the 2 s a page
 holds the frames after a missing one before it refreshes (``turbo-async.js``)."""
 FILLED_KEPT = 256
-"""Offsets per group a process remembers having filled from the history: a late live copy of one
-of them is dropped instead of written twice."""
+"""Offsets per group (at least ``HISTORY_SIZE``) a process remembers having handed out from the
+history: a late live copy of one of them is dropped instead of written twice."""
 
 
 class Member(Protocol):
@@ -307,7 +307,7 @@ class FanOut:
                 holes = sorted(missing)
                 wanted = [(offset, data) for offset, data in replay.frames if offset in missing]
                 missing.difference_update(holes)  # filled now, or left to the pages
-                filled = self.filled.setdefault(group, deque(maxlen=FILLED_KEPT))
+                filled = self.filled_of(group)
                 members = self.members.get(group, set())
                 for offset, data in wanted:
                     filled.append(offset)
@@ -386,11 +386,22 @@ class FanOut:
             if missed.current is not None:
                 self.received[group] = missed.current
             return
+        filled = self.filled_of(group)
         for offset, data in missed.frames:
             frame = {"type": MESSAGE_TYPE, "group": group, "data": data, "epoch": received.epoch, "offset": offset}
             self.note(frame)
+            # A reader far behind (a loaded machine) still has these on their way: dropped then.
+            filled.append(offset)
             for consumer in members:
                 consumer.push(frame)
+
+    def filled_of(self, group: str) -> deque[int]:
+        """The offsets of ``group`` this process handed out from the history (:meth:`fill`,
+        :meth:`catch_up`), whose live copies are dropped if they come after all."""
+        filled = self.filled.get(group)
+        if filled is None:
+            filled = self.filled[group] = deque(maxlen=max(FILLED_KEPT, conf.get().HISTORY_SIZE))
+        return filled
 
 
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FanOut]] = weakref.WeakKeyDictionary()
